@@ -1,0 +1,143 @@
+"""The `attimo` command: serve, demo, check, sign."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from engine.errors import AttimoError, CatalogError
+from engine.settings import Settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+DEMO_CATALOG = EXAMPLES / "catalog.yaml"
+DEMO_TOKEN = "demo-server-token"
+DEMO_SITE_KEY = "demo-site-key"
+DEMO_SITE_SECRET = "demo-site-secret"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="attimo", description="Real-time personalization engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the API")
+    _server_flags(serve)
+    serve.add_argument("--catalog", help="catalog file (YAML or JSON) [ATTIMO_CATALOG]")
+
+    demo = commands.add_parser("demo", help="API + demo catalog + demo people on a private Redis")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--catalog", default=str(DEMO_CATALOG))
+
+    check = commands.add_parser("check", help="validate a catalog; every problem with its path")
+    check.add_argument("file")
+
+    sign = commands.add_parser("sign", help="print user_sig for a user id (ATTIMO_SITE_SECRET)")
+    sign.add_argument("user_id")
+    sign.add_argument("--secret", help="site secret [ATTIMO_SITE_SECRET]")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign}[args.command](args)
+    except AttimoError as exc:
+        print(f"attimo: {exc}", file=sys.stderr)
+        return 1
+
+
+def _server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="[ATTIMO_HOST] default 127.0.0.1")
+    parser.add_argument("--port", type=int, help="[ATTIMO_PORT] default 8000")
+    parser.add_argument("--workers", type=int, help="uvicorn worker processes [ATTIMO_WORKERS] default 1")
+    parser.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
+    parser.add_argument("--server-token", help="[ATTIMO_SERVER_TOKEN]")
+    parser.add_argument("--site-key", help="[ATTIMO_SITE_KEY]")
+    parser.add_argument("--site-secret", help="[ATTIMO_SITE_SECRET]")
+
+
+def run_check(args) -> int:
+    from engine.catalog import load_catalog_file
+
+    try:
+        catalog, _ = load_catalog_file(args.file)
+    except CatalogError as exc:
+        for path, reason in exc.problems:
+            print(f"{exc.source}: {path}: {reason}")
+        print(f"{len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: ok: {len(catalog.placements)} placements, {len(catalog.offers)} offers, "
+        f"{len(catalog.segments)} segments, {len(catalog.features)} windowed features"
+    )
+    return 0
+
+
+def run_sign(args) -> int:
+    from engine.identity import sign_user_id
+
+    secret = args.secret or Settings.from_env().site_secret
+    if not secret:
+        print("attimo: set ATTIMO_SITE_SECRET or pass --secret", file=sys.stderr)
+        return 1
+    print(sign_user_id(secret, args.user_id))
+    return 0
+
+
+def run_serve(args) -> int:
+    settings = Settings.from_env(
+        host=args.host, port=args.port, workers=args.workers, redis_url=args.redis_url,
+        server_token=args.server_token, site_key=args.site_key, site_secret=args.site_secret,
+        catalog_path=args.catalog,
+    )
+    serve(settings)
+    return 0
+
+
+def serve(settings: Settings, extra_routes: list | None = None) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    common = dict(
+        host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        access_log=settings.access_log, log_level="info", timeout_graceful_shutdown=5,
+    )
+    if settings.workers == 1:
+        app = create_app(settings, extra_routes)  # a bad catalog stops here, with its problems
+        uvicorn.run(app, **common)
+        return
+    if settings.catalog_path:
+        from engine.catalog import load_catalog_file
+
+        load_catalog_file(settings.catalog_path)  # refuse to start N workers on a bad catalog
+    os.environ.update(settings.to_env())
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="attimo-metrics-"))
+    uvicorn.run("api.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+
+
+def run_demo(args) -> int:
+    from engine.local_redis import LocalRedis
+
+    local = LocalRedis().start()
+    try:
+        settings = Settings.from_env(
+            {},
+            host=args.host, port=args.port, redis_url=local.url, catalog_path=args.catalog,
+            server_token=DEMO_TOKEN, site_key=DEMO_SITE_KEY, site_secret=DEMO_SITE_SECRET,
+            allowed_origins=(f"http://{args.host}:{args.port}",),
+        )
+        from engine.demo import seed_demo_people, try_these
+
+        asyncio.run(seed_demo_people(settings))
+        print(try_these(settings), flush=True)
+        serve(settings)
+    finally:
+        local.stop()
+        print("attimo demo: stopped, private Redis removed", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The few named errors Attimo raises, each carrying what a person needs to fix
+the cause. The API maps them to HTTP answers in one place (api/errors.py)."""
+
+from __future__ import annotations
+
+
+class AttimoError(Exception):
+    """Base class: a message a person can act on."""
+
+
+class SettingsError(AttimoError):
+    pass
+
+
+class CatalogError(AttimoError):
+    """A catalog that cannot be loaded; `problems` lists every (path, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  {source}: {path}: {reason}" for path, reason in problems)
+        super().__init__(f"{len(problems)} problem(s) in catalog:\n{lines}")
+
+
+class EventRejected(AttimoError):
+    """Input that breaks the schema or a limit: `field` is a JSON path."""
+
+    status = 422
+
+    def __init__(self, reason: str, field: str = "", limit: int | None = None):
+        self.reason = reason
+        self.field = field
+        self.limit = limit
+        where = f" at {field}" if field else ""
+        super().__init__(f"{reason}{where}")
+
+    def as_dict(self) -> dict:
+        body: dict = {"error": self.reason}
+        if self.field:
+            body["field"] = self.field
+        if self.limit is not None:
+            body["limit"] = self.limit
+        return body
+
+
+class BodyTooLarge(EventRejected):
+    status = 413
+
+
+class MalformedBody(EventRejected):
+    status = 400
+
+
+class NotAuthenticated(AttimoError):
+    """No credentials, or credentials this server does not know (401)."""
+
+
+class NotAuthorized(AttimoError):
+    """Known credentials that may not do this (403)."""
+
+
+class StoreUnavailable(AttimoError):
+    """Redis is unreachable, too slow for the budget, or the pool is exhausted."""

@@ -1,0 +1,151 @@
+"""Event schema, validation and limits. Turns request bytes into `Event`s the
+pipeline can apply, or raises an error that names the field and the limit."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from engine.errors import EventRejected, MalformedBody
+from engine.settings import (
+    MAX_DEPTH,
+    MAX_EVENTS_PER_BATCH,
+    MAX_PROPERTIES,
+    MAX_STRING_LENGTH,
+)
+
+# Person ids end up inside a Redis hash tag: braces and whitespace would break it.
+PERSON_ID = re.compile(r"[^\s{}]{1,128}")
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+EVENT_ID_MAX = 128
+
+
+class WireEvent(msgspec.Struct, gc=False):
+    """An event as clients send it."""
+
+    id: str
+    type: str
+    anonymous_id: str | None = None
+    user_id: str | None = None
+    user_sig: str | None = None
+    ts: float | str | None = None
+    properties: dict[str, Any] = {}
+    traits: dict[str, Any] | None = None
+
+
+class WireBatch(msgspec.Struct, gc=False):
+    events: list[WireEvent]
+
+
+class Event(msgspec.Struct, array_like=True, gc=False):
+    """A validated event with its person resolved: what the pipeline applies.
+
+    `merge_from` names an anonymous profile to fold into `person` (set when a
+    signed user id arrives together with an anonymous id)."""
+
+    id: str
+    type: str
+    person: str
+    ts: int
+    properties: dict[str, Any] = {}
+    traits: dict[str, Any] | None = None
+    merge_from: str | None = None
+
+
+_batch_decoder = msgspec.json.Decoder(WireBatch)
+
+
+def decode_batch(body: bytes) -> list[WireEvent]:
+    """Parse and bound a batch: 400 for bad JSON, 422 naming the field otherwise."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise EventRejected(*_split_msgspec_error(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"malformed JSON: {exc}") from None
+    events = batch.events
+    if not events:
+        raise EventRejected("a batch needs at least one event", "events")
+    if len(events) > MAX_EVENTS_PER_BATCH:
+        raise EventRejected("too many events in one batch", "events", MAX_EVENTS_PER_BATCH)
+    for i, event in enumerate(events):
+        check_wire_event(event, f"events[{i}]")
+    return events
+
+
+def check_wire_event(event: WireEvent, path: str) -> None:
+    if not event.id or len(event.id) > EVENT_ID_MAX:
+        raise EventRejected("event id must be 1 to 128 characters", f"{path}.id", EVENT_ID_MAX)
+    if not EVENT_TYPE.fullmatch(event.type):
+        raise EventRejected(
+            "event type must be 1 to 64 letters, digits or _ . : -", f"{path}.type", 64
+        )
+    for name in ("anonymous_id", "user_id"):
+        value = getattr(event, name)
+        if value is not None and not PERSON_ID.fullmatch(value):
+            raise EventRejected(
+                "person ids are 1 to 128 characters without spaces or braces", f"{path}.{name}", 128
+            )
+    if event.anonymous_id is None and event.user_id is None:
+        raise EventRejected("an event needs anonymous_id or user_id", path)
+    check_value(event.properties, f"{path}.properties", 1)
+    if event.traits is not None:
+        check_value(event.traits, f"{path}.traits", 1)
+
+
+def check_value(value: Any, path: str, depth: int) -> None:
+    """Enforce depth, string length and size limits on free-form JSON."""
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise EventRejected("string too long", path, MAX_STRING_LENGTH)
+        return
+    if isinstance(value, dict):
+        if depth > MAX_DEPTH:
+            raise EventRejected("nesting too deep", path, MAX_DEPTH)
+        if len(value) > MAX_PROPERTIES:
+            raise EventRejected("too many properties", path, MAX_PROPERTIES)
+        for key, item in value.items():
+            if len(key) > 128:
+                raise EventRejected("property name too long", f"{path}.{key[:32]}…", 128)
+            check_value(item, f"{path}.{key}", depth + 1)
+        return
+    if isinstance(value, list):
+        if depth > MAX_DEPTH:
+            raise EventRejected("nesting too deep", path, MAX_DEPTH)
+        if len(value) > MAX_PROPERTIES:
+            raise EventRejected("too many items", path, MAX_PROPERTIES)
+        for i, item in enumerate(value):
+            check_value(item, f"{path}[{i}]", depth + 1)
+
+
+def event_time_ms(ts: float | str | None, now_ms: int, path: str) -> int:
+    """Epoch ms or ISO 8601; server time when absent. A time in the future (a
+    client clock ahead, or a forged stamp) is clamped to now, so no window bucket
+    ever lies ahead of the server's clock."""
+    if ts is None:
+        return now_ms
+    if isinstance(ts, str):
+        try:
+            moment = datetime.fromisoformat(ts)
+        except ValueError:
+            raise EventRejected("ts must be epoch milliseconds or ISO 8601", f"{path}.ts") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        ms = int(moment.timestamp() * 1000)
+    else:
+        ms = int(ts)
+    if ms < 0:
+        raise EventRejected("ts must not be negative", f"{path}.ts")
+    return min(ms, now_ms)
+
+
+def _split_msgspec_error(message: str) -> tuple[str, str]:
+    """msgspec says 'Expected `str`, got `int` - at `$.events[0].id`'."""
+    reason, sep, where = message.rpartition(" - at `")
+    if not sep:
+        return message, ""
+    field = where.rstrip("`").removeprefix("$").lstrip(".")
+    return reason, field

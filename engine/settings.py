@@ -1,0 +1,124 @@
+"""Attimo's settings: one frozen object built from ATTIMO_* environment variables
+and command-line flags, then passed down explicitly. No other module reads the
+environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import ClassVar
+from dataclasses import dataclass
+
+from engine.errors import SettingsError
+
+# Request limits enforced before anything reaches Redis.
+MAX_BODY_BYTES = 512 * 1024
+MAX_EVENTS_PER_BATCH = 500
+MAX_DEPTH = 5
+MAX_STRING_LENGTH = 4096
+MAX_PROPERTIES = 100
+MAX_PLACEMENTS_PER_DECIDE = 20
+
+
+def _split_csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    catalog_path: str | None = None
+    server_token: str | None = None
+    site_key: str | None = None
+    site_secret: str | None = None
+    allowed_origins: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    key_prefix: str = "attimo"
+    # Redis budget for the decide read; past it decide answers the fallback.
+    redis_budget_ms: float = 50.0
+    # Budget for applying an event batch; past it events answer 503.
+    apply_budget_ms: float = 2000.0
+    redis_pool_size: int = 64
+    redis_pool_timeout_ms: float = 100.0
+    dedupe_ttl_s: int = 86_400
+    profile_ttl_s: int = 400 * 86_400
+    catalog_poll_s: float = 2.0
+    access_log: bool = False
+
+    # Each field and the environment variable that sets it.
+    ENV: ClassVar[dict[str, str]] = {
+        "redis_url": "ATTIMO_REDIS_URL",
+        "catalog_path": "ATTIMO_CATALOG",
+        "server_token": "ATTIMO_SERVER_TOKEN",
+        "site_key": "ATTIMO_SITE_KEY",
+        "site_secret": "ATTIMO_SITE_SECRET",
+        "allowed_origins": "ATTIMO_ALLOWED_ORIGINS",
+        "host": "ATTIMO_HOST",
+        "port": "ATTIMO_PORT",
+        "workers": "ATTIMO_WORKERS",
+        "key_prefix": "ATTIMO_KEY_PREFIX",
+        "redis_budget_ms": "ATTIMO_REDIS_BUDGET_MS",
+        "apply_budget_ms": "ATTIMO_APPLY_BUDGET_MS",
+        "redis_pool_size": "ATTIMO_REDIS_POOL_SIZE",
+        "redis_pool_timeout_ms": "ATTIMO_REDIS_POOL_TIMEOUT_MS",
+        "dedupe_ttl_s": "ATTIMO_DEDUPE_TTL_S",
+        "profile_ttl_s": "ATTIMO_PROFILE_TTL_S",
+        "catalog_poll_s": "ATTIMO_CATALOG_POLL_S",
+        "access_log": "ATTIMO_ACCESS_LOG",
+    }
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Build settings from ATTIMO_* variables; keyword overrides (flags) win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        for name, var in cls.ENV.items():
+            raw = environ.get(var)
+            if raw is None or raw == "":
+                continue
+            values[name] = _parse(name, var, raw, types[name])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.workers < 1:
+            raise SettingsError("ATTIMO_WORKERS must be at least 1")
+        if self.site_key and not self.site_secret:
+            raise SettingsError("ATTIMO_SITE_KEY needs ATTIMO_SITE_SECRET to verify signed user ids")
+        if self.redis_pool_size < 1:
+            raise SettingsError("ATTIMO_REDIS_POOL_SIZE must be at least 1")
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings in a child process."""
+        env = {}
+        for name, var in self.ENV.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "1" if value else "0"
+            env[var] = str(value)
+        return env
+
+
+def _parse(name: str, var: str, raw: str, type_name: str) -> object:
+    try:
+        if "tuple" in type_name:
+            return _split_csv(raw)
+        if type_name.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{var}={raw!r} is not a valid {type_name}: {exc}") from None
+    return raw
