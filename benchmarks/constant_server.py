@@ -10,11 +10,7 @@ import asyncio
 import uvloop
 
 RESPONSE = (
-    b"HTTP/1.1 200 OK\r\n"
-    b"content-type: application/json\r\n"
-    b"content-length: 11\r\n"
-    b"\r\n"
-    b'{"ok":true}'
+    b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{"ok":true}'
 )
 
 

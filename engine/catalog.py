@@ -279,6 +279,8 @@ def _segment_refs(spec: Any):
 
 
 def _placements(spec: Any, compiler: Compiler) -> dict[str, Placement]:
+    if spec is None:
+        return {}
     if isinstance(spec, list) and all(isinstance(p, str) for p in spec):
         return {name: Placement(name) for name in spec}
     if isinstance(spec, dict):
@@ -407,7 +409,7 @@ def _moment(value: Any, path: str, compiler: Compiler, *, end: bool) -> int | No
         return None
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value)
+            value = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
         except ValueError:
             compiler.problem(path, "a date (2026-03-01) or an ISO 8601 date-time")
             return None

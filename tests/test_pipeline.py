@@ -1,0 +1,230 @@
+"""The batch pipeline against a real Redis: dedupe, windows at their edges,
+traits, score, segments, merges, TTLs and bounded state."""
+
+import msgspec
+import pytest
+from redis.crc import key_slot
+
+from engine.events import Event
+from engine.keys import Keys
+from engine.pipeline import event_id_hash
+from engine.profiles import decode_profile
+from engine.windows import DAY_MS, MINUTE_MS
+from tests.conftest import make_pipeline
+
+NOW = 1_764_000_000_000
+KEYS = Keys()
+
+CATALOG = """
+segments:
+  - id: crm_fan
+    when: {event: page_view, where: {category: crm}, within: 7d, count: {at_least: 3}}
+  - id: registered
+    when: {trait: registered, equals: true}
+scoring:
+  half_life: 10d
+  events:
+    - {event: download, points: 10}
+rules:
+  watched: {event: video, within: 30d, sum: {of: seconds, above: 100}}
+  recent: {event: page_view, within: 30m}
+"""
+
+
+def page_view(eid, person="p1", ts=NOW, category="crm", **extra):
+    return Event(eid, "page_view", person, ts, {"category": category, **extra})
+
+
+async def profile_of(redis, person="p1"):
+    return decode_profile(await redis.get(KEYS.profile(person)))
+
+
+def feature(pipeline, event_type, within_days):
+    catalog = pipeline.catalogs.current
+    return next(f for f in catalog.features.values()
+                if f.event_type == event_type and f.length >= within_days and f.resolution_ms == DAY_MS)
+
+
+async def test_same_batch_five_times_changes_the_profile_once(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    batch = [page_view(f"e{i}") for i in range(3)] + [
+        Event("t1", "identify", "p1", NOW, {}, {"registered": True, "age": 30})]
+    results = [await pipeline.apply(batch, NOW + i) for i in range(5)]
+    assert [(r.accepted, r.duplicates) for r in results] == [(4, 0)] + [(0, 4)] * 4
+    profile = await profile_of(redis)
+    crm = next(iter(pipeline.catalogs.current.features.values()))
+    assert profile.w[crm.fid][1:] == [3]
+    assert profile.v == 1
+    assert profile.t == {"registered": True, "age": 30}
+    assert await redis.zcard(KEYS.dedupe("p1")) == 4
+
+
+async def test_a_duplicate_inside_one_batch_counts_once(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    result = await pipeline.apply([page_view("same"), page_view("same")], NOW)
+    assert (result.accepted, result.duplicates) == (1, 1)
+
+
+async def test_an_event_just_inside_and_just_outside_a_7_day_window(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    catalog = pipeline.catalogs.current
+    start_of_today = NOW // DAY_MS * DAY_MS
+    inside = start_of_today - 6 * DAY_MS  # first ms of the oldest day inside 7d
+    outside = inside - 1  # last ms of the day before
+    await pipeline.apply([page_view("in1", ts=inside), page_view("in2", ts=inside),
+                          page_view("out", ts=outside)], NOW)
+    profile = await profile_of(redis)
+    facts = catalog.facts(profile, {}, NOW)
+    assert not facts.in_segment("crm_fan")  # 2 inside, the third is outside
+    await pipeline.apply([page_view("in3", ts=inside + 5)], NOW)
+    facts = catalog.facts(await profile_of(redis), {}, NOW)
+    assert facts.in_segment("crm_fan")
+    # A day later the oldest day slides out.
+    assert not catalog.facts(await profile_of(redis), {}, NOW + DAY_MS).in_segment("crm_fan")
+
+
+async def test_minute_window_edges(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    catalog = pipeline.catalogs.current
+    recent = catalog.rules["recent"]
+    minute_start = NOW // MINUTE_MS * MINUTE_MS
+    await pipeline.apply([page_view("old", ts=minute_start - 29 * MINUTE_MS - 1)], NOW)
+    assert not recent(catalog.facts(await profile_of(redis), {}, NOW))
+    await pipeline.apply([page_view("edge", ts=minute_start - 29 * MINUTE_MS)], NOW)
+    assert recent(catalog.facts(await profile_of(redis), {}, NOW))
+
+
+async def test_sums_of_a_numeric_property(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    catalog = pipeline.catalogs.current
+    watched = catalog.rules["watched"]
+    video = [Event(f"v{i}", "video", "p1", NOW - i * DAY_MS, {"seconds": 40}) for i in range(2)]
+    video.append(Event("v-bad", "video", "p1", NOW, {"seconds": "lots"}))  # not a number: ignored
+    await pipeline.apply(video, NOW)
+    assert not watched(catalog.facts(await profile_of(redis), {}, NOW))
+    await pipeline.apply([Event("v9", "video", "p1", NOW, {"seconds": 20.5})], NOW)
+    assert watched(catalog.facts(await profile_of(redis), {}, NOW))
+
+
+async def test_rings_stay_bounded_by_their_longest_window(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    crm = feature(pipeline, "page_view", 7)
+    events = [page_view(f"e{d}", ts=NOW - d * DAY_MS) for d in range(40)]
+    await pipeline.apply(events, NOW)
+    ring = (await profile_of(redis)).w[crm.fid]
+    assert len(ring) - 1 <= crm.length
+    assert ring[1:] == [1] * crm.length
+
+
+async def test_rings_the_catalog_no_longer_needs_are_dropped_on_the_next_write(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("e1")], NOW)
+    assert len((await profile_of(redis)).w) == 2  # crm_fan ring + the 30m ring
+    slimmer = make_pipeline(redis, "segments: [{id: x, when: {trait: a, equals: 1}}]")
+    await slimmer.apply([page_view("e2")], NOW)
+    assert (await profile_of(redis)).w == {}
+
+
+async def test_traits_set_and_null_removes(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([Event("t1", "identify", "p1", NOW, {}, {"a": 1, "b": "x", "c": [1, 2]})], NOW)
+    await pipeline.apply([Event("t2", "identify", "p1", NOW, {}, {"a": None, "b": "y"})], NOW)
+    assert (await profile_of(redis)).t == {"b": "y", "c": [1, 2]}
+
+
+async def test_score_points_decay_with_the_half_life(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    catalog = pipeline.catalogs.current
+    await pipeline.apply([Event("d1", "download", "p1", NOW, {})], NOW)
+    await pipeline.apply([Event("d2", "download", "p1", NOW + 10 * DAY_MS, {})], NOW + 10 * DAY_MS)
+    profile = await profile_of(redis)
+    assert catalog.scoring.score(profile, NOW + 10 * DAY_MS) == pytest.approx(15.0)
+    assert catalog.scoring.score(profile, NOW + 20 * DAY_MS) == pytest.approx(7.5)
+
+
+async def test_segment_membership_is_recorded_and_changes_reported(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    result = await pipeline.apply([page_view(f"e{i}") for i in range(3)], NOW)
+    assert result.segment_changes == {"p1": ([], ["crm_fan"])}
+    assert (await profile_of(redis)).g == ["crm_fan"]
+    result = await pipeline.apply([Event("t", "identify", "p1", NOW, {}, {"registered": True})], NOW)
+    assert result.segment_changes == {"p1": (["crm_fan"], ["crm_fan", "registered"])}
+    result = await pipeline.apply([page_view("e9")], NOW)
+    assert result.segment_changes == {}
+
+
+async def test_dedupe_forgets_ids_after_its_ttl(redis):
+    pipeline = make_pipeline(redis, CATALOG, dedupe_ttl_s=3600)
+    await pipeline.apply([page_view("e1")], NOW)
+    assert (await pipeline.apply([page_view("e1")], NOW + 3_599_000)).duplicates == 1
+    assert (await pipeline.apply([page_view("e1")], NOW + 3_601_000)).accepted == 1
+
+
+async def test_every_key_has_a_ttl(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("e1")], NOW)
+    assert 0 < await redis.pttl(KEYS.profile("p1")) <= 400 * DAY_MS
+    assert 0 < await redis.pttl(KEYS.dedupe("p1")) <= DAY_MS
+
+
+async def test_anonymous_history_merges_into_the_known_person_once(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view(f"a{i}", person="anon-1") for i in range(2)]
+                         + [Event("at", "identify", "anon-1", NOW, {}, {"lang": "it", "age": 20})], NOW)
+    await pipeline.apply([Event("kt", "identify", "u-1", NOW, {}, {"age": 40})], NOW)
+    login = Event("login", "page_view", "u-1", NOW, {"category": "crm"}, merge_from="anon-1")
+    first = await pipeline.apply([login], NOW)
+    assert first.merged == 1
+    profile = await profile_of(redis, "u-1")
+    crm = feature(pipeline, "page_view", 7)
+    assert profile.w[crm.fid][1:] == [3]  # 2 anonymous + the login page view
+    assert profile.t == {"age": 40, "lang": "it"}  # the known person's traits win
+    assert await redis.exists(KEYS.profile("anon-1"), KEYS.merge_staging("anon-1")) == 0
+    again = await pipeline.apply([login, Event("next", "page_view", "u-1", NOW, {}, merge_from="anon-1")], NOW)
+    assert again.merged == 0
+    assert (await profile_of(redis, "u-1")).w[crm.fid][1:] == [3]
+
+
+async def test_a_merge_interrupted_after_staging_completes_once_on_retry(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    store = pipeline.store
+    await pipeline.apply([page_view("a1", person="anon-2")], NOW)
+    # The process died after taking the anonymous profile out, before merging it.
+    (staged,) = await store.run([store.stage_call("anon-2", "deadbeef")])
+    assert staged.startswith(b"deadbeef|")
+    assert not await redis.exists(KEYS.profile("anon-2"))
+    login = Event("login", "identify", "u-2", NOW, {}, {"x": 1}, merge_from="anon-2")
+    assert (await pipeline.apply([login], NOW)).merged == 1
+    # And if it died after merging but before forgetting the staged copy: merged once.
+    await redis.set(KEYS.merge_staging("anon-2"), staged)
+    assert (await pipeline.apply([Event("l2", "identify", "u-2", NOW, {}, merge_from="anon-2")], NOW)).merged == 0
+    crm = feature(pipeline, "page_view", 7)
+    assert (await profile_of(redis, "u-2")).w[crm.fid][1:] == [1]
+
+
+async def test_a_persons_keys_share_one_cluster_slot(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("e1", person="user@example.com")], NOW)
+    keys = [KEYS.profile("user@example.com"), KEYS.dedupe("user@example.com"),
+            KEYS.merge_staging("user@example.com")]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+async def test_stored_ids_are_8_byte_hashes(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("an-event-id-that-is-rather-long-0001")], NOW)
+    (member,) = await redis.zrange(KEYS.dedupe("p1"), 0, -1)
+    assert member == event_id_hash("an-event-id-that-is-rather-long-0001") and len(member) == 8
+
+
+async def test_scripts_are_reloaded_after_a_script_flush(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("e1")], NOW)
+    await redis.script_flush()
+    assert (await pipeline.apply([page_view("e2")], NOW)).accepted == 1
+
+
+def test_profiles_decode_the_empty_tables_lua_writes():
+    raw = msgspec.msgpack.encode({"t": [], "w": [], "v": 1})
+    profile = decode_profile(raw)
+    assert profile.t == {} and profile.w == {} and profile.v == 1
