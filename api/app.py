@@ -39,11 +39,11 @@ from engine.errors import (
     NotAuthorized,
     StoreUnavailable,
 )
-from engine.events import PERSON_ID, WireBatch, decode_batch
+from engine.events import PERSON_ID, Event, WireBatch, decode_batch
 from engine.identity import authenticate, require_server, resolve_events
 from engine.keys import Keys
 from engine.people import person_view
-from engine.pipeline import Pipeline
+from engine.pipeline import ApplyResult, Pipeline
 from engine.profiles import ProfileStore, decode_profile
 from engine.settings import MAX_BODY_BYTES, MAX_PLACEMENTS_PER_DECIDE, Settings
 
@@ -163,6 +163,14 @@ async def post_events(request: Request) -> Response:
     wire_events = decode_batch(await read_body(request))
     now = now_ms()
     events = resolve_events(wire_events, caller, services.holder.current, now)
+    result = await apply_events(services, events, now)
+    EVENTS_SECONDS.observe(time.perf_counter() - started)
+    return json_response({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
+
+
+async def apply_events(services: Services, events: list[Event], now: int) -> ApplyResult:
+    """Apply resolved events before answering (every ingest route comes here):
+    a Redis failure or a pass of the budget is a 503, nothing acknowledged."""
     try:
         async with asyncio.timeout(services.apply_budget_s):
             result = await services.pipeline.apply(events, now)
@@ -176,8 +184,7 @@ async def post_events(request: Request) -> Response:
     metrics.EVENTS_DUPLICATE.inc(result.duplicates)
     if result.merged:
         metrics.MERGES.inc(result.merged)
-    EVENTS_SECONDS.observe(time.perf_counter() - started)
-    return json_response({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
+    return result
 
 
 async def post_decide(request: Request) -> Response:
@@ -451,8 +458,10 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             allow_headers=["Content-Type", "X-Attimo-Key", "Authorization"],
             max_age=600,
         ))
+    from api.segment import SEGMENT_ROUTES  # here: api.segment imports this module
+
     app = Starlette(
-        routes=ROUTES + (extra_routes or []),
+        routes=ROUTES + SEGMENT_ROUTES + (extra_routes or []),
         middleware=middleware,
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,

@@ -5,6 +5,8 @@ and never sets a protected trait."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -60,6 +62,30 @@ def authenticate(headers, query, settings) -> Caller:
     if not settings.site_key or not hmac.compare_digest(key.encode(), settings.site_key.encode()):
         raise NotAuthenticated("unknown site key")
     return Caller(is_server=False, site_secret=settings.site_secret)
+
+
+def authenticate_write_key(authorization: str | None, body_write_key: str | None, settings) -> Caller:
+    """Segment-style clients: the write key is the HTTP Basic user with an empty
+    password (or `writeKey` in the body, or a Bearer token). Only the server
+    token is a write key here, so these are server calls."""
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                key = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError):
+                raise NotAuthenticated("the Authorization Basic credentials are not base64 of 'key:'") from None
+        elif scheme.lower() == "bearer":
+            key = credentials.strip()
+        else:
+            raise NotAuthenticated("use HTTP Basic with the write key as the user and an empty password")
+    elif body_write_key is not None:
+        key = body_write_key
+    else:
+        raise NotAuthenticated("send the write key as the HTTP Basic user (empty password) or as writeKey")
+    if settings.server_token and hmac.compare_digest(key.encode(), settings.server_token.encode()):
+        return Caller(is_server=True)
+    raise NotAuthenticated("unknown write key (the write key is the server token)")
 
 
 def require_server(caller: Caller) -> None:
