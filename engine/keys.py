@@ -35,5 +35,63 @@ class Keys:
     def catalog_version(self) -> str:
         return f"{self.prefix}:catalog:version"
 
+    # --- Due queue (engine/due_queue.py): DUE_SHARDS shards, tag {q:N}, a person's
+    # messages always in shard crc32(person) % DUE_SHARDS. No TTL on the shard
+    # keys: they empty as messages are acked; done is trimmed to DUE_DONE_KEEP_MS.
+    # ZSET, member = message id (idempotency key), score = due ms.
+    def due(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:due"
+
+    # ZSET, member = message id, score = lease deadline ms (claimed, not acked).
+    def due_inflight(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:inflight"
+
+    # HASH, message id -> JSON payload, while queued or in flight.
+    def due_messages(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:msg"
+
+    # HASH, message id -> number of claims so far.
+    def due_attempts(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:attempts"
+
+    # HASH, message id -> ms a send started (written before sending).
+    def due_sent(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:sent"
+
+    # ZSET, member = message id, score = ms acked or cancelled; trimmed by age.
+    def due_done(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:done"
+
+    # SET of message ids queued for one person on one channel (cancel on
+    # unsubscribe). TTL: last due time + DUE_DONE_KEEP_MS.
+    def due_person_channel(self, shard: int, person: str, channel: str) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:pc:{channel}:{person}"
+
+    # STRING, JSON contact state of a person: consent per channel and purpose,
+    # time zone, recent sends (bounded to CONTACT_HISTORY_MAX over 8 days).
+    # TTL: CONTACT_STATE_TTL_S, renewed on every write.
+    def contact(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:c"
+
+    # LIST, newest first, JSON outcomes of recent messages (sent, delayed,
+    # dropped, dead-letter, each with its reason). Capped to
+    # CONTACT_OUTCOMES_MAX entries; TTL: CONTACT_STATE_TTL_S.
+    def contact_outcomes(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:o"
+
+    # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
+    def suppressed(self) -> str:
+        return f"{self.prefix}:suppressed"
+
+    # LIST, newest first, JSON dead-lettered messages with the reason. Capped to 10k.
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:deadletter"
+
 
 MERGE_STAGING_TTL_S = 30 * 86_400
+DUE_SHARDS = 16
+DUE_DONE_KEEP_MS = 7 * 86_400_000
+CONTACT_STATE_TTL_S = 400 * 86_400
+CONTACT_HISTORY_MAX = 200
+CONTACT_OUTCOMES_MAX = 50
+DEAD_LETTERS_MAX = 10_000

@@ -1,0 +1,237 @@
+"""The durable due queue: follow-up messages waiting for their time, sharded over
+a fixed number of hash tags so it works on Redis Cluster. A person's messages
+all live in one shard, so cancelling a person's channel touches one slot.
+
+Lifecycle of a message id (its idempotency key): schedule -> due ZSET; claim ->
+in-flight ZSET with a lease deadline; ack -> done ZSET (kept a while, so the same
+key scheduled again is a no-op). A lease that ends without an ack puts the item
+back in due: a crashed scheduler loses nothing."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import orjson
+from redis.asyncio import Redis
+
+from engine.keys import DUE_DONE_KEEP_MS, DUE_SHARDS, Keys
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str  # the idempotency key: the same id scheduled twice is one message
+    person: str
+    channel: str  # email, push, sms, webhook, operator, inbox ...
+    due_ms: int
+    template: str = ""
+    purpose: str = "marketing"
+    body: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {"id": self.id, "person": self.person, "channel": self.channel, "due_ms": self.due_ms,
+             "template": self.template, "purpose": self.purpose, "body": self.body})
+
+    @classmethod
+    def decode(cls, raw: bytes | str) -> Message:
+        return cls(**orjson.loads(raw))
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    message: Message
+    attempts: int  # 1 on the first claim; more means a lease ended before an ack
+    sent_before_ms: int | None = None  # set by begin_send when a send was already started
+
+
+def shard_of(person: str, shards: int = DUE_SHARDS) -> int:
+    return zlib.crc32(person.encode()) % shards
+
+
+# KEYS[1] due ZSET, KEYS[2] msg HASH, KEYS[3] done ZSET, KEYS[4] person+channel SET
+# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] index TTL ms
+# Returns 1 if scheduled, 0 if the id is already queued, in flight or done.
+SCHEDULE = """
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('SADD', KEYS[4], ARGV[1])
+if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[4], ARGV[4])
+end
+return 1
+"""
+
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
+# KEYS[5] sent HASH
+# ARGV[1] now ms, ARGV[2] limit, ARGV[3] lease ms
+# Expired leases go back to due first, then up to `limit` due items move to
+# in-flight. Returns a flat list: id, payload, attempts, sent-at ('' if never).
+CLAIM = """
+local now = tonumber(ARGV[1])
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZADD', KEYS[1], now, id)
+end
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  local payload = redis.call('HGET', KEYS[3], id)
+  if payload then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
+    local attempts = redis.call('HINCRBY', KEYS[4], id, 1)
+    table.insert(out, id)
+    table.insert(out, payload)
+    table.insert(out, attempts)
+    table.insert(out, redis.call('HGET', KEYS[5], id) or '')
+  end
+end
+return out
+"""
+
+# KEYS[1] sent HASH, KEYS[2] in-flight ZSET
+# ARGV[1] id, ARGV[2] now ms
+# Records that a send starts, before it starts. Returns the earlier mark if a
+# send of this id already started (a redelivery after a crash), else 0.
+# Returns -1 if the item is no longer in flight (cancelled or acked meanwhile).
+BEGIN_SEND = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -1 end
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+if before then return tonumber(before) end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 0
+"""
+
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
+# ARGV[1] id, ARGV[2] now ms, ARGV[3] keep done ms
+ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
+redis.call('SREM', KEYS[7], ARGV[1])
+redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+return 1
+"""
+
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH
+# ARGV[1] id, ARGV[2] new due ms
+# Puts an in-flight item back in due at a later time (quiet hours). Returns 0
+# if it was not in flight any more.
+DELAY = """
+if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
+# ARGV[1] now ms
+# Everything queued for one person on one channel ends at once (an unsubscribe).
+# The ids go to done so scheduling them again stays a no-op. Returns the count.
+CANCEL = """
+local ids = redis.call('SMEMBERS', KEYS[7])
+for _, id in ipairs(ids) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZADD', KEYS[6], ARGV[1], id)
+end
+redis.call('DEL', KEYS[7])
+return #ids
+"""
+
+
+class DueQueue:
+    def __init__(self, redis: Redis, keys: Keys | None = None, *, shards: int = DUE_SHARDS,
+                 done_keep_ms: int = DUE_DONE_KEEP_MS):
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.shards = shards
+        self.done_keep_ms = done_keep_ms
+        self._schedule = redis.register_script(SCHEDULE)
+        self._claim = redis.register_script(CLAIM)
+        self._begin_send = redis.register_script(BEGIN_SEND)
+        self._ack = redis.register_script(ACK)
+        self._delay = redis.register_script(DELAY)
+        self._cancel = redis.register_script(CANCEL)
+
+    def _shard_keys(self, shard: int) -> list[str]:
+        k = self.keys
+        return [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_attempts(shard),
+                k.due_sent(shard), k.due_done(shard)]
+
+    def _person_keys(self, person: str, channel: str) -> list[str]:
+        shard = shard_of(person, self.shards)
+        return self._shard_keys(shard) + [self.keys.due_person_channel(shard, person, channel)]
+
+    async def schedule(self, message: Message) -> bool:
+        """Queue a message; False if its idempotency key was already scheduled."""
+        shard = shard_of(message.person, self.shards)
+        k = self.keys
+        index_ttl_ms = max(message.due_ms, 0) + self.done_keep_ms  # outlives the message
+        result = await self._schedule(
+            keys=[k.due(shard), k.due_messages(shard), k.due_done(shard),
+                  k.due_person_channel(shard, message.person, message.channel)],
+            args=[message.id, message.due_ms, message.encode(), index_ttl_ms])
+        return bool(result)
+
+    async def claim(self, now_ms: int, limit: int, lease_ms: int) -> list[Claimed]:
+        """Move up to `limit` due items (over all shards) in flight until now + lease."""
+        claimed: list[Claimed] = []
+        per_shard = max(1, limit // self.shards) if limit >= self.shards else limit
+        start = now_ms % self.shards  # rotate so no shard starves
+        for i in range(self.shards):
+            if len(claimed) >= limit:
+                break
+            shard = (start + i) % self.shards
+            keys = self._shard_keys(shard)[:5]
+            flat = await self._claim(keys=keys, args=[now_ms, min(per_shard, limit - len(claimed)), lease_ms])
+            for j in range(0, len(flat), 4):
+                sent = flat[j + 3]
+                claimed.append(Claimed(Message.decode(flat[j + 1]), int(flat[j + 2]),
+                                       int(sent) if sent not in (b"", "") else None))
+        return claimed
+
+    async def begin_send(self, message: Message, now_ms: int) -> int:
+        """Record the idempotency key before sending: 0 = first send, -1 = no longer
+        in flight (do not send), otherwise the ms of an earlier send attempt."""
+        shard = shard_of(message.person, self.shards)
+        return int(await self._begin_send(
+            keys=[self.keys.due_sent(shard), self.keys.due_inflight(shard)], args=[message.id, now_ms]))
+
+    async def ack(self, message: Message, now_ms: int) -> None:
+        await self._ack(keys=self._person_keys(message.person, message.channel),
+                        args=[message.id, now_ms, self.done_keep_ms])
+
+    async def delay(self, message: Message, until_ms: int) -> bool:
+        shard = shard_of(message.person, self.shards)
+        return bool(await self._delay(keys=self._shard_keys(shard)[:3], args=[message.id, until_ms]))
+
+    async def cancel(self, person: str, channel: str, now_ms: int) -> int:
+        """Drop everything queued or in flight for this person on this channel."""
+        return int(await self._cancel(keys=self._person_keys(person, channel), args=[now_ms]))
+
+    async def pending(self) -> dict[str, int]:
+        """Counts over all shards: due, in flight, done (kept)."""
+        due = inflight = done = 0
+        for shard in range(self.shards):
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.zcard(self.keys.due(shard))
+            pipe.zcard(self.keys.due_inflight(shard))
+            pipe.zcard(self.keys.due_done(shard))
+            d, f, n = await pipe.execute()
+            due, inflight, done = due + d, inflight + f, done + n
+        return {"due": due, "inflight": inflight, "done": done}

@@ -1,0 +1,83 @@
+"""The due queue against a real redis-server: idempotent scheduling, atomic claims
+with leases, expired leases coming back, cancel by person and channel."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.due_queue import DueQueue, Message, shard_of
+
+
+def msg(i: int, person: str = "u-1", channel: str = "email", due_ms: int = 1000) -> Message:
+    return Message(id=f"m-{i}", person=person, channel=channel, due_ms=due_ms, template="t")
+
+
+async def test_scheduling_the_same_key_twice_is_one_message(redis):
+    queue = DueQueue(redis)
+    assert await queue.schedule(msg(1))
+    assert not await queue.schedule(msg(1))
+    assert (await queue.pending())["due"] == 1
+
+
+async def test_claim_takes_only_due_items_and_each_once(redis):
+    queue = DueQueue(redis)
+    for i in range(10):
+        await queue.schedule(msg(i, person=f"u-{i}", due_ms=1000 + i))
+    await queue.schedule(msg(99, due_ms=5000))
+    first, second = await asyncio.gather(queue.claim(2000, 100, 60_000), queue.claim(2000, 100, 60_000))
+    ids = [c.message.id for c in first + second]
+    assert sorted(ids) == sorted(f"m-{i}" for i in range(10))
+    assert all(c.attempts == 1 for c in first + second)
+    assert (await queue.pending()) == {"due": 1, "inflight": 10, "done": 0}
+
+
+async def test_an_acked_key_scheduled_again_stays_done(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    [claimed] = await queue.claim(2000, 10, 60_000)
+    await queue.ack(claimed.message, 2001)
+    assert not await queue.schedule(msg(1))
+    assert await queue.claim(10_000, 10, 60_000) == []
+
+
+async def test_expired_lease_comes_back_with_its_send_mark(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    [claimed] = await queue.claim(2000, 10, lease_ms=1000)
+    assert await queue.begin_send(claimed.message, 2001) == 0
+    assert await queue.claim(2999, 10, 1000) == []  # lease still held
+    [again] = await queue.claim(3000, 10, 1000)  # lease ended: back, not lost
+    assert again.attempts == 2 and again.sent_before_ms == 2001
+    assert await queue.begin_send(again.message, 3001) == 2001  # a redelivery is detected
+
+
+async def test_cancel_by_person_and_channel_removes_queued_and_in_flight(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1, due_ms=1000))
+    await queue.schedule(msg(2, due_ms=9000))
+    await queue.schedule(msg(3, channel="push"))
+    await queue.schedule(msg(4, person="u-2"))
+    [_, _, _] = await queue.claim(2000, 10, 60_000)  # m-1, m-3, m-4 in flight
+    assert await queue.cancel("u-1", "email", 2001) == 2
+    remaining = [c.message.id for c in await queue.claim(50_000, 10, 1)]
+    assert remaining == []  # m-3 and m-4 are in flight, m-2 is gone
+    later = sorted(c.message.id for c in await queue.claim(200_000, 10, 1))
+    assert later == ["m-3", "m-4"]
+    assert not await queue.schedule(msg(2))  # cancelled stays cancelled
+    assert await queue.begin_send(msg(1), 2002) == -1  # a cancelled in-flight item is not sent
+
+
+async def test_delay_puts_an_item_back_at_a_later_time(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    [claimed] = await queue.claim(2000, 10, 60_000)
+    assert await queue.delay(claimed.message, 50_000)
+    assert await queue.claim(49_999, 10, 1000) == []
+    assert [c.message.id for c in await queue.claim(50_000, 10, 1000)] == ["m-1"]
+
+
+async def test_every_script_touches_one_shard_slot(redis):
+    queue = DueQueue(redis)
+    shard = shard_of("u-1")
+    keys = queue._person_keys("u-1", "email")
+    assert all(f"{{q:{shard}}}" in key for key in keys)
