@@ -1,0 +1,226 @@
+"""The contact policy, applied when a message is about to go out: consent per
+channel and purpose, frequency caps, quiet hours in the person's time zone, no
+repeat of a template within a window, the suppression list. `judge` is a pure
+function of the policy, the person's contact state, the message and the time;
+`ContactStore` is the thin Redis adapter that decides and records atomically."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from engine.keys import CONTACT_HISTORY_MAX, CONTACT_OUTCOMES_MAX, CONTACT_STATE_TTL_S, Keys
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+HISTORY_KEEP_MS = 8 * DAY_MS  # the longest look-back any rule needs, plus a day
+
+# Channels that reach the person and so need their consent; operator alerts
+# (sales, support) go to staff and are not contact with the person.
+PERSONAL_CHANNELS = frozenset({"email", "push", "sms", "webhook", "inbox"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    per_day: int | None = None
+    per_week: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactPolicy:
+    # Channels where only an explicit opt-in allows a send. Email is always one of them.
+    opt_in_channels: frozenset[str] = frozenset({"email", "sms"})
+    channel_caps: dict[str, Caps] = field(default_factory=dict)
+    total_caps: Caps = Caps()  # across all personal channels
+    quiet_start_hour: int | None = None  # e.g. 21: from 21:00 ...
+    quiet_end_hour: int | None = None  # ... to 08:00, in the person's time zone
+    quiet_action: str = "delay"  # or "drop"
+    repeat_window_ms: int = 0  # same template to the same person at most once in it
+    default_tz: str = "UTC"
+
+    def requires_opt_in(self, channel: str) -> bool:
+        return channel == "email" or channel in self.opt_in_channels
+
+
+@dataclass(slots=True)
+class ContactState:
+    # consent[channel][purpose] = True (opt-in) / False (opt-out); purpose "*" = all
+    consent: dict[str, dict[str, bool]] = field(default_factory=dict)
+    tz: str | None = None
+    sends: list[list] = field(default_factory=list)  # [ms, channel, template], oldest first
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends})
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> ContactState:
+        if not raw:
+            return cls()
+        data = orjson.loads(raw)
+        return cls(data.get("consent", {}), data.get("tz"), data.get("sends", []))
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: str  # "allow", "delay", "drop"
+    reason: str
+    until_ms: int | None = None  # for "delay"
+
+
+ALLOW = Verdict("allow", "ok")
+
+
+def consent_given(state: ContactState, channel: str, purpose: str) -> bool | None:
+    by_purpose = state.consent.get(channel, {})
+    for key in (purpose, "*"):
+        if key in by_purpose:
+            return by_purpose[key]
+    return None
+
+
+def quiet_until(policy: ContactPolicy, tz_name: str | None, now_ms: int) -> int | None:
+    """The ms when quiet hours end if `now_ms` falls inside them, else None."""
+    if policy.quiet_start_hour is None or policy.quiet_end_hour is None:
+        return None
+    try:
+        tz = ZoneInfo(tz_name or policy.default_tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo(policy.default_tz)
+    local = datetime.fromtimestamp(now_ms / 1000, tz)
+    start, end = policy.quiet_start_hour, policy.quiet_end_hour
+    hour = local.hour
+    inside = (start <= hour or hour < end) if start > end else (start <= hour < end)
+    if not inside:
+        return None
+    end_day = local.date() if hour < end else local.date() + timedelta(days=1)
+    # Wall-clock end in that zone (DST-safe: built from the date, not by adding hours).
+    end_local = datetime(end_day.year, end_day.month, end_day.day, end, tzinfo=tz)
+    return int(end_local.timestamp() * 1000)
+
+
+def judge(policy: ContactPolicy, state: ContactState, *, channel: str, purpose: str,
+          template: str, now_ms: int, suppressed: bool = False) -> Verdict:
+    """Allow, delay until a time, or drop, with the reason, for one message now."""
+    if channel not in PERSONAL_CHANNELS:
+        return ALLOW
+    if suppressed:
+        return Verdict("drop", "suppressed")
+    consent = consent_given(state, channel, purpose)
+    if consent is False:
+        return Verdict("drop", f"no consent: {channel} opted out for {purpose}")
+    if consent is None and policy.requires_opt_in(channel):
+        return Verdict("drop", f"no consent: {channel} needs an opt-in for {purpose}")
+    recent = [s for s in state.sends if s[0] > now_ms - WEEK_MS]
+    if policy.repeat_window_ms and template and any(
+            s[2] == template and s[0] > now_ms - policy.repeat_window_ms for s in recent):
+        return Verdict("drop", f"repeat: template {template} sent within {policy.repeat_window_ms} ms")
+    for caps, sends, label in (
+            (policy.channel_caps.get(channel), [s for s in recent if s[1] == channel], f"{channel} cap"),
+            (policy.total_caps, recent, "cross-channel cap")):
+        if caps is None:
+            continue
+        if caps.per_day is not None and sum(s[0] > now_ms - DAY_MS for s in sends) >= caps.per_day:
+            return Verdict("drop", f"{label}: {caps.per_day} per day reached")
+        if caps.per_week is not None and len(sends) >= caps.per_week:
+            return Verdict("drop", f"{label}: {caps.per_week} per week reached")
+    until = quiet_until(policy, state.tz, now_ms)
+    if until is not None:
+        if policy.quiet_action == "drop":
+            return Verdict("drop", "quiet hours")
+        return Verdict("delay", "quiet hours", until)
+    return ALLOW
+
+
+def record_send(state: ContactState, *, channel: str, template: str, now_ms: int) -> None:
+    """Add a send to the history, keeping it bounded in time and length."""
+    state.sends = [s for s in state.sends if s[0] > now_ms - HISTORY_KEEP_MS]
+    state.sends.append([now_ms, channel, template])
+    del state.sends[:-CONTACT_HISTORY_MAX]
+
+
+def set_consent(state: ContactState, channel: str, purpose: str, granted: bool) -> None:
+    state.consent.setdefault(channel, {})[purpose] = granted
+
+
+class ContactStore:
+    """Reads and writes a person's contact state; a verdict that allows a send is
+    recorded in the same optimistic transaction, so concurrent senders cannot
+    both pass a cap."""
+
+    def __init__(self, redis: Redis, keys: Keys | None = None, *, ttl_s: int = CONTACT_STATE_TTL_S):
+        self.redis = redis
+        self.keys = keys or Keys()
+        self.ttl_s = ttl_s
+
+    async def load(self, person: str) -> ContactState:
+        return ContactState.decode(await self.redis.get(self.keys.contact(person)))
+
+    async def update(self, person: str, change) -> ContactState:
+        """Apply `change(state)` atomically (consent events, time zone)."""
+        key = self.keys.contact(person)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    state = ContactState.decode(await pipe.get(key))
+                    change(state)
+                    pipe.multi()
+                    pipe.set(key, state.encode(), ex=self.ttl_s)
+                    await pipe.execute()
+                    return state
+                except WatchError:
+                    continue
+
+    async def set_consent(self, person: str, channel: str, purpose: str, granted: bool) -> None:
+        await self.update(person, lambda s: set_consent(s, channel, purpose, granted))
+
+    async def set_tz(self, person: str, tz: str) -> None:
+        def change(state: ContactState) -> None:
+            state.tz = tz
+        await self.update(person, change)
+
+    async def suppress(self, who: str) -> None:
+        await self.redis.sadd(self.keys.suppressed(), who)
+
+    async def check_and_reserve(self, policy: ContactPolicy, *, person: str, channel: str,
+                                purpose: str, template: str, now_ms: int,
+                                addresses: tuple[str, ...] = ()) -> Verdict:
+        """Judge a message and, if allowed, count it as sent, in one transaction."""
+        key = self.keys.contact(person)
+        candidates = (person, *addresses)
+        flags = await self.redis.smismember(self.keys.suppressed(), candidates)
+        suppressed = any(flags)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    state = ContactState.decode(await pipe.get(key))
+                    verdict = judge(policy, state, channel=channel, purpose=purpose,
+                                    template=template, now_ms=now_ms, suppressed=suppressed)
+                    if verdict.action != "allow" or channel not in PERSONAL_CHANNELS:
+                        await pipe.unwatch()
+                        return verdict
+                    record_send(state, channel=channel, template=template, now_ms=now_ms)
+                    pipe.multi()
+                    pipe.set(key, state.encode(), ex=self.ttl_s)
+                    await pipe.execute()
+                    return verdict
+                except WatchError:
+                    continue
+
+    async def record_outcome(self, person: str, outcome: dict) -> None:
+        """Keep the person's recent message outcomes (sent, delayed, dropped...)."""
+        key = self.keys.contact_outcomes(person)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(key, orjson.dumps(outcome))
+        pipe.ltrim(key, 0, CONTACT_OUTCOMES_MAX - 1)
+        pipe.expire(key, self.ttl_s)
+        await pipe.execute()
+
+    async def outcomes(self, person: str) -> list[dict]:
+        return [orjson.loads(raw) for raw in await self.redis.lrange(self.keys.contact_outcomes(person), 0, -1)]

@@ -1,0 +1,108 @@
+"""The contact policy as pure functions: consent, caps, quiet hours, repeats,
+suppression; each verdict with its reason."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from engine.contact_policy import (
+    DAY_MS, Caps, ContactPolicy, ContactState, judge, quiet_until, record_send, set_consent,
+)
+
+NOON_UTC = int(datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
+
+
+def opted_in(*channels: str) -> ContactState:
+    state = ContactState()
+    for channel in channels:
+        set_consent(state, channel, "*", True)
+    return state
+
+
+def verdict(policy, state, channel="email", template="t1", now=NOON_UTC, **kw):
+    return judge(policy, state, channel=channel, purpose="marketing", template=template, now_ms=now, **kw)
+
+
+def test_email_is_never_sent_without_an_opt_in():
+    policy = ContactPolicy(opt_in_channels=frozenset())
+    v = verdict(policy, ContactState())
+    assert v.action == "drop" and "opt-in" in v.reason
+    assert verdict(policy, ContactState(), channel="push").action == "allow"
+
+
+def test_consent_is_per_channel_and_purpose():
+    state = opted_in("email")
+    set_consent(state, "email", "marketing", False)
+    assert verdict(ContactPolicy(), state).reason.startswith("no consent: email opted out")
+    assert judge(ContactPolicy(), state, channel="email", purpose="transactional", template="t",
+                 now_ms=NOON_UTC).action == "allow"
+
+
+def test_operator_alerts_need_no_consent():
+    assert verdict(ContactPolicy(), ContactState(), channel="operator").action == "allow"
+
+
+def test_channel_cap_per_day_then_week():
+    policy = ContactPolicy(channel_caps={"email": Caps(per_day=2, per_week=3)})
+    state = opted_in("email")
+    record_send(state, channel="email", template="a", now_ms=NOON_UTC - 3 * DAY_MS)
+    record_send(state, channel="email", template="b", now_ms=NOON_UTC - 1000)
+    assert verdict(policy, state).action == "allow"
+    record_send(state, channel="email", template="c", now_ms=NOON_UTC - 500)
+    assert verdict(policy, state).reason == "email cap: 2 per day reached"
+    assert verdict(policy, state, now=NOON_UTC + DAY_MS).reason == "email cap: 3 per week reached"
+    assert verdict(policy, state, now=NOON_UTC + 5 * DAY_MS).action == "allow"
+
+
+def test_cross_channel_cap():
+    policy = ContactPolicy(total_caps=Caps(per_day=2))
+    state = opted_in("email", "sms")
+    record_send(state, channel="email", template="a", now_ms=NOON_UTC - 10)
+    record_send(state, channel="push", template="b", now_ms=NOON_UTC - 5)
+    assert verdict(policy, state, channel="sms").reason == "cross-channel cap: 2 per day reached"
+
+
+def test_same_template_not_repeated_within_the_window():
+    policy = ContactPolicy(repeat_window_ms=DAY_MS)
+    state = opted_in("email")
+    record_send(state, channel="email", template="welcome", now_ms=NOON_UTC - 1000)
+    assert verdict(policy, state, template="welcome").reason.startswith("repeat")
+    assert verdict(policy, state, template="other").action == "allow"
+    assert verdict(policy, state, template="welcome", now=NOON_UTC + DAY_MS).action == "allow"
+
+
+def test_suppressed_people_get_nothing():
+    assert verdict(ContactPolicy(), opted_in("email"), suppressed=True).reason == "suppressed"
+
+
+def test_quiet_hours_delay_to_the_morning_in_the_persons_zone():
+    policy = ContactPolicy(quiet_start_hour=21, quiet_end_hour=8)
+    state = opted_in("email")
+    state.tz = "America/New_York"  # 12:00 UTC is 08:00 in New York in June: allowed
+    assert verdict(policy, state).action == "allow"
+    state.tz = "Asia/Tokyo"  # 12:00 UTC is 21:00 in Tokyo: quiet until 08:00 there
+    v = verdict(policy, state)
+    assert v.action == "delay" and v.reason == "quiet hours"
+    assert datetime.fromtimestamp(v.until_ms / 1000, ZoneInfo("Asia/Tokyo")).hour == 8
+    assert v.until_ms == NOON_UTC + 11 * 3_600_000
+
+
+def test_quiet_hours_can_drop_instead():
+    policy = ContactPolicy(quiet_start_hour=9, quiet_end_hour=17, quiet_action="drop")
+    assert verdict(policy, opted_in("email")).reason == "quiet hours"
+
+
+def test_quiet_hours_within_one_day_and_outside():
+    policy = ContactPolicy(quiet_start_hour=13, quiet_end_hour=15)
+    assert quiet_until(policy, "UTC", NOON_UTC) is None
+    assert quiet_until(policy, "UTC", NOON_UTC + 3_600_000) == NOON_UTC + 3 * 3_600_000
+
+
+def test_send_history_stays_bounded():
+    state = ContactState()
+    for i in range(1000):
+        record_send(state, channel="push", template="t", now_ms=NOON_UTC + i)
+    assert len(state.sends) == 200
+    record_send(state, channel="push", template="t", now_ms=NOON_UTC + 30 * DAY_MS)
+    assert len(state.sends) == 1
