@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     sign.add_argument("user_id")
     sign.add_argument("--secret", help="site secret [ATTIMO_SITE_SECRET]")
 
+    scheduler = commands.add_parser("scheduler", help="send due follow-up messages (contact policy at send time)")
+    scheduler.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
+
     args = parser.parse_args(argv)
     try:
-        return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign}[args.command](args)
+        return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign,
+                "scheduler": run_scheduler_command}[args.command](args)
     except AttimoError as exc:
         print(f"attimo: {exc}", file=sys.stderr)
         return 1
@@ -55,6 +59,15 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server-token", help="[ATTIMO_SERVER_TOKEN]")
     parser.add_argument("--site-key", help="[ATTIMO_SITE_KEY]")
     parser.add_argument("--site-secret", help="[ATTIMO_SITE_SECRET]")
+
+
+def run_scheduler_command(args) -> int:
+    from engine.scheduler import run_scheduler
+
+    settings = Settings.from_env(redis_url=args.redis_url)
+    stats = asyncio.run(run_scheduler(settings))
+    print(f"attimo scheduler: stopped {stats.as_dict()}", flush=True)
+    return 0
 
 
 def run_check(args) -> int:

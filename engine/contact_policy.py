@@ -52,7 +52,7 @@ class ContactState:
     # consent[channel][purpose] = True (opt-in) / False (opt-out); purpose "*" = all
     consent: dict[str, dict[str, bool]] = field(default_factory=dict)
     tz: str | None = None
-    sends: list[list] = field(default_factory=list)  # [ms, channel, template], oldest first
+    sends: list[list] = field(default_factory=list)  # [ms, channel, template, id], oldest first
 
     def encode(self) -> bytes:
         return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends})
@@ -104,8 +104,9 @@ def quiet_until(policy: ContactPolicy, tz_name: str | None, now_ms: int) -> int 
 
 
 def judge(policy: ContactPolicy, state: ContactState, *, channel: str, purpose: str,
-          template: str, now_ms: int, suppressed: bool = False) -> Verdict:
-    """Allow, delay until a time, or drop, with the reason, for one message now."""
+          template: str, now_ms: int, suppressed: bool = False, message_id: str = "") -> Verdict:
+    """Allow, delay until a time, or drop, with the reason, for one message now.
+    A send already reserved by this same message id (a redelivery) does not count."""
     if channel not in PERSONAL_CHANNELS:
         return ALLOW
     if suppressed:
@@ -115,7 +116,8 @@ def judge(policy: ContactPolicy, state: ContactState, *, channel: str, purpose: 
         return Verdict("drop", f"no consent: {channel} opted out for {purpose}")
     if consent is None and policy.requires_opt_in(channel):
         return Verdict("drop", f"no consent: {channel} needs an opt-in for {purpose}")
-    recent = [s for s in state.sends if s[0] > now_ms - WEEK_MS]
+    recent = [s for s in state.sends if s[0] > now_ms - WEEK_MS
+              and not (message_id and len(s) > 3 and s[3] == message_id)]
     if policy.repeat_window_ms and template and any(
             s[2] == template and s[0] > now_ms - policy.repeat_window_ms for s in recent):
         return Verdict("drop", f"repeat: template {template} sent within {policy.repeat_window_ms} ms")
@@ -136,10 +138,12 @@ def judge(policy: ContactPolicy, state: ContactState, *, channel: str, purpose: 
     return ALLOW
 
 
-def record_send(state: ContactState, *, channel: str, template: str, now_ms: int) -> None:
+def record_send(state: ContactState, *, channel: str, template: str, now_ms: int,
+                message_id: str = "") -> None:
     """Add a send to the history, keeping it bounded in time and length."""
-    state.sends = [s for s in state.sends if s[0] > now_ms - HISTORY_KEEP_MS]
-    state.sends.append([now_ms, channel, template])
+    state.sends = [s for s in state.sends if s[0] > now_ms - HISTORY_KEEP_MS
+                   and not (message_id and len(s) > 3 and s[3] == message_id)]
+    state.sends.append([now_ms, channel, template, message_id])
     del state.sends[:-CONTACT_HISTORY_MAX]
 
 
@@ -188,7 +192,7 @@ class ContactStore:
         await self.redis.sadd(self.keys.suppressed(), who)
 
     async def check_and_reserve(self, policy: ContactPolicy, *, person: str, channel: str,
-                                purpose: str, template: str, now_ms: int,
+                                purpose: str, template: str, now_ms: int, message_id: str = "",
                                 addresses: tuple[str, ...] = ()) -> Verdict:
         """Judge a message and, if allowed, count it as sent, in one transaction."""
         key = self.keys.contact(person)
@@ -201,11 +205,13 @@ class ContactStore:
                     await pipe.watch(key)
                     state = ContactState.decode(await pipe.get(key))
                     verdict = judge(policy, state, channel=channel, purpose=purpose,
-                                    template=template, now_ms=now_ms, suppressed=suppressed)
+                                    template=template, now_ms=now_ms, suppressed=suppressed,
+                                    message_id=message_id)
                     if verdict.action != "allow" or channel not in PERSONAL_CHANNELS:
                         await pipe.unwatch()
                         return verdict
-                    record_send(state, channel=channel, template=template, now_ms=now_ms)
+                    record_send(state, channel=channel, template=template, now_ms=now_ms,
+                                message_id=message_id)
                     pipe.multi()
                     pipe.set(key, state.encode(), ex=self.ttl_s)
                     await pipe.execute()

@@ -122,13 +122,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARG
 return 1
 """
 
-# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH
-# ARGV[1] id, ARGV[2] new due ms
-# Puts an in-flight item back in due at a later time (quiet hours). Returns 0
-# if it was not in flight any more.
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] sent HASH
+# ARGV[1] id, ARGV[2] new due ms, ARGV[3] '1' to clear the send mark (a send
+# that failed for sure, retried later)
+# Puts an in-flight item back in due at a later time (quiet hours, retry).
+# Returns 0 if it was not in flight any more.
 DELAY = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then return 0 end
+if ARGV[3] == '1' then redis.call('HDEL', KEYS[4], ARGV[1]) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
@@ -216,9 +218,13 @@ class DueQueue:
         await self._ack(keys=self._person_keys(message.person, message.channel),
                         args=[message.id, now_ms, self.done_keep_ms])
 
-    async def delay(self, message: Message, until_ms: int) -> bool:
+    async def delay(self, message: Message, until_ms: int, *, clear_send_mark: bool = False) -> bool:
+        """Back to due at `until_ms`; False if no longer in flight."""
         shard = shard_of(message.person, self.shards)
-        return bool(await self._delay(keys=self._shard_keys(shard)[:3], args=[message.id, until_ms]))
+        k = self.keys
+        return bool(await self._delay(
+            keys=[k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard)],
+            args=[message.id, until_ms, "1" if clear_send_mark else "0"]))
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:
         """Drop everything queued or in flight for this person on this channel."""

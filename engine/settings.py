@@ -48,6 +48,28 @@ class Settings:
     catalog_poll_s: float = 2.0
     access_log: bool = False
 
+    # Follow-ups (engine/scheduler.py, docs/followups.md).
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_tls: str = "none"  # none, starttls, implicit
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_from: str = "Attimo <noreply@localhost>"
+    public_url: str = "http://127.0.0.1:8000"  # base of tracking and unsubscribe links
+    tracking_secret: str | None = None
+    webhook_urls: tuple[str, ...] = ()  # channel=URL, e.g. push=https://...,sms=https://...
+    webhook_secret: str | None = None
+    webhook_attempts: int = 5
+    webhook_backoff_ms: float = 200.0
+    scheduler_batch: int = 100
+    scheduler_lease_ms: int = 60_000
+    scheduler_poll_ms: float = 100.0
+    scheduler_concurrency: int = 32
+    contact_caps: tuple[str, ...] = ()  # channel:day/week, e.g. email:1/3,total:4/10
+    quiet_hours: str | None = None  # e.g. 21-8, in the person's time zone
+    quiet_action: str = "delay"  # delay or drop
+    repeat_window_s: int = 0
+
     # Each field and the environment variable that sets it.
     ENV: ClassVar[dict[str, str]] = {
         "redis_url": "ATTIMO_REDIS_URL",
@@ -68,6 +90,26 @@ class Settings:
         "profile_ttl_s": "ATTIMO_PROFILE_TTL_S",
         "catalog_poll_s": "ATTIMO_CATALOG_POLL_S",
         "access_log": "ATTIMO_ACCESS_LOG",
+        "smtp_host": "ATTIMO_SMTP_HOST",
+        "smtp_port": "ATTIMO_SMTP_PORT",
+        "smtp_tls": "ATTIMO_SMTP_TLS",
+        "smtp_username": "ATTIMO_SMTP_USERNAME",
+        "smtp_password": "ATTIMO_SMTP_PASSWORD",
+        "smtp_from": "ATTIMO_SMTP_FROM",
+        "public_url": "ATTIMO_PUBLIC_URL",
+        "tracking_secret": "ATTIMO_TRACKING_SECRET",
+        "webhook_urls": "ATTIMO_WEBHOOK_URLS",
+        "webhook_secret": "ATTIMO_WEBHOOK_SECRET",
+        "webhook_attempts": "ATTIMO_WEBHOOK_ATTEMPTS",
+        "webhook_backoff_ms": "ATTIMO_WEBHOOK_BACKOFF_MS",
+        "scheduler_batch": "ATTIMO_SCHEDULER_BATCH",
+        "scheduler_lease_ms": "ATTIMO_SCHEDULER_LEASE_MS",
+        "scheduler_poll_ms": "ATTIMO_SCHEDULER_POLL_MS",
+        "scheduler_concurrency": "ATTIMO_SCHEDULER_CONCURRENCY",
+        "contact_caps": "ATTIMO_CONTACT_CAPS",
+        "quiet_hours": "ATTIMO_QUIET_HOURS",
+        "quiet_action": "ATTIMO_QUIET_ACTION",
+        "repeat_window_s": "ATTIMO_REPEAT_WINDOW_S",
     }
 
     @classmethod
@@ -91,6 +133,10 @@ class Settings:
             raise SettingsError("ATTIMO_WORKERS must be at least 1")
         if self.site_key and not self.site_secret:
             raise SettingsError("ATTIMO_SITE_KEY needs ATTIMO_SITE_SECRET to verify signed user ids")
+        if self.smtp_tls not in ("none", "starttls", "implicit"):
+            raise SettingsError("ATTIMO_SMTP_TLS must be none, starttls or implicit")
+        if self.quiet_action not in ("delay", "drop"):
+            raise SettingsError("ATTIMO_QUIET_ACTION must be delay or drop")
         if self.redis_pool_size < 1:
             raise SettingsError("ATTIMO_REDIS_POOL_SIZE must be at least 1")
 

@@ -106,3 +106,12 @@ def test_send_history_stays_bounded():
     assert len(state.sends) == 200
     record_send(state, channel="push", template="t", now_ms=NOON_UTC + 30 * DAY_MS)
     assert len(state.sends) == 1
+
+
+def test_a_redelivered_message_does_not_count_against_its_own_cap():
+    policy = ContactPolicy(channel_caps={"email": Caps(per_day=1)})
+    state = opted_in("email")
+    record_send(state, channel="email", template="t1", now_ms=NOON_UTC - 10, message_id="m-1")
+    assert judge(policy, state, channel="email", purpose="marketing", template="t1", now_ms=NOON_UTC,
+                 message_id="m-1").action == "allow"
+    assert verdict(policy, state, template="t2").reason == "email cap: 1 per day reached"

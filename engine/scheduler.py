@@ -1,0 +1,221 @@
+"""The follow-up scheduler: claims due messages with a lease, applies the contact
+policy at send time, records the idempotency key, sends through the channel and
+acknowledges. Time comes from an injected clock so tests move it at will."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+from redis.asyncio import Redis
+
+from engine.contact_policy import Caps, ContactPolicy, ContactStore
+from engine.due_queue import Claimed, DueQueue, Message
+from engine.keys import DEAD_LETTERS_MAX, Keys
+from engine.settings import Settings
+
+Clock = Callable[[], int]  # epoch ms
+Sender = Callable[[Message, dict], Awaitable[object]]
+
+RETRY_BASE_MS = 30_000  # a failed send is retried through the queue, doubling each time
+MAX_SEND_ATTEMPTS = 5
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SendError(Exception):
+    """Raised by a sender for a failure worth retrying later through the queue."""
+
+
+class PermanentSendError(Exception):
+    """Raised by a sender when retrying cannot help: dead-letter at once."""
+
+
+@dataclass
+class SchedulerStats:
+    claimed: int = 0
+    sent: int = 0
+    dropped: int = 0
+    delayed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    redelivered: int = 0  # a send of this id had started before: a possible duplicate
+    cancelled: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class Scheduler:
+    def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
+                 senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
+                 lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32):
+        self.queue = queue
+        self.contacts = contacts
+        self.policy = policy
+        self.senders = senders
+        self.clock = clock
+        self.lease_ms = lease_ms
+        self.batch = batch
+        self.limit = asyncio.Semaphore(concurrency)
+        self.stats = SchedulerStats()
+
+    async def run_once(self) -> int:
+        """Claim and process one batch; returns how many items were claimed."""
+        claimed = await self.queue.claim(self.clock(), self.batch, self.lease_ms)
+        self.stats.claimed += len(claimed)
+        await asyncio.gather(*(self._guarded(item) for item in claimed))
+        return len(claimed)
+
+    async def run(self, stop: asyncio.Event, poll_ms: float = 100.0) -> None:
+        """Loop until `stop` is set; sleeps only when nothing was due."""
+        while not stop.is_set():
+            if await self.run_once() == 0:
+                try:
+                    await asyncio.wait_for(stop.wait(), poll_ms / 1000)
+                except TimeoutError:
+                    pass
+
+    async def _guarded(self, item: Claimed) -> None:
+        async with self.limit:
+            await self.process(item)
+
+    async def _outcome(self, message: Message, status: str, reason: str, **extra) -> None:
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        await self.contacts.record_outcome(message.person, {
+            "id": message.id, "channel": message.channel, "template": message.template,
+            "status": status, "reason": reason, "at": self.clock(), **extra})
+
+    async def process(self, item: Claimed) -> str:
+        message = item.message
+        sender = self.senders.get(message.channel)
+        if sender is None:
+            return await self._dead_letter(message, f"no channel configured for {message.channel}")
+        if item.sent_before_ms is None:
+            verdict = await self.contacts.check_and_reserve(
+                self.policy, person=message.person, channel=message.channel, purpose=message.purpose,
+                template=message.template, now_ms=self.clock(), message_id=message.id,
+                addresses=tuple(a for a in (message.body.get("to"),) if a))
+            if verdict.action == "drop":
+                self.stats.dropped += 1
+                await self._outcome(message, "dropped", verdict.reason)
+                await self.queue.ack(message, self.clock())
+                return "dropped"
+            if verdict.action == "delay":
+                self.stats.delayed += 1
+                await self._outcome(message, "delayed", verdict.reason, until=verdict.until_ms)
+                await self.queue.delay(message, verdict.until_ms)
+                return "delayed"
+        # The policy passed before a crash if a send had begun: the receiver
+        # dedupes on the idempotency key, so sending again is safe.
+        mark = await self.queue.begin_send(message, self.clock())
+        if mark == -1:
+            self.stats.cancelled += 1
+            return "cancelled"
+        if mark > 0:
+            self.stats.redelivered += 1
+        try:
+            await sender(message, message.body.get("values", {}))
+        except PermanentSendError as exc:
+            return await self._dead_letter(message, str(exc))
+        except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried, then dead-lettered
+            reason = f"{type(exc).__name__}: {exc}"
+            if item.attempts >= MAX_SEND_ATTEMPTS:
+                return await self._dead_letter(message, reason)
+            self.stats.retried += 1
+            await self._outcome(message, "retrying", reason)
+            await self.queue.delay(message, self.clock() + RETRY_BASE_MS * 2 ** (item.attempts - 1),
+                                   clear_send_mark=True)
+            return "retrying"
+        await self.queue.ack(message, self.clock())
+        self.stats.sent += 1
+        await self._outcome(message, "sent", "ok")
+        return "sent"
+
+    async def _dead_letter(self, message: Message, reason: str) -> str:
+        self.stats.dead_lettered += 1
+        key = self.queue.keys.dead_letters()
+        entry = orjson.dumps({"message": orjson.loads(message.encode()), "reason": reason, "at": self.clock()})
+        pipe = self.queue.redis.pipeline(transaction=False)
+        pipe.lpush(key, entry)
+        pipe.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
+        await pipe.execute()
+        await self._outcome(message, "dead_letter", reason)
+        await self.queue.ack(message, self.clock())
+        return "dead_letter"
+
+
+def policy_from_settings(settings: Settings) -> ContactPolicy:
+    """The default contact policy from ATTIMO_CONTACT_CAPS, ATTIMO_QUIET_HOURS ..."""
+    caps: dict[str, Caps] = {}
+    for item in settings.contact_caps:
+        channel, _, limits = item.partition(":")
+        day, _, week = limits.partition("/")
+        caps[channel.strip()] = Caps(int(day) if day.strip() else None, int(week) if week.strip() else None)
+    quiet_start = quiet_end = None
+    if settings.quiet_hours:
+        start, _, end = settings.quiet_hours.partition("-")
+        quiet_start, quiet_end = int(start), int(end)
+    return ContactPolicy(channel_caps={k: v for k, v in caps.items() if k != "total"},
+                         total_caps=caps.get("total", Caps()), quiet_start_hour=quiet_start,
+                         quiet_end_hour=quiet_end, quiet_action=settings.quiet_action,
+                         repeat_window_ms=settings.repeat_window_s * 1000)
+
+
+def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
+    """Channel senders built from settings, and the resources to close after."""
+    from engine.email_channel import EmailChannel, SmtpConfig, Tracker
+    from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig
+
+    tracking_secret = (settings.tracking_secret or settings.site_secret or "").encode()
+    email = EmailChannel(
+        SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, tls=settings.smtp_tls,
+                   username=settings.smtp_username, password=settings.smtp_password, sender=settings.smtp_from),
+        Tracker(secret=tracking_secret, public_url=settings.public_url.rstrip("/")))
+    urls = dict(item.split("=", 1) for item in settings.webhook_urls if "=" in item)
+    webhooks = WebhookChannel(WebhookConfig(urls, (settings.webhook_secret or "").encode(),
+                                            attempts=settings.webhook_attempts,
+                                            backoff_ms=settings.webhook_backoff_ms))
+
+    async def send_webhook(message: Message, values: dict) -> None:
+        try:
+            await webhooks.send(message, {k: v for k, v in message.body.items() if k != "values"})
+        except DeliveryFailed as exc:  # the channel already retried: dead-letter now
+            raise PermanentSendError(str(exc)) from None
+
+    senders: dict[str, Sender] = {"email": email.send}
+    for channel in urls:
+        senders[channel] = send_webhook
+    return senders, [webhooks]
+
+
+async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None) -> SchedulerStats:
+    """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the end."""
+    from redis.asyncio import BlockingConnectionPool
+
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max(8, settings.scheduler_concurrency + 4), timeout=5))
+    keys = Keys(settings.key_prefix)
+    senders, closeables = senders_from_settings(settings)
+    scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),
+                          senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
+                          concurrency=settings.scheduler_concurrency)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    import signal
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await scheduler.run(stop, settings.scheduler_poll_ms)
+    finally:
+        for resource in closeables:
+            await resource.aclose()
+        await redis.aclose()
+    return scheduler.stats

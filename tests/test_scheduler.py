@@ -1,0 +1,226 @@
+"""The scheduler end to end against real Redis, SMTP and HTTP receivers, with an
+injected clock: consent withdrawn while waiting, caps under concurrency, quiet
+hours, and a scheduler process killed with SIGKILL over and over."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import redis as redis_sync
+
+from engine.contact_policy import Caps, ContactPolicy, ContactStore
+from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
+from engine.email_channel import EmailChannel, SmtpConfig, Tracker
+from engine.keys import DUE_SHARDS, Keys
+from engine.scheduler import Scheduler, SendError
+from engine.webhook_channel import WebhookChannel, WebhookConfig
+from tests.conftest import ROOT, wait_until
+from tests.followup_sinks import SmtpSink, WebhookReceiver
+
+T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
+MINUTE = 60_000
+SECRET = b"test-webhook-secret"
+KILLS = 20
+KILL_MESSAGES = 1000
+
+
+class Clock:
+    def __init__(self, now: int = T0):
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+@pytest.fixture
+def smtp():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def receiver():
+    sink = WebhookReceiver().start()
+    yield sink
+    sink.stop()
+
+
+def email_to(person: str, due_ms: int, template: str = "cart_reminder", i: int = 0) -> Message:
+    return Message(id=f"{template}-{person}-{i}", person=person, channel="email", due_ms=due_ms,
+                   template=template, body={"to": f"{person}@example.com", "subject": "Your cart",
+                                            "text": "Still thinking, {{ name }}?", "values": {"name": "Ana"}})
+
+
+def make_scheduler(redis, clock, policy, senders, **kw) -> Scheduler:
+    return Scheduler(DueQueue(redis), ContactStore(redis), policy, senders, clock=clock, **kw)
+
+
+async def test_consent_withdrawn_while_a_message_waits_sends_nothing(redis, smtp):
+    clock = Clock()
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"email": email.send})
+    await contacts.set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(email_to("u-1", T0 + 30 * MINUTE))
+    await contacts.set_consent("u-1", "email", "marketing", False)  # withdrawn meanwhile
+    clock.now = T0 + 31 * MINUTE
+    assert await scheduler.run_once() == 1
+    assert smtp.messages == []
+    [outcome] = await contacts.outcomes("u-1")
+    assert outcome["status"] == "dropped" and outcome["reason"].startswith("no consent: email opted out")
+
+
+async def test_unsubscribe_cancels_everything_queued_for_the_channel(redis, smtp):
+    clock = Clock()
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"email": email.send})
+    await contacts.set_consent("u-1", "email", "*", True)
+    for i in range(3):
+        await scheduler.queue.schedule(email_to("u-1", T0 + i * MINUTE, i=i))
+    assert await scheduler.queue.cancel("u-1", "email", clock()) == 3
+    clock.now = T0 + 60 * MINUTE
+    assert await scheduler.run_once() == 0
+    assert smtp.messages == []
+
+
+async def test_an_opted_in_email_is_sent_once_at_its_time(redis, smtp):
+    clock = Clock()
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"email": email.send})
+    await contacts.set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(email_to("u-1", T0 + 30 * MINUTE))
+    assert await scheduler.run_once() == 0  # not due yet
+    clock.now = T0 + 30 * MINUTE
+    assert await scheduler.run_once() == 1
+    [(recipients, message)] = smtp.messages
+    assert recipients == ["u-1@example.com"] and "Still thinking, Ana?" in message.get_body(("plain",)).get_content()
+    assert (await contacts.outcomes("u-1"))[0]["status"] == "sent"
+    assert await scheduler.queue.pending() == {"due": 0, "inflight": 0, "done": 1}
+
+
+async def test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two(redis, receiver):
+    clock = Clock()
+    policy = ContactPolicy(channel_caps={"push": Caps(per_day=2)})
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url}, SECRET))
+    schedulers = [make_scheduler(redis, clock, policy, {"push": lambda m, v: channel.send(m, {})},
+                                 batch=2, concurrency=10) for _ in range(5)]
+    for i in range(10):
+        await schedulers[0].queue.schedule(Message(id=f"push-{i}", person="u-1", channel="push",
+                                                   due_ms=T0, template=f"t{i}"))
+    try:
+        await asyncio.gather(*(s.run_once() for s in schedulers))
+    finally:
+        await channel.aclose()
+    assert len(receiver.received) == 2
+    assert sum(s.stats.dropped for s in schedulers) == 8
+    reasons = [o["reason"] for o in await ContactStore(redis).outcomes("u-1") if o["status"] == "dropped"]
+    assert reasons == ["push cap: 2 per day reached"] * 8
+
+
+async def test_quiet_hours_delay_to_the_persons_morning(redis, receiver):
+    clock = Clock(1_780_398_000_000)  # 2026-06-02 11:00 UTC = 20:00 in Tokyo
+    policy = ContactPolicy(quiet_start_hour=19, quiet_end_hour=8)
+    contacts = ContactStore(redis)
+    await contacts.set_tz("u-jp", "Asia/Tokyo")
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url}, SECRET))
+    scheduler = make_scheduler(redis, clock, policy, {"push": lambda m, v: channel.send(m, {})})
+    await scheduler.queue.schedule(Message(id="p-1", person="u-jp", channel="push", due_ms=clock()))
+    try:
+        assert await scheduler.run_once() == 1
+        [outcome] = await contacts.outcomes("u-jp")
+        morning = 1_780_441_200_000  # 2026-06-03 08:00 in Tokyo = 23:00 UTC the day before
+        assert outcome["status"] == "delayed" and outcome["until"] == morning
+        clock.now = morning - 1
+        assert await scheduler.run_once() == 0
+        clock.now = morning
+        assert await scheduler.run_once() == 1
+    finally:
+        await channel.aclose()
+    assert [r.headers["idempotency-key"] for r in receiver.received] == ["p-1"]
+
+
+async def test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered(redis):
+    clock = Clock()
+    calls = []
+
+    async def broken(message, values):
+        calls.append(clock())
+        raise SendError("relay down")
+
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"push": broken})
+    await scheduler.queue.schedule(Message(id="p-1", person="u-1", channel="push", due_ms=T0))
+    for _ in range(10):
+        clock.now += 60 * MINUTE
+        await scheduler.run_once()
+    assert len(calls) == 5 and scheduler.stats.dead_lettered == 1 and scheduler.stats.redelivered == 0
+    [dead] = await redis.lrange(Keys().dead_letters(), 0, -1)
+    assert b"SendError: relay down" in dead
+
+
+def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_client, receiver, capsys):
+    """KILLS x SIGKILL of a real `attimo scheduler` process while it sends
+    KILL_MESSAGES due webhooks: every message arrives; duplicates are counted."""
+    queue_redis = redis_sync_client
+    now = int(time.time() * 1000)
+    for i in range(KILL_MESSAGES):
+        payload = Message(id=f"k-{i}", person=f"u-{i % 97}", channel="push", due_ms=now, template=f"t{i}").encode()
+        _schedule_sync(queue_redis, payload)
+    env = {**os.environ, "ATTIMO_REDIS_URL": redis_server.url, "ATTIMO_WEBHOOK_URLS": f"push={receiver.url}",
+           "ATTIMO_WEBHOOK_SECRET": "s", "ATTIMO_SCHEDULER_LEASE_MS": "400", "ATTIMO_SCHEDULER_BATCH": "16",
+           "ATTIMO_SCHEDULER_CONCURRENCY": "8", "ATTIMO_SCHEDULER_POLL_MS": "20", "PYTHONPATH": str(ROOT)}
+    started = time.monotonic()
+    kills = 0
+    step = KILL_MESSAGES // (KILLS + 5)
+    while kills < KILLS:
+        before = len(receiver.received)
+        process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: len(receiver.received) >= before + step or process.poll() is not None,
+                       timeout_s=30, what="the scheduler to send")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        kills += 1
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: len({r.headers["idempotency-key"] for r in receiver.received}) >= KILL_MESSAGES,
+                   timeout_s=60, what="every message to arrive")
+        wait_until(lambda: _queue_empty(queue_redis), timeout_s=30, what="the queue to drain")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=10)
+    keys = [r.headers["idempotency-key"] for r in receiver.received]
+    unique = set(keys)
+    lost = KILL_MESSAGES - len(unique & {f"k-{i}" for i in range(KILL_MESSAGES)})
+    duplicates = len(keys) - len(unique)
+    with capsys.disabled():
+        print(f"\nkill test: {kills} SIGKILLs, {KILL_MESSAGES} messages, lost={lost}, "
+              f"duplicates={duplicates}, {time.monotonic() - started:.1f}s; last run: {output.decode().strip()}")
+    assert lost == 0
+    assert process.returncode == 0
+
+
+def _schedule_sync(client: redis_sync.Redis, payload: bytes) -> None:
+    """The same SCHEDULE script from a sync client (this test runs no event loop)."""
+    message = Message.decode(payload)
+    shard = shard_of(message.person)
+    k = Keys()
+    client.eval(SCHEDULE, 4, k.due(shard), k.due_messages(shard), k.due_done(shard),
+                k.due_person_channel(shard, message.person, message.channel),
+                message.id, message.due_ms, payload, 86_400_000)
+
+
+def _queue_empty(client: redis_sync.Redis) -> bool:
+    k = Keys()
+    return all(client.zcard(k.due(s)) == 0 and client.zcard(k.due_inflight(s)) == 0 for s in range(DUE_SHARDS))
