@@ -205,6 +205,8 @@ async def post_decide(request: Request) -> Response:
     caller = authenticate(request.headers, request.query_params, services.settings)
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
+    if services.settings.decide_delay_ms:  # test-only, off unless ATTIMO_DECIDE_DELAY_MS is set
+        await asyncio.sleep(services.settings.decide_delay_ms / 1000)
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
     catalog = services.holder.current
     fallback = None
@@ -459,9 +461,10 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             max_age=600,
         ))
     from api.segment import SEGMENT_ROUTES  # here: api.segment imports this module
+    from api.web import web_routes
 
     app = Starlette(
-        routes=ROUTES + SEGMENT_ROUTES + (extra_routes or []),
+        routes=ROUTES + SEGMENT_ROUTES + web_routes(settings) + (extra_routes or []),
         middleware=middleware,
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,

@@ -47,6 +47,11 @@ class Settings:
     profile_ttl_s: int = 400 * 86_400
     catalog_poll_s: float = 2.0
     access_log: bool = False
+    # Test-only: sleep this long in /v1/decide before answering (0 = off); the
+    # browser tests use it to pass the snippet's time budget.
+    decide_delay_ms: float = 0.0
+    # Serve the static demo storefront pages (never the demo-only endpoints).
+    storefront: bool = False
 
     # Follow-ups (engine/scheduler.py, docs/followups.md).
     smtp_host: str = "127.0.0.1"
@@ -90,6 +95,8 @@ class Settings:
         "profile_ttl_s": "ATTIMO_PROFILE_TTL_S",
         "catalog_poll_s": "ATTIMO_CATALOG_POLL_S",
         "access_log": "ATTIMO_ACCESS_LOG",
+        "decide_delay_ms": "ATTIMO_DECIDE_DELAY_MS",
+        "storefront": "ATTIMO_STOREFRONT",
         "smtp_host": "ATTIMO_SMTP_HOST",
         "smtp_port": "ATTIMO_SMTP_PORT",
         "smtp_tls": "ATTIMO_SMTP_TLS",
