@@ -145,7 +145,10 @@ def run_demo(args) -> int:
 
         asyncio.run(seed_demo_people(settings))
         print(try_these(settings), flush=True)
-        serve(settings)
+        print(f"Demo storefront: http://{args.host}:{args.port}/", flush=True)
+        from api.web import demo_routes
+
+        serve(settings, demo_routes(settings))
     finally:
         local.stop()
         print("attimo demo: stopped, private Redis removed", flush=True)

@@ -1,0 +1,253 @@
+"""The website snippet in a real browser (Debian's Chromium driven by Playwright)
+against `attimo serve` on a free port with a real Redis.
+
+Test pages under /t/ are handed to the browser by Playwright on the API's own
+origin (page.route), so each test controls its HTML and headers (CSP); the
+snippet, /v1/events and /v1/decide are the real server's. The storefront pages
+come from the server itself (ATTIMO_STOREFRONT=1). The time-budget test runs a
+second server with ATTIMO_DECIDE_DELAY_MS, the test-only setting that makes
+/v1/decide sleep before answering."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import sync_playwright
+
+from api.web import LOADER_CSP_HASH, LOADER_STUB
+from tests.conftest import ROOT, SITE_KEY, signed, start_api, stop_api, wait_until
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+ARTIFACTS = Path(os.environ.get("ATTIMO_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
+STRICT_CSP = f"default-src 'self'; script-src 'self' {LOADER_CSP_HASH}; object-src 'none'; base-uri 'none'"
+
+
+@pytest.fixture(scope="module")
+def shop(redis_server, tmp_path_factory):
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("shop"), ATTIMO_STOREFRONT="1")
+    yield server
+    stop_api(server)
+
+
+@pytest.fixture(scope="module")
+def slow_shop(redis_server, tmp_path_factory):
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("slow"), ATTIMO_DECIDE_DELAY_MS="900")
+    yield server
+    stop_api(server)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium, redis_sync_client):
+    context = chromium.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page.sent = []  # (path, body) of every request to the API
+    page.on("request", lambda r: page.sent.append((r.url, r.post_data)) if "/v1/" in r.url else None)
+    page.statuses = []  # (path, status) of every API answer
+    page.on("response", lambda r: page.statuses.append((r.url, r.status)) if "/v1/" in r.url else None)
+    yield page
+    context.close()
+
+
+def loader(consent: str = "none", budget: int = 300, before: str = "") -> str:
+    return (
+        f"<script>{LOADER_STUB}</script>{before}"
+        f'<script async src="/v1/snippet.js" data-key="{SITE_KEY}" data-budget="{budget}" '
+        f'data-consent="{consent}"></script>'
+    )
+
+
+def test_page(page, base_url: str, body: str, head: str, path: str = "/t/page", csp: str | None = None,
+              html_attrs: str = "", scripts: dict[str, str] | None = None) -> None:
+    headers = {"Content-Type": "text/html; charset=utf-8"}
+    if csp:
+        headers["Content-Security-Policy"] = csp
+    html = f"<!doctype html><html{html_attrs}><head>{head}</head><body>{body}</body></html>"
+    page.route(f"{base_url}/t/**", lambda route: route.fulfill(status=200, headers=headers, body=html))
+    for name, js in (scripts or {}).items():  # routes added last are matched first
+        page.route(f"{base_url}/t/{name}", script_handler(js))
+    page.goto(base_url + path)
+
+
+def script_handler(js: str):
+    return lambda route: route.fulfill(status=200, body=js, content_type="text/javascript")
+
+
+test_page.__test__ = False  # a helper, not a test
+
+
+def wait_page(page, check, what: str, timeout_s: float = 10.0):
+    """wait_until for browser-side facts: sleeping through Playwright lets its
+    event handlers (page.sent) run."""
+    deadline = time.monotonic() + timeout_s
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {page.statuses} {page.sent}")
+        page.wait_for_timeout(50)
+    return result
+
+
+def events_sent(page, type_: str | None = None) -> list[dict]:
+    found = []
+    for url, body in page.sent:
+        if "/v1/events" in url and body:
+            found += [e for e in json.loads(body)["events"] if type_ is None or e["type"] == type_]
+    return found
+
+
+def profile(server, person: str) -> dict:
+    with server.server() as client:
+        return client.get(f"/v1/people/{person}").json()
+
+
+HERO = '<div id="hero" data-attimo-slot="home_hero"><b>default hero</b></div>'
+SIDEBAR = '<div id="side" data-attimo-slot="sidebar"><b>default sidebar</b></div>'
+
+
+def test_snippet_served_with_etag_cache_and_gzip_size(shop):
+    first = httpx.get(f"{shop.base_url}/v1/snippet.js", headers={"Accept-Encoding": "identity"})
+    assert first.status_code == 200
+    assert first.headers["content-type"].startswith("text/javascript")
+    assert "max-age" in first.headers["cache-control"]
+    assert first.content == (ROOT / "js-snippet" / "attimo.js").read_bytes()
+    again = httpx.get(f"{shop.base_url}/v1/snippet.js", headers={"If-None-Match": first.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
+    changed = httpx.get(f"{shop.base_url}/v1/snippet.js", headers={"If-None-Match": '"other"'})
+    assert changed.status_code == 200
+    zipped = httpx.get(f"{shop.base_url}/v1/snippet.js", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert len(gzip.compress(first.content, 9)) <= 4096
+
+
+def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page):
+    head = loader(before="<script src='/t/queue.js'></script>")
+    test_page(page, shop.base_url, HERO + SIDEBAR, head, "/t/pricing",
+              html_attrs=' data-attimo-category="crm" data-attimo-page-type="pricing"',
+              scripts={"queue.js": "attimo('track', 'email_open', {email: 'spring_newsletter'});"})
+    # A new visitor: spring_sale in the hero, newsletter_signup in the sidebar.
+    page.wait_for_selector("#hero[data-attimo-offer=spring_sale]")
+    page.wait_for_selector("#side[data-attimo-offer=newsletter_signup]")
+    assert "Spring sale" in page.inner_text("#hero")
+    aid = page.evaluate("localStorage.getItem('attimo_aid')")
+    decides = [u for u, _ in page.sent if "/v1/decide" in u]
+    assert len(decides) == 1  # one decide for every slot on the page
+    wait_until(lambda: profile(shop, aid)["exists"], what="events in the profile")
+    wait_page(page, lambda: events_sent(page, "impression"), what="impressions")
+    # The queued call made before the script arrived was replayed.
+    assert events_sent(page, "email_open")
+    # Two more pricing views: the trial banner (scenario 4) takes the hero.
+    for _ in range(2):
+        page.reload()
+        page.wait_for_selector("#side[data-attimo-offer]")
+    wait_until(lambda: profile(shop, aid)["score"] >= 30, what="pricing views scored")
+    page.reload()
+    page.wait_for_selector("#hero[data-attimo-offer=crm_trial]")
+    person = profile(shop, aid)
+    assert person["impressions"]["spring_sale"]["count"] >= 1
+    # A click on a filled slot is an event with the decision id.
+    page.click("#hero .attimo-offer strong")
+    wait_page(page, lambda: events_sent(page, "click"), what="click event")
+    click = events_sent(page, "click")[0]
+    assert click["properties"]["offer"] == "crm_trial" and click["properties"]["decision_id"]
+    ids = [e["id"] for e in events_sent(page)]
+    assert len(ids) == len(set(ids))
+
+
+def test_identify_with_good_and_forged_signature(shop, page):
+    test_page(page, shop.base_url, HERO, loader())
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    aid = page.evaluate("localStorage.getItem('attimo_aid')")
+    page.evaluate("attimo('identify', 'u-mallory', 'ab'.repeat(32), {registered: true}); attimo('flush')")
+    wait_page(page, lambda: any("/v1/events" in u and s == 403 for u, s in page.statuses), what="403")
+    assert not profile(shop, "u-mallory")["exists"]
+    page.goto("about:blank")
+    test_page(page, shop.base_url, HERO, loader())
+    sig = signed("u-ada")
+    n = len(page.statuses)
+    page.evaluate(f"attimo('identify', 'u-ada', '{sig}', {{registered: true, first_name: 'Ada'}});"
+                  "attimo('flush')")
+    wait_page(page, lambda: any("/v1/events" in u and s == 202 for u, s in page.statuses[n:]), what="202")
+    wait_until(lambda: profile(shop, "u-ada")["traits"].get("registered") is True, what="identify")
+    assert profile(shop, "u-ada")["traits"]["first_name"] == "Ada"
+    # The forged identity was dropped, the good one merged this browser's history.
+    assert page.evaluate("localStorage.getItem('attimo_uid')") == "u-ada"
+    assert not profile(shop, "u-mallory")["exists"]
+    assert profile(shop, "u-ada")["features"] is not None and aid
+
+
+def test_consent_required_sends_and_stores_nothing_before_consent(shop, page):
+    test_page(page, shop.base_url, HERO, loader(consent="required") + "<script src='/t/track.js'></script>",
+              scripts={"track.js": "attimo('track', 'video_play', {});"})
+    page.wait_for_function("window.attimo && window.attimo.loaded")
+    page.wait_for_timeout(700)
+    assert [u for u, _ in page.sent if "/v1/snippet.js" not in u] == []
+    assert page.evaluate("Object.keys(localStorage).filter(k => k.startsWith('attimo'))") == []
+    assert page.inner_text("#hero") == "default hero"
+    page.evaluate("attimo('consent', {personalization: true})")
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    wait_page(page, lambda: events_sent(page, "page_view"), what="page_view after consent")
+    assert page.evaluate("localStorage.getItem('attimo_consent')") == "1"
+
+
+def test_spa_navigation_sends_page_view_and_decides_again(shop, page):
+    test_page(page, shop.base_url, HERO, loader())
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    page.evaluate("history.pushState({}, '', '/t/next')")
+    wait_page(page, lambda: any(e["properties"]["path"] == "/t/next" for e in events_sent(page, "page_view")),
+               what="page_view for pushState")
+    page.evaluate("history.back()")
+    wait_page(page, lambda: len(events_sent(page, "page_view")) >= 3, what="page_view for popstate")
+    assert sum("/v1/decide" in u for u, _ in page.sent) >= 3
+
+
+def test_time_budget_keeps_the_default_and_ignores_a_late_answer(slow_shop, page):
+    test_page(page, slow_shop.base_url, HERO, loader(budget=300))
+    with page.expect_response(lambda r: "/v1/decide" in r.url, timeout=5000) as late:
+        pass
+    assert late.value.json()["placements"]["home_hero"] is not None  # there was an offer ...
+    page.wait_for_timeout(200)
+    assert page.inner_text("#hero") == "default hero"  # ... but it came too late
+    assert page.is_visible("#hero")
+    assert page.get_attribute("#hero", "data-attimo-offer") is None
+
+
+def test_strict_csp_page_works(shop, page):
+    violations = []
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    test_page(page, shop.base_url, HERO + SIDEBAR, loader(), csp=STRICT_CSP)
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    page.wait_for_selector("#side[data-attimo-offer]")
+    wait_page(page, lambda: events_sent(page, "page_view"), what="events under CSP")
+    assert violations == []
+
+
+def test_storefront_fills_its_slots_and_screenshot(shop, page):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    page.goto(shop.base_url + "/")
+    assert page.is_visible("#consent")
+    page.click("#consent-yes")
+    page.wait_for_selector("[data-attimo-slot=home_hero][data-attimo-offer]")
+    for path in ("/crm", "/pricing/crm", "/cart"):
+        page.goto(shop.base_url + path)
+        page.wait_for_selector("[data-attimo-offer]")
+    page.goto(shop.base_url + "/")
+    page.wait_for_selector("[data-attimo-slot=home_hero][data-attimo-offer]")
+    page.screenshot(path=str(ARTIFACTS / "storefront.png"), full_page=True)
+    assert (ARTIFACTS / "storefront.png").stat().st_size > 1000
+    assert time.monotonic() - started < 30
