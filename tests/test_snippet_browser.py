@@ -132,6 +132,9 @@ def test_snippet_served_with_etag_cache_and_gzip_size(shop):
     zipped = httpx.get(f"{shop.base_url}/v1/snippet.js", headers={"Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip"
     assert len(gzip.compress(first.content, 9)) <= 4096
+    # The loader a site pastes is the stub the CSP hash covers.
+    assert LOADER_STUB in (ROOT / "js-snippet" / "loader.html").read_text()
+    assert LOADER_CSP_HASH.strip("'").removeprefix("sha256-") in (ROOT / "js-snippet" / "README.md").read_text()
 
 
 def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page):
