@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 
@@ -18,6 +19,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at_ms: float = 0.0  # wall clock when it arrived
 
 
 @dataclass
@@ -45,7 +47,7 @@ class WebhookReceiver:
                     name, _, value = line.decode().partition(":")
                     headers[name.strip().lower()] = value.strip()
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
-                self.received.append(Received(path, headers, body))
+                self.received.append(Received(path, headers, body, time.time() * 1000))
                 status = self.statuses.pop(0) if self.statuses else 200
                 writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
@@ -82,9 +84,11 @@ class WebhookReceiver:
 class _Inbox:
     def __init__(self) -> None:
         self.messages = []
+        self.arrived_ms: list[float] = []  # wall clock of each message, same order
 
     async def handle_DATA(self, server, session, envelope):
         message = message_from_bytes(envelope.content, policy=policy.default)
+        self.arrived_ms.append(time.time() * 1000)
         self.messages.append((envelope.rcpt_tos, message))
         return "250 OK"
 

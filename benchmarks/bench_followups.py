@@ -1,0 +1,163 @@
+"""Follow-up delivery: how late due messages go out, and how many messages per
+second one `attimo scheduler` process sustains. Local SMTP (aiosmtpd) and
+webhook sinks; compass P9: p99 lateness <= 1 s at 1k due/s.
+
+    python -m benchmarks.bench_followups [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+
+from benchmarks.report import RESULTS_DIR, print_figures
+from engine.contact_policy import ContactStore
+from engine.due_queue import DueQueue, Message
+from engine.local_redis import LocalRedis
+from tests.followup_sinks import SmtpSink, WebhookReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
+EMAIL_SHARE = 10  # one message in ten is an email, the rest push webhooks
+
+
+def message(phase: str, i: int, due_ms: int, smtp: bool) -> Message:
+    person = f"p-{i}"
+    if smtp:
+        return Message(id=f"{phase}-e-{i}", person=person, channel="email", due_ms=due_ms, template="bench",
+                       purpose="transactional",
+                       body={"to": f"{person}@example.com", "subject": "Hi", "text": "Hello {{ n }}",
+                             "values": {"n": i}})
+    return Message(id=f"{phase}-w-{i}", person=person, channel="push", due_ms=due_ms, template="bench",
+                   body={"text": "Hello", "due_ms": due_ms})
+
+
+async def fill(phase: str, redis_url: str, count: int, start_ms: int, rate: float) -> dict[str, int]:
+    redis = Redis(connection_pool=BlockingConnectionPool.from_url(redis_url, max_connections=32, timeout=10))
+    queue, contacts = DueQueue(redis), ContactStore(redis)
+    due: dict[str, int] = {}
+    batch = []
+    for i in range(count):
+        m = message(phase, i, start_ms + int(i * 1000 / rate), i % EMAIL_SHARE == 0)
+        due[m.id] = m.due_ms
+        batch.append(m)
+        if len(batch) == 500:
+            await asyncio.gather(*(queue.schedule(x) for x in batch),
+                                 *(contacts.set_consent(x.person, "email", "*", True) for x in batch if x.channel == "email"))
+            batch = []
+    await asyncio.gather(*(queue.schedule(x) for x in batch),
+                         *(contacts.set_consent(x.person, "email", "*", True) for x in batch if x.channel == "email"))
+    await redis.aclose()
+    return due
+
+
+def run_phase(phase: str, redis_url: str, receiver, smtp, count: int, rate: float, env: dict) -> dict:
+    receiver.received.clear()
+    smtp.messages.clear()
+    smtp.inbox.arrived_ms.clear()
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Everything is queued before the first message falls due (about 2k schedules/s here).
+    start_ms = int(time.time() * 1000) + 2000 + count // 2
+    due = asyncio.run(fill(phase, redis_url, count, start_ms, rate))
+    lead_left_ms = start_ms - time.time() * 1000
+    seen_at: dict[str, float] = {}
+    deadline = time.monotonic() + 60 + count / rate
+    webhook_i = smtp_i = 0
+    try:
+        while len(seen_at) < count and time.monotonic() < deadline:
+            while webhook_i < len(receiver.received):
+                got = receiver.received[webhook_i]
+                seen_at.setdefault(got.headers["idempotency-key"], got.at_ms)
+                webhook_i += 1
+            while smtp_i < len(smtp.messages):
+                _, email = smtp.messages[smtp_i]
+                seen_at.setdefault(email["X-Attimo-Message-Id"], smtp.inbox.arrived_ms[smtp_i])
+                smtp_i += 1
+            time.sleep(0.005)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    lateness = np.array([seen_at[k] - due[k] for k in seen_at])
+    first, last = min(due.values()), max(seen_at.values()) if seen_at else 0
+    return {"sent": len(seen_at), "lost": count - len(seen_at), "lateness": lateness,
+            "span_s": (last - first) / 1000, "lead_left_ms": lead_left_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="under 60 s")
+    args = parser.parse_args()
+    paced = (10_000, 1000.0) if args.quick else (100_000, 1000.0)  # count, due/s
+    burst = 5_000 if args.quick else 20_000
+    receiver, smtp = WebhookReceiver().start(), SmtpSink().start()
+    with LocalRedis() as redis_server:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTIMO_REDIS_URL": redis_server.url,
+               "ATTIMO_WEBHOOK_URLS": f"push={receiver.url}", "ATTIMO_WEBHOOK_SECRET": "bench",
+               "ATTIMO_SMTP_PORT": str(smtp.port), "ATTIMO_SCHEDULER_BATCH": "200",
+               "ATTIMO_SCHEDULER_CONCURRENCY": "64", "ATTIMO_SCHEDULER_POLL_MS": "10"}
+        paced_run = run_phase("paced", redis_server.url, receiver, smtp, paced[0], paced[1], env)
+        burst_run = run_phase("burst", redis_server.url, receiver, smtp, burst, 1e9, env)
+    receiver.stop()
+    smtp.stop()
+    late = paced_run["lateness"]
+    figures = {
+        "lateness_p50_ms": float(np.percentile(late, 50)) if len(late) else float("nan"),
+        "lateness_p99_ms": float(np.percentile(late, 99)) if len(late) else float("nan"),
+        "lateness_max_ms": float(late.max()) if len(late) else float("nan"),
+        "paced_messages": paced[0], "paced_due_per_s": paced[1], "lost": paced_run["lost"] + burst_run["lost"],
+        "messages_per_s": burst_run["sent"] / max(burst_run["span_s"], 1e-3),
+        "email_share": 1 / EMAIL_SHARE,
+        "queued_with_lead_ms": paced_run["lead_left_ms"],
+    }
+    write_results(figures, late, args.quick)
+    print_figures(figures)
+
+
+def write_results(figures: dict, lateness: np.ndarray, quick: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    name = "bench_followups"
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(lateness):
+        ordered = np.sort(lateness)
+        ax.plot(ordered, 1 - np.arange(len(ordered)) / len(ordered))
+        ax.set_yscale("log")
+    ax.axvline(1000, color="red", linestyle="--", label="P9 target p99 1 s")
+    ax.set_xlabel("lateness after due time (ms)")
+    ax.set_ylabel("fraction later than x")
+    ax.set_title(f"Follow-ups: lateness at {figures['paced_due_per_s']:.0f} due/s")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS_DIR / f"{name}_lateness.png", dpi=100)
+    plt.close(fig)
+    lines = [
+        "# Follow-ups: lateness and throughput of one scheduler", "",
+        f"- command: `python -m benchmarks.bench_followups{' --quick' if quick else ''}`",
+        f"- machine: {os.cpu_count()} cores; scheduler in its own process; Redis, SMTP and webhook sinks local",
+        f"- {figures['paced_messages']} messages due at {figures['paced_due_per_s']:.0f}/s "
+        f"({figures['email_share']:.0%} email over SMTP, the rest push webhooks); then a burst all due at once "
+        "for the messages/s one scheduler sustains", "",
+        "| lateness p50 ms | p99 ms | max ms | messages/s | lost |", "|---|---|---|---|---|",
+        f"| {figures['lateness_p50_ms']:.0f} | {figures['lateness_p99_ms']:.0f} | {figures['lateness_max_ms']:.0f} "
+        f"| {figures['messages_per_s']:.0f} | {figures['lost']} |", "",
+        "Target (compass P9): p99 lateness <= 1000 ms at 1k due/s.", "",
+        f"![lateness]({name}_lateness.png)", "", "```json", orjson.dumps(figures).decode(), "```", ""]
+    (RESULTS_DIR / f"{name}.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
