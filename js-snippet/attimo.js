@@ -113,8 +113,9 @@
     if (props.category) ctx.category = props.category;
     var body = { anonymous_id: aid, placements: names.slice(0, 20), context: ctx };
     if (userId) { body.user_id = userId; body.user_sig = userSig; }
+    var who = userId;
     post('/v1/decide', body).then(function (r) {
-      if (r.status == 403 && userId) forget(); // a signature the server refuses is dropped
+      if (r.status == 403 && who && who == userId) forget(); // a refused signature is dropped
       return r.json();
     }).then(function (a) {
       clearTimeout(t);

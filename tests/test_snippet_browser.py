@@ -13,6 +13,9 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,7 +100,7 @@ def wait_page(page, check, what: str, timeout_s: float = 10.0):
     deadline = time.monotonic() + timeout_s
     while not (result := check()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {page.statuses} {page.sent}")
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {getattr(page, 'statuses', '')}")
         page.wait_for_timeout(50)
     return result
 
@@ -254,3 +257,65 @@ def test_storefront_fills_its_slots_and_screenshot(shop, page):
     page.screenshot(path=str(ARTIFACTS / "storefront.png"), full_page=True)
     assert (ARTIFACTS / "storefront.png").stat().st_size > 1000
     assert time.monotonic() - started < 30
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """`attimo demo` itself (private Redis, demo people, storefront, demo-only endpoints)."""
+    from benchmarks.processes import free_port
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("demo") / "demo.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)],
+                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready():
+        assert process.poll() is None, "attimo demo exited"
+        try:
+            return httpx.get(base + "/healthz", timeout=0.5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(ready, 30, 0.1, "attimo demo")
+    yield base
+    process.send_signal(signal.SIGINT)
+    process.wait(15)
+    log.close()
+
+
+def test_demo_storefront_click_through_shows_the_scenarios(demo, chromium, page):
+    page.goto(demo + "/")
+    page.click("#consent-yes")
+    hero = "[data-attimo-slot=home_hero]"
+    page.wait_for_selector(f"{hero}[data-attimo-offer=spring_sale]")
+    for _ in range(3):  # scenario 4: repeated pricing visits ...
+        page.goto(demo + "/pricing/crm")
+        page.wait_for_selector("[data-attimo-slot=sidebar][data-attimo-offer]")
+    page.goto(demo + "/")  # ... bring the trial banner
+    page.wait_for_selector(f"{hero}[data-attimo-offer=crm_trial]")
+    # Scenario 7, another visitor: registers, then views analytics three times.
+    page = chromium.new_context(viewport={"width": 1200, "height": 900}).new_page()
+    page.set_default_timeout(10_000)
+    page.goto(demo + "/register")
+    page.click("#consent-yes")
+    page.fill("[name=first_name]", "Ada")
+    page.fill("[name=username]", "ada-demo")
+    page.check("[name=consent]")
+    page.click("#register button[type=submit]")
+    page.wait_for_selector("#register-done", state="visible")
+    for _ in range(3):
+        with page.expect_response(lambda r: "/v1/decide" in r.url):
+            page.goto(demo + "/analytics")
+        page.evaluate("attimo('flush')")
+    page.goto(demo + "/analytics")
+    page.wait_for_selector("[data-attimo-slot=sidebar][data-attimo-offer=analytics_banner]")
+    page.click("#profile-refresh")
+    wait_page(page, lambda: "analytics_browser" in page.inner_text("#profile"), "the profile panel")
+    # Scenario 3: Dana, seeded as away for 40 days, signs in and is welcomed back.
+    page.goto(demo + "/register")
+    page.click("[data-demo-person=u-dana]")
+    page.wait_for_url(demo + "/")
+    page.wait_for_selector(f"{hero}[data-attimo-offer=welcome_back]")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "storefront-demo.png"), full_page=True)
