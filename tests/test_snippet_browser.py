@@ -34,14 +34,16 @@ STRICT_CSP = f"default-src 'self'; script-src 'self' {LOADER_CSP_HASH}; object-s
 
 @pytest.fixture(scope="module")
 def shop(redis_server, tmp_path_factory):
-    server = start_api(redis_server.url, tmp_path_factory.mktemp("shop"), ATTIMO_STOREFRONT="1")
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("shop"), ATTIMO_STOREFRONT="1",
+                       ATTIMO_KEY_PREFIX="snippet")  # its own catalog and people: other tests post catalogs
     yield server
     stop_api(server)
 
 
 @pytest.fixture(scope="module")
 def slow_shop(redis_server, tmp_path_factory):
-    server = start_api(redis_server.url, tmp_path_factory.mktemp("slow"), ATTIMO_DECIDE_DELAY_MS="900")
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("slow"), ATTIMO_DECIDE_DELAY_MS="900",
+                       ATTIMO_KEY_PREFIX="snippet-slow")
     yield server
     stop_api(server)
 
