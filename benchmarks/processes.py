@@ -60,7 +60,13 @@ class _PinnedServer:
         raise NotImplementedError
 
     def is_ready(self) -> bool:
-        raise NotImplementedError
+        # HTTP servers listen only once they can answer (uvicorn: after the
+        # app's lifespan startup).
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def start(self) -> None:
         with open(self.log_path, "wb") as log:
@@ -169,10 +175,11 @@ class UvicornServer(_PinnedServer):
             *self.extra_args,
         ]  # fmt: skip
 
-    def is_ready(self) -> bool:
-        # uvicorn listens only after the app's lifespan startup has finished.
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+
+class ConstantServer(_PinnedServer):
+    """benchmarks.constant_server: the load generator's ceiling, not a subject."""
+
+    name = "constant"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.constant_server", "--port", str(self.port)]
