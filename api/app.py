@@ -324,7 +324,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """
-    summary: Ready to serve: Redis answers a PING within the budget.
+    summary: 'Ready to serve: Redis answers a PING within the budget.'
     responses: {200: {description: ready}, 503: {description: Redis unreachable}}
     """
     services: Services = request.app.state.services
@@ -364,7 +364,9 @@ schemas = SchemaGenerator(SCHEMA_BASE)
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(schemas.get_schema(routes=request.app.routes))
+    # Status codes in the route docstrings are YAML integers: JSON wants strings.
+    body = orjson.dumps(schemas.get_schema(routes=request.app.routes), option=orjson.OPT_NON_STR_KEYS)
+    return Response(body, media_type="application/json")
 
 
 # -- errors, in one place ------------------------------------------------------------
