@@ -25,6 +25,12 @@ def compile_text(text: str, source: str) -> Catalog:
     return compile_catalog(parse_catalog_text(text, source), source)
 
 
+async def compile_off_loop(text: str, source: str) -> Catalog:
+    """Compile in a thread: a catalog of thousands of offers takes seconds, and the
+    event loop keeps answering decides meanwhile (slower, never stalled)."""
+    return await asyncio.to_thread(compile_text, text, source)
+
+
 class CatalogStore:
     def __init__(self, redis, keys: Keys, holder: CatalogHolder):
         self.redis = redis
@@ -34,7 +40,7 @@ class CatalogStore:
 
     async def publish(self, text: str, *, from_file: bool = False) -> Catalog:
         """Validate, compile, swap in here, and publish for the other processes."""
-        catalog = compile_text(text, "posted catalog" if not from_file else "catalog file")
+        catalog = await compile_off_loop(text, "posted catalog" if not from_file else "catalog file")
         digest = text_digest(text)
         fields = {"digest": digest}
         if from_file:
@@ -61,7 +67,7 @@ class CatalogStore:
             return False
         text = (await self.redis.get(self.keys.catalog_source()) or b"").decode()
         try:
-            catalog = compile_text(text, "published catalog")
+            catalog = await compile_off_loop(text, "published catalog")
         except CatalogError as exc:
             log.error("published catalog does not compile, keeping %s: %s", self.digest, exc)
             self.digest = digest.decode()

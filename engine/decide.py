@@ -5,7 +5,9 @@ or offer group twice in one answer. Nothing here touches Redis."""
 
 from __future__ import annotations
 
+import heapq
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from engine.catalog import Catalog, Offer, atoms_of
@@ -58,7 +60,7 @@ def decide(
     explain: bool = False,
 ) -> Decision:
     facts = Facts(catalog, profile, context, now_ms)
-    atoms = atoms_of(profile, context)
+    atoms = atoms_of(catalog, profile, context)
     offers = catalog.offers
     taken_offers: set[str] = set()
     taken_groups: set[str] = set()
@@ -108,16 +110,21 @@ def decide(
     return Decision(chosen, explanation)
 
 
-def _candidates(placement, atoms: list[tuple]) -> list[int]:
+def _candidates(placement, atoms: list[tuple]) -> Iterable[int]:
     """The offers of a placement a person could get, in rank order: those no index
-    narrows, plus those indexed under an atom this person or request presents."""
+    narrows, plus those indexed under an atom this person or request presents.
+    Each list is already in rank order, so they are merged lazily: the walk
+    usually stops at one of the first few, whatever the catalog's size."""
     by_atom = placement.by_atom
-    if not by_atom:
-        return placement.always
-    found = [by_atom[a] for a in atoms if a in by_atom]
+    found = [by_atom[a] for a in atoms if a in by_atom] if by_atom else None
     if not found:
         return placement.always
-    merged = set(placement.always)
-    for ranks in found:
-        merged.update(ranks)
-    return sorted(merged)
+    return _unique_sorted(heapq.merge(placement.always, *found))
+
+
+def _unique_sorted(ranks: Iterable[int]) -> Iterator[int]:
+    last = -1
+    for rank in ranks:
+        if rank != last:
+            last = rank
+            yield rank
