@@ -733,8 +733,13 @@ async def find_max_rps(
 # CPU pinning: the process under test and the load generator on separate cores
 
 
+# Read once at import: after pin_current_process() this process's own affinity
+# is one core, and the servers it starts next must still get the others.
+_USABLE_CORES = sorted(os.sched_getaffinity(0))
+
+
 def usable_cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0))
+    return list(_USABLE_CORES)
 
 
 def resolve_core(core: int) -> int:

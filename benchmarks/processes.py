@@ -48,8 +48,10 @@ class _PinnedServer:
 
     name = "server"
 
-    def __init__(self, core: int, port: int | None = None, env: Mapping[str, str] | None = None):
+    def __init__(self, core: int, port: int | None = None, env: Mapping[str, str] | None = None,
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S):
         self.core = core
+        self.startup_timeout_s = startup_timeout_s
         self.port = port or free_port()
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
@@ -78,7 +80,7 @@ class _PinnedServer:
                 cwd=REPO_ROOT,
                 env=self.env,
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise ServerFailed(
@@ -87,7 +89,7 @@ class _PinnedServer:
             if self.is_ready():
                 return
             time.sleep(0.05)
-        raise ServerFailed(f"{self.name} not ready after {STARTUP_TIMEOUT_S} s:\n{self.log_tail()}")
+        raise ServerFailed(f"{self.name} not ready after {self.startup_timeout_s} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -157,8 +159,9 @@ class UvicornServer(_PinnedServer):
         port: int | None = None,
         env: Mapping[str, str] | None = None,
         extra_args: Sequence[str] = (),
+        startup_timeout_s: float = STARTUP_TIMEOUT_S,
     ):
-        super().__init__(core, port, env)
+        super().__init__(core, port, env, startup_timeout_s)
         self.app = app
         self.extra_args = list(extra_args)
 

@@ -1,0 +1,174 @@
+"""Decide benchmark (compass P1, P2, P6): /v1/decide for 100k seeded people and a
+200-offer catalog over 5 placements, open loop at fixed rates, next to the floor
+of BENCHMARKS.md (a bare Starlette route doing one HGETALL, benchmarks.floor_app)
+under the same load in the same run; the saturation throughput of both; and the
+p99 with 50 offers against 5000.
+
+    python -m benchmarks.bench_decide [--quick] [--people N] [--rates 500,1000,2000,4000]
+
+Redis and the server under test share core 0, the load generator busy-polls
+core 1. The API runs as `attimo serve` would (uvicorn, uvloop, httptools, one
+worker, no access log, metrics on). Rates alternate between the two servers so
+drift on a noisy machine hits both alike. Last line: JSON figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import uvloop
+
+from benchmarks.floor_app import seed_floor
+from benchmarks.loadgen import HttpTarget, LoadOptions, find_max_rps, pin_current_process, run_open_loop, warm_up
+from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
+from benchmarks.report import print_figures, write_report
+from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
+
+SERVER_CORE, LOADGEN_CORE = 0, 1
+SITE_KEY, SITE_SECRET = "bench-site-key", "bench-site-secret"
+P1_RATE = 1000.0
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def api_server(redis_url: str, catalog_path: Path) -> UvicornServer:
+    env = {
+        "ATTIMO_REDIS_URL": redis_url,
+        "ATTIMO_CATALOG": str(catalog_path),
+        "ATTIMO_SITE_KEY": SITE_KEY,
+        "ATTIMO_SITE_SECRET": SITE_SECRET,
+        "ATTIMO_SCHEDULER": "off",  # measure decide, not an idle scheduler's polls
+    }
+    # A 5000-offer catalog takes seconds to compile before the port opens.
+    return UvicornServer("api.app:create_app_from_env", SERVER_CORE, env=env, extra_args=["--factory"],
+                         startup_timeout_s=120)
+
+
+def decide_target(port: int, n_people: int) -> HttpTarget:
+    """What the snippet sends: a site key, the visitor's id, three slots and the page."""
+    def body(i: int) -> dict:
+        return {
+            "anonymous_id": person_id((i * 7919) % n_people),
+            "placements": PLACEMENTS[:3] if i % 2 else PLACEMENTS[2:],
+            "context": {"path": f"/c{i % 10}/page", "category": f"c{i % 10}", "device": "mobile"},
+        }
+    return HttpTarget("127.0.0.1", port, "/v1/decide", bodies=body, headers={"X-Attimo-Key": SITE_KEY})
+
+
+def floor_target(port: int, n_people: int) -> HttpTarget:
+    return HttpTarget("127.0.0.1", port, "/floor/decide",
+                      bodies=lambda i: {"user_id": person_id((i * 7919) % n_people)})
+
+
+def write_catalog(directory: Path, n_offers: int) -> Path:
+    path = directory / f"catalog-{n_offers}.yaml"
+    path.write_text(catalog_yaml(n_offers))
+    return path
+
+
+async def p99_with_offers(redis: RedisServer, directory: Path, n_offers: int, n_people: int,
+                          duration: float, options: LoadOptions):
+    """Decide at P1's rate with an `n_offers` catalog on a fresh server. The people
+    seeded for the main run serve here too: catalogs of every size share the same
+    rules, so the stored windowed features are the ones each of them reads."""
+    catalog = write_catalog(directory, n_offers)
+    with api_server(redis.url, catalog) as server:
+        target = decide_target(server.port, n_people)
+        await warm_up(target, P1_RATE, 1.0, options)
+        result = await run_open_loop(target, P1_RATE, duration, options)
+    log(f"{n_offers} offers at {P1_RATE:.0f} req/s: p99 {result.p99_ms:.2f} ms, errors {result.error_count}")
+    return result
+
+
+async def measure(args: argparse.Namespace) -> dict:
+    options = LoadOptions()
+    work = Path(tempfile.mkdtemp(prefix="attimo-bench-decide-"))
+    catalog = write_catalog(work, args.offers)
+    series: dict[str, list] = {"decide": [], "floor": []}
+    with RedisServer(SERVER_CORE) as redis:
+        started = time.monotonic()
+        await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
+        await seed_floor(redis.url, args.people)
+        log(f"seeded {args.people} people in {time.monotonic() - started:.1f} s")
+        with api_server(redis.url, catalog) as api, \
+                UvicornServer("benchmarks.floor_app:app", SERVER_CORE, env={"ATTIMO_REDIS_URL": redis.url}) as floor:
+            targets = {"decide": decide_target(api.port, args.people), "floor": floor_target(floor.port, args.people)}
+            for target in targets.values():
+                await warm_up(target, P1_RATE, args.warmup, options)
+            for rate in args.rates:
+                for name, target in targets.items():
+                    result = await run_open_loop(target, rate, args.duration, options)
+                    series[name].append(result)
+                    log(f"{name:6} {rate:6.0f} req/s: p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} "
+                        f"p999 {result.p999_ms:.2f} ms, {result.achieved_rps:.0f} rps, errors {result.error_count}")
+            searches = {
+                name: await find_max_rps(
+                    target, start_rate=2000, step_seconds=args.step_seconds, p99_limit_ms=args.p99_limit_ms,
+                    refine_steps=args.refine, options=replace(options, drain_timeout=2.0), log=log)
+                for name, target in targets.items()
+            }
+        offers_50 = await p99_with_offers(redis, work, 50, args.people, args.duration, options)
+        offers_5000 = await p99_with_offers(redis, work, 5000, args.people, args.duration, options)
+
+    at_p1 = {name: min(runs, key=lambda r: abs(r.rate - P1_RATE)) for name, runs in series.items()}
+    figures = {
+        "decide_p99_ms": at_p1["decide"].p99_ms,
+        "floor_p99_ms": at_p1["floor"].p99_ms,
+        "p99_over_floor": at_p1["decide"].p99_ms / at_p1["floor"].p99_ms,
+        "decide_rps_max": searches["decide"].max_rps,
+        "floor_rps_max": searches["floor"].max_rps,
+        "rps_max_over_floor": searches["decide"].max_rps / max(searches["floor"].max_rps, 1.0),
+        "p99_50_offers_ms": offers_50.p99_ms,
+        "p99_5000_offers_ms": offers_5000.p99_ms,
+        "p99_5000_over_50": offers_5000.p99_ms / offers_50.p99_ms,
+        "people": args.people,
+        "offers": args.offers,
+        "quick": args.quick,
+    }
+    series["decide, 50 offers"] = [offers_50]
+    series["decide, 5000 offers"] = [offers_5000]
+    write_report(
+        "decide", series, title="POST /v1/decide vs the HGETALL floor", figures=figures,
+        searches=searches, ccdf_rate=P1_RATE,
+        notes=[
+            f"{args.people} people (30 traits, two weeks of activity, written by the pipeline), "
+            f"{args.offers} offers over {len(PLACEMENTS)} placements; each request asks for 3 placements",
+            f"Redis and server on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}",
+            f"saturation: highest rate with no errors, >= 95% of the offered rate served and p99 < "
+            f"{args.p99_limit_ms:.0f} ms, {args.step_seconds} s steps",
+            "targets: P1 decide p99 <= 1.5 x floor at 1000 req/s; P2 saturation >= 0.5 x floor; "
+            "P6 p99 with 5000 offers <= 2 x with 50",
+        ],
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_decide", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="under 60 s: fewer people, shorter runs")
+    parser.add_argument("--people", type=int)
+    parser.add_argument("--offers", type=int, default=200)
+    parser.add_argument("--rates", default="500,1000,2000,4000")
+    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
+    parser.add_argument("--p99-limit-ms", type=float, default=25.0)
+    args = parser.parse_args(argv)
+    args.rates = [float(rate) for rate in args.rates.split(",")]
+    args.people = args.people or (20_000 if args.quick else 100_000)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.warmup = 1.0 if args.quick else 3.0
+    args.step_seconds = 1.0 if args.quick else 2.5
+    args.refine = 1 if args.quick else 2
+    raise_on_sigterm()
+    pin_current_process(LOADGEN_CORE)
+    print_figures(uvloop.run(measure(args)))
+
+
+if __name__ == "__main__":
+    main()
