@@ -186,10 +186,10 @@ class FreshBatches:
     `n_people`) on every access, instead of replaying ids the server would
     count as duplicates."""
 
-    def __init__(self, host: str, port: int, headers: dict[str, str], n_people: int,
+    def __init__(self, host: str, port: int, path: str, headers: dict[str, str], n_people: int,
                  size: int = 20, people_per_batch: int = 20, seed: int = 7):
         self.head = "\r\n".join([
-            "POST /v1/events HTTP/1.1", f"Host: {host}:{port}",
+            f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
             *(f"{name}: {value}" for name, value in headers.items()),
             "Content-Type: application/json",
         ]).encode()
@@ -216,3 +216,67 @@ class FreshBatches:
             })
         body = orjson.dumps({"events": events})
         return self.head + f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+# P7's person: 30 traits and exactly five windowed features, windows from a
+# week to a quarter, counts and sums, with property filters.
+P7_CATALOG = """
+placements: {home_hero: {}}
+rules:
+  frequent_visitor: {event: page_view, within: 7d, count: {at_least: 5}}
+  crm_reader: {event: page_view, where: {category: c1}, within: 90d, count: {at_least: 3}}
+  pricing_shopper: {event: page_view, where: {page_type: pricing}, within: 30d, count: {at_least: 2}}
+  big_spender: {event: purchase, within: 90d, sum: {of: amount, above: 500}}
+  recent_buyer: {event: purchase, within: 14d, count: {at_least: 1}}
+segments:
+  - {id: regular, when: {rule: frequent_visitor}}
+offers:
+  - {id: hello, kind: content, placements: [home_hero], content: {title: hi},
+     when: {any: [{rule: crm_reader}, {rule: pricing_shopper}, {rule: big_spender}, {rule: recent_buyer}]}}
+"""
+
+
+async def month_of_activity(redis_url: str, n_people: int, now_ms: int, *, key_prefix: str = "attimo",
+                            per_day: int = 20, days: int = 30) -> None:
+    """P7's population: `n_people` who each sent `per_day` events a day for
+    `days` days. TEMPLATES of them go through the real pipeline (everything
+    before the last day in one batch, applied two days ago so its dedupe ids
+    have expired as they would have, then the last day); every key those
+    people have is then DUMPed and RESTOREd under the other ids, which keeps
+    Redis's own encodings: the memory is what the pipeline itself would use."""
+    catalog = compile_catalog(parse_catalog_text(P7_CATALOG))
+    keys = Keys(key_prefix)
+    redis = Redis.from_url(redis_url)
+    try:
+        store = ProfileStore(redis, keys, dedupe_ttl_s=86_400, profile_ttl_s=400 * 86_400)
+        pipeline = Pipeline(store, CatalogHolder(catalog, P7_CATALOG))
+        templates = min(TEMPLATES, n_people)
+        last_day = now_ms - DAY_MS
+        for start in range(0, templates, 20):
+            month = [activity(person_id(i), i, now_ms, days=days, per_day=per_day)
+                     for i in range(start, min(start + 20, templates))]
+            await pipeline.apply([e for events in month for e in events if e.ts < last_day], last_day - DAY_MS)
+            await pipeline.apply([e for events in month for e in events if e.ts >= last_day], now_ms)
+        # Only the templates' keys exist yet: one pass over the keyspace finds them all.
+        names_of: dict[str, list[bytes]] = {}
+        async for name in redis.scan_iter(match=f"{key_prefix}:{{u:*", count=1000):
+            person = name.decode().split("{u:", 1)[1].split("}", 1)[0]
+            names_of.setdefault(person, []).append(name)
+        dumps = []
+        for index in range(templates):
+            names = names_of[person_id(index)]
+            pipe = redis.pipeline(transaction=False)
+            for name in names:
+                pipe.dump(name)
+                pipe.pttl(name)
+            replies = await pipe.execute()
+            dumps.append([(name.decode().split("}", 1)[1], replies[2 * n], replies[2 * n + 1])
+                          for n, name in enumerate(names)])
+        for start in range(templates, n_people, COPY_BATCH):
+            pipe = redis.pipeline(transaction=False)
+            for index in range(start, min(start + COPY_BATCH, n_people)):
+                for suffix, payload, ttl in dumps[index % templates]:
+                    pipe.restore(f"{key_prefix}:{{u:{person_id(index)}}}{suffix}", max(ttl, 0), payload)
+            await pipe.execute()
+    finally:
+        await redis.aclose()

@@ -1,0 +1,140 @@
+"""Ingest benchmark (compass P3, P7): POST /v1/events in inline mode, batches of
+20 events for 20 different people (the worst case: 20 Lua calls per request),
+open loop at fixed rates and a saturation search, next to the floor route of
+benchmarks.floor_app (one pipelined HSET per event, no dedupe, no windows) under
+the same load; then Redis memory per person after a month of activity.
+
+    python -m benchmarks.bench_ingest [--quick] [--people N] [--rates 250,500,750]
+
+Rates are in batches/s (x20 for events/s). Every request carries new event ids,
+so nothing is absorbed as a duplicate. Redis and the servers share core 0, the
+load generator busy-polls core 1. Last line: JSON figures."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import uvloop
+
+from benchmarks.floor_app import seed_floor
+from benchmarks.loadgen import HttpTarget, LoadOptions, find_max_rps, pin_current_process, run_open_loop, warm_up
+from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
+from benchmarks.report import print_figures, write_report
+from benchmarks.workload import FreshBatches, catalog_yaml, month_of_activity, seed_people
+
+SERVER_CORE, LOADGEN_CORE = 0, 1
+TOKEN = "bench-server-token"
+BATCH = 20
+P3_BATCHES_PER_S = 500.0  # 10k events/s
+P7_PEOPLE = 10_000
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def batches_target(port: int, path: str, n_people: int, headers: dict[str, str]) -> HttpTarget:
+    target = HttpTarget("127.0.0.1", port, path, bodies=b"", headers=headers)
+    target.requests = FreshBatches("127.0.0.1", port, path, headers, n_people, size=BATCH)
+    return target
+
+
+async def bytes_per_person() -> float:
+    """P7: INFO used_memory delta over P7_PEOPLE people after a month at 20 events a day."""
+    with RedisServer(SERVER_CORE) as redis:
+        before = redis.used_memory()
+        await month_of_activity(redis.url, P7_PEOPLE, int(time.time() * 1000))
+        return (redis.used_memory() - before) / P7_PEOPLE
+
+
+async def measure(args: argparse.Namespace) -> dict:
+    options = LoadOptions()
+    work = Path(tempfile.mkdtemp(prefix="attimo-bench-ingest-"))
+    catalog = work / "catalog.yaml"
+    catalog.write_text(catalog_yaml(200))
+    series: dict[str, list] = {"events": [], "floor": []}
+    with RedisServer(SERVER_CORE) as redis:
+        await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
+        await seed_floor(redis.url, args.people)
+        api_env = {"ATTIMO_REDIS_URL": redis.url, "ATTIMO_CATALOG": str(catalog), "ATTIMO_SERVER_TOKEN": TOKEN,
+                   "ATTIMO_SCHEDULER": "off"}
+        with UvicornServer("api.app:create_app_from_env", SERVER_CORE, env=api_env, extra_args=["--factory"]) as api, \
+                UvicornServer("benchmarks.floor_app:app", SERVER_CORE, env={"ATTIMO_REDIS_URL": redis.url}) as floor:
+            targets = {
+                "events": batches_target(api.port, "/v1/events", args.people, {"Authorization": f"Bearer {TOKEN}"}),
+                "floor": batches_target(floor.port, "/floor/events", args.people, {}),
+            }
+            for target in targets.values():
+                await warm_up(target, P3_BATCHES_PER_S / 2, args.warmup, options)
+            for rate in args.rates:
+                for name, target in targets.items():
+                    result = await run_open_loop(target, rate, args.duration, options)
+                    series[name].append(result)
+                    log(f"{name:6} {rate * BATCH:6.0f} ev/s: p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} "
+                        f"p999 {result.p999_ms:.2f} ms, {result.achieved_rps * BATCH:.0f} ev/s, "
+                        f"errors {result.error_count}")
+            searches = {
+                name: await find_max_rps(
+                    target, start_rate=P3_BATCHES_PER_S, step_seconds=args.step_seconds,
+                    p99_limit_ms=args.p99_limit_ms, refine_steps=args.refine,
+                    options=replace(options, drain_timeout=2.0), log=log)
+                for name, target in targets.items()
+            }
+    memory = await bytes_per_person()
+    log(f"{memory:.0f} bytes per person")
+
+    at_p3 = {name: min(runs, key=lambda r: abs(r.rate - P3_BATCHES_PER_S)) for name, runs in series.items()}
+    figures = {
+        "ingest_events_per_s": searches["events"].max_rps * BATCH,
+        "floor_events_per_s": searches["floor"].max_rps * BATCH,
+        "batch_p50_ms": at_p3["events"].p50_ms,
+        "batch_p99_ms": at_p3["events"].p99_ms,
+        "floor_batch_p99_ms": at_p3["floor"].p99_ms,
+        "bytes_per_person": memory,
+        "people": args.people,
+        "quick": args.quick,
+    }
+    write_report(
+        "ingest", series, title=f"POST /v1/events, batches of {BATCH} (rates in batches/s)", figures=figures,
+        searches=searches, ccdf_rate=P3_BATCHES_PER_S,
+        notes=[
+            f"{args.people} people seeded by the pipeline (30 traits, two weeks of activity), 200-offer catalog; "
+            f"each batch: {BATCH} page views of {BATCH} random people, new event ids every request",
+            f"Redis and servers on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}",
+            f"ingest_events_per_s: highest rate with no errors, >= 95% served and batch p99 < "
+            f"{args.p99_limit_ms:.0f} ms; batch_p99_ms at {P3_BATCHES_PER_S * BATCH:.0f} events/s",
+            f"bytes_per_person: INFO used_memory delta over {P7_PEOPLE} people after 30 days at 20 events/day "
+            "(30 traits, 5 windowed features, dedupe ids, every per-person key)",
+            "targets: P3 >= 10k events/s per worker with batch p99 <= 5 ms; P7 <= 2048 bytes per person",
+        ],
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="under 60 s: fewer people, shorter runs")
+    parser.add_argument("--people", type=int)
+    parser.add_argument("--rates", default="250,500,750", help="batches/s")
+    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
+    parser.add_argument("--p99-limit-ms", type=float, default=25.0)
+    args = parser.parse_args(argv)
+    args.rates = [float(rate) for rate in args.rates.split(",")]
+    args.people = args.people or (20_000 if args.quick else 100_000)
+    args.duration = args.duration or (2.0 if args.quick else 10.0)
+    args.warmup = 1.0 if args.quick else 3.0
+    args.step_seconds = 1.0 if args.quick else 2.5
+    args.refine = 1 if args.quick else 2
+    raise_on_sigterm()
+    pin_current_process(LOADGEN_CORE)
+    print_figures(uvloop.run(measure(args)))
+
+
+if __name__ == "__main__":
+    main()
