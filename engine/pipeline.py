@@ -34,15 +34,22 @@ class ApplyResult:
     segment_changes: dict[str, tuple[list, list]] = field(default_factory=dict)
 
 
+# A person's rings are pruned against the catalog (features it dropped, buckets
+# wholly outside their window) in one batch out of PRUNE_EVERY, chosen by the
+# first event's id hash: repeatable, and a person who keeps sending is pruned
+# about that often. Between prunes a ring still never grows past its length.
+PRUNE_EVERY = 8
+
+
 def event_ops(catalog: Catalog, event: Event) -> list:
-    """What one event does to a profile, as data for the Lua script:
-    [ts, traits to set | False, traits to unset | False, ring increments, score points]."""
+    """What one event does to a profile, as data for the Lua script: [ts, traits
+    to set | False, traits to unset | False, ring increments, score points]."""
     props = event.properties
     increments = []
     for feature in catalog.features_for(event.type):
         amount = feature.amount(props)
         if amount is not None:
-            increments.append([feature.fid, event.ts // feature.resolution_ms, amount])
+            increments.append([feature.fid, event.ts // feature.resolution_ms, amount, feature.length])
     to_set: dict | bool = False
     to_unset: list | bool = False
     if event.traits:
@@ -67,15 +74,18 @@ class Pipeline:
             if event.merge_from and event.merge_from != event.person:
                 merges[(event.person, event.merge_from)] = None
 
-        want_profile = "1" if catalog.segments else "0"
-        common = self._common_args(catalog, now_ms)
+        params = _encode([
+            now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
+            SESSION_GAP_MS, 1 if catalog.segments else 0,
+        ])
         calls = []
         people = list(by_person)
         for person in people:
             batch = by_person[person]
             ops = _encode([event_ops(catalog, e) for e in batch])
-            args = common + [ops, want_profile]
-            calls.append(store.apply_call(person, args, [event_id_hash(e.id) for e in batch]))
+            hashes = [event_id_hash(e.id) for e in batch]
+            prune = catalog.feature_table if hashes[0][0] % PRUNE_EVERY == 0 else b""
+            calls.append(store.apply_call(person, params, ops, prune, hashes))
         pairs = list(merges)
         for _, anonymous in pairs:
             calls.append(store.stage_call(anonymous, os.urandom(8).hex()))
@@ -98,7 +108,8 @@ class Pipeline:
             if not value:
                 continue
             token, _, anonymous_profile = value.partition(b"|")
-            merge_args = common[:4] + [catalog.feature_table]
+            merge_args = [now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
+                          catalog.feature_table]
             merge_calls.append(store.merge_call(person, merge_args, token, anonymous_profile))
             unstage_calls.append(store.unstage_call(anonymous, value))
         if merge_calls:
@@ -108,14 +119,3 @@ class Pipeline:
         if segment_calls:
             await store.run(segment_calls)
         return result
-
-    def _common_args(self, catalog: Catalog, now_ms: int) -> list:
-        store = self.store
-        return [
-            now_ms,
-            store.dedupe_ttl_ms,
-            store.profile_ttl_ms,
-            catalog.scoring.half_life_ms,
-            SESSION_GAP_MS,
-            catalog.feature_table,
-        ]

@@ -114,50 +114,52 @@ end
 
 # Apply one person's batch: dedupe by event id and every update, atomically.
 # KEYS[1] profile  KEYS[2] dedupe zset
-# ARGV[1] now_ms  ARGV[2] dedupe ttl ms  ARGV[3] profile ttl ms  ARGV[4] score half-life ms
-# ARGV[5] session gap ms  ARGV[6] msgpack feature table {fid: [resolution_ms, length]}
-# ARGV[7] msgpack ops: per event [ts, traits_set|false, traits_unset|false,
-#         [[fid, bucket, amount], …], points]
-# ARGV[8] "1" to return the stored profile
-# ARGV[9…] 8-byte event id hashes, one per op, in order
+# ARGV[1] msgpack [now_ms, dedupe ttl ms, profile ttl ms, score half-life ms,
+#         session gap ms, 1 to return the stored profile else 0]
+# ARGV[2] msgpack ops, one per event: [ts, traits_set|false, traits_unset|false,
+#         [[fid, bucket, amount, ring length], …], points]
+# ARGV[3] msgpack feature table {fid: [resolution_ms, length]} to prune the
+#         profile's rings against, or "" to skip pruning this time (the caller
+#         prunes every few batches: unpacking the whole table on every call
+#         cost more than the rest of the script).
+# ARGV[4…] 8-byte event id hashes, one per op, in order (Redis's cmsgpack has
+#         no binary type, so they travel as arguments)
 # Returns {accepted, duplicates, packed profile or ""}
 APPLY_LUA = _LUA_LIB + r"""
-local now = tonumber(ARGV[1])
-local dedupe_ttl = tonumber(ARGV[2])
-local features = cmsgpack.unpack(ARGV[6])
-local ops = cmsgpack.unpack(ARGV[7])
+local params = cmsgpack.unpack(ARGV[1])
+local now, dedupe_ttl, profile_ttl, half_life, session_gap, want_profile =
+  params[1], params[2], params[3], params[4], params[5], params[6]
+local ops = cmsgpack.unpack(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedupe_ttl)
 local p = nil
 local accepted, duplicates = 0, 0
 for i, op in ipairs(ops) do
-  local id = ARGV[8 + i]
+  local id = ARGV[3 + i]
   if redis.call('ZSCORE', KEYS[2], id) then
     duplicates = duplicates + 1
   else
     redis.call('ZADD', KEYS[2], now, id)
     accepted = accepted + 1
     if p == nil then p = load_profile(redis.call('GET', KEYS[1])) end
-    local ts = op[1]
-    seen(p, ts, tonumber(ARGV[5]))
+    seen(p, op[1], session_gap)
     if op[2] then for k, v in pairs(op[2]) do p.t[k] = v end end
     if op[3] then for _, k in ipairs(op[3]) do p.t[k] = nil end end
     for _, inc in ipairs(op[4]) do
-      local f = features[inc[1]]
-      if f then p.w[inc[1]] = ring_add(p.w[inc[1]], inc[2], f[2], inc[3]) end
+      p.w[inc[1]] = ring_add(p.w[inc[1]], inc[2], inc[4], inc[3])
     end
-    if op[5] ~= 0 then p.s = {decay(p.s, now, tonumber(ARGV[4])) + op[5], now} end
+    if op[5] ~= 0 then p.s = {decay(p.s, now, half_life) + op[5], now} end
   end
 end
 local packed = ''
 if accepted > 0 then
-  prune_rings(p, features, now)
+  if ARGV[3] ~= '' then prune_rings(p, cmsgpack.unpack(ARGV[3]), now) end
   p.v = (p.v or 0) + 1
-  packed = save(KEYS[1], p, tonumber(ARGV[3]))
+  packed = save(KEYS[1], p, profile_ttl)
   redis.call('PEXPIRE', KEYS[2], dedupe_ttl)
-elseif ARGV[8] == '1' then
+elseif want_profile == 1 then
   packed = redis.call('GET', KEYS[1]) or ''
 end
-if ARGV[8] ~= '1' then packed = '' end
+if want_profile ~= 1 then packed = '' end
 return {accepted, duplicates, packed}
 """
 
@@ -278,9 +280,10 @@ class ProfileStore:
                 await self.load_scripts()
         raise AssertionError("unreachable")
 
-    def apply_call(self, person: str, args: list, id_hashes: list[bytes]) -> tuple:
+    def apply_call(self, person: str, params: bytes, ops: bytes, prune_table: bytes,
+                   id_hashes: list[bytes]) -> tuple:
         keys = [self.keys.profile(person), self.keys.dedupe(person)]
-        return ("apply", keys, args + id_hashes)
+        return ("apply", keys, [params, ops, prune_table, *id_hashes])
 
     def stage_call(self, anonymous: str, token: str) -> tuple:
         keys = [self.keys.profile(anonymous), self.keys.merge_staging(anonymous)]

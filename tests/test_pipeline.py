@@ -7,7 +7,7 @@ from redis.crc import key_slot
 
 from engine.events import Event
 from engine.keys import Keys
-from engine.pipeline import event_id_hash
+from engine.pipeline import PRUNE_EVERY, event_id_hash
 from engine.profiles import decode_profile
 from engine.windows import DAY_MS, MINUTE_MS
 from tests.conftest import make_pipeline
@@ -116,12 +116,18 @@ async def test_rings_stay_bounded_by_their_longest_window(redis):
     assert ring[1:] == [1] * crm.length
 
 
-async def test_rings_the_catalog_no_longer_needs_are_dropped_on_the_next_write(redis):
+async def test_rings_the_catalog_no_longer_needs_are_dropped_on_a_pruning_write(redis):
     pipeline = make_pipeline(redis, CATALOG)
     await pipeline.apply([page_view("e1")], NOW)
     assert len((await profile_of(redis)).w) == 2  # crm_fan ring + the 30m ring
     slimmer = make_pipeline(redis, "segments: [{id: x, when: {trait: a, equals: 1}}]")
-    await slimmer.apply([page_view("e2")], NOW)
+    # One batch in PRUNE_EVERY prunes, chosen by its first event id's hash.
+    ids = (f"e{n}" for n in range(2, 1000))
+    pruning = next(i for i in ids if event_id_hash(i)[0] % PRUNE_EVERY == 0)
+    skipping = next(i for i in ids if event_id_hash(i)[0] % PRUNE_EVERY != 0)
+    await slimmer.apply([page_view(skipping)], NOW)
+    assert len((await profile_of(redis)).w) == 2
+    await slimmer.apply([page_view(pruning)], NOW)
     assert (await profile_of(redis)).w == {}
 
 
