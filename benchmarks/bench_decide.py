@@ -14,7 +14,6 @@ drift on a noisy machine hits both alike. Last line: JSON figures."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -24,7 +23,14 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.floor_app import seed_floor
-from benchmarks.loadgen import HttpTarget, LoadOptions, find_max_rps, pin_current_process, run_open_loop, warm_up
+from benchmarks.loadgen import (
+    HttpTarget,
+    LoadOptions,
+    find_max_rps,
+    pin_current_process,
+    run_open_loop,
+    warm_up,
+)
 from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
 from benchmarks.report import print_figures, write_report
 from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people

@@ -13,7 +13,6 @@ load generator busy-polls core 1. Last line: JSON figures."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import tempfile
 import time
@@ -23,7 +22,14 @@ from pathlib import Path
 import uvloop
 
 from benchmarks.floor_app import seed_floor
-from benchmarks.loadgen import HttpTarget, LoadOptions, find_max_rps, pin_current_process, run_open_loop, warm_up
+from benchmarks.loadgen import (
+    HttpTarget,
+    LoadOptions,
+    find_max_rps,
+    pin_current_process,
+    run_open_loop,
+    warm_up,
+)
 from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
 from benchmarks.report import print_figures, write_report
 from benchmarks.workload import FreshBatches, catalog_yaml, month_of_activity, seed_people

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import random
+
 import orjson
 import yaml
 from redis.asyncio import Redis

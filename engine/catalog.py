@@ -126,8 +126,32 @@ class Catalog:
     indexed_traits: frozenset[str] = frozenset()
     indexed_context: frozenset[str] = frozenset()
 
-    def features_for(self, event_type: str) -> list[Feature]:
-        return self.features_by_type.get(event_type, []) + self.features_by_type.get("*", [])
+    # event type → (features whose filter must run, {property: {value: features}}):
+    # a filter that is one equality is a dict lookup instead of a test per feature.
+    feature_index: dict[str, tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]] = field(
+        default_factory=dict)
+
+    def counted(self, event_type: str, properties: dict) -> list[tuple[Feature, float | int]]:
+        """Every windowed feature one event counts for, with what it adds."""
+        found = []
+        for kind in (event_type, "*"):
+            entry = self.feature_index.get(kind)
+            if entry is None:
+                continue
+            scanned, by_property = entry
+            for feature in scanned:
+                amount = feature.amount(properties)
+                if amount is not None:
+                    found.append((feature, amount))
+            for name, by_value in by_property.items():
+                value = properties.get(name)
+                if value is None:
+                    continue
+                for feature in by_value.get(normalized(value), ()):
+                    amount = feature.measure(properties)
+                    if amount is not None:
+                        found.append((feature, amount))
+        return found
 
     def facts(self, profile, context: dict, now_ms: int) -> Facts:
         return Facts(self, profile, context, now_ms)
@@ -217,6 +241,7 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
     features_by_type: dict[str, list[Feature]] = defaultdict(list)
     for feature in compiler.features.values():
         features_by_type[feature.event_type].append(feature)
+    feature_index = {kind: _index_features(features) for kind, features in features_by_type.items()}
     table = {fid: [f.resolution_ms, f.length] for fid, f in compiler.features.items()}
 
     return Catalog(
@@ -227,6 +252,7 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
         segments=segments,
         features=compiler.features,
         features_by_type=dict(features_by_type),
+        feature_index=feature_index,
         scoring=scoring,
         protected_traits=frozenset(protected),
         rules=rules,
@@ -235,6 +261,19 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
         indexed_traits=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "t"),
         indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
     )
+
+
+def _index_features(features: list[Feature]) -> tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]:
+    scanned: list[Feature] = []
+    by_property: dict[str, dict[tuple, list[Feature]]] = defaultdict(lambda: defaultdict(list))
+    for feature in features:
+        if len(feature.where_spec) == 1:
+            (name, want), = feature.where_spec.items()
+            if want is not None and not isinstance(want, dict | list):
+                by_property[name][normalized(want)].append(feature)
+                continue
+        scanned.append(feature)
+    return scanned, {name: dict(by_value) for name, by_value in by_property.items()}
 
 
 def _digest(spec: dict) -> str:

@@ -74,10 +74,7 @@ def decide(
             if explanation is not None:
                 explanation[name] = {"error": "no such placement in the catalog"}
             continue
-        if explanation is not None:
-            candidates = placement.ranks
-        else:
-            candidates = _candidates(placement, atoms)
+        candidates = placement.ranks if explanation is not None else _candidates(placement, atoms)
         pick = None
         report = []
         for rank in candidates:

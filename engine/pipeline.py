@@ -45,11 +45,10 @@ def event_ops(catalog: Catalog, event: Event) -> list:
     """What one event does to a profile, as data for the Lua script: [ts, traits
     to set | False, traits to unset | False, ring increments, score points]."""
     props = event.properties
-    increments = []
-    for feature in catalog.features_for(event.type):
-        amount = feature.amount(props)
-        if amount is not None:
-            increments.append([feature.fid, event.ts // feature.resolution_ms, amount, feature.length])
+    increments = [
+        [feature.fid, event.ts // feature.resolution_ms, amount, feature.length]
+        for feature, amount in catalog.counted(event.type, props)
+    ]
     to_set: dict | bool = False
     to_unset: list | bool = False
     if event.traits:

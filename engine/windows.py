@@ -64,6 +64,10 @@ class Feature:
         """What one event adds, or None when it does not count."""
         if self.matches is not None and not self.matches(properties):
             return None
+        return self.measure(properties)
+
+    def measure(self, properties: dict) -> float | int | None:
+        """What an event that passed the property filter adds."""
         if self.sum_of is None:
             return 1
         value = properties.get(self.sum_of)

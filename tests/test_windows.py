@@ -54,3 +54,28 @@ def test_feature_ids_are_stable_and_distinct():
     assert a != windows.feature_id("page_view", {"category": "crm"}, None, HOUR_MS)
     assert a != windows.feature_id("page_view", {"category": "crm"}, "seconds", DAY_MS)
     assert a != windows.feature_id("page_view", {"category": "erp"}, None, DAY_MS)
+
+
+def test_an_event_counts_for_exactly_the_features_whose_filters_it_passes():
+    from engine.catalog import compile_catalog, parse_catalog_text
+
+    catalog = compile_catalog(parse_catalog_text("""
+rules:
+  crm: {event: page_view, where: {category: crm}, within: 7d, count: {at_least: 1}}
+  level_one: {event: page_view, where: {level: 1}, within: 7d, count: {at_least: 1}}
+  long_video: {event: page_view, where: {seconds: {above: 30}}, within: 7d, count: {at_least: 1}}
+  watch_time: {event: page_view, within: 1d, sum: {of: seconds, above: 0}}
+  anything_crm: {event: "*", where: {category: crm}, within: 1d, count: {at_least: 1}}
+"""))
+    features = {feature.fid: feature for feature, _ in catalog.window_uses.values()}
+    assert len(features) == 5
+
+    def counted(event_type, properties):
+        return sorted((features[f.fid].sum_of or "count", amount) for f, amount in catalog.counted(event_type, properties))
+
+    # 1.0 equals 1, every filter passes, the "*" feature counts too, the sum adds 40.
+    assert counted("page_view", {"category": "crm", "level": 1.0, "seconds": 40}) == [
+        ("count", 1), ("count", 1), ("count", 1), ("count", 1), ("seconds", 40)]
+    # True is not 1, analytics is not crm, no seconds: nothing counts.
+    assert counted("page_view", {"category": "analytics", "level": True}) == []
+    assert counted("email_open", {"category": "crm"}) == [("count", 1)]
