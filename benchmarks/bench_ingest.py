@@ -1,5 +1,6 @@
 """Ingest benchmark (compass P3, P7): POST /v1/events in inline mode, batches of
-20 events for 20 different people (the worst case: 20 Lua calls per request),
+20 events for 20 different people (the worst case: 20 Lua calls per request;
+`--people-per-batch 1` sends a browser's batch, one person's 20 events),
 open loop at fixed rates and a saturation search, next to the floor route of
 benchmarks.floor_app (one pipelined HSET per event, no dedupe, no windows) under
 the same load; then Redis memory per person after a month of activity.
@@ -45,9 +46,10 @@ def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def batches_target(port: int, path: str, n_people: int, headers: dict[str, str]) -> HttpTarget:
+def batches_target(port: int, path: str, n_people: int, headers: dict[str, str], people_per_batch: int) -> HttpTarget:
     target = HttpTarget("127.0.0.1", port, path, bodies=b"", headers=headers)
-    target.requests = FreshBatches("127.0.0.1", port, path, headers, n_people, size=BATCH)
+    target.requests = FreshBatches("127.0.0.1", port, path, headers, n_people, size=BATCH,
+                                   people_per_batch=people_per_batch)
     return target
 
 
@@ -73,8 +75,9 @@ async def measure(args: argparse.Namespace) -> dict:
         with UvicornServer("api.app:create_app_from_env", SERVER_CORE, env=api_env, extra_args=["--factory"]) as api, \
                 UvicornServer("benchmarks.floor_app:app", SERVER_CORE, env={"ATTIMO_REDIS_URL": redis.url}) as floor:
             targets = {
-                "events": batches_target(api.port, "/v1/events", args.people, {"Authorization": f"Bearer {TOKEN}"}),
-                "floor": batches_target(floor.port, "/floor/events", args.people, {}),
+                "events": batches_target(api.port, "/v1/events", args.people, {"Authorization": f"Bearer {TOKEN}"},
+                                         args.people_per_batch),
+                "floor": batches_target(floor.port, "/floor/events", args.people, {}, args.people_per_batch),
             }
             for target in targets.values():
                 await warm_up(target, P3_BATCHES_PER_S / 2, args.warmup, options)
@@ -104,14 +107,16 @@ async def measure(args: argparse.Namespace) -> dict:
         "floor_batch_p99_ms": at_p3["floor"].p99_ms,
         "bytes_per_person": memory,
         "people": args.people,
+        "people_per_batch": args.people_per_batch,
         "quick": args.quick,
     }
     write_report(
-        "ingest", series, title=f"POST /v1/events, batches of {BATCH} (rates in batches/s)", figures=figures,
+        "ingest" if args.people_per_batch == BATCH else f"ingest_{args.people_per_batch}_per_batch", series, title=f"POST /v1/events, batches of {BATCH} (rates in batches/s)", figures=figures,
         searches=searches, ccdf_rate=P3_BATCHES_PER_S,
         notes=[
             f"{args.people} people seeded by the pipeline (30 traits, two weeks of activity), 200-offer catalog; "
-            f"each batch: {BATCH} page views of {BATCH} random people, new event ids every request",
+            f"each batch: {BATCH} page views of {args.people_per_batch} random people (one Lua call per person), "
+            "new event ids every request",
             f"Redis and servers on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}",
             f"ingest_events_per_s: highest rate with no errors, >= 95% served and batch p99 < "
             f"{args.p99_limit_ms:.0f} ms; batch_p99_ms at {P3_BATCHES_PER_S * BATCH:.0f} events/s",
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--people", type=int)
     parser.add_argument("--rates", default="250,500,750", help="batches/s")
     parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
+    parser.add_argument("--people-per-batch", type=int, default=BATCH,
+                        help="20: a server-side batch of 20 people (worst case); 1: a browser's batch")
     parser.add_argument("--p99-limit-ms", type=float, default=25.0)
     args = parser.parse_args(argv)
     args.rates = [float(rate) for rate in args.rates.split(",")]
