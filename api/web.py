@@ -98,7 +98,7 @@ def loader_html(settings: Settings, consent: str = "required") -> str:
     return (
         f"<script>{LOADER_STUB}</script>\n"
         f'<script async src="/v1/snippet.js" data-key="{settings.site_key or ""}" '
-        f'data-budget="300" data-consent="{consent}"></script>'
+        f'data-budget="{settings.snippet_budget_ms}" data-consent="{consent}"></script>'
     )
 
 

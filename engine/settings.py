@@ -52,6 +52,8 @@ class Settings:
     decide_delay_ms: float = 0.0
     # Serve the static demo storefront pages (never the demo-only endpoints).
     storefront: bool = False
+    # The snippet's time budget on the storefront pages (data-budget).
+    snippet_budget_ms: int = 300
 
     # Follow-ups (engine/scheduler.py, docs/followups.md).
     smtp_host: str = "127.0.0.1"
@@ -97,6 +99,7 @@ class Settings:
         "access_log": "ATTIMO_ACCESS_LOG",
         "decide_delay_ms": "ATTIMO_DECIDE_DELAY_MS",
         "storefront": "ATTIMO_STOREFRONT",
+        "snippet_budget_ms": "ATTIMO_SNIPPET_BUDGET_MS",
         "smtp_host": "ATTIMO_SMTP_HOST",
         "smtp_port": "ATTIMO_SMTP_PORT",
         "smtp_tls": "ATTIMO_SMTP_TLS",

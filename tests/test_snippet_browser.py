@@ -34,8 +34,11 @@ STRICT_CSP = f"default-src 'self'; script-src 'self' {LOADER_CSP_HASH}; object-s
 
 @pytest.fixture(scope="module")
 def shop(redis_server, tmp_path_factory):
+    # Its own catalog and people (other tests post catalogs); a budget no loaded
+    # CI machine passes, so a slow decide cannot leave a slot unfilled here
+    # (the budget itself is tested with slow_shop).
     server = start_api(redis_server.url, tmp_path_factory.mktemp("shop"), ATTIMO_STOREFRONT="1",
-                       ATTIMO_KEY_PREFIX="snippet")  # its own catalog and people: other tests post catalogs
+                       ATTIMO_KEY_PREFIX="snippet", ATTIMO_SNIPPET_BUDGET_MS="5000")
     yield server
     stop_api(server)
 
@@ -69,7 +72,7 @@ def page(chromium, redis_sync_client):
     context.close()
 
 
-def loader(consent: str = "none", budget: int = 300, before: str = "") -> str:
+def loader(consent: str = "none", budget: int = 5000, before: str = "") -> str:
     return (
         f"<script>{LOADER_STUB}</script>{before}"
         f'<script async src="/v1/snippet.js" data-key="{SITE_KEY}" data-budget="{budget}" '
