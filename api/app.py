@@ -5,6 +5,7 @@ HTTP answers in one place (`ERROR_HANDLERS`)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -16,7 +17,6 @@ from typing import Any
 
 import msgspec
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -45,6 +45,7 @@ from engine.keys import Keys
 from engine.people import person_view
 from engine.pipeline import ApplyResult, Pipeline
 from engine.profiles import ProfileStore, decode_profile
+from engine.redis_client import connect
 from engine.settings import MAX_BODY_BYTES, MAX_PLACEMENTS_PER_DECIDE, Settings
 
 log = logging.getLogger("attimo.api")
@@ -72,15 +73,7 @@ class Services:
         self.keys = Keys(settings.key_prefix)
         self.holder = holder
         self.file_text = file_text
-        self.redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_pool_size,
-                timeout=settings.redis_pool_timeout_ms / 1000,
-                socket_connect_timeout=1.0,
-                socket_timeout=5.0,
-            )
-        )
+        self.redis = connect(settings)
         self.store = ProfileStore(
             self.redis, self.keys,
             dedupe_ttl_s=settings.dedupe_ttl_s, profile_ttl_s=settings.profile_ttl_s,
@@ -438,10 +431,8 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             reload_tasks.add(task)
             task.add_done_callback(reload_tasks.discard)
 
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        except (NotImplementedError, RuntimeError):
-            pass
         # Long-lived objects made at start-up never need scanning again: no GC
         # pauses that grow with the catalog on the hot path.
         gc.collect()

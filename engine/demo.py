@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import time
 
-from redis.asyncio import Redis
-
 from engine.catalog import CatalogHolder, load_catalog_file
 from engine.events import Event
 from engine.identity import sign_user_id
 from engine.keys import Keys
 from engine.pipeline import Pipeline
 from engine.profiles import ProfileStore
+from engine.redis_client import connect
 from engine.settings import Settings
 from engine.windows import DAY_MS, MINUTE_MS
 
@@ -43,7 +42,7 @@ def demo_events(now_ms: int) -> list[Event]:
 
 async def seed_demo_people(settings: Settings) -> None:
     catalog, text = load_catalog_file(settings.catalog_path)
-    redis = Redis.from_url(settings.redis_url)
+    redis = connect(settings, pool_size=4)
     try:
         store = ProfileStore(
             redis, Keys(settings.key_prefix),

@@ -27,13 +27,15 @@ class Keys:
     def merge_staging(self, person: str) -> str:
         return f"{self.prefix}:{{u:{person}}}:m"
 
-    # STRING: the catalog source in force (JSON), written by reload/admin.
-    # HASH fields `version`, `digest`. No TTL. Global, read at start-up and polled.
+    # STRING: the catalog source in force (YAML or JSON), written by reload/admin.
+    # HASH fields `digest`, `file_digest`. No TTL. Global, read at start-up and
+    # polled. Both share the tag {catalog}: they are written in one transaction,
+    # which a Redis Cluster allows only within one slot.
     def catalog_source(self) -> str:
-        return f"{self.prefix}:catalog:source"
+        return f"{self.prefix}:{{catalog}}:source"
 
     def catalog_version(self) -> str:
-        return f"{self.prefix}:catalog:version"
+        return f"{self.prefix}:{{catalog}}:version"
 
     # --- Due queue (engine/due_queue.py): DUE_SHARDS shards, tag {q:N}, a person's
     # messages always in shard crc32(person) % DUE_SHARDS. No TTL on the shard

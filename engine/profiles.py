@@ -271,7 +271,9 @@ class ProfileStore:
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             for name, keys, args in calls:
-                pipe.evalsha(self.sha[name], len(keys), *keys, *args)
+                # execute_command, not pipe.evalsha: redis-py's cluster pipeline
+                # refuses the named method but routes the raw command by its keys.
+                pipe.execute_command("EVALSHA", self.sha[name], len(keys), *keys, *args)
             try:
                 return await pipe.execute()
             except NoScriptError:

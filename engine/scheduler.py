@@ -5,16 +5,17 @@ acknowledges. Time comes from an injected clock so tests move it at will."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
-from redis.asyncio import Redis
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import Claimed, DueQueue, Message
 from engine.keys import DEAD_LETTERS_MAX, Keys
+from engine.redis_client import connect
 from engine.settings import Settings
 
 Clock = Callable[[], int]  # epoch ms
@@ -77,10 +78,8 @@ class Scheduler:
         """Loop until `stop` is set; sleeps only when nothing was due."""
         while not stop.is_set():
             if await self.run_once() == 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), poll_ms / 1000)
-                except TimeoutError:
-                    pass
 
     async def _guarded(self, item: Claimed) -> None:
         async with self.limit:
@@ -197,10 +196,7 @@ def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None) -> SchedulerStats:
     """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the end."""
-    from redis.asyncio import BlockingConnectionPool
-
-    redis = Redis(connection_pool=BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=max(8, settings.scheduler_concurrency + 4), timeout=5))
+    redis = connect(settings, pool_size=max(8, settings.scheduler_concurrency + 4), pool_timeout_s=5)
     keys = Keys(settings.key_prefix)
     senders, closeables = senders_from_settings(settings)
     scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),

@@ -1,0 +1,44 @@
+"""The one place a Redis client is made from the settings: a single server behind a
+blocking connection pool (a full pool waits briefly, then fails with a named
+error the API turns into a 503 or a fallback), or a Redis Cluster when the URL's
+scheme is `redis+cluster://` (any node; the others are discovered)."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+
+from engine.settings import Settings
+
+CLUSTER_SCHEME = "redis+cluster"
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme == CLUSTER_SCHEME
+
+
+def connect(settings: Settings, *, pool_size: int | None = None,
+            pool_timeout_s: float | None = None) -> Redis | RedisCluster:
+    size = pool_size or settings.redis_pool_size
+    timeout_s = settings.redis_pool_timeout_ms / 1000 if pool_timeout_s is None else pool_timeout_s
+    if is_cluster_url(settings.redis_url):
+        parts = urlsplit(settings.redis_url)
+        node_url = urlunsplit(("redis", parts.netloc, "", "", ""))
+        # Per node: the cluster client keeps one pool for each primary.
+        return RedisCluster.from_url(
+            node_url,
+            max_connections=size,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+        )
+    return Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=size,
+            timeout=timeout_s,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+        )
+    )
