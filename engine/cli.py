@@ -135,9 +135,12 @@ def run_demo(args) -> int:
 
     local = LocalRedis().start()
     try:
+        # ATTIMO_* variables tune the demo too (budgets, SMTP, …); its Redis,
+        # catalog, keys, tokens and address are its own.
         settings = Settings.from_env(
-            {},
+            None,
             host=args.host, port=args.port, redis_url=local.url, catalog_path=args.catalog,
+            key_prefix="attimo",
             server_token=DEMO_TOKEN, site_key=DEMO_SITE_KEY, site_secret=DEMO_SITE_SECRET,
             allowed_origins=(f"http://{args.host}:{args.port}",),
         )
