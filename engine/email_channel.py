@@ -116,5 +116,5 @@ class EmailChannel:
         email = build_email(message, values, self.tracker, c.sender)
         await aiosmtplib.send(
             email, hostname=c.host, port=c.port, username=c.username, password=c.password,
-            use_tls=c.tls == "implicit", start_tls=True if c.tls == "starttls" else False,
+            use_tls=c.tls == "implicit", start_tls=c.tls == "starttls",
             timeout=c.timeout_s)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from typing import ClassVar
 from dataclasses import dataclass
+from typing import ClassVar
 
 from engine.errors import SettingsError
 
