@@ -80,14 +80,14 @@ def write_catalog(directory: Path, n_offers: int) -> Path:
 
 
 async def p99_with_offers(redis: RedisServer, directory: Path, n_offers: int, n_people: int,
-                          duration: float, options: LoadOptions):
+                          duration: float, warmup: float, options: LoadOptions):
     """Decide at P1's rate with an `n_offers` catalog on a fresh server. The people
     seeded for the main run serve here too: catalogs of every size share the same
     rules, so the stored windowed features are the ones each of them reads."""
     catalog = write_catalog(directory, n_offers)
     with api_server(redis.url, catalog) as server:
         target = decide_target(server.port, n_people)
-        await warm_up(target, P1_RATE, 1.0, options)
+        await warm_up(target, P1_RATE, warmup, options)
         result = await run_open_loop(target, P1_RATE, duration, options)
     log(f"{n_offers} offers at {P1_RATE:.0f} req/s: p99 {result.p99_ms:.2f} ms, errors {result.error_count}")
     return result
@@ -120,8 +120,8 @@ async def measure(args: argparse.Namespace) -> dict:
                     refine_steps=args.refine, options=replace(options, drain_timeout=2.0), log=log)
                 for name, target in targets.items()
             }
-        offers_50 = await p99_with_offers(redis, work, 50, args.people, args.duration, options)
-        offers_5000 = await p99_with_offers(redis, work, 5000, args.people, args.duration, options)
+        offers_50 = await p99_with_offers(redis, work, 50, args.people, args.duration, args.warmup, options)
+        offers_5000 = await p99_with_offers(redis, work, 5000, args.people, args.duration, args.warmup, options)
 
     at_p1 = {name: min(runs, key=lambda r: abs(r.rate - P1_RATE)) for name, runs in series.items()}
     figures = {
