@@ -14,34 +14,33 @@ drift on a noisy machine hits both alike. Last line: JSON figures."""
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import uvloop
-
 from benchmarks.floor_app import seed_floor
+from benchmarks.harness import (
+    LOADGEN_CORE,
+    SERVER_CORE,
+    alternate,
+    arguments,
+    log,
+    run,
+    saturate,
+    settle,
+)
 from benchmarks.loadgen import (
     HttpTarget,
     LoadOptions,
-    find_max_rps,
-    pin_current_process,
     run_open_loop,
     warm_up,
 )
-from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
-from benchmarks.report import print_figures, write_report
+from benchmarks.processes import RedisServer, UvicornServer
+from benchmarks.report import write_report
 from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
 
-SERVER_CORE, LOADGEN_CORE = 0, 1
 SITE_KEY, SITE_SECRET = "bench-site-key", "bench-site-secret"
 P1_RATE = 1000.0
-
-
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def api_server(redis_url: str, catalog_path: Path) -> UvicornServer:
@@ -97,7 +96,6 @@ async def measure(args: argparse.Namespace) -> dict:
     options = LoadOptions()
     work = Path(tempfile.mkdtemp(prefix="attimo-bench-decide-"))
     catalog = write_catalog(work, args.offers)
-    series: dict[str, list] = {"decide": [], "floor": []}
     with RedisServer(SERVER_CORE) as redis:
         started = time.monotonic()
         await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
@@ -106,20 +104,10 @@ async def measure(args: argparse.Namespace) -> dict:
         with api_server(redis.url, catalog) as api, \
                 UvicornServer("benchmarks.floor_app:app", SERVER_CORE, env={"ATTIMO_REDIS_URL": redis.url}) as floor:
             targets = {"decide": decide_target(api.port, args.people), "floor": floor_target(floor.port, args.people)}
-            for target in targets.values():
-                await warm_up(target, P1_RATE, args.warmup, options)
-            for rate in args.rates:
-                for name, target in targets.items():
-                    result = await run_open_loop(target, rate, args.duration, options)
-                    series[name].append(result)
-                    log(f"{name:6} {rate:6.0f} req/s: p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} "
-                        f"p999 {result.p999_ms:.2f} ms, {result.achieved_rps:.0f} rps, errors {result.error_count}")
-            searches = {
-                name: await find_max_rps(
-                    target, start_rate=2000, step_seconds=args.step_seconds, p99_limit_ms=args.p99_limit_ms,
-                    refine_steps=args.refine, options=replace(options, drain_timeout=2.0), log=log)
-                for name, target in targets.items()
-            }
+            series = await alternate(targets, args, P1_RATE, lambda name, rate, r: (
+                f"{name:6} {rate:6.0f} req/s: p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} p999 {r.p999_ms:.2f} ms, "
+                f"{r.achieved_rps:.0f} rps, errors {r.error_count}"), options)
+            searches = await saturate(targets, args, 2000, options)
         offers_50 = await p99_with_offers(redis, work, 50, args.people, args.duration, args.warmup, options)
         offers_5000 = await p99_with_offers(redis, work, 5000, args.people, args.duration, args.warmup, options)
 
@@ -157,23 +145,9 @@ async def measure(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_decide", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="under 60 s: fewer people, shorter runs")
-    parser.add_argument("--people", type=int)
+    parser = arguments("python -m benchmarks.bench_decide", __doc__.splitlines()[0], "500,1000,2000,4000")
     parser.add_argument("--offers", type=int, default=200)
-    parser.add_argument("--rates", default="500,1000,2000,4000")
-    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
-    parser.add_argument("--p99-limit-ms", type=float, default=25.0)
-    args = parser.parse_args(argv)
-    args.rates = [float(rate) for rate in args.rates.split(",")]
-    args.people = args.people or (20_000 if args.quick else 100_000)
-    args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.warmup = 3.0 if args.quick else 8.0  # a fresh server opens its pool and settles for ~8 s
-    args.step_seconds = 1.0 if args.quick else 2.5
-    args.refine = 1 if args.quick else 2
-    raise_on_sigterm()
-    pin_current_process(LOADGEN_CORE)
-    print_figures(uvloop.run(measure(args)))
+    run(measure, settle(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -14,36 +14,33 @@ load generator busy-polls core 1. Last line: JSON figures."""
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
-import uvloop
-
 from benchmarks.floor_app import seed_floor
+from benchmarks.harness import (
+    LOADGEN_CORE,
+    SERVER_CORE,
+    alternate,
+    arguments,
+    log,
+    run,
+    saturate,
+    settle,
+)
 from benchmarks.loadgen import (
     HttpTarget,
     LoadOptions,
-    find_max_rps,
-    pin_current_process,
-    run_open_loop,
-    warm_up,
 )
-from benchmarks.processes import RedisServer, UvicornServer, raise_on_sigterm
-from benchmarks.report import print_figures, write_report
+from benchmarks.processes import RedisServer, UvicornServer
+from benchmarks.report import write_report
 from benchmarks.workload import FreshBatches, catalog_yaml, month_of_activity, seed_people
 
-SERVER_CORE, LOADGEN_CORE = 0, 1
 TOKEN = "bench-server-token"
 BATCH = 20
 P3_BATCHES_PER_S = 500.0  # 10k events/s
 P7_PEOPLE = 10_000
-
-
-def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
 
 
 def batches_target(port: int, path: str, n_people: int, headers: dict[str, str], people_per_batch: int) -> HttpTarget:
@@ -66,7 +63,6 @@ async def measure(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="attimo-bench-ingest-"))
     catalog = work / "catalog.yaml"
     catalog.write_text(catalog_yaml(200))
-    series: dict[str, list] = {"events": [], "floor": []}
     with RedisServer(SERVER_CORE) as redis:
         await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
         await seed_floor(redis.url, args.people)
@@ -79,22 +75,10 @@ async def measure(args: argparse.Namespace) -> dict:
                                          args.people_per_batch),
                 "floor": batches_target(floor.port, "/floor/events", args.people, {}, args.people_per_batch),
             }
-            for target in targets.values():
-                await warm_up(target, P3_BATCHES_PER_S / 2, args.warmup, options)
-            for rate in args.rates:
-                for name, target in targets.items():
-                    result = await run_open_loop(target, rate, args.duration, options)
-                    series[name].append(result)
-                    log(f"{name:6} {rate * BATCH:6.0f} ev/s: p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} "
-                        f"p999 {result.p999_ms:.2f} ms, {result.achieved_rps * BATCH:.0f} ev/s, "
-                        f"errors {result.error_count}")
-            searches = {
-                name: await find_max_rps(
-                    target, start_rate=P3_BATCHES_PER_S, step_seconds=args.step_seconds,
-                    p99_limit_ms=args.p99_limit_ms, refine_steps=args.refine,
-                    options=replace(options, drain_timeout=2.0), log=log)
-                for name, target in targets.items()
-            }
+            series = await alternate(targets, args, P3_BATCHES_PER_S / 2, lambda name, rate, r: (
+                f"{name:6} {rate * BATCH:6.0f} ev/s: p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} p999 {r.p999_ms:.2f} ms, "
+                f"{r.achieved_rps * BATCH:.0f} ev/s, errors {r.error_count}"), options)
+            searches = await saturate(targets, args, P3_BATCHES_PER_S, options)
     memory = await bytes_per_person()
     log(f"{memory:.0f} bytes per person")
 
@@ -129,24 +113,10 @@ async def measure(args: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ingest", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="under 60 s: fewer people, shorter runs")
-    parser.add_argument("--people", type=int)
-    parser.add_argument("--rates", default="250,500,750", help="batches/s")
-    parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
+    parser = arguments("python -m benchmarks.bench_ingest", __doc__.splitlines()[0], "250,500,750", "batches/s")
     parser.add_argument("--people-per-batch", type=int, default=BATCH,
                         help="20: a server-side batch of 20 people (worst case); 1: a browser's batch")
-    parser.add_argument("--p99-limit-ms", type=float, default=25.0)
-    args = parser.parse_args(argv)
-    args.rates = [float(rate) for rate in args.rates.split(",")]
-    args.people = args.people or (20_000 if args.quick else 100_000)
-    args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.warmup = 3.0 if args.quick else 8.0  # a fresh server opens its pool and settles for ~8 s
-    args.step_seconds = 1.0 if args.quick else 2.5
-    args.refine = 1 if args.quick else 2
-    raise_on_sigterm()
-    pin_current_process(LOADGEN_CORE)
-    print_figures(uvloop.run(measure(args)))
+    run(measure, settle(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

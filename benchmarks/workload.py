@@ -155,16 +155,21 @@ def activity(person: str, index: int, now_ms: int, days: int, per_day: int, pref
     return events
 
 
+def production_pipeline(redis: Redis, keys: Keys, catalog_text: str) -> Pipeline:
+    """The pipeline with the default TTLs, as `attimo serve` builds it."""
+    catalog = compile_catalog(parse_catalog_text(catalog_text))
+    store = ProfileStore(redis, keys, dedupe_ttl_s=86_400, profile_ttl_s=400 * 86_400)
+    return Pipeline(store, CatalogHolder(catalog, catalog_text))
+
+
 async def seed_people(redis_url: str, catalog_text: str, n_people: int, now_ms: int, *,
                       key_prefix: str = "attimo") -> None:
     """`n_people` profiles with 30 traits and two weeks of activity (8 events a
     day), written by the real pipeline for TEMPLATES people and copied to the rest."""
-    catalog = compile_catalog(parse_catalog_text(catalog_text))
     keys = Keys(key_prefix)
     redis = Redis.from_url(redis_url)
     try:
-        store = ProfileStore(redis, keys, dedupe_ttl_s=86_400, profile_ttl_s=400 * 86_400)
-        pipeline = Pipeline(store, CatalogHolder(catalog, catalog_text))
+        pipeline = production_pipeline(redis, keys, catalog_text)
         templates = min(TEMPLATES, n_people)
         for start in range(0, templates, 50):
             batch = [event for index in range(start, min(start + 50, templates))
@@ -245,12 +250,10 @@ async def month_of_activity(redis_url: str, n_people: int, now_ms: int, *, key_p
     have expired as they would have, then the last day); every key those
     people have is then DUMPed and RESTOREd under the other ids, which keeps
     Redis's own encodings: the memory is what the pipeline itself would use."""
-    catalog = compile_catalog(parse_catalog_text(P7_CATALOG))
     keys = Keys(key_prefix)
     redis = Redis.from_url(redis_url)
     try:
-        store = ProfileStore(redis, keys, dedupe_ttl_s=86_400, profile_ttl_s=400 * 86_400)
-        pipeline = Pipeline(store, CatalogHolder(catalog, P7_CATALOG))
+        pipeline = production_pipeline(redis, keys, P7_CATALOG)
         templates = min(TEMPLATES, n_people)
         last_day = now_ms - DAY_MS
         for start in range(0, templates, 20):
