@@ -39,6 +39,7 @@ from engine.errors import (
     NotAuthorized,
     StoreUnavailable,
 )
+from engine.event_log import EventLog
 from engine.events import PERSON_ID, Event, WireBatch, decode_batch
 from engine.identity import authenticate, require_server, resolve_events
 from engine.keys import Keys
@@ -79,6 +80,8 @@ class Services:
             dedupe_ttl_s=settings.dedupe_ttl_s, profile_ttl_s=settings.profile_ttl_s,
         )
         self.pipeline = Pipeline(self.store, holder)
+        # Kafka mode: accepted events go to the log; `attimo worker` applies them.
+        self.event_log = EventLog(settings) if settings.kafka_brokers else None
         self.catalogs = CatalogStore(self.redis, self.keys, holder)
         self.decide_budget_s = settings.redis_budget_ms / 1000
         self.apply_budget_s = settings.apply_budget_ms / 1000
@@ -158,12 +161,20 @@ async def post_events(request: Request) -> Response:
     events = resolve_events(wire_events, caller, services.holder.current, now)
     result = await apply_events(services, events, now)
     EVENTS_SECONDS.observe(time.perf_counter() - started)
+    if services.event_log is not None:
+        return json_response({"accepted": result.accepted, "queued": True}, 202)
     return json_response({"accepted": result.accepted, "duplicates": result.duplicates}, 202)
 
 
 async def apply_events(services: Services, events: list[Event], now: int) -> ApplyResult:
     """Apply resolved events before answering (every ingest route comes here):
-    a Redis failure or a pass of the budget is a 503, nothing acknowledged."""
+    a Redis failure or a pass of the budget is a 503, nothing acknowledged.
+    In Kafka mode, "applied" is "acknowledged by the broker"; a worker applies
+    them (duplicates are found there, so none are reported here)."""
+    if services.event_log is not None:
+        await services.event_log.publish(events)
+        metrics.EVENTS_QUEUED.inc(len(events))
+        return ApplyResult(accepted=len(events))
     try:
         async with asyncio.timeout(services.apply_budget_s):
             result = await services.pipeline.apply(events, now)
@@ -442,6 +453,8 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         finally:
             poller.cancel()
             loop.remove_signal_handler(signal.SIGHUP)
+            if services.event_log is not None:
+                await services.event_log.close()
             await services.redis.aclose()
 
     middleware = []

@@ -23,6 +23,7 @@ REQUEST_SECONDS = Histogram(
     "attimo_request_seconds", "Time to answer, per endpoint", ["endpoint"], buckets=LATENCY_BUCKETS
 )
 EVENTS_APPLIED = Counter("attimo_events_applied_total", "Events applied to profiles")
+EVENTS_QUEUED = Counter("attimo_events_queued_total", "Events acknowledged by the Kafka broker (Kafka mode)")
 EVENTS_DUPLICATE = Counter("attimo_events_duplicate_total", "Events ignored as already applied")
 EVENTS_REJECTED = Counter("attimo_events_rejected_total", "Event batches refused", ["status"])
 DECISIONS = Counter(

@@ -42,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = commands.add_parser("scheduler", help="send due follow-up messages (contact policy at send time)")
     scheduler.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
 
+    commands.add_parser("worker", help="apply events from Kafka (ATTIMO_KAFKA_BROKERS) with faust-streaming")
+
     args = parser.parse_args(argv)
     try:
         return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign,
-                "scheduler": run_scheduler_command}[args.command](args)
+                "scheduler": run_scheduler_command, "worker": run_worker_command}[args.command](args)
     except AttimoError as exc:
         print(f"attimo: {exc}", file=sys.stderr)
         return 1
@@ -68,6 +70,12 @@ def run_scheduler_command(args) -> int:
     stats = asyncio.run(run_scheduler(settings))
     print(f"attimo scheduler: stopped {stats.as_dict()}", flush=True)
     return 0
+
+
+def run_worker_command(args) -> int:
+    from engine.worker import run_worker  # faust is imported only by workers
+
+    return run_worker(Settings.from_env())
 
 
 def run_check(args) -> int:

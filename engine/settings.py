@@ -55,6 +55,25 @@ class Settings:
     # The snippet's time budget on the storefront pages (data-budget).
     snippet_budget_ms: int = 300
 
+    # Kafka mode (engine/event_log.py, engine/worker.py): with brokers set, the API
+    # produces accepted events to the topic and `attimo worker` applies them.
+    kafka_brokers: tuple[str, ...] = ()
+    kafka_topic: str = "attimo.events"
+    kafka_dlq_topic: str = "attimo.events.dlq"
+    kafka_partitions: int = 8
+    kafka_linger_ms: int = 0
+    # Idempotent producer (needs InitProducerId: Apache Kafka and Redpanda have it,
+    # Tansu's memory engine answers it with an error). Without it a producer
+    # retry can write a record twice; the worker's event-id dedupe absorbs that.
+    kafka_idempotent: bool = True
+    worker_batch: int = 100  # records taken at a time (each is one person's batch)
+    worker_batch_wait_ms: float = 10.0  # how long a worker waits to fill a batch
+    # aiokafka's fetch wait; faust hard-codes 1500 ms, which delays every quiet
+    # partition's records by up to that much.
+    worker_fetch_wait_ms: int = 10
+    worker_session_timeout_s: float = 6.0
+    worker_group: str = "attimo-worker"
+
     # Follow-ups (engine/scheduler.py, docs/followups.md).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
@@ -100,6 +119,17 @@ class Settings:
         "decide_delay_ms": "ATTIMO_DECIDE_DELAY_MS",
         "storefront": "ATTIMO_STOREFRONT",
         "snippet_budget_ms": "ATTIMO_SNIPPET_BUDGET_MS",
+        "kafka_brokers": "ATTIMO_KAFKA_BROKERS",
+        "kafka_topic": "ATTIMO_KAFKA_TOPIC",
+        "kafka_dlq_topic": "ATTIMO_KAFKA_DLQ_TOPIC",
+        "kafka_partitions": "ATTIMO_KAFKA_PARTITIONS",
+        "kafka_linger_ms": "ATTIMO_KAFKA_LINGER_MS",
+        "kafka_idempotent": "ATTIMO_KAFKA_IDEMPOTENT",
+        "worker_batch": "ATTIMO_WORKER_BATCH",
+        "worker_batch_wait_ms": "ATTIMO_WORKER_BATCH_WAIT_MS",
+        "worker_fetch_wait_ms": "ATTIMO_WORKER_FETCH_WAIT_MS",
+        "worker_session_timeout_s": "ATTIMO_WORKER_SESSION_TIMEOUT_S",
+        "worker_group": "ATTIMO_WORKER_GROUP",
         "smtp_host": "ATTIMO_SMTP_HOST",
         "smtp_port": "ATTIMO_SMTP_PORT",
         "smtp_tls": "ATTIMO_SMTP_TLS",
