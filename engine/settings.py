@@ -73,6 +73,7 @@ class Settings:
     worker_fetch_wait_ms: int = 10
     worker_session_timeout_s: float = 6.0
     worker_group: str = "attimo-worker"
+    worker_metrics_port: int = 0  # Prometheus /metrics of `attimo worker` (0: off)
 
     # Follow-ups (engine/scheduler.py, docs/followups.md).
     smtp_host: str = "127.0.0.1"
@@ -130,6 +131,7 @@ class Settings:
         "worker_fetch_wait_ms": "ATTIMO_WORKER_FETCH_WAIT_MS",
         "worker_session_timeout_s": "ATTIMO_WORKER_SESSION_TIMEOUT_S",
         "worker_group": "ATTIMO_WORKER_GROUP",
+        "worker_metrics_port": "ATTIMO_WORKER_METRICS_PORT",
         "smtp_host": "ATTIMO_SMTP_HOST",
         "smtp_port": "ATTIMO_SMTP_PORT",
         "smtp_tls": "ATTIMO_SMTP_TLS",

@@ -19,6 +19,7 @@ import msgspec
 import orjson
 from faust.transport.drivers import TRANSPORTS
 from faust.transport.drivers import aiokafka as faust_kafka
+from prometheus_client import Counter, Histogram, start_http_server
 from redis.exceptions import RedisError
 
 from engine.catalog import CatalogHolder, empty_catalog, load_catalog_file
@@ -33,6 +34,17 @@ from engine.settings import Settings
 
 log = logging.getLogger("attimo.worker")
 REDIS_RETRY_MAX_S = 2.0
+
+APPLIED = Counter("attimo_worker_events_applied_total", "Events applied to profiles by this worker")
+DUPLICATES = Counter("attimo_worker_events_duplicate_total", "Redelivered events the dedupe absorbed")
+DEAD_LETTERED = Counter("attimo_worker_dead_lettered_total", "Records sent to the dead-letter topic")
+REDIS_RETRIES = Counter("attimo_worker_redis_retries_total", "Applies retried after a Redis error")
+BATCH_RECORDS = Histogram("attimo_worker_batch_records", "Records per applied batch",
+                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
+APPLY_SECONDS = Histogram("attimo_worker_apply_seconds", "Time to apply one batch in Redis",
+                          buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+LAG_SECONDS = Histogram("attimo_worker_record_age_seconds", "From a record's broker timestamp to its apply",
+                        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0))
 
 
 class _FetchWaitThread(faust_kafka.AIOKafkaConsumerThread):
@@ -89,18 +101,20 @@ class Applier:
                                   profile_ttl_s=settings.profile_ttl_s)
         self.pipeline = Pipeline(self.store, self.holder)
         self.catalogs = CatalogStore(self.redis, keys, self.holder)
-        self.applied = 0
-        self.dead_lettered = 0
 
     async def apply(self, events: list[Event]) -> None:
         """Until Redis has them: a transient error is retried with backoff."""
         delay = 0.05
         while True:
             try:
+                started = time.perf_counter()
                 result = await self.pipeline.apply(events, time.time_ns() // 1_000_000)
-                self.applied += result.accepted
+                APPLY_SECONDS.observe(time.perf_counter() - started)
+                APPLIED.inc(result.accepted)
+                DUPLICATES.inc(result.duplicates)
                 return
             except RedisError as exc:
+                REDIS_RETRIES.inc()
                 log.warning("Redis error applying %d events, retrying in %.2f s: %r", len(events), delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, REDIS_RETRY_MAX_S)
@@ -122,8 +136,7 @@ async def dead_letter(key: bytes | None, value: bytes, reason: str) -> None:
     body = {"error": reason, "key": (key or b"").decode(errors="replace"),
             "payload_base64": base64.b64encode(value).decode()}
     await dead_letters.send(key=key, value=orjson.dumps(body))
-    if APPLIER is not None:
-        APPLIER.dead_lettered += 1
+    DEAD_LETTERED.inc()
     log.error("dead-lettered a record: %s", reason)
 
 
@@ -133,7 +146,11 @@ async def apply_events(stream):
         while APPLIER is None:
             await asyncio.sleep(0.01)
         events: list[Event] = []
+        BATCH_RECORDS.observe(len(batch))
+        now_s = time.time()
         for event in batch:
+            if event.message.timestamp:  # seconds
+                LAG_SECONDS.observe(max(0.0, now_s - event.message.timestamp))
             try:
                 events.extend(decode_record(event.value))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -147,6 +164,8 @@ def run_worker(settings: Settings) -> int:
     if not settings.kafka_brokers:
         raise SystemExit("attimo worker needs ATTIMO_KAFKA_BROKERS")
     asyncio.run(ensure_topics(settings))
+    if settings.worker_metrics_port:
+        start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.execute_from_commandline()
     return 0

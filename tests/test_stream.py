@@ -17,6 +17,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -95,6 +96,10 @@ def pricing_count(profile: dict) -> float:
 
 
 def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
+    from engine.local_redis import free_port
+
+    metrics_port = free_port()
+    stream.env["ATTIMO_WORKER_METRICS_PORT"] = str(metrics_port)
     stream.start_worker()
     server = start_api(stream.settings.redis_url, tmp_path, **{k: v for k, v in stream.env.items()
                                                                if k != "ATTIMO_REDIS_URL"})
@@ -112,7 +117,14 @@ def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
 
             wait_until(decided, 60, 0.05, f"the worker to apply the events\n{stream.logs()}")
             client.post("/v1/events", json={"events": events})  # the same ids again
-        wait_until(lambda: person(server, "u-s")["version"] >= 1, 10, 0.05, "the profile")
+
+        def worker_metric(name: str) -> float:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+        # The resent batch is absorbed by the dedupe: counted as duplicates, applied once.
+        wait_until(lambda: worker_metric("attimo_worker_events_duplicate_total") == 3, 30, 0.05, "the duplicates")
+        assert worker_metric("attimo_worker_events_applied_total") == 3
         assert pricing_count(person(server, "u-s")) == 3
     finally:
         stop_api(server)
