@@ -45,9 +45,9 @@ def arguments(prog: str, description: str, rates: str, rates_help: str = "req/s"
 def settle(args: argparse.Namespace) -> argparse.Namespace:
     """Fill in what --quick decides."""
     args.rates = [float(rate) for rate in args.rates.split(",")]
-    args.people = args.people or (20_000 if args.quick else 100_000)
-    args.duration = args.duration or (2.0 if args.quick else 10.0)
-    args.warmup = 3.0 if args.quick else 8.0  # a fresh server opens its pool and settles for ~8 s
+    args.people = args.people or (10_000 if args.quick else 100_000)
+    args.duration = args.duration or (1.5 if args.quick else 10.0)
+    args.warmup = 2.0 if args.quick else 8.0  # a fresh server opens its pool and settles for ~8 s
     args.step_seconds = 1.0 if args.quick else 2.5
     args.refine = 1 if args.quick else 2
     return args

@@ -21,6 +21,8 @@ from engine.events import Event
 from engine.keys import Keys
 from engine.pipeline import Pipeline
 from engine.profiles import ProfileStore
+from engine.redis_client import connect
+from engine.settings import Settings
 from engine.windows import DAY_MS, MINUTE_MS
 
 PLACEMENTS = [f"slot_{n}" for n in range(5)]
@@ -155,7 +157,7 @@ def activity(person: str, index: int, now_ms: int, days: int, per_day: int, pref
     return events
 
 
-def production_pipeline(redis: Redis, keys: Keys, catalog_text: str) -> Pipeline:
+def production_pipeline(redis, keys: Keys, catalog_text: str) -> Pipeline:
     """The pipeline with the default TTLs, as `attimo serve` builds it."""
     catalog = compile_catalog(parse_catalog_text(catalog_text))
     store = ProfileStore(redis, keys, dedupe_ttl_s=86_400, profile_ttl_s=400 * 86_400)
@@ -167,7 +169,7 @@ async def seed_people(redis_url: str, catalog_text: str, n_people: int, now_ms: 
     """`n_people` profiles with 30 traits and two weeks of activity (8 events a
     day), written by the real pipeline for TEMPLATES people and copied to the rest."""
     keys = Keys(key_prefix)
-    redis = Redis.from_url(redis_url)
+    redis = connect(Settings(redis_url=redis_url, redis_pool_timeout_ms=5000))  # a Cluster URL works too
     try:
         pipeline = production_pipeline(redis, keys, catalog_text)
         templates = min(TEMPLATES, n_people)
@@ -175,7 +177,10 @@ async def seed_people(redis_url: str, catalog_text: str, n_people: int, now_ms: 
             batch = [event for index in range(start, min(start + 50, templates))
                      for event in activity(person_id(index), index, now_ms, days=14, per_day=8)]
             await pipeline.apply(batch, now_ms)
-        stored = await redis.mget([keys.profile(person_id(index)) for index in range(templates)])
+        reads = redis.pipeline(transaction=False)  # one slot per person: no MGET across them
+        for index in range(templates):
+            reads.get(keys.profile(person_id(index)))
+        stored = await reads.execute()
         for start in range(templates, n_people, COPY_BATCH):
             pipe = redis.pipeline(transaction=False)
             for index in range(start, min(start + COPY_BATCH, n_people)):
