@@ -7,7 +7,14 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from engine.contact_policy import (
-    DAY_MS, Caps, ContactPolicy, ContactState, judge, quiet_until, record_send, set_consent,
+    DAY_MS,
+    Caps,
+    ContactPolicy,
+    ContactState,
+    judge,
+    quiet_until,
+    record_send,
+    set_consent,
 )
 
 NOON_UTC = int(datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)

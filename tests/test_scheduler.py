@@ -185,7 +185,8 @@ def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_cl
         process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            wait_until(lambda: len(receiver.received) >= before + step or process.poll() is not None,
+            wait_until(lambda before=before, process=process: len(receiver.received) >= before + step
+                       or process.poll() is not None,
                        timeout_s=30, what="the scheduler to send")
         finally:
             process.send_signal(signal.SIGKILL)
