@@ -466,11 +466,12 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             allow_headers=["Content-Type", "X-Attimo-Key", "Authorization"],
             max_age=600,
         ))
-    from api.segment import SEGMENT_ROUTES  # here: api.segment imports this module
+    from api.followups import FOLLOWUP_ROUTES  # here: both import this module
+    from api.segment import SEGMENT_ROUTES
     from api.web import web_routes
 
     app = Starlette(
-        routes=ROUTES + SEGMENT_ROUTES + web_routes(settings) + (extra_routes or []),
+        routes=ROUTES + SEGMENT_ROUTES + FOLLOWUP_ROUTES + web_routes(settings) + (extra_routes or []),
         middleware=middleware,
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,

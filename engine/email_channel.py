@@ -45,12 +45,14 @@ class Tracker:
     def _sig(self, *parts: str) -> str:
         return hmac.new(self.secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
 
-    def click_url(self, message_id: str, person: str, target: str) -> str:
-        query = {"m": message_id, "p": person, "u": target, "s": self._sig("click", message_id, person, target)}
+    # `e` names the email (its template), so a catalog rule can say "opened email E".
+    def click_url(self, message_id: str, person: str, target: str, email: str = "") -> str:
+        query = {"m": message_id, "p": person, "e": email, "u": target,
+                 "s": self._sig("click", message_id, person, email, target)}
         return f"{self.public_url}/v1/t/click?{urlencode(query)}"
 
-    def open_url(self, message_id: str, person: str) -> str:
-        query = {"m": message_id, "p": person, "s": self._sig("open", message_id, person)}
+    def open_url(self, message_id: str, person: str, email: str = "") -> str:
+        query = {"m": message_id, "p": person, "e": email, "s": self._sig("open", message_id, person, email)}
         return f"{self.public_url}/v1/t/open?{urlencode(query)}"
 
     def unsubscribe_url(self, person: str, channel: str) -> str:
@@ -62,13 +64,20 @@ class Tracker:
         parts = urlsplit(url)
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items() if len(v) == 1}
         kind = parts.path.rsplit("/", 1)[-1]
-        fields = {"click": ("m", "p", "u"), "open": ("m", "p"), "unsubscribe": ("p", "c")}.get(kind)
+        fields = {"click": ("m", "p", "e", "u"), "open": ("m", "p", "e"), "unsubscribe": ("p", "c")}.get(kind)
         if fields is None or any(f not in query for f in (*fields, "s")):
             raise TrackingLinkInvalid(f"not a tracking URL: {parts.path}")
         expected = self._sig(kind, *(query[f] for f in fields))
         if not hmac.compare_digest(expected, query["s"]):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
         return {"kind": kind, **{f: query[f] for f in fields}}
+
+
+def tracker_from_settings(settings) -> Tracker | None:
+    """The link signer for these settings, or None when no secret is set (links
+    signed with an empty key would be forgeable)."""
+    secret = settings.tracking_secret or settings.site_secret
+    return Tracker(secret=secret.encode(), public_url=settings.public_url.rstrip("/")) if secret else None
 
 
 _HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
@@ -95,11 +104,11 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
         def track(match: re.Match) -> str:
             # Jinja escaped & as &amp; inside attributes; sign the URL the reader meant.
             target = match.group(1).replace("&amp;", "&")
-            signed = tracker.click_url(message.id, message.person, target)
+            signed = tracker.click_url(message.id, message.person, target, message.template)
             return f'href="{signed.replace("&", "&amp;")}"'
 
         html = _HREF.sub(track, html)
-        pixel = tracker.open_url(message.id, message.person).replace("&", "&amp;")
+        pixel = tracker.open_url(message.id, message.person, message.template).replace("&", "&amp;")
         html += f'<img src="{pixel}" width="1" height="1" alt="" style="display:none">'
         email.add_alternative(html, subtype="html")
     return email

@@ -53,7 +53,7 @@ async def test_email_arrives_with_unsubscribe_and_tracking(smtp):
     assert "Ana &lt;script&gt;" in html and "<script>" not in html
     links = [link.replace("&amp;", "&") for link in re.findall(r'href="([^"]+)"', html)]
     [click] = links
-    assert TRACKER.verify(click) == {"kind": "click", "m": "welcome-u-42", "p": "u-42",
+    assert TRACKER.verify(click) == {"kind": "click", "m": "welcome-u-42", "p": "u-42", "e": "welcome",
                                      "u": "https://shop.example/crm?a=1&b=2"}
     [pixel] = [s.replace("&amp;", "&") for s in re.findall(r'<img src="([^"]+)"', html)]
     assert TRACKER.verify(pixel)["kind"] == "open"

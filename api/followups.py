@@ -1,0 +1,107 @@
+"""The links inside follow-up emails: the open pixel and the click redirect come
+back as `email_open` / `email_click` events for the person (so a catalog rule
+can say "opened email E"), and the unsubscribe link withdraws consent for the
+channel and cancels everything queued on it at once. Every link was signed when
+the email was made; a changed one is a 400, so the redirect is never open."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from api.app import Services, apply_events, json_response, now_ms
+from engine.contact_policy import ContactState, ContactStore
+from engine.due_queue import DueQueue
+from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
+from engine.errors import StoreUnavailable
+from engine.events import Event
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _verified(request: Request) -> dict[str, str] | Response:
+    services: Services = request.app.state.services
+    tracker = tracker_from_settings(services.settings)
+    if tracker is None:
+        return json_response({"error": "tracking links are off: set ATTIMO_TRACKING_SECRET"}, 404)
+    try:
+        return tracker.verify(str(request.url))
+    except TrackingLinkInvalid as exc:
+        return json_response({"error": str(exc)}, 400)
+
+
+async def _record(request: Request, event_id: str, event_type: str, person: str, properties: dict) -> None:
+    now = now_ms()
+    await apply_events(request.app.state.services, [Event(event_id, event_type, person, now, properties)], now)
+
+
+async def track_open(request: Request) -> Response:
+    """
+    summary: Open pixel of a follow-up email; records an email_open event.
+    responses: {200: {description: a 1x1 GIF}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    # One open per message counts: a mail client that loads the pixel again changes nothing.
+    await _record(request, f"open:{link['m']}", "email_open", link["p"],
+                  {"email": link["e"], "message_id": link["m"]})
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+async def track_click(request: Request) -> Response:
+    """
+    summary: Click redirect of a follow-up email; records an email_click event.
+    responses: {302: {description: to the signed target}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    target = link["u"]
+    tag = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
+    await _record(request, f"click:{link['m']}:{tag}", "email_click", link["p"],
+                  {"email": link["e"], "message_id": link["m"], "url": target})
+    return RedirectResponse(target, 302, headers=NO_STORE)
+
+
+def withdraw(state: ContactState, channel: str) -> None:
+    """Every purpose on the channel, opted in before or not: an explicit
+    per-purpose opt-in would otherwise win over the "*" opt-out."""
+    purposes = state.consent.setdefault(channel, {})
+    for purpose in [*purposes, "*"]:
+        purposes[purpose] = False
+
+
+async def unsubscribe(request: Request) -> Response:
+    """
+    summary: 'Unsubscribe link (GET, or POST for List-Unsubscribe-Post one-click).'
+    description: Withdraws consent for the channel, every purpose, and cancels what is queued on it.
+    responses: {200: {description: done}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    services: Services = request.app.state.services
+    person, channel = link["p"], link["c"]
+    try:
+        await ContactStore(services.redis, services.keys).update(person, lambda state: withdraw(state, channel))
+        cancelled = await DueQueue(services.redis, services.keys).cancel(person, channel, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot record the unsubscribe: {exc}") from None
+    if request.method == "POST":
+        return json_response({"unsubscribed": channel, "cancelled": cancelled})
+    return HTMLResponse(f"<!doctype html><title>Unsubscribed</title><p>You will get no more {channel} "
+                        "messages from us.</p>", headers=NO_STORE)
+
+
+FOLLOWUP_ROUTES = [
+    Route("/v1/t/open", track_open, methods=["GET"]),
+    Route("/v1/t/click", track_click, methods=["GET"]),
+    Route("/v1/unsubscribe", unsubscribe, methods=["GET", "POST"]),
+]

@@ -1,0 +1,107 @@
+"""The links inside follow-up emails, through HTTP against `attimo serve`: the open
+pixel and the click redirect become events on the person's profile (so a rule
+on "opened email E" sees them), a changed link is a 400, and the unsubscribe
+link withdraws consent and cancels what was queued."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from redis.asyncio import Redis
+
+from engine.contact_policy import ContactStore, consent_given
+from engine.due_queue import DueQueue, Message
+from engine.email_channel import Tracker
+from engine.keys import Keys
+from tests.conftest import SITE_SECRET, start_api, stop_api
+
+PREFIX = "links"
+
+
+@pytest.fixture(scope="module")
+def links_api(redis_server, tmp_path_factory):
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("links"), ATTIMO_KEY_PREFIX=PREFIX)
+    yield server
+    stop_api(server)
+
+
+@pytest.fixture
+def tracker(links_api, redis_sync_client):
+    # The API signs with the site secret when no ATTIMO_TRACKING_SECRET is set.
+    return Tracker(secret=SITE_SECRET.encode(), public_url=links_api.base_url)
+
+
+def email_opens(server, person: str) -> float:
+    with server.server() as client:
+        profile = client.get(f"/v1/people/{person}").json()
+    # The demo catalog's composite rule watches email_open where email = spring_newsletter.
+    return next(value for label, value in profile["features"].items() if label.startswith("email_open"))
+
+
+def test_the_open_pixel_records_one_email_open_per_message(links_api, tracker):
+    pixel = tracker.open_url("m-1", "u-open", "spring_newsletter")
+    with links_api.client() as client:
+        for _ in range(3):  # a mail client loading the pixel again changes nothing
+            answer = client.get(pixel)
+            assert answer.status_code == 200
+            assert answer.headers["content-type"] == "image/gif"
+    assert email_opens(links_api, "u-open") == 1
+
+
+def test_the_click_redirects_to_the_signed_target_and_records_the_click(links_api, tracker):
+    link = tracker.click_url("m-2", "u-click", "https://shop.example/crm?a=1&b=2", "spring_newsletter")
+    with links_api.client() as client:
+        answer = client.get(link)
+        assert answer.status_code == 302
+        assert answer.headers["location"] == "https://shop.example/crm?a=1&b=2"
+        with links_api.server() as server:
+            profile = server.get("/v1/people/u-click").json()
+    assert profile["exists"] and profile["version"] == 1
+
+
+@pytest.mark.parametrize("change", [
+    lambda url: url.replace("shop.example", "evil.example"),
+    lambda url: url.replace("p=u-click", "p=u-other"),
+    lambda url: url.replace("e=spring_newsletter", "e=other"),
+    lambda url: url.split("&s=")[0],
+])
+def test_a_changed_link_is_400_and_records_nothing(links_api, tracker, change):
+    link = tracker.click_url("m-3", "u-click", "https://shop.example/", "spring_newsletter")
+    with links_api.client() as client:
+        answer = client.get(change(link))
+    assert answer.status_code == 400
+    assert "location" not in answer.headers
+    with links_api.server() as server:
+        for person in ("u-click", "u-other"):
+            assert not server.get(f"/v1/people/{person}").json()["exists"]
+
+
+def test_unsubscribe_withdraws_consent_and_cancels_what_is_queued(links_api, tracker, redis_server):
+    async def queue_and_opt_in() -> None:
+        redis = Redis.from_url(redis_server.url)
+        keys = Keys(PREFIX)
+        await ContactStore(redis, keys).set_consent("u-un", "email", "marketing", True)
+        queue = DueQueue(redis, keys)
+        for n in range(3):
+            await queue.schedule(Message(id=f"later-{n}", person="u-un", channel="email", due_ms=10**13))
+        await queue.schedule(Message(id="push-1", person="u-un", channel="push", due_ms=10**13))
+        await redis.aclose()
+
+    async def after() -> tuple[bool | None, dict]:
+        redis = Redis.from_url(redis_server.url)
+        keys = Keys(PREFIX)
+        state = await ContactStore(redis, keys).load("u-un")
+        pending = await DueQueue(redis, keys).pending()
+        await redis.aclose()
+        return consent_given(state, "email", "marketing"), pending
+
+    asyncio.run(queue_and_opt_in())
+    with links_api.client() as client:
+        answer = client.post(tracker.unsubscribe_url("u-un", "email"))
+        assert answer.status_code == 200
+        assert answer.json() == {"unsubscribed": "email", "cancelled": 3}
+        assert "no more email" in client.get(tracker.unsubscribe_url("u-un", "email")).text
+    consent, pending = asyncio.run(after())
+    assert consent is False  # the earlier explicit opt-in no longer wins
+    assert pending["due"] == 1  # the push message stays
