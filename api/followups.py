@@ -15,7 +15,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from api.app import Services, apply_events, json_response, now_ms
-from engine.contact_policy import ContactState, ContactStore
+from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue
 from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
 from engine.errors import StoreUnavailable
@@ -70,14 +70,6 @@ async def track_click(request: Request) -> Response:
     return RedirectResponse(target, 302, headers=NO_STORE)
 
 
-def withdraw(state: ContactState, channel: str) -> None:
-    """Every purpose on the channel, opted in before or not: an explicit
-    per-purpose opt-in would otherwise win over the "*" opt-out."""
-    purposes = state.consent.setdefault(channel, {})
-    for purpose in [*purposes, "*"]:
-        purposes[purpose] = False
-
-
 async def unsubscribe(request: Request) -> Response:
     """
     summary: 'Unsubscribe link (GET, or POST for List-Unsubscribe-Post one-click).'
@@ -90,7 +82,7 @@ async def unsubscribe(request: Request) -> Response:
     services: Services = request.app.state.services
     person, channel = link["p"], link["c"]
     try:
-        await ContactStore(services.redis, services.keys).update(person, lambda state: withdraw(state, channel))
+        await ContactStore(services.redis, services.keys).set_consent(person, channel, "*", False)
         cancelled = await DueQueue(services.redis, services.keys).cancel(person, channel, now_ms())
     except RedisError as exc:
         raise StoreUnavailable(f"cannot record the unsubscribe: {exc}") from None

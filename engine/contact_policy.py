@@ -148,7 +148,13 @@ def record_send(state: ContactState, *, channel: str, template: str, now_ms: int
 
 
 def set_consent(state: ContactState, channel: str, purpose: str, granted: bool) -> None:
-    state.consent.setdefault(channel, {})[purpose] = granted
+    """Withdrawing "*" (every purpose: an unsubscribe) also withdraws each purpose
+    given before, which would otherwise win over "*"."""
+    purposes = state.consent.setdefault(channel, {})
+    if purpose == "*" and not granted:
+        for given in purposes:
+            purposes[given] = False
+    purposes[purpose] = granted
 
 
 class ContactStore:
@@ -230,3 +236,4 @@ class ContactStore:
 
     async def outcomes(self, person: str) -> list[dict]:
         return [orjson.loads(raw) for raw in await self.redis.lrange(self.keys.contact_outcomes(person), 0, -1)]
+

@@ -91,9 +91,26 @@ def check_wire_event(event: WireEvent, path: str) -> None:
             )
     if event.anonymous_id is None and event.user_id is None:
         raise EventRejected("an event needs anonymous_id or user_id", path)
+    if event.type == CONSENT:
+        check_consent(event.properties, f"{path}.properties")
     check_value(event.properties, f"{path}.properties", 1)
     if event.traits is not None:
         check_value(event.traits, f"{path}.traits", 1)
+
+
+CONSENT = "consent"
+CHANNEL_NAME = re.compile(r"[a-z0-9_]{1,32}|\*")
+
+
+def check_consent(properties: dict, path: str) -> None:
+    """A consent event says {"channel", "granted": true|false, "purpose"?} (purpose
+    "*", every purpose, when absent): the contact policy reads nothing else."""
+    for name in ("channel", "purpose"):
+        value = properties.get(name, "*" if name == "purpose" else None)
+        if not isinstance(value, str) or not CHANNEL_NAME.fullmatch(value):
+            raise EventRejected(f"a consent event needs {name}: 1 to 32 of a-z 0-9 _ (or *)", f"{path}.{name}", 32)
+    if not isinstance(properties.get("granted"), bool):
+        raise EventRejected("a consent event needs granted: true or false", f"{path}.granted")
 
 
 def check_value(value: Any, path: str, depth: int) -> None:

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 import msgspec
 
 from engine.catalog import Catalog, CatalogHolder
-from engine.events import Event
+from engine.contact_policy import ContactStore
+from engine.due_queue import DueQueue
+from engine.events import CONSENT, Event
 from engine.profiles import ProfileStore, decode_profile
 from engine.rules import SESSION_GAP_MS
 
@@ -31,6 +33,7 @@ class ApplyResult:
     accepted: int = 0
     duplicates: int = 0
     merged: int = 0
+    cancelled: int = 0  # queued messages cancelled by consent withdrawals
     segment_changes: dict[str, tuple[list, list]] = field(default_factory=dict)
 
 
@@ -117,4 +120,23 @@ class Pipeline:
             await store.run(unstage_calls)
         if segment_calls:
             await store.run(segment_calls)
+        consents = [event for event in events if event.type == CONSENT]
+        if consents:
+            result.cancelled = await self._apply_consents(consents, now_ms)
         return result
+
+    async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
+        """Consent events set the contact state the scheduler judges at send time
+        (after the profile write, so a retried batch sets it again: idempotent).
+        Withdrawing every purpose of a channel (an unsubscribe) also cancels all
+        that is queued on it at once; one purpose is enforced at send time."""
+        contacts = ContactStore(self.store.redis, self.store.keys)
+        queue = DueQueue(self.store.redis, self.store.keys)
+        cancelled = 0
+        for event in sorted(events, key=lambda e: e.ts):
+            props = event.properties
+            channel, purpose, granted = props["channel"], props.get("purpose", "*"), props["granted"]
+            await contacts.set_consent(event.person, channel, purpose, granted)
+            if purpose == "*" and not granted:
+                cancelled += await queue.cancel(event.person, channel, now_ms)
+        return cancelled

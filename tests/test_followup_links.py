@@ -1,7 +1,8 @@
-"""The links inside follow-up emails, through HTTP against `attimo serve`: the open
-pixel and the click redirect become events on the person's profile (so a rule
-on "opened email E" sees them), a changed link is a 400, and the unsubscribe
-link withdraws consent and cancels what was queued."""
+"""The links inside follow-up emails and consent events, through HTTP against
+`attimo serve`: the open pixel and the click redirect become events on the
+person's profile (so a rule on "opened email E" sees them), a changed link is a
+400, and the unsubscribe link or a consent event withdrawing a channel changes
+the contact state and cancels what was queued."""
 
 from __future__ import annotations
 
@@ -105,3 +106,50 @@ def test_unsubscribe_withdraws_consent_and_cancels_what_is_queued(links_api, tra
     consent, pending = asyncio.run(after())
     assert consent is False  # the earlier explicit opt-in no longer wins
     assert pending["due"] == 1  # the push message stays
+
+
+def test_consent_events_set_the_contact_state_and_an_unsubscribe_cancels_the_queue(links_api, redis_server,
+                                                                                   redis_sync_client):
+    keys = Keys(PREFIX)
+
+    async def queue_emails() -> None:
+        redis = Redis.from_url(redis_server.url)
+        for n in range(2):
+            await DueQueue(redis, keys).schedule(Message(id=f"c-{n}", person="a-c", channel="email", due_ms=10**13))
+        await redis.aclose()
+
+    async def state() -> tuple[bool | None, bool | None, dict]:
+        redis = Redis.from_url(redis_server.url)
+        contact = await ContactStore(redis, keys).load("a-c")
+        pending = await DueQueue(redis, keys).pending()
+        await redis.aclose()
+        return consent_given(contact, "email", "marketing"), consent_given(contact, "push", "news"), pending
+
+    def consent(event_id: str, **properties) -> int:
+        with links_api.browser() as client:  # a consent banner: the visitor speaks for itself
+            return client.post("/v1/events", json={"events": [
+                {"id": event_id, "type": "consent", "anonymous_id": "a-c", "properties": properties}]}).status_code
+
+    asyncio.run(queue_emails())
+    assert consent("c1", channel="email", purpose="marketing", granted=True) == 202
+    assert consent("c2", channel="push", granted=True) == 202
+    marketing, push, pending = asyncio.run(state())
+    assert (marketing, push, pending["due"]) == (True, True, 2)
+    assert consent("c3", channel="email", purpose="marketing", granted=False) == 202
+    assert asyncio.run(state())[2]["due"] == 2  # one purpose: judged at send time, the queue stays
+    assert consent("c4", channel="email", granted=False) == 202  # every purpose: an unsubscribe
+    marketing, push, pending = asyncio.run(state())
+    assert (marketing, push, pending["due"]) == (False, True, 0)
+
+
+@pytest.mark.parametrize(("properties", "field"), [
+    ({"granted": True}, "events[0].properties.channel"),
+    ({"channel": "email"}, "events[0].properties.granted"),
+    ({"channel": "Email Marketing", "granted": True}, "events[0].properties.channel"),
+])
+def test_a_malformed_consent_event_is_422(links_api, properties, field):
+    with links_api.browser() as client:
+        answer = client.post("/v1/events", json={"events": [
+            {"id": "bad", "type": "consent", "anonymous_id": "a-c", "properties": properties}]})
+    assert answer.status_code == 422
+    assert answer.json()["field"] == field
