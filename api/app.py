@@ -29,7 +29,9 @@ from starlette.schemas import SchemaGenerator
 from api import metrics
 from engine.catalog import CatalogHolder, empty_catalog, load_catalog_file
 from engine.catalog_store import CatalogStore
+from engine.contact_policy import PERSONAL_CHANNELS, ContactStore
 from engine.decide import decide
+from engine.due_queue import DueQueue
 from engine.errors import (
     BodyTooLarge,
     CatalogError,
@@ -267,7 +269,7 @@ async def get_person(request: Request) -> Response:
     """
     summary: A person's profile as the engine sees it now (server token).
     responses:
-      200: {description: traits, windowed features, score, segments, impressions}
+      200: {description: 'traits, windowed features, score, segments, impressions, and messages: pending (queued or sending) and recent outcomes with their reasons'}
       401: {description: Missing token}
       403: {description: Not the server token}
     """
@@ -276,9 +278,13 @@ async def get_person(request: Request) -> Response:
     person = request.path_params["person"]
     try:
         profile = await services.store.fetch(person)
+        pending = await DueQueue(services.redis, services.keys).pending_for(person, sorted(PERSONAL_CHANNELS))
+        recent = await ContactStore(services.redis, services.keys).outcomes(person)
     except RedisError as exc:
         raise StoreUnavailable(f"the profile store is unavailable: {exc}") from None
-    return json_response(person_view(services.holder.current, person, profile, now_ms()))
+    view = person_view(services.holder.current, person, profile, now_ms())
+    view["messages"] = {"pending": pending, "recent": recent}
+    return json_response(view)
 
 
 async def delete_person(request: Request) -> Response:

@@ -230,6 +230,31 @@ class DueQueue:
         """Drop everything queued or in flight for this person on this channel."""
         return int(await self._cancel(keys=self._person_keys(person, channel), args=[now_ms]))
 
+    async def pending_for(self, person: str, channels) -> list[dict]:
+        """What is queued or being sent for one person on these channels, soonest first."""
+        shard = shard_of(person, self.shards)
+        k = self.keys
+        found = []
+        for channel in channels:
+            ids = await self.redis.smembers(k.due_person_channel(shard, person, channel))
+            if not ids:
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for message_id in ids:
+                pipe.zscore(k.due(shard), message_id)
+                pipe.zscore(k.due_inflight(shard), message_id)
+                pipe.hget(k.due_messages(shard), message_id)
+            replies = await pipe.execute()
+            for n, _ in enumerate(ids):
+                due, leased, raw = replies[3 * n: 3 * n + 3]
+                if raw is None or (due is None and leased is None):
+                    continue  # sent, cancelled or expired since
+                message = Message.decode(raw)
+                found.append({"id": message.id, "channel": message.channel, "template": message.template,
+                              "purpose": message.purpose, "due_ms": message.due_ms,
+                              "state": "queued" if due is not None else "sending"})
+        return sorted(found, key=lambda m: m["due_ms"])
+
     async def pending(self) -> dict[str, int]:
         """Counts over all shards: due, in flight, done (kept)."""
         due = inflight = done = 0

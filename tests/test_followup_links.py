@@ -153,3 +153,35 @@ def test_a_malformed_consent_event_is_422(links_api, properties, field):
             {"id": "bad", "type": "consent", "anonymous_id": "a-c", "properties": properties}]})
     assert answer.status_code == 422
     assert answer.json()["field"] == field
+
+
+def test_a_persons_pending_and_recent_messages_with_their_reasons(links_api, redis_server, redis_sync_client):
+    """GET /v1/people/{id} shows what waits for the person and what happened to
+    what did not wait, with the reason the scheduler gave."""
+    from engine.contact_policy import ContactPolicy
+    from engine.scheduler import Scheduler
+
+    keys = Keys(PREFIX)
+    now = 1_780_000_000_000
+
+    async def never_sent(message, values):
+        raise AssertionError("an email without opt-in was sent")
+
+    async def run() -> None:
+        redis = Redis.from_url(redis_server.url)
+        queue, contacts = DueQueue(redis, keys), ContactStore(redis, keys)
+        await queue.schedule(Message(id="now-1", person="u-m", channel="email", due_ms=now, template="welcome",
+                                     body={"to": "m@example.com", "subject": "Hi", "text": "Hi"}))
+        await queue.schedule(Message(id="later-1", person="u-m", channel="push", due_ms=now + 3_600_000,
+                                     template="cart_reminder"))
+        scheduler = Scheduler(queue, contacts, ContactPolicy(), {"email": never_sent}, clock=lambda: now)
+        assert await scheduler.run_once() == 1
+        await redis.aclose()
+
+    asyncio.run(run())
+    with links_api.server() as client:
+        messages = client.get("/v1/people/u-m").json()["messages"]
+    assert [(m["id"], m["channel"], m["state"]) for m in messages["pending"]] == [("later-1", "push", "queued")]
+    [outcome] = messages["recent"]
+    assert outcome["status"] == "dropped"
+    assert outcome["reason"].startswith("no consent")
