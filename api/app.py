@@ -440,6 +440,12 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
     async def lifespan(app: Starlette):
         await services.start()
         poller = asyncio.create_task(services.catalogs.poll(settings.catalog_poll_s))
+        scheduler_stop = asyncio.Event()
+        scheduler = None
+        if settings.scheduler == "embedded":
+            from engine.scheduler import run_embedded
+
+            scheduler = asyncio.create_task(run_embedded(settings, scheduler_stop))
         loop = asyncio.get_running_loop()
         reload_tasks: set[asyncio.Task] = set()
 
@@ -458,6 +464,9 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             yield
         finally:
             poller.cancel()
+            if scheduler is not None:
+                scheduler_stop.set()
+                await scheduler
             loop.remove_signal_handler(signal.SIGHUP)
             if services.event_log is not None:
                 await services.event_log.close()

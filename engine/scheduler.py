@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,6 +19,8 @@ from engine.due_queue import Claimed, DueQueue, Message
 from engine.keys import DEAD_LETTERS_MAX, Keys
 from engine.redis_client import connect
 from engine.settings import Settings
+
+log = logging.getLogger("attimo.scheduler")
 
 Clock = Callable[[], int]  # epoch ms
 Sender = Callable[[Message, dict], Awaitable[object]]
@@ -194,8 +198,10 @@ def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
     return senders, [webhooks]
 
 
-async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None) -> SchedulerStats:
-    """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the end."""
+async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,
+                        handle_signals: bool = True) -> SchedulerStats:
+    """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the
+    end. Embedded in `attimo serve`, the server owns the signals and sets `stop`."""
     redis = connect(settings, pool_size=max(8, settings.scheduler_concurrency + 4), pool_timeout_s=5)
     keys = Keys(settings.key_prefix)
     senders, closeables = senders_from_settings(settings)
@@ -203,11 +209,10 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None) -
                           senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
                           concurrency=settings.scheduler_concurrency)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    import signal
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
     try:
         await scheduler.run(stop, settings.scheduler_poll_ms)
     finally:
@@ -215,3 +220,15 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None) -
             await resource.aclose()
         await redis.aclose()
     return scheduler.stats
+
+
+async def run_embedded(settings: Settings, stop: asyncio.Event) -> None:
+    """The scheduler inside `attimo serve`: restarted after any failure (Redis
+    down, a bad setting fixed by a reload…) instead of dying with the error."""
+    while not stop.is_set():
+        try:
+            await run_scheduler(settings, stop, handle_signals=False)
+        except Exception:  # keep the API up; say why and try again
+            log.exception("embedded scheduler failed; restarting in 1 s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)

@@ -88,6 +88,10 @@ class Settings:
     webhook_secret: str | None = None
     webhook_attempts: int = 5
     webhook_backoff_ms: float = 200.0
+    # "embedded": `attimo serve` and `attimo demo` run a scheduler in each process
+    # (claims are leased, so several never send one message twice); "off": run
+    # `attimo scheduler` on its own.
+    scheduler: str = "embedded"
     scheduler_batch: int = 100
     scheduler_lease_ms: int = 60_000
     scheduler_poll_ms: float = 100.0
@@ -144,6 +148,7 @@ class Settings:
         "webhook_secret": "ATTIMO_WEBHOOK_SECRET",
         "webhook_attempts": "ATTIMO_WEBHOOK_ATTEMPTS",
         "webhook_backoff_ms": "ATTIMO_WEBHOOK_BACKOFF_MS",
+        "scheduler": "ATTIMO_SCHEDULER",
         "scheduler_batch": "ATTIMO_SCHEDULER_BATCH",
         "scheduler_lease_ms": "ATTIMO_SCHEDULER_LEASE_MS",
         "scheduler_poll_ms": "ATTIMO_SCHEDULER_POLL_MS",
@@ -177,6 +182,8 @@ class Settings:
             raise SettingsError("ATTIMO_SITE_KEY needs ATTIMO_SITE_SECRET to verify signed user ids")
         if self.smtp_tls not in ("none", "starttls", "implicit"):
             raise SettingsError("ATTIMO_SMTP_TLS must be none, starttls or implicit")
+        if self.scheduler not in ("embedded", "off"):
+            raise SettingsError("ATTIMO_SCHEDULER must be embedded or off")
         if self.quiet_action not in ("delay", "drop"):
             raise SettingsError("ATTIMO_QUIET_ACTION must be delay or drop")
         if self.redis_pool_size < 1:

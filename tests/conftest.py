@@ -105,6 +105,7 @@ def start_api(redis_url: str, tmp_dir: Path, **env) -> ApiServer:
         "ATTIMO_ALLOWED_ORIGINS": ORIGIN,
         "ATTIMO_CATALOG": str(ROOT / "examples" / "catalog.yaml"),
         "ATTIMO_CATALOG_POLL_S": "0.2",
+        "ATTIMO_SCHEDULER": "off",  # tests that send messages turn it on
         **env,
     }
     log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process

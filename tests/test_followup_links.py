@@ -185,3 +185,30 @@ def test_a_persons_pending_and_recent_messages_with_their_reasons(links_api, red
     [outcome] = messages["recent"]
     assert outcome["status"] == "dropped"
     assert outcome["reason"].startswith("no consent")
+
+
+def test_attimo_serve_runs_the_scheduler_and_sends_what_is_due(redis_server, redis_sync_client, tmp_path):
+    import time
+
+    from tests.conftest import wait_until
+    from tests.followup_sinks import WebhookReceiver
+
+    receiver = WebhookReceiver().start()
+    server = start_api(redis_server.url, tmp_path, ATTIMO_SCHEDULER="embedded", ATTIMO_KEY_PREFIX="embedded",
+                       ATTIMO_WEBHOOK_URLS=f"push={receiver.url}/push", ATTIMO_WEBHOOK_SECRET="s")
+    try:
+        async def schedule() -> None:
+            redis = Redis.from_url(redis_server.url)
+            await DueQueue(redis, Keys("embedded")).schedule(Message(
+                id="push-now", person="u-e", channel="push", due_ms=time.time_ns() // 1_000_000,
+                template="hello", body={"title": "Hello"}))
+            await redis.aclose()
+
+        asyncio.run(schedule())
+        wait_until(lambda: receiver.received, 10, 0.05, "the embedded scheduler to send")
+        [delivery] = receiver.received
+        assert delivery.path == "/push"
+        assert delivery.headers["idempotency-key"] == "push-now"
+    finally:
+        stop_api(server)
+        receiver.stop()
