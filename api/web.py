@@ -106,9 +106,14 @@ def storefront_routes(settings: Settings, demo: bool = False) -> list[Route]:
     loader = loader_html(settings)
     cache: dict[str, Asset] = {}
 
+    layout = (STOREFRONT / "layout.html").read_text()
+
     def page(name: str) -> Asset:
         if name not in cache:
-            text = (STOREFRONT / name).read_text()
+            # A page file: "<!-- title | <html> attributes -->", then its <main>.
+            header, _, main = (STOREFRONT / name).read_text().partition("\n")
+            title, _, attrs = header.removeprefix("<!-- ").removesuffix(" -->").partition(" | ")
+            text = layout.replace("%ATTRS%", attrs).replace("%TITLE%", title).replace("%MAIN%", main)
             text = text.replace("<!--attimo-->", loader)
             text = text.replace("<!--demo-panel-->", DEMO_PANEL if demo else "")
             cache[name] = Asset(text.encode(), "text/html; charset=utf-8")
