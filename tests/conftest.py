@@ -22,6 +22,7 @@ from engine.keys import Keys
 from engine.local_redis import LocalRedis, free_port
 from engine.pipeline import Pipeline
 from engine.profiles import ProfileStore
+from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-server-token"
@@ -154,3 +155,19 @@ def clean_api(api, redis_sync_client):
 
 def signed(user_id: str) -> str:
     return sign_user_id(SITE_SECRET, user_id)
+
+
+@pytest.fixture
+def smtp():
+    """A real SMTP server (aiosmtpd) on a free port; keeps what it received."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def receiver():
+    """A real HTTP server for webhooks on a free port; keeps what it received."""
+    sink = WebhookReceiver().start()
+    yield sink
+    sink.stop()

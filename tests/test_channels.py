@@ -11,24 +11,9 @@ from engine.due_queue import Message
 from engine.email_channel import EmailChannel, SmtpConfig, Tracker, TrackingLinkInvalid
 from engine.templates import TemplateRenderError, render
 from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
-from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 SECRET = b"test-webhook-secret"
 TRACKER = Tracker(secret=b"test-tracking-secret", public_url="https://attimo.example")
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def receiver():
-    sink = WebhookReceiver().start()
-    yield sink
-    sink.stop()
 
 
 async def no_sleep(_seconds: float) -> None:

@@ -17,8 +17,6 @@ from tests.conftest import ROOT, signed, start_api, stop_api
 from tests.test_due_queue import *  # noqa: F403 - the same tests, on the cluster
 from tests.test_pipeline import *  # noqa: F403
 from tests.test_scheduler import (  # noqa: F401 - the ones that take the `redis` fixture
-    receiver,
-    smtp,
     test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered,
     test_consent_withdrawn_while_a_message_waits_sends_nothing,
     test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two,

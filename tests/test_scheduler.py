@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import redis as redis_sync
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
@@ -21,7 +20,6 @@ from engine.keys import DUE_SHARDS, Keys
 from engine.scheduler import Scheduler, SendError
 from engine.webhook_channel import WebhookChannel, WebhookConfig
 from tests.conftest import ROOT, wait_until
-from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
 MINUTE = 60_000
@@ -36,20 +34,6 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def receiver():
-    sink = WebhookReceiver().start()
-    yield sink
-    sink.stop()
 
 
 def email_to(person: str, due_ms: int, template: str = "cart_reminder", i: int = 0) -> Message:
