@@ -445,7 +445,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         if settings.scheduler == "embedded":
             from engine.scheduler import run_embedded
 
-            scheduler = asyncio.create_task(run_embedded(settings, scheduler_stop))
+            scheduler = asyncio.create_task(run_embedded(settings, scheduler_stop, services.holder))
         loop = asyncio.get_running_loop()
         reload_tasks: set[asyncio.Task] = set()
 

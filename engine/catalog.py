@@ -18,11 +18,13 @@ import yaml
 
 from engine import windows
 from engine.errors import CatalogError
+from engine.journeys import Journeys, compile_journeys
 from engine.rules import Compiler, Facts, Predicate, always, normalized
 from engine.windows import Feature
 
 OFFER_KINDS = ("content", "banner", "discount")
-TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits")
+TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits",
+             "journeys", "templates")
 OFFER_FIELDS = (
     "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
     "cap", "start", "end", "when", "exclude", "holdout", "group", "description",
@@ -125,6 +127,8 @@ class Catalog:
     # building for a request.
     indexed_traits: frozenset[str] = frozenset()
     indexed_context: frozenset[str] = frozenset()
+    # Journeys and their message templates (engine/journeys.py).
+    journeys: Journeys = field(default_factory=Journeys)
 
     # event type → (features whose filter must run, {property: {value: features}}):
     # a filter that is one equality is a dict lookup instead of a test per feature.
@@ -223,6 +227,8 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
     placements = _placements(spec.get("placements"), compiler)
     scoring = _scoring(spec.get("scoring"), compiler)
     offers = _offers(spec.get("offers"), placements, compiler)
+    journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
+                                {o.id: o.answer() for o in offers})
 
     if compiler.problems:
         raise CatalogError(source, compiler.problems)
@@ -260,6 +266,7 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
         feature_table=msgspec.msgpack.encode(table),
         indexed_traits=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "t"),
         indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
+        journeys=journeys,
     )
 
 

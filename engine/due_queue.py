@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import orjson
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from engine.keys import DUE_DONE_KEEP_MS, DUE_SHARDS, Keys
 
@@ -136,6 +137,26 @@ redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
 
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] done ZSET,
+# KEYS[5] person+channel SET
+# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] index TTL ms
+# A timer that activity pushes forward (inactivity journeys): queued -> moved to
+# the new due time; in flight -> left alone (its handler re-checks); absent or
+# done -> queued again. Returns 1 if (re)queued, 2 if moved, 0 if in flight.
+ARM = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
+local queued = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+if queued then return 2 end
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
+if redis.call('PTTL', KEYS[5]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[5], ARGV[4])
+end
+return 1
+"""
+
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
 # KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
 # ARGV[1] now ms
@@ -169,6 +190,8 @@ class DueQueue:
         self._ack = redis.register_script(ACK)
         self._delay = redis.register_script(DELAY)
         self._cancel = redis.register_script(CANCEL)
+        self._arm = redis.register_script(ARM)
+        self._loaded = False
 
     def _shard_keys(self, shard: int) -> list[str]:
         k = self.keys
@@ -189,6 +212,52 @@ class DueQueue:
                   k.due_person_channel(shard, message.person, message.channel)],
             args=[message.id, message.due_ms, message.encode(), index_ttl_ms])
         return bool(result)
+
+    async def _pipelined(self, calls: list[tuple]) -> list:
+        """Several script calls in one round trip. Raw EVALSHA (a cluster pipeline
+        refuses the script helper but routes the raw command by its keys); after a
+        Redis restart (NOSCRIPT) load the scripts and run again: both are idempotent."""
+        if not calls:
+            return []
+        for attempt in (1, 2):
+            if not self._loaded:
+                for script in (self._schedule, self._arm):
+                    script.sha = await self.redis.script_load(script.script)
+                self._loaded = True
+            pipe = self.redis.pipeline(transaction=False)
+            for script, keys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return await pipe.execute()
+            except NoScriptError:
+                self._loaded = False
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def arm_call(self, message: Message) -> tuple:
+        """ARM for one timer that activity pushes forward (for _pipelined)."""
+        shard = shard_of(message.person, self.shards)
+        k = self.keys
+        return (self._arm,
+                [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_done(shard),
+                 k.due_person_channel(shard, message.person, message.channel)],
+                [message.id, message.due_ms, message.encode(), max(message.due_ms, 0) + self.done_keep_ms])
+
+    def schedule_call(self, message: Message) -> tuple:
+        shard = shard_of(message.person, self.shards)
+        k = self.keys
+        return (self._schedule,
+                [k.due(shard), k.due_messages(shard), k.due_done(shard),
+                 k.due_person_channel(shard, message.person, message.channel)],
+                [message.id, message.due_ms, message.encode(), max(message.due_ms, 0) + self.done_keep_ms])
+
+    async def schedule_many(self, messages: list[Message]) -> list[bool]:
+        """schedule() for several messages in one round trip."""
+        return [bool(r) for r in await self._pipelined([self.schedule_call(m) for m in messages])]
+
+    async def arm_many(self, messages: list[Message]) -> list[int]:
+        return [int(r) for r in await self._pipelined([self.arm_call(m) for m in messages])]
 
     async def claim(self, now_ms: int, limit: int, lease_ms: int) -> list[Claimed]:
         """Move up to `limit` due items (over all shards) in flight until now + lease."""

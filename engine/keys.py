@@ -81,6 +81,23 @@ class Keys:
     def contact_outcomes(self, person: str) -> str:
         return f"{self.prefix}:{{u:{person}}}:o"
 
+    # STRING, JSON journey state of a person (engine/journeys.py): runs in progress
+    # with their step and wait deadline, last entry per journey, recent run ids.
+    # TTL: JOURNEY_STATE_TTL_S, renewed on every write.
+    def journeys(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:j"
+
+    # STRING, JSON list of a person's in-app inbox messages (newest first, each
+    # with its expiry, read and dismissed flags), capped to INBOX_MAX.
+    # TTL: the latest message expiry.
+    def inbox(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:i"
+
+    # HASH, push token -> JSON {platform, at}: a person's devices, capped to
+    # DEVICES_MAX. TTL: CONTACT_STATE_TTL_S, renewed on every registration.
+    def devices(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:dv"
+
     # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
     def suppressed(self) -> str:
         return f"{self.prefix}:suppressed"
@@ -97,3 +114,6 @@ CONTACT_STATE_TTL_S = 400 * 86_400
 CONTACT_HISTORY_MAX = 200
 CONTACT_OUTCOMES_MAX = 50
 DEAD_LETTERS_MAX = 10_000
+JOURNEY_STATE_TTL_S = 400 * 86_400
+INBOX_MAX = 50
+DEVICES_MAX = 10

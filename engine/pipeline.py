@@ -16,6 +16,7 @@ from engine.catalog import Catalog, CatalogHolder
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue
 from engine.events import CONSENT, Event
+from engine.journey_runner import JourneyRunner
 from engine.profiles import ProfileStore, decode_profile
 from engine.rules import SESSION_GAP_MS
 
@@ -35,6 +36,7 @@ class ApplyResult:
     merged: int = 0
     cancelled: int = 0  # queued messages cancelled by consent withdrawals
     segment_changes: dict[str, tuple[list, list]] = field(default_factory=dict)
+    journey_actions: list = field(default_factory=list)  # engine.journeys.Actions, one per person evaluated
 
 
 # A person's rings are pruned against the catalog (features it dropped, buckets
@@ -65,8 +67,10 @@ class Pipeline:
     def __init__(self, store: ProfileStore, catalogs: CatalogHolder):
         self.store = store
         self.catalogs = catalogs
+        self.journeys = JourneyRunner(self)
 
-    async def apply(self, events: list[Event], now_ms: int) -> ApplyResult:
+    async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
+        """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
         catalog = self.catalogs.current
         store = self.store
         by_person: dict[str, list[Event]] = defaultdict(list)
@@ -78,7 +82,7 @@ class Pipeline:
 
         params = _encode([
             now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
-            SESSION_GAP_MS, 1 if catalog.segments else 0,
+            SESSION_GAP_MS, 1 if catalog.segments or catalog.journeys else 0,
         ])
         calls = []
         people = list(by_person)
@@ -95,11 +99,14 @@ class Pipeline:
         replies = await store.run(calls)
         result = ApplyResult()
         segment_calls = []
+        profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
         for person, (accepted, duplicates, packed) in zip(people, replies, strict=False):
             result.accepted += accepted
             result.duplicates += duplicates
+            if packed and catalog.journeys:
+                profiles[person] = decode_profile(packed)
             if packed and accepted:
-                profile = decode_profile(packed)
+                profile = profiles.get(person) or decode_profile(packed)
                 segments = catalog.segments_of(profile, now_ms)
                 if segments != profile.g:
                     result.segment_changes[person] = (list(profile.g), segments)
@@ -123,6 +130,12 @@ class Pipeline:
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
+        if profiles:
+            # After consents: a welcome sent for a registration that came with its
+            # opt-in finds the consent recorded. Same batch, so exits act at once.
+            entered = {person: set(new) - set(old) for person, (old, new) in result.segment_changes.items()}
+            result.journey_actions = await self.journeys.after_apply(
+                catalog, by_person, profiles, entered, now_ms, depth)
         return result
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:

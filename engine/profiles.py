@@ -304,5 +304,7 @@ class ProfileStore:
     async def erase(self, person: str) -> int:
         keys = self.keys
         return await self.redis.delete(
-            keys.profile(person), keys.dedupe(person), keys.merge_staging(person)
+            keys.profile(person), keys.dedupe(person), keys.merge_staging(person),
+            keys.contact(person), keys.contact_outcomes(person), keys.journeys(person),
+            keys.inbox(person), keys.devices(person),
         )

@@ -16,6 +16,8 @@ import orjson
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import Claimed, DueQueue, Message
+from engine.journey_runner import Reschedule
+from engine.journeys import JOURNEY_CHANNEL
 from engine.keys import DEAD_LETTERS_MAX, Keys
 from engine.redis_client import connect
 from engine.settings import Settings
@@ -91,6 +93,8 @@ class Scheduler:
 
     async def _outcome(self, message: Message, status: str, reason: str, **extra) -> None:
         self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        if message.channel == JOURNEY_CHANNEL:
+            return  # a journey's own timer, not a message to the person
         await self.contacts.record_outcome(message.person, {
             "id": message.id, "channel": message.channel, "template": message.template,
             "status": status, "reason": reason, "at": self.clock(), **extra})
@@ -100,7 +104,7 @@ class Scheduler:
         sender = self.senders.get(message.channel)
         if sender is None:
             return await self._dead_letter(message, f"no channel configured for {message.channel}")
-        if item.sent_before_ms is None:
+        if item.sent_before_ms is None and message.channel != JOURNEY_CHANNEL:
             verdict = await self.contacts.check_and_reserve(
                 self.policy, person=message.person, channel=message.channel, purpose=message.purpose,
                 template=message.template, now_ms=self.clock(), message_id=message.id,
@@ -125,6 +129,9 @@ class Scheduler:
             self.stats.redelivered += 1
         try:
             await sender(message, message.body.get("values", {}))
+        except Reschedule as again:  # an inactivity timer that activity pushed forward
+            await self.queue.delay(message, again.until_ms, clear_send_mark=True)
+            return "rescheduled"
         except PermanentSendError as exc:
             return await self._dead_letter(message, str(exc))
         except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried, then dead-lettered
@@ -171,8 +178,10 @@ def policy_from_settings(settings: Settings) -> ContactPolicy:
                          repeat_window_ms=settings.repeat_window_s * 1000)
 
 
-def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
-    """Channel senders built from settings, and the resources to close after."""
+def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = None
+                          ) -> tuple[dict[str, Sender], list]:
+    """Channel senders built from settings, and the resources to close after.
+    With `redis`, push messages carry the person's registered device tokens."""
     from engine.email_channel import EmailChannel, SmtpConfig, Tracker
     from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig
 
@@ -186,9 +195,20 @@ def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
                                             attempts=settings.webhook_attempts,
                                             backoff_ms=settings.webhook_backoff_ms))
 
+    devices = None
+    if redis is not None:
+        from engine.inbox import DeviceStore
+
+        devices = DeviceStore(redis, keys)
+
     async def send_webhook(message: Message, values: dict) -> None:
+        payload = {k: v for k, v in message.body.items() if k != "values"}
+        if message.channel == "push" and devices is not None and "tokens" not in payload:
+            # The push gateway gets the person's devices as registered now (an
+            # empty list when none: it may know the person by other means).
+            payload["tokens"] = await devices.tokens(message.person)
         try:
-            await webhooks.send(message, {k: v for k, v in message.body.items() if k != "values"})
+            await webhooks.send(message, payload)
         except DeliveryFailed as exc:  # the channel already retried: dead-letter now
             raise PermanentSendError(str(exc)) from None
 
@@ -199,15 +219,31 @@ def senders_from_settings(settings: Settings) -> tuple[dict[str, Sender], list]:
 
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,
-                        handle_signals: bool = True) -> SchedulerStats:
+                        handle_signals: bool = True, catalogs=None) -> SchedulerStats:
     """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the
-    end. Embedded in `attimo serve`, the server owns the signals and sets `stop`."""
+    end. Embedded in `attimo serve`, the server owns the signals and sets `stop`
+    and shares its catalog (`catalogs`); alone, it follows the published catalog."""
+    from engine.catalog import CatalogHolder, empty_catalog
+    from engine.catalog_store import CatalogStore
+    from engine.journey_runner import internal_senders
+    from engine.pipeline import Pipeline
+    from engine.profiles import ProfileStore
+
     redis = connect(settings, pool_size=max(8, settings.scheduler_concurrency + 4), pool_timeout_s=5)
     keys = Keys(settings.key_prefix)
-    senders, closeables = senders_from_settings(settings)
+    senders, closeables = senders_from_settings(settings, redis, keys)
+    poller = None
+    if catalogs is None:
+        catalogs = CatalogHolder(empty_catalog())
+        catalog_store = CatalogStore(redis, keys, catalogs)
+        await catalog_store.refresh()
+        poller = asyncio.create_task(catalog_store.poll(settings.catalog_poll_s))
+    pipeline = Pipeline(ProfileStore(redis, keys, dedupe_ttl_s=settings.dedupe_ttl_s,
+                                     profile_ttl_s=settings.profile_ttl_s), catalogs)
     scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),
                           senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
                           concurrency=settings.scheduler_concurrency)
+    senders.update(internal_senders(pipeline.journeys, scheduler.clock))
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -216,18 +252,20 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
     try:
         await scheduler.run(stop, settings.scheduler_poll_ms)
     finally:
+        if poller is not None:
+            poller.cancel()
         for resource in closeables:
             await resource.aclose()
         await redis.aclose()
     return scheduler.stats
 
 
-async def run_embedded(settings: Settings, stop: asyncio.Event) -> None:
+async def run_embedded(settings: Settings, stop: asyncio.Event, catalogs=None) -> None:
     """The scheduler inside `attimo serve`: restarted after any failure (Redis
     down, a bad setting fixed by a reload…) instead of dying with the error."""
     while not stop.is_set():
         try:
-            await run_scheduler(settings, stop, handle_signals=False)
+            await run_scheduler(settings, stop, handle_signals=False, catalogs=catalogs)
         except Exception:  # keep the API up; say why and try again
             log.exception("embedded scheduler failed; restarting in 1 s")
             with contextlib.suppress(TimeoutError):

@@ -1,0 +1,181 @@
+"""Carries out journeys against Redis: after the pipeline applies a batch it
+evaluates triggers, exits and awaited events for the people in it (one
+optimistic transaction on each person's journey state), schedules waits and
+sends into the due queue, and arms one inactivity timer per person per idle
+journey. The scheduler hands fired timers back here (`fire`). The decisions are
+the pure transitions of engine/journeys.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from redis.exceptions import WatchError
+
+from engine.contact_policy import ContactStore
+from engine.due_queue import DueQueue, Message
+from engine.events import Event
+from engine.inbox import InboxStore
+from engine.journeys import (
+    JOURNEY_CHANNEL,
+    TRAIT_EVENT,
+    Actions,
+    Journey,
+    Transition,
+    decode_state,
+    encode_state,
+)
+from engine.keys import JOURNEY_STATE_TTL_S
+from engine.rules import Facts
+
+log = logging.getLogger("attimo.journeys")
+
+MAX_DEPTH = 3  # set_trait -> new events -> journeys -> set_trait ... stops here
+
+
+class Reschedule(Exception):  # noqa: N818 - a signal to the scheduler, not a failure
+    """Raised by a timer handler: put this due item back in the queue until `until_ms`."""
+
+    def __init__(self, until_ms: int):
+        super().__init__(f"not yet: until {until_ms}")
+        self.until_ms = until_ms
+
+
+def idle_timer(journey: Journey, person: str, last_seen_ms: int) -> Message:
+    """One timer per person per inactivity journey; its id never changes, so each
+    activity moves the same item forward instead of adding one."""
+    return Message(id=f"ji:{journey.id}:{person}", person=person, channel=JOURNEY_CHANNEL,
+                   due_ms=last_seen_ms + journey.idle_ms, template=journey.id, purpose="journey",
+                   body={"idle": journey.id})
+
+
+class JourneyRunner:
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        store = pipeline.store
+        self.store = store
+        self.redis = store.redis
+        self.keys = store.keys
+        self.queue = DueQueue(self.redis, self.keys)
+        self.contacts = ContactStore(self.redis, self.keys)
+
+    # -- after a batch is applied ------------------------------------------------
+
+    async def after_apply(self, catalog, by_person: dict[str, list[Event]], profiles: dict,
+                          entered: dict[str, set[str]], now_ms: int, depth: int) -> list[Actions]:
+        book = catalog.journeys
+        timers: list[Message] = []
+        work = []
+        for person, profile in profiles.items():
+            events = by_person.get(person, [])
+            if book.idle and profile.ls and any(e.type != TRAIT_EVENT for e in events):
+                timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
+            segments = entered.get(person, set())
+            facts = Facts(catalog, profile, {}, now_ms)
+            if (any(book.watches(e.type) for e in events)
+                    or any(s in book.by_segment for s in segments)
+                    or any(j.score_test(facts.score()) for j in book.scored)):
+                work.append(self._transact(person, now_ms, depth, lambda state, p=person, f=facts, e=events,
+                                           s=segments: self._on_events(book, p, f, state, e, s, now_ms)))
+        if timers:
+            await self.queue.arm_many(timers)
+        return list(await asyncio.gather(*work))
+
+    @staticmethod
+    def _on_events(book, person, facts, state, events, segments, now_ms) -> Actions:
+        transition = Transition(book, person, facts, state, now_ms)
+        transition.on_events(events, segments)
+        return transition.actions
+
+    # -- a timer fired in the scheduler ------------------------------------------
+
+    async def fire(self, message: Message, now_ms: int) -> Actions:
+        catalog = self.pipeline.catalogs.current
+        book = catalog.journeys
+        person = message.person
+        profile = await self.store.fetch(person)
+        facts = Facts(catalog, profile, {}, now_ms)
+        idle = message.body.get("idle")
+        if idle is not None:
+            journey = book.by_id.get(idle)
+            if journey is None or journey.trigger != "inactive_for" or not profile.ls:
+                return Actions()
+            due = profile.ls + journey.idle_ms
+            if due > now_ms:  # active since the timer was set: wait again from the last activity
+                raise Reschedule(due)
+
+            def compute(state) -> Actions:
+                transition = Transition(book, person, facts, state, now_ms)
+                transition.on_idle(journey, profile.ls)
+                return transition.actions
+        else:
+            def compute(state) -> Actions:
+                transition = Transition(book, person, facts, state, now_ms)
+                transition.on_timer(message.body)
+                return transition.actions
+        return await self._transact(person, now_ms, 0, compute)
+
+    # -- one person's state, changed atomically ----------------------------------
+
+    async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions]) -> Actions:
+        """Compute from the state read under WATCH, schedule what it asks (message
+        ids are deterministic, so scheduling again is a no-op), then write the
+        state. Scheduling first means a crash in between loses nothing: the retried
+        batch computes the same ids. Messages of an attempt that lost a race and
+        that the winning attempt does not repeat are discarded."""
+        key = self.keys.journeys(person)
+        tried: dict[str, Message] = {}
+        actions = Actions()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                actions = Actions()
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    state = decode_state(raw)
+                    before = encode_state(state)
+                    actions = compute(state)
+                    after = encode_state(state)
+                    if after == before:
+                        await pipe.unwatch()
+                        break
+                    await self.queue.schedule_many(actions.messages)
+                    pipe.multi()
+                    pipe.set(key, after, ex=JOURNEY_STATE_TTL_S)
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    tried.update((m.id, m) for m in actions.messages)
+                    continue
+        kept = {m.id for m in actions.messages}
+        for message_id, message in tried.items():
+            if message_id not in kept:
+                await self.queue.ack(message, now_ms)
+        for outcome in actions.outcomes:
+            await self.contacts.record_outcome(person, outcome)
+        for line in actions.log:
+            log.info("%s: %s", person, line)
+        if actions.traits:
+            if depth >= MAX_DEPTH:
+                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
+            else:
+                events = [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
+                await self.pipeline.apply(events, now_ms, depth=depth + 1)
+        return actions
+
+    async def state(self, person: str) -> dict:
+        return decode_state(await self.redis.get(self.keys.journeys(person)))
+
+
+def internal_senders(runner: JourneyRunner, clock: Callable[[], int]) -> dict:
+    """The scheduler's senders that stay inside Attimo: journey timers and the inbox."""
+    inbox = InboxStore(runner.redis, runner.keys)
+
+    async def advance(message: Message, values: dict) -> None:
+        await runner.fire(message, clock())
+
+    async def deliver(message: Message, values: dict) -> None:
+        await inbox.add(message, clock())
+
+    return {JOURNEY_CHANNEL: advance, "inbox": deliver}

@@ -1,0 +1,671 @@
+"""Journeys: the catalog's `journeys:` and `templates:` sections, validated (every
+problem with its path) and compiled to a flat program of steps per journey, and
+the pure transitions of a person's journey state: what a batch of events or a
+fired timer does to it, as a list of actions for the runner to carry out.
+Nothing here touches Redis (engine/journey_runner.py does)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine import windows
+from engine.due_queue import Message
+from engine.rules import Compiler, Facts, Predicate
+from engine.templates import TemplateRenderError, render
+
+JOURNEY_FIELDS = ("id", "description", "trigger", "steps", "exit", "reentry", "group", "priority", "holdout")
+TRIGGER_KINDS = ("event", "segment", "score", "inactive_for")
+STEP_KINDS = ("wait", "wait_for", "if", "send", "set_trait", "notify", "exit")
+SEND_CHANNELS = ("email", "push", "sms", "inbox", "webhook")
+TEMPLATE_FIELDS = ("subject", "text", "html", "expires", "description")
+JOURNEY_CHANNEL = "journey"  # due items that advance a journey: timers, not messages
+TRAIT_EVENT = "journey_trait"  # the event a set_trait step applies
+MAX_STEPS_AT_ONCE = 100
+RECENT_RUNS = 50  # run ids remembered per person: a redelivered trigger is a no-op
+INBOX_EXPIRES_DEFAULT = "30d"
+
+
+# -- compiled form -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventMatcher:
+    """An event arriving: its type (or * for any) and a property filter."""
+
+    type: str
+    where: Callable[[dict], bool] | None = None
+
+    def matches(self, event) -> bool:
+        return (self.type in ("*", event.type)) and (self.where is None or self.where(event.properties))
+
+
+@dataclass(slots=True)
+class Step:
+    kind: str
+    next_pc: int = -1  # -1: the journey ends after this step
+    duration_ms: int = 0  # wait, and the timeout of wait_for
+    matcher: EventMatcher | None = None  # wait_for
+    test: Predicate | None = None  # if
+    then_pc: int = -1  # if true / the awaited event came
+    else_pc: int = -1  # if false / timed out
+    channel: str = ""  # send, notify
+    template: str = ""
+    purpose: str = "marketing"
+    offer: str | None = None
+    traits: dict | None = None  # set_trait
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    id: str
+    subject: str = ""
+    text: str = ""
+    html: str | None = None
+    expires_ms: int = 0  # inbox messages
+
+
+@dataclass(slots=True)
+class Journey:
+    id: str
+    order: int
+    trigger: str  # event, segment, score, inactive_for
+    steps: list[Step]
+    start_pc: int
+    matcher: EventMatcher | None = None  # event trigger
+    when: Predicate | None = None  # extra condition on the profile at entry
+    segment: str | None = None  # segment trigger: entering it
+    score_test: Callable[[Any], bool] | None = None  # score trigger
+    idle_ms: int = 0  # inactive_for trigger
+    exit_events: list[EventMatcher] = field(default_factory=list)
+    exit_tests: list[Predicate] = field(default_factory=list)
+    reentry: str | int = "never"  # never, always, or ms since the last entry
+    group: str | None = None
+    priority: float = 0.0
+    holdout_pct: float = 0.0
+
+
+@dataclass
+class Journeys:
+    """Every journey of a catalog, indexed by what can start or move one."""
+
+    all: list[Journey] = field(default_factory=list)
+    by_id: dict[str, Journey] = field(default_factory=dict)
+    templates: dict[str, Template] = field(default_factory=dict)
+    offers: dict[str, Any] = field(default_factory=dict)  # offer id -> content, for templates
+    by_event: dict[str, list[Journey]] = field(default_factory=dict)  # trigger type ("*" too)
+    by_segment: dict[str, list[Journey]] = field(default_factory=dict)
+    scored: list[Journey] = field(default_factory=list)
+    idle: list[Journey] = field(default_factory=list)
+    watched: frozenset[str] = frozenset()  # event types any trigger, exit or wait_for names
+
+    def __bool__(self) -> bool:
+        return bool(self.all)
+
+    def watches(self, event_type: str) -> bool:
+        return event_type in self.watched or "*" in self.watched
+
+
+# -- compiling ---------------------------------------------------------------------
+
+
+def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: dict[str, Any]) -> Journeys:
+    book = Journeys(offers=offers)
+    book.templates = _templates(template_spec, compiler)
+    if spec is None:
+        return book
+    if not isinstance(spec, list):
+        compiler.problem("journeys", "a list of journeys, each with an id")
+        return book
+    seen: set[str] = set()
+    for i, item in enumerate(spec):
+        path = f"journeys[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            compiler.problem(path, "each journey is a mapping with an id (a string)")
+            continue
+        if item["id"] in seen:
+            compiler.problem(f"{path}.id", f"duplicate id {item['id']!r}")
+            continue
+        seen.add(item["id"])
+        journey = _JourneyCompiler(compiler, book, path).journey(item, len(book.all))
+        if journey is not None:
+            book.all.append(journey)
+    watched = set()
+    for journey in book.all:
+        book.by_id[journey.id] = journey
+        if journey.trigger == "event":
+            book.by_event.setdefault(journey.matcher.type, []).append(journey)
+            watched.add(journey.matcher.type)
+        elif journey.trigger == "segment":
+            book.by_segment.setdefault(journey.segment, []).append(journey)
+        elif journey.trigger == "score":
+            book.scored.append(journey)
+        else:
+            book.idle.append(journey)
+        watched.update(m.type for m in journey.exit_events)
+        watched.update(s.matcher.type for s in journey.steps if s.matcher is not None)
+    book.watched = frozenset(watched)
+    return book
+
+
+def _templates(spec: Any, compiler: Compiler) -> dict[str, Template]:
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict):
+        compiler.problem("templates", "a mapping of template id -> {subject, text, html, expires}")
+        return {}
+    out = {}
+    for name, body in spec.items():
+        path = f"templates.{name}"
+        if not isinstance(body, dict):
+            compiler.problem(path, "a template is a mapping with subject, text and optionally html, expires")
+            continue
+        for key in body:
+            if key not in TEMPLATE_FIELDS:
+                compiler.problem(f"{path}.{key}", f"unknown template field; expected {', '.join(TEMPLATE_FIELDS)}")
+        for key in ("subject", "text", "html"):
+            source = body.get(key)
+            if source is None:
+                continue
+            if not isinstance(source, str):
+                compiler.problem(f"{path}.{key}", "a template text (Jinja2)")
+                continue
+            problem = template_problem(source, key == "html")
+            if problem:
+                compiler.problem(f"{path}.{key}", problem)
+        if not body.get("text") and not body.get("html"):
+            compiler.problem(path, "a template needs text (or html)")
+        expires = 0
+        if "expires" in body:
+            try:
+                expires = windows.parse_duration(body["expires"])
+            except ValueError as exc:
+                compiler.problem(f"{path}.expires", str(exc))
+        out[str(name)] = Template(str(name), body.get("subject") or "", body.get("text") or "",
+                                  body.get("html"), expires)
+    return out
+
+
+def template_problem(source: str, html: bool) -> str | None:
+    """A syntax error found when the catalog is checked, not when a message is sent."""
+    from jinja2 import TemplateSyntaxError
+
+    from engine.templates import _compile
+
+    try:
+        _compile(source, html)
+    except TemplateSyntaxError as exc:
+        return f"template syntax: {exc.message} (line {exc.lineno})"
+    return None
+
+
+class _JourneyCompiler:
+    def __init__(self, compiler: Compiler, book: Journeys, path: str):
+        self.c = compiler
+        self.book = book
+        self.path = path
+        self.program: list[Step] = []
+
+    def journey(self, item: dict, order: int) -> Journey | None:
+        c, path = self.c, self.path
+        for key in item:
+            if key not in JOURNEY_FIELDS:
+                c.problem(f"{path}.{key}", f"unknown journey field; expected {', '.join(JOURNEY_FIELDS)}")
+        journey = Journey(item["id"], order, "event", self.program, -1)
+        self._trigger(item.get("trigger"), journey)
+        steps = item.get("steps")
+        if not isinstance(steps, list) or not steps:
+            c.problem(f"{path}.steps", "a journey needs a non-empty list of steps")
+        else:
+            start, tails = self._block(steps, f"{path}.steps")
+            journey.start_pc = start if start is not None else -1
+            self._link(tails, -1)
+        self._exits(item.get("exit"), journey)
+        self._reentry(item.get("reentry", "never"), journey)
+        group = item.get("group")
+        if group is not None and (not isinstance(group, str) or not group):
+            c.problem(f"{path}.group", "an exclusive group is a name")
+            group = None
+        journey.group = group
+        priority = item.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int | float):
+            c.problem(f"{path}.priority", "a number")
+            priority = 0
+        journey.priority = float(priority)
+        holdout = item.get("holdout", 0)
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout <= 100:
+            c.problem(f"{path}.holdout", "a percentage between 0 and 100")
+            holdout = 0
+        journey.holdout_pct = float(holdout)
+        return journey
+
+    def _trigger(self, spec: Any, journey: Journey) -> None:
+        c, path = self.c, f"{self.path}.trigger"
+        if not isinstance(spec, dict):
+            c.problem(path, "a trigger: {event: type, where, when} | {segment: id} | {score: {at_least: n}} "
+                            "| {inactive_for: 30d}")
+            return
+        kinds = [k for k in TRIGGER_KINDS if k in spec]
+        if len(kinds) != 1:
+            c.problem(path, f"a trigger has exactly one of {', '.join(TRIGGER_KINDS)}")
+            return
+        kind = journey.trigger = kinds[0]
+        allowed = {"event": ("event", "where", "when"), "segment": ("segment", "when"),
+                   "score": ("score", "when"), "inactive_for": ("inactive_for", "when")}[kind]
+        for key in spec:
+            if key not in allowed:
+                c.problem(f"{path}.{key}", f"not understood here; expected {', '.join(allowed)}")
+        if "when" in spec:
+            journey.when = c.condition(spec["when"], f"{path}.when").test
+        if kind == "event":
+            journey.matcher = self._matcher(spec, path)
+        elif kind == "segment":
+            if spec["segment"] not in c.segment_ids:
+                c.problem(f"{path}.segment", f"no segment named {spec['segment']!r}")
+            journey.segment = spec["segment"]
+        elif kind == "score":
+            if not isinstance(spec["score"], dict):
+                c.problem(f"{path}.score", "score takes a comparison, e.g. {at_least: 50}")
+            else:
+                journey.score_test, _ = c.comparison(spec["score"], f"{path}.score")
+        else:
+            journey.idle_ms = self._duration(spec["inactive_for"], f"{path}.inactive_for")
+
+    def _matcher(self, spec: dict, path: str) -> EventMatcher:
+        event_type = spec.get("event")
+        if not isinstance(event_type, str) or not event_type:
+            self.c.problem(f"{path}.event", "an event type, or * for any event")
+            event_type = "*"
+        return EventMatcher(event_type, self.c.property_filter(spec.get("where"), f"{path}.where"))
+
+    def _duration(self, text: Any, path: str) -> int:
+        try:
+            return windows.parse_duration(text)
+        except ValueError as exc:
+            self.c.problem(path, str(exc))
+            return windows.DAY_MS
+
+    def _exits(self, spec: Any, journey: Journey) -> None:
+        """exit: a list; `{event: purchase, where: …}` ends the journey when that
+        event arrives, any other condition ends it when it holds before a step."""
+        if spec is None:
+            return
+        path = f"{self.path}.exit"
+        if isinstance(spec, dict):
+            spec = [spec]
+        if not isinstance(spec, list):
+            self.c.problem(path, "a list of exits: {event: type, where} or a condition")
+            return
+        for i, item in enumerate(spec):
+            item_path = f"{path}[{i}]"
+            if isinstance(item, dict) and "event" in item:
+                for key in item:
+                    if key not in ("event", "where"):
+                        self.c.problem(f"{item_path}.{key}", "an exit event takes event and where")
+                journey.exit_events.append(self._matcher(item, item_path))
+            else:
+                journey.exit_tests.append(self.c.condition(item, item_path).test)
+
+    def _reentry(self, spec: Any, journey: Journey) -> None:
+        if spec in ("never", "always"):
+            journey.reentry = spec
+        elif isinstance(spec, dict) and set(spec) == {"after"}:
+            journey.reentry = self._duration(spec["after"], f"{self.path}.reentry.after")
+        else:
+            self.c.problem(f"{self.path}.reentry", "never (the default), always, or {after: 7d}")
+
+    # Steps compile to a flat program; `tails` are (step, attribute) pairs still
+    # to point at whatever follows the block they end.
+    def _block(self, items: Any, path: str) -> tuple[int | None, list[tuple[Step, str]]]:
+        if items is None:
+            return None, []
+        if not isinstance(items, list):
+            self.c.problem(path, "a list of steps")
+            return None, []
+        start, pending = None, []
+        for i, item in enumerate(items):
+            step_path = f"{path}[{i}]"
+            step = self._step(item, step_path)
+            if step is None:
+                continue
+            pc = len(self.program)
+            self.program.append(step)
+            self._link(pending, pc)
+            pending = []
+            start = pc if start is None else start
+            if step.kind in ("if", "wait_for"):
+                then_start, then_tails = self._block(item.get("then"), f"{step_path}.then")
+                else_start, else_tails = self._block(item.get("else"), f"{step_path}.else")
+                pending += then_tails + else_tails
+                if then_start is None:
+                    pending.append((step, "then_pc"))
+                else:
+                    step.then_pc = then_start
+                if else_start is None:
+                    pending.append((step, "else_pc"))
+                else:
+                    step.else_pc = else_start
+            elif step.kind != "exit":
+                pending.append((step, "next_pc"))
+        return start, pending
+
+    @staticmethod
+    def _link(tails: list[tuple[Step, str]], pc: int) -> None:
+        for step, attribute in tails:
+            setattr(step, attribute, pc)
+
+    def _step(self, item: Any, path: str) -> Step | None:
+        c = self.c
+        if item == "exit":
+            return Step("exit")
+        if not isinstance(item, dict):
+            c.problem(path, f"a step is a mapping with one of {', '.join(STEP_KINDS)}")
+            return None
+        kinds = [k for k in STEP_KINDS if k in item]
+        if len(kinds) != 1:
+            c.problem(path, f"a step has exactly one of {', '.join(STEP_KINDS)}")
+            return None
+        kind = kinds[0]
+        allowed = {"wait": ("wait",), "wait_for": ("wait_for", "then", "else"), "if": ("if", "then", "else"),
+                   "send": ("send",), "set_trait": ("set_trait",), "notify": ("notify",),
+                   "exit": ("exit",)}[kind]
+        for key in item:
+            if key not in allowed:
+                c.problem(f"{path}.{key}", f"not understood in a {kind} step; expected {', '.join(allowed)}")
+        arg = item[kind]
+        step = Step(kind)
+        if kind == "wait":
+            step.duration_ms = self._duration(arg, f"{path}.wait")
+        elif kind == "wait_for":
+            if not isinstance(arg, dict) or "event" not in arg or "timeout" not in arg:
+                c.problem(f"{path}.wait_for", "wait_for takes {event: type, where: {…}, timeout: 3d}")
+                return step
+            for key in arg:
+                if key not in ("event", "where", "timeout"):
+                    c.problem(f"{path}.wait_for.{key}", "wait_for takes event, where and timeout")
+            step.matcher = self._matcher(arg, f"{path}.wait_for")
+            step.duration_ms = self._duration(arg["timeout"], f"{path}.wait_for.timeout")
+        elif kind == "if":
+            step.test = c.condition(arg, f"{path}.if").test
+        elif kind in ("send", "notify"):
+            self._message_step(step, arg, f"{path}.{kind}")
+        elif kind == "set_trait":
+            if not isinstance(arg, dict) or not arg or not all(isinstance(k, str) for k in arg):
+                c.problem(f"{path}.set_trait", "set_trait takes a mapping of trait -> value (null removes it)")
+            elif any(isinstance(v, dict | list) for v in arg.values()):
+                c.problem(f"{path}.set_trait", "trait values set by a journey are plain values")
+            else:
+                step.traits = dict(arg)
+        return step
+
+    def _message_step(self, step: Step, arg: Any, path: str) -> None:
+        c = self.c
+        if not isinstance(arg, dict):
+            c.problem(path, "takes {channel, template, purpose?, offer?}")
+            return
+        allowed = ("channel", "template", "purpose", "offer")
+        for key in arg:
+            if key not in allowed:
+                c.problem(f"{path}.{key}", f"expected {', '.join(allowed)}")
+        notify = step.kind == "notify"
+        step.channel = arg.get("channel", "operator" if notify else None)
+        if notify:
+            if not isinstance(step.channel, str) or step.channel in SEND_CHANNELS:
+                c.problem(f"{path}.channel", "an operator channel (a webhook name such as operator or sales), "
+                                             "not a channel that reaches the person")
+        elif step.channel not in SEND_CHANNELS:
+            c.problem(f"{path}.channel", f"one of {', '.join(SEND_CHANNELS)}")
+        step.template = arg.get("template")
+        if step.template not in self.book.templates:
+            c.problem(f"{path}.template", f"no template named {step.template!r} under templates")
+        step.purpose = arg.get("purpose", "operations" if notify else "marketing")
+        if not isinstance(step.purpose, str) or not step.purpose:
+            c.problem(f"{path}.purpose", "a purpose name, e.g. marketing or transactional")
+        step.offer = arg.get("offer")
+        if step.offer is not None and step.offer not in self.book.offers:
+            c.problem(f"{path}.offer", f"no offer named {step.offer!r}")
+
+
+# -- the state of one person's journeys --------------------------------------------
+#
+# {"a": {journey: run}, "e": {journey: [last entry ms, 1 if held out]}, "r": [run ids]}
+# run = {"run": id, "pc": step, "at": entry ms, "vars": trigger event properties,
+#        "until": ms the wait ends (0 when not waiting)}
+
+
+def new_state() -> dict:
+    return {"a": {}, "e": {}, "r": []}
+
+
+def decode_state(raw: bytes | None) -> dict:
+    if not raw:
+        return new_state()
+    state = orjson.loads(raw)
+    for key, empty in (("a", {}), ("e", {}), ("r", [])):
+        state.setdefault(key, empty)
+    return state
+
+
+def encode_state(state: dict) -> bytes:
+    return orjson.dumps(state)
+
+
+def run_id(journey: str, key: str) -> str:
+    return hashlib.blake2b(f"{journey}|{key}".encode(), digest_size=8).hexdigest()
+
+
+def held_out(person: str, journey: Journey) -> bool:
+    """A deterministic share of entrants gets nothing: hash of person and journey."""
+    if journey.holdout_pct <= 0:
+        return False
+    digest = hashlib.blake2b(f"{journey.id}|{person}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % 10_000 < journey.holdout_pct * 100
+
+
+@dataclass(slots=True)
+class Actions:
+    """What a transition asks the runner to do."""
+
+    messages: list[Message] = field(default_factory=list)  # sends and timers, to schedule
+    traits: list[tuple[str, dict]] = field(default_factory=list)  # (event id, traits)
+    outcomes: list[dict] = field(default_factory=list)  # why something was not sent
+    log: list[str] = field(default_factory=list)  # entered / exited / held out, for tests and logs
+
+
+@dataclass(slots=True)
+class Transition:
+    """One person at one moment: the facts conditions read and the state to change."""
+
+    book: Journeys
+    person: str
+    facts: Facts
+    state: dict
+    now: int
+    actions: Actions = field(default_factory=Actions)
+
+    # -- events ----------------------------------------------------------------
+
+    def on_events(self, events: list, entered_segments: set[str]) -> None:
+        """Exits and awaited events first (a purchase ends cart abandonment even
+        while it waits), then triggers, in event time order."""
+        book, active = self.book, self.state["a"]
+        candidates: list[tuple[Journey, str, dict]] = []
+        for event in sorted(events, key=lambda e: e.ts):
+            for jid in list(active):
+                journey = book.by_id.get(jid)
+                if journey is None:
+                    self._end(jid, "journey removed from the catalog")
+                    continue
+                if any(m.matches(event) for m in journey.exit_events):
+                    self._end(jid, f"exit: {event.type}")
+                    continue
+                run = active[jid]
+                step = journey.steps[run["pc"]] if 0 <= run["pc"] < len(journey.steps) else None
+                if step is not None and step.kind == "wait_for" and run.get("until") and step.matcher.matches(event):
+                    run["until"] = 0
+                    self._advance(journey, run, step.then_pc)
+            for kind in (event.type, "*"):
+                for journey in book.by_event.get(kind, ()):
+                    if journey.matcher.matches(event):
+                        candidates.append((journey, f"event:{event.id}", event.properties))
+        last_id = events[-1].id if events else "-"
+        for segment in entered_segments:
+            for journey in book.by_segment.get(segment, ()):
+                candidates.append((journey, f"segment:{segment}:{last_id}", {}))
+        if book.scored:
+            score = self.facts.score()
+            for journey in book.scored:
+                if journey.score_test(score):
+                    candidates.append((journey, f"score:{last_id}", {"score": score}))
+        self.enter(candidates)
+        self.check_exit_conditions()
+
+    def check_exit_conditions(self) -> None:
+        for jid in list(self.state["a"]):
+            journey = self.book.by_id.get(jid)
+            if journey is not None and any(test(self.facts) for test in journey.exit_tests):
+                self._end(jid, "exit condition")
+
+    # -- entering --------------------------------------------------------------
+
+    def enter(self, candidates: list[tuple[Journey, str, dict]]) -> None:
+        """Highest priority first; at most one journey of an exclusive group."""
+        state, active = self.state, self.state["a"]
+        taken: set[str] = set()
+        for journey, key, variables in sorted(candidates, key=lambda c: (-c[0].priority, c[0].order)):
+            if journey.id in taken:
+                continue
+            rid = run_id(journey.id, key)
+            if rid in state["r"] or not self._may_enter(journey):
+                continue
+            if journey.when is not None and not journey.when(self.facts):
+                continue
+            if journey.group is not None and not self._claim_group(journey):
+                continue
+            taken.add(journey.id)
+            state["r"] = (state["r"] + [rid])[-RECENT_RUNS:]
+            held = held_out(self.person, journey)
+            state["e"][journey.id] = [self.now, 1 if held else 0]
+            if held:
+                self.actions.log.append(f"held out: {journey.id}")
+                continue
+            self.actions.log.append(f"entered: {journey.id}")
+            run = active[journey.id] = {"run": rid, "pc": journey.start_pc, "at": self.now,
+                                        "vars": variables, "until": 0}
+            self._advance(journey, run, journey.start_pc)
+
+    def _may_enter(self, journey: Journey) -> bool:
+        if journey.id in self.state["a"]:
+            return False
+        last = self.state["e"].get(journey.id)
+        if last is None or journey.reentry == "always":
+            return True
+        if journey.reentry == "never":
+            return False
+        return self.now - last[0] >= journey.reentry
+
+    def _claim_group(self, journey: Journey) -> bool:
+        """A journey of the same group already running keeps its place unless this
+        one has a higher priority, which replaces it."""
+        for jid in list(self.state["a"]):
+            other = self.book.by_id.get(jid)
+            if other is None or other.group != journey.group:
+                continue
+            if other.priority >= journey.priority:
+                return False
+            self._end(jid, f"replaced by {journey.id} (higher priority in group {journey.group})")
+        return True
+
+    # -- timers ----------------------------------------------------------------
+
+    def on_timer(self, body: dict) -> None:
+        """A wait ended or a wait_for timed out; a stale timer (the run moved on,
+        ended, or was replaced) changes nothing."""
+        journey = self.book.by_id.get(body.get("journey"))
+        run = self.state["a"].get(body.get("journey"))
+        if journey is None or run is None or run["run"] != body.get("run") or run["pc"] != body.get("pc"):
+            return
+        if not run.get("until"):
+            return
+        run["until"] = 0
+        step = journey.steps[run["pc"]]
+        self.check_exit_conditions()
+        if journey.id in self.state["a"]:
+            self._advance(journey, run, step.else_pc if step.kind == "wait_for" else step.next_pc)
+
+    def on_idle(self, journey: Journey, last_seen_ms: int) -> None:
+        self.enter([(journey, f"idle:{last_seen_ms}", {"last_seen": last_seen_ms})])
+
+    # -- running steps ---------------------------------------------------------
+
+    def _advance(self, journey: Journey, run: dict, pc: int) -> None:
+        for _ in range(MAX_STEPS_AT_ONCE):
+            if pc < 0:
+                self._end(journey.id, "finished")
+                return
+            if any(test(self.facts) for test in journey.exit_tests):
+                self._end(journey.id, "exit condition")
+                return
+            step = journey.steps[pc]
+            run["pc"] = pc
+            if step.kind in ("wait", "wait_for"):
+                run["until"] = self.now + step.duration_ms
+                self.actions.messages.append(Message(
+                    id=f"jt:{run['run']}:{pc}", person=self.person, channel=JOURNEY_CHANNEL,
+                    due_ms=run["until"], template=journey.id, purpose="journey",
+                    body={"journey": journey.id, "run": run["run"], "pc": pc}))
+                return
+            if step.kind == "exit":
+                self._end(journey.id, "exit step")
+                return
+            if step.kind == "if":
+                pc = step.then_pc if step.test(self.facts) else step.else_pc
+                continue
+            if step.kind == "set_trait":
+                self.actions.traits.append((f"jt:{run['run']}:{pc}", step.traits))
+            else:
+                self._message(journey, run, step, pc)
+            pc = step.next_pc
+        self._end(journey.id, "too many steps at once")
+
+    def _end(self, jid: str, reason: str) -> None:
+        if self.state["a"].pop(jid, None) is not None:
+            self.actions.log.append(f"ended: {jid}: {reason}")
+
+    def _message(self, journey: Journey, run: dict, step: Step, pc: int) -> None:
+        template = self.book.templates[step.template]
+        message_id = f"j:{run['run']}:{pc}"
+        values = {"person": self.person, "traits": dict(self.facts.traits), "event": run.get("vars") or {},
+                  "score": self.facts.score(), "journey": journey.id,
+                  "offer": self.book.offers.get(step.offer) or {}}
+        outcome = {"id": message_id, "channel": step.channel, "template": step.template,
+                   "journey": journey.id, "at": self.now}
+        if step.channel == "email":
+            to = self.facts.traits.get("email")
+            if not isinstance(to, str) or "@" not in to:
+                self.actions.outcomes.append({**outcome, "status": "dropped", "reason": "no email address trait"})
+                return
+            body = {"to": to, "subject": template.subject, "text": template.text, "values": values}
+            if template.html:
+                body["html"] = template.html
+        else:
+            try:
+                body = {"title": render(template.subject, values), "text": render(template.text, values),
+                        "journey": journey.id}
+                if template.html:
+                    body["html"] = render(template.html, values, html=True)
+            except TemplateRenderError as exc:
+                self.actions.outcomes.append({**outcome, "status": "dropped", "reason": str(exc)})
+                return
+            if step.channel == "inbox":
+                body["expires_ms"] = template.expires_ms or windows.parse_duration(INBOX_EXPIRES_DEFAULT)
+            if step.kind == "notify":
+                body["traits"] = values["traits"]
+                body["score"] = values["score"]
+        self.actions.messages.append(Message(
+            id=message_id, person=self.person, channel=step.channel, due_ms=self.now,
+            template=step.template, purpose=step.purpose, body=body))
