@@ -90,7 +90,8 @@ def run_check(args) -> int:
         return 1
     print(
         f"{args.file}: ok: {len(catalog.placements)} placements, {len(catalog.offers)} offers, "
-        f"{len(catalog.segments)} segments, {len(catalog.features)} windowed features"
+        f"{len(catalog.segments)} segments, {len(catalog.features)} windowed features, "
+        f"{len(catalog.journeys.all)} journeys, {len(catalog.journeys.templates)} templates"
     )
     return 0
 

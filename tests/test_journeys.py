@@ -18,7 +18,6 @@ from engine.journey_runner import internal_senders
 from engine.journeys import held_out
 from engine.scheduler import Scheduler
 from tests.conftest import ROOT, make_pipeline
-from tests.followup_sinks import SmtpSink
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
 MINUTE = 60_000
@@ -88,13 +87,6 @@ class Clock:
 
     def __call__(self) -> int:
         return self.now
-
-
-@pytest.fixture
-def smtp():
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture
