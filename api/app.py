@@ -45,7 +45,7 @@ from engine.event_log import EventLog
 from engine.events import PERSON_ID, Event, WireBatch, decode_batch
 from engine.identity import authenticate, require_server, resolve_events
 from engine.keys import Keys
-from engine.people import person_view
+from engine.people import journeys_view, person_view
 from engine.pipeline import ApplyResult, Pipeline
 from engine.profiles import ProfileStore, decode_profile
 from engine.redis_client import connect
@@ -269,7 +269,7 @@ async def get_person(request: Request) -> Response:
     """
     summary: A person's profile as the engine sees it now (server token).
     responses:
-      200: {description: 'traits, windowed features, score, segments, impressions, and messages: pending (queued or sending) and recent outcomes with their reasons'}
+      200: {description: 'traits, windowed features, score, segments, impressions, messages: pending (queued or sending) and recent outcomes with their reasons, and journeys: in progress (step, waiting until) and last entries'}
       401: {description: Missing token}
       403: {description: Not the server token}
     """
@@ -280,10 +280,12 @@ async def get_person(request: Request) -> Response:
         profile = await services.store.fetch(person)
         pending = await DueQueue(services.redis, services.keys).pending_for(person, sorted(PERSONAL_CHANNELS))
         recent = await ContactStore(services.redis, services.keys).outcomes(person)
+        journeys = await services.pipeline.journeys.state(person)
     except RedisError as exc:
         raise StoreUnavailable(f"the profile store is unavailable: {exc}") from None
     view = person_view(services.holder.current, person, profile, now_ms())
     view["messages"] = {"pending": pending, "recent": recent}
+    view["journeys"] = journeys_view(journeys)
     return json_response(view)
 
 

@@ -1,25 +1,30 @@
-"""The links inside follow-up emails: the open pixel and the click redirect come
-back as `email_open` / `email_click` events for the person (so a catalog rule
-can say "opened email E"), and the unsubscribe link withdraws consent for the
-channel and cancels everything queued on it at once. Every link was signed when
-the email was made; a changed one is a 400, so the redirect is never open."""
+"""Follow-up endpoints. The links inside emails: the open pixel and the click
+redirect come back as `email_open` / `email_click` events for the person (so a
+catalog rule can say "opened email E"), and the unsubscribe link withdraws
+consent for the channel and cancels everything queued on it at once. Every link
+was signed when the email was made; a changed one is a 400, so the redirect is
+never open. And the app's side: the in-app inbox (read, dismiss) and push
+devices, for a signed user (or the server token acting for one)."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 
+import orjson
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from api.app import Services, apply_events, json_response, now_ms
+from api.app import Services, apply_events, json_response, now_ms, read_body
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue
 from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
-from engine.errors import StoreUnavailable
-from engine.events import Event
+from engine.errors import EventRejected, MalformedBody, NotAuthorized, StoreUnavailable
+from engine.events import PERSON_ID, Event
+from engine.identity import authenticate
+from engine.inbox import DeviceStore, InboxStore
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store"}
@@ -92,7 +97,117 @@ async def unsubscribe(request: Request) -> Response:
                         "messages from us.</p>", headers=NO_STORE)
 
 
+# -- the app: inbox and devices ------------------------------------------------------
+
+MAX_TOKEN_LENGTH = 512
+
+
+async def _signed_person(request: Request, body: dict | None = None) -> str:
+    """A signed user id (site key + user_sig), or any user id with the server token:
+    only a signed id may read an inbox or receive messages. From the query, or the
+    JSON body for POSTs."""
+    services: Services = request.app.state.services
+    caller = authenticate(request.headers, request.query_params, services.settings)
+    source = body if body is not None else request.query_params
+    user_id, user_sig = source.get("user_id"), source.get("user_sig")
+    if not isinstance(user_id, str) or not PERSON_ID.fullmatch(user_id):
+        raise NotAuthorized("user_id (signed) is required: an inbox belongs to a known person")
+    return caller.person(None, user_id, user_sig if isinstance(user_sig, str) else None, "user")
+
+
+async def _json_body(request: Request) -> dict:
+    raw = await read_body(request, 16 * 1024)
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise EventRejected("the body is a JSON object", "body")
+    return body
+
+
+async def get_inbox(request: Request) -> Response:
+    """
+    summary: The in-app inbox of a signed user, newest first (unexpired, not dismissed).
+    parameters:
+      - {name: user_id, in: query, required: true, schema: {type: string}}
+      - {name: user_sig, in: query, schema: {type: string}, description: 'HMAC of user_id (site key callers)'}
+    responses:
+      200: {description: '{"messages": [{"id", "title", "text", "at", "expires", "read"}], "unread": n}'}
+      401: {description: Missing or unknown key}
+      403: {description: Not a signed user}
+    """
+    services: Services = request.app.state.services
+    person = await _signed_person(request)
+    try:
+        messages = await InboxStore(services.redis, services.keys).messages(person, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable(f"the inbox is unavailable: {exc}") from None
+    return json_response({"messages": messages, "unread": sum(not m["read"] for m in messages)},
+                         headers=NO_STORE)
+
+
+async def _mark(request: Request, flag: str) -> Response:
+    services: Services = request.app.state.services
+    body = await _json_body(request) if not request.query_params.get("user_id") else None
+    person = await _signed_person(request, body)
+    message_id = request.path_params["message_id"]
+    try:
+        found = await InboxStore(services.redis, services.keys).mark(person, message_id, flag, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable(f"the inbox is unavailable: {exc}") from None
+    if not found:
+        return json_response({"error": "no such message in this inbox (or it expired)"}, 404)
+    return json_response({"id": message_id, flag: True})
+
+
+async def read_inbox_message(request: Request) -> Response:
+    """
+    summary: Mark an inbox message read (signed user in the JSON body or the query).
+    responses: {200: {description: marked}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    """
+    return await _mark(request, "read")
+
+
+async def dismiss_inbox_message(request: Request) -> Response:
+    """
+    summary: Dismiss an inbox message; it is not listed again.
+    responses: {200: {description: dismissed}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    """
+    return await _mark(request, "dismissed")
+
+
+async def post_device(request: Request) -> Response:
+    """
+    summary: Register a push token for a signed user; push messages go to the push webhook with the person's tokens.
+    requestBody: {content: {application/json: {schema: {type: object, required: [user_id, token], properties: {user_id: {type: string}, user_sig: {type: string}, token: {type: string}, platform: {type: string}}}}}}
+    responses:
+      200: {description: '{"devices": number of tokens the person has}'}
+      403: {description: Not a signed user}
+      422: {description: A missing or too long token}
+    """
+    services: Services = request.app.state.services
+    body = await _json_body(request)
+    person = await _signed_person(request, body)
+    token, platform = body.get("token"), body.get("platform", "unknown")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        raise EventRejected("token: the push token, 1 to 512 characters", "token", MAX_TOKEN_LENGTH)
+    if not isinstance(platform, str) or len(platform) > 32:
+        raise EventRejected("platform: ios, android, web … (at most 32 characters)", "platform", 32)
+    try:
+        count = await DeviceStore(services.redis, services.keys).register(person, token, platform, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot register the device: {exc}") from None
+    return json_response({"devices": count})
+
+
 FOLLOWUP_ROUTES = [
+    Route("/v1/inbox", get_inbox, methods=["GET"]),
+    Route("/v1/inbox/{message_id}/read", read_inbox_message, methods=["POST"]),
+    Route("/v1/inbox/{message_id}/dismiss", dismiss_inbox_message, methods=["POST"]),
+    Route("/v1/devices", post_device, methods=["POST"]),
     Route("/v1/t/open", track_open, methods=["GET"]),
     Route("/v1/t/click", track_click, methods=["GET"]),
     Route("/v1/unsubscribe", unsubscribe, methods=["GET", "POST"]),

@@ -183,6 +183,29 @@ def demo_routes(settings: Settings) -> list[Route]:
     ]
 
 
+def demo_outbox_routes(outbox) -> list[Route]:
+    """DEMO ONLY. What `attimo demo` sent: its local SMTP sink and webhook receiver
+    (engine/demo_mail.py). GET /demo/outbox lists emails and webhooks, newest first."""
+
+    async def show(request: Request) -> Response:
+        return Response(orjson.dumps({"outbox": list(outbox.items)}), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    async def receive(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        outbox.webhook(request.path_params["channel"], dict(request.headers), body)
+        return Response(b"", 204)
+
+    return [
+        Route("/demo/outbox", show, methods=["GET"], include_in_schema=False),
+        Route("/demo/webhooks/{channel}", receive, methods=["POST"], include_in_schema=False),
+    ]
+
+
 def web_routes(settings: Settings) -> list[Route]:
     """Mounted by every API: the snippet, and the static storefront when asked."""
     routes = [Route("/v1/snippet.js", get_snippet, methods=["GET"])]

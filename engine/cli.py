@@ -140,28 +140,38 @@ def serve(settings: Settings, extra_routes: list | None = None) -> None:
 
 
 def run_demo(args) -> int:
+    from engine.demo_mail import DemoOutbox
     from engine.local_redis import LocalRedis
 
     local = LocalRedis().start()
+    outbox = DemoOutbox().start_smtp()
     try:
-        # ATTIMO_* variables tune the demo too (budgets, SMTP, …); its Redis,
-        # catalog, keys, tokens and address are its own.
+        # ATTIMO_* variables tune the demo too (budgets, caps, …); its Redis,
+        # catalog, keys, tokens, address and message sinks are its own.
+        base = f"http://{args.host}:{args.port}"
         settings = Settings.from_env(
             None,
             host=args.host, port=args.port, redis_url=local.url, catalog_path=args.catalog,
             key_prefix="attimo",
             server_token=DEMO_TOKEN, site_key=DEMO_SITE_KEY, site_secret=DEMO_SITE_SECRET,
-            allowed_origins=(f"http://{args.host}:{args.port}",),
+            allowed_origins=(base,), public_url=base,
+            smtp_host="127.0.0.1", smtp_port=outbox.smtp_port, smtp_tls="none",
+            webhook_urls=tuple(f"{channel}={base}/demo/webhooks/{channel}"
+                               for channel in ("push", "sms", "webhook", "sales", "operator")),
+            webhook_secret="demo-webhook-secret",
         )
         from engine.demo import seed_demo_people, try_these
 
         asyncio.run(seed_demo_people(settings))
         print(try_these(settings), flush=True)
-        print(f"Demo storefront: http://{args.host}:{args.port}/", flush=True)
-        from api.web import demo_routes
+        print(f"Demo storefront: {base}/", flush=True)
+        print(f"Sent emails and webhooks (local SMTP sink on port {outbox.smtp_port}): {base}/demo/outbox",
+              flush=True)
+        from api.web import demo_outbox_routes, demo_routes
 
-        serve(settings, demo_routes(settings))
+        serve(settings, demo_routes(settings) + demo_outbox_routes(outbox))
     finally:
+        outbox.stop()
         local.stop()
         print("attimo demo: stopped, private Redis removed", flush=True)
     return 0

@@ -34,3 +34,15 @@ def person_view(catalog: Catalog, person: str, profile: Profile, now_ms: int) ->
         "last_seen": _iso(profile.ls),
         "version": profile.v,
     }
+
+
+def journeys_view(state: dict) -> dict:
+    """A person's journeys: those in progress (at which step, waiting until when)
+    and the last entry into each (held_out: in the control group, sent nothing)."""
+    return {
+        "active": {jid: {"step": run["pc"], "entered": _iso(run["at"]),
+                         "waiting_until": _iso(run["until"]) if run.get("until") else None}
+                   for jid, run in state.get("a", {}).items()},
+        "entered": {jid: {"at": _iso(at), "held_out": bool(held)}
+                    for jid, (at, held) in state.get("e", {}).items()},
+    }
