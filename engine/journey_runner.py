@@ -11,8 +11,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import WatchError
-
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
 from engine.events import Event
@@ -32,6 +30,16 @@ from engine.rules import Facts
 log = logging.getLogger("attimo.journeys")
 
 MAX_DEPTH = 3  # set_trait -> new events -> journeys -> set_trait ... stops here
+
+# KEYS[1] journey state STRING
+# ARGV[1] the value read before ('' when absent), ARGV[2] new value, ARGV[3] TTL s
+# Writes only if nobody changed the state since it was read; 1 if written.
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
 
 
 class Reschedule(Exception):  # noqa: N818 - a signal to the scheduler, not a failure
@@ -59,6 +67,7 @@ class JourneyRunner:
         self.keys = store.keys
         self.queue = DueQueue(self.redis, self.keys)
         self.contacts = ContactStore(self.redis, self.keys)
+        self._cas = self.redis.register_script(COMPARE_AND_SET)
 
     # -- after a batch is applied ------------------------------------------------
 
@@ -73,7 +82,7 @@ class JourneyRunner:
                 timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
             segments = entered.get(person, set())
             facts = Facts(catalog, profile, {}, now_ms)
-            if (any(book.watches(e.type) for e in events)
+            if (any(book.might_act(e, facts) for e in events)
                     or any(s in book.by_segment for s in segments)
                     or any(j.score_test(facts.score()) for j in book.scored)):
                 work.append(self._transact(person, now_ms, depth, lambda state, p=person, f=facts, e=events,
@@ -119,35 +128,27 @@ class JourneyRunner:
     # -- one person's state, changed atomically ----------------------------------
 
     async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions]) -> Actions:
-        """Compute from the state read under WATCH, schedule what it asks (message
-        ids are deterministic, so scheduling again is a no-op), then write the
-        state. Scheduling first means a crash in between loses nothing: the retried
-        batch computes the same ids. Messages of an attempt that lost a race and
-        that the winning attempt does not repeat are discarded."""
+        """Read the state, compute, schedule what it asks (message ids are
+        deterministic, so scheduling again is a no-op), then write the state if it
+        is still the one read (compare-and-set: no connection held meanwhile, so a
+        small pool never deadlocks). Scheduling first means a crash in between
+        loses nothing: the retried batch computes the same ids. Messages of an
+        attempt that lost a race and that the winning attempt does not repeat are
+        discarded."""
         key = self.keys.journeys(person)
         tried: dict[str, Message] = {}
-        actions = Actions()
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                actions = Actions()
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    state = decode_state(raw)
-                    before = encode_state(state)
-                    actions = compute(state)
-                    after = encode_state(state)
-                    if after == before:
-                        await pipe.unwatch()
-                        break
-                    await self.queue.schedule_many(actions.messages)
-                    pipe.multi()
-                    pipe.set(key, after, ex=JOURNEY_STATE_TTL_S)
-                    await pipe.execute()
-                    break
-                except WatchError:
-                    tried.update((m.id, m) for m in actions.messages)
-                    continue
+        while True:
+            raw = await self.redis.get(key)
+            state = decode_state(raw)
+            before = encode_state(state)
+            actions = compute(state)
+            after = encode_state(state)
+            if after == before:
+                break
+            await self.queue.schedule_many(actions.messages)
+            if await self._cas(keys=[key], args=[raw or b"", after, JOURNEY_STATE_TTL_S]):
+                break
+            tried.update((m.id, m) for m in actions.messages)
         kept = {m.id for m in actions.messages}
         for message_id, message in tried.items():
             if message_id not in kept:

@@ -102,12 +102,24 @@ class Journeys:
     scored: list[Journey] = field(default_factory=list)
     idle: list[Journey] = field(default_factory=list)
     watched: frozenset[str] = frozenset()  # event types any trigger, exit or wait_for names
+    waited: dict[str, list[EventMatcher]] = field(default_factory=dict)  # exits and wait_fors by type
 
     def __bool__(self) -> bool:
         return bool(self.all)
 
     def watches(self, event_type: str) -> bool:
         return event_type in self.watched or "*" in self.watched
+
+    def might_act(self, event, facts: Facts) -> bool:
+        """Could this event start, move or end a journey? Decided without reading
+        the journey state, so most events (a page view nobody waits for) cost nothing."""
+        if not self.watches(event.type):
+            return False
+        for kind in (event.type, "*"):
+            for journey in self.by_event.get(kind, ()):
+                if journey.matcher.matches(event) and (journey.when is None or journey.when(facts)):
+                    return True
+        return any(m.matches(event) for kind in (event.type, "*") for m in self.waited.get(kind, ()))
 
 
 # -- compiling ---------------------------------------------------------------------
@@ -146,8 +158,9 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
             book.scored.append(journey)
         else:
             book.idle.append(journey)
-        watched.update(m.type for m in journey.exit_events)
-        watched.update(s.matcher.type for s in journey.steps if s.matcher is not None)
+        for matcher in journey.exit_events + [s.matcher for s in journey.steps if s.matcher is not None]:
+            book.waited.setdefault(matcher.type, []).append(matcher)
+            watched.add(matcher.type)
     book.watched = frozenset(watched)
     return book
 
