@@ -147,6 +147,14 @@ def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
         # The resent batch is absorbed by the dedupe: counted as duplicates, applied once.
         wait_until(lambda: worker_metric("attimo_worker_events_duplicate_total") == 3, 30, 0.05, "the duplicates")
         assert worker_metric("attimo_worker_events_applied_total") == 3
+
+        def lag_by_partition() -> dict[str, float]:
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+                    if line.startswith("attimo_worker_consumer_lag_records{")}
+
+        # Lag per partition: each of the topic's 4 partitions reported, nothing left to apply.
+        wait_until(lambda: lag_by_partition() == {str(p): 0.0 for p in range(4)}, 10, 0.1, "lag 0 everywhere")
         assert pricing_count(person(server, "u-s")) == 3
     finally:
         stop_api(server)
