@@ -69,8 +69,13 @@ class Settings:
     worker_batch: int = 100  # records taken at a time (each is one person's batch)
     worker_batch_wait_ms: float = 10.0  # how long a worker waits to fill a batch
     # aiokafka's fetch wait; faust hard-codes 1500 ms, which delays every quiet
-    # partition's records by up to that much.
+    # partition's records by up to that much. Measured 202-to-Redis p99 at 1k
+    # events/s on Tansu: 1500 ms -> 757 ms, 100 -> 59, 10 -> 17, 1 -> 16.
     worker_fetch_wait_ms: int = 10
+    # How long a killed worker's partitions wait before others take them.
+    # Measured restart-after-SIGKILL to first apply: 2 s -> 3 s, 6 s -> 13.5 s,
+    # 10 s -> 20 s. 6 s is Apache Kafka's default group.min.session.timeout.ms,
+    # the lowest every broker accepts as shipped; Tansu takes 2.
     worker_session_timeout_s: float = 6.0
     worker_group: str = "attimo-worker"
     worker_metrics_port: int = 0  # Prometheus /metrics of `attimo worker` (0: off)
