@@ -212,8 +212,10 @@ async def apply_batch(batch: Sequence[EventT]) -> None:
     """Decode, apply in one go; the records the pipeline rejects are found by
     applying each alone (harmless: the dedupe skips what is already in) and
     dead-lettered."""
-    while APPLIER is None:
+    while APPLIER is None:  # Redis was not there at start-up: start_applier retries
         if app.should_stop:
+            log.error("stopping before Redis was reachable: exiting without committing")
+            logging.shutdown()
             os._exit(EXIT_UNAPPLIED)
         await asyncio.sleep(0.01)
     BATCH_RECORDS.observe(len(batch))
