@@ -12,9 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
+from redis.exceptions import NoScriptError, WatchError
 
+from engine.due_queue import Message
 from engine.keys import CONTACT_HISTORY_MAX, CONTACT_OUTCOMES_MAX, CONTACT_STATE_TTL_S, Keys
+from engine.redis_client import COMPARE_AND_SET
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -157,6 +159,12 @@ def set_consent(state: ContactState, channel: str, purpose: str, granted: bool) 
     purposes[purpose] = granted
 
 
+def message_addresses(message: Message) -> tuple[str, ...]:
+    """Addresses a message goes to that the suppression list may name."""
+    to = message.body.get("to")
+    return (to,) if isinstance(to, str) and to else ()
+
+
 class ContactStore:
     """Reads and writes a person's contact state; a verdict that allows a send is
     recorded in the same optimistic transaction, so concurrent senders cannot
@@ -166,6 +174,7 @@ class ContactStore:
         self.redis = redis
         self.keys = keys or Keys()
         self.ttl_s = ttl_s
+        self._cas = redis.register_script(COMPARE_AND_SET)
 
     async def load(self, person: str) -> ContactState:
         return ContactState.decode(await self.redis.get(self.keys.contact(person)))
@@ -225,13 +234,67 @@ class ContactStore:
                 except WatchError:
                     continue
 
-    async def record_outcome(self, person: str, outcome: dict) -> None:
-        """Keep the person's recent message outcomes (sent, delayed, dropped...)."""
+    async def check_and_reserve_many(self, policy: ContactPolicy, messages: list[Message],
+                                     now_ms: int) -> list[Verdict]:
+        """check_and_reserve for a scheduler's batch in two round trips instead of
+        about five per message: read every state (and the suppression list) at
+        once, judge each message in order against its person's state as the
+        earlier ones changed it, then write each changed state by compare-and-set.
+        A person whose state changed meanwhile is judged again, one message at a
+        time, through check_and_reserve."""
+        if not messages:
+            return []
+        people = list(dict.fromkeys(m.person for m in messages))
+        addresses = {m.id: message_addresses(m) for m in messages}
+        candidates = list(dict.fromkeys([*people, *(a for found in addresses.values() for a in found)]))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.smismember(self.keys.suppressed(), candidates)
+        for person in people:
+            pipe.get(self.keys.contact(person))
+        flags, *raws = await pipe.execute()
+        suppressed = {c for c, flag in zip(candidates, flags, strict=True) if flag}
+        read = dict(zip(people, raws, strict=True))
+        states = {person: ContactState.decode(raw) for person, raw in read.items()}
+        verdicts, changed = [], {}
+        for m in messages:
+            state = states[m.person]
+            verdict = judge(policy, state, channel=m.channel, purpose=m.purpose, template=m.template,
+                            now_ms=now_ms, message_id=m.id,
+                            suppressed=m.person in suppressed or any(a in suppressed for a in addresses[m.id]))
+            if verdict.action == "allow" and m.channel in PERSONAL_CHANNELS:
+                record_send(state, channel=m.channel, template=m.template, now_ms=now_ms, message_id=m.id)
+                changed[m.person] = state
+            verdicts.append(verdict)
+        if not changed:
+            return verdicts
+        pipe = self.redis.pipeline(transaction=False)
+        for person, state in changed.items():
+            pipe.execute_command("EVALSHA", self._cas.sha, 1, self.keys.contact(person),
+                                 read[person] or b"", state.encode(), self.ttl_s)
+        try:
+            written = await pipe.execute()
+        except NoScriptError:  # a restarted Redis: load, then the same writes again
+            self._cas.sha = await self.redis.script_load(COMPARE_AND_SET)
+            return await self.check_and_reserve_many(policy, messages, now_ms)
+        raced = {person for person, ok in zip(changed, written, strict=True) if not ok}
+        for n, m in enumerate(messages):
+            if m.person in raced:
+                verdicts[n] = await self.check_and_reserve(
+                    policy, person=m.person, channel=m.channel, purpose=m.purpose, template=m.template,
+                    now_ms=now_ms, message_id=m.id, addresses=addresses[m.id])
+        return verdicts
+
+    def outcome_commands(self, pipe, person: str, outcome: dict) -> None:
+        """Queue the commands that keep one outcome into `pipe` (batched writes)."""
         key = self.keys.contact_outcomes(person)
-        pipe = self.redis.pipeline(transaction=True)
         pipe.lpush(key, orjson.dumps(outcome))
         pipe.ltrim(key, 0, CONTACT_OUTCOMES_MAX - 1)
         pipe.expire(key, self.ttl_s)
+
+    async def record_outcome(self, person: str, outcome: dict) -> None:
+        """Keep the person's recent message outcomes (sent, delayed, dropped...)."""
+        pipe = self.redis.pipeline(transaction=True)
+        self.outcome_commands(pipe, person, outcome)
         await pipe.execute()
 
     async def outcomes(self, person: str) -> list[dict]:

@@ -191,6 +191,8 @@ class DueQueue:
         self._delay = redis.register_script(DELAY)
         self._cancel = redis.register_script(CANCEL)
         self._arm = redis.register_script(ARM)
+        self._scripts = (self._schedule, self._claim, self._begin_send, self._ack, self._delay,
+                         self._cancel, self._arm)
         self._loaded = False
 
     def _shard_keys(self, shard: int) -> list[str]:
@@ -221,7 +223,7 @@ class DueQueue:
             return []
         for attempt in (1, 2):
             if not self._loaded:
-                for script in (self._schedule, self._arm, self._claim):
+                for script in self._scripts:
                     script.sha = await self.redis.script_load(script.script)
                 self._loaded = True
             pipe = self.redis.pipeline(transaction=False)
@@ -287,24 +289,43 @@ class DueQueue:
                                int(sent) if sent not in (b"", "") else None))
         return out
 
+    def _begin_send_call(self, message: Message, now_ms: int) -> tuple:
+        shard = shard_of(message.person, self.shards)
+        return (self._begin_send, [self.keys.due_sent(shard), self.keys.due_inflight(shard)], [message.id, now_ms])
+
+    def _ack_call(self, message: Message, now_ms: int) -> tuple:
+        return (self._ack, self._person_keys(message.person, message.channel),
+                [message.id, now_ms, self.done_keep_ms])
+
+    def _delay_call(self, message: Message, until_ms: int, clear_send_mark: bool) -> tuple:
+        shard = shard_of(message.person, self.shards)
+        k = self.keys
+        return (self._delay, [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard)],
+                [message.id, until_ms, "1" if clear_send_mark else "0"])
+
     async def begin_send(self, message: Message, now_ms: int) -> int:
         """Record the idempotency key before sending: 0 = first send, -1 = no longer
         in flight (do not send), otherwise the ms of an earlier send attempt."""
-        shard = shard_of(message.person, self.shards)
-        return int(await self._begin_send(
-            keys=[self.keys.due_sent(shard), self.keys.due_inflight(shard)], args=[message.id, now_ms]))
+        [mark] = await self.begin_send_many([message], now_ms)
+        return mark
+
+    async def begin_send_many(self, messages: list[Message], now_ms: int) -> list[int]:
+        """begin_send for a batch in one round trip."""
+        return [int(r) for r in await self._pipelined([self._begin_send_call(m, now_ms) for m in messages])]
 
     async def ack(self, message: Message, now_ms: int) -> None:
-        await self._ack(keys=self._person_keys(message.person, message.channel),
-                        args=[message.id, now_ms, self.done_keep_ms])
+        await self.settle([message], [], now_ms)
 
     async def delay(self, message: Message, until_ms: int, *, clear_send_mark: bool = False) -> bool:
         """Back to due at `until_ms`; False if no longer in flight."""
-        shard = shard_of(message.person, self.shards)
-        k = self.keys
-        return bool(await self._delay(
-            keys=[k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard)],
-            args=[message.id, until_ms, "1" if clear_send_mark else "0"]))
+        [moved] = await self._pipelined([self._delay_call(message, until_ms, clear_send_mark)])
+        return bool(moved)
+
+    async def settle(self, acks: list[Message], delays: list[tuple[Message, int, bool]], now_ms: int) -> None:
+        """A batch's ends in one round trip: acks (done) and delays (message,
+        until ms, clear the send mark) back to due."""
+        await self._pipelined([self._ack_call(m, now_ms) for m in acks]
+                              + [self._delay_call(m, until, clear) for m, until, clear in delays])
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:
         """Drop everything queued or in flight for this person on this channel."""

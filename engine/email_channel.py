@@ -4,9 +4,12 @@ header. The click redirect only goes to URLs signed here: never an open redirect
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import re
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -115,15 +118,58 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
 
 
 class EmailChannel:
-    def __init__(self, config: SmtpConfig, tracker: Tracker):
+    """Sends over a few SMTP connections kept open between messages: a new
+    connection per email costs the greeting, EHLO (and TLS, login) before the
+    first byte of the message. A connection idle longer than `idle_s`, or one the
+    server dropped, is replaced; a send that fails on a reused connection is
+    tried once more on a fresh one."""
+
+    def __init__(self, config: SmtpConfig, tracker: Tracker, *, connections: int = 4, idle_s: float = 30.0):
         self.config = config
         self.tracker = tracker
+        self.idle_s = idle_s
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[tuple[float, aiosmtplib.SMTP]] = []  # (last used, connection)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self.config
+        client = aiosmtplib.SMTP(hostname=c.host, port=c.port, username=c.username, password=c.password,
+                                 use_tls=c.tls == "implicit", start_tls=c.tls == "starttls",
+                                 timeout=c.timeout_s)
+        await client.connect()
+        return client
+
+    def _reusable(self) -> aiosmtplib.SMTP | None:
+        while self._idle:
+            used_at, client = self._idle.pop()
+            if client.is_connected and time.monotonic() - used_at < self.idle_s:
+                return client
+            client.close()
+        return None
 
     async def send(self, message: Message, values: dict) -> None:
         """Send one email; raises aiosmtplib.SMTPException (or OSError) on failure."""
-        c = self.config
-        email = build_email(message, values, self.tracker, c.sender)
-        await aiosmtplib.send(
-            email, hostname=c.host, port=c.port, username=c.username, password=c.password,
-            use_tls=c.tls == "implicit", start_tls=c.tls == "starttls",
-            timeout=c.timeout_s)
+        email = build_email(message, values, self.tracker, self.config.sender)
+        async with self._slots:
+            client = self._reusable()
+            try:
+                if client is not None:
+                    try:
+                        await client.send_message(email)
+                    except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                        client.close()  # dropped while idle: once more on a fresh connection
+                        client = None
+                if client is None:
+                    client = await self._connect()
+                    await client.send_message(email)
+            except BaseException:
+                if client is not None:
+                    client.close()
+                raise
+            self._idle.append((time.monotonic(), client))
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, client in idle:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.quit()

@@ -25,21 +25,12 @@ from engine.journeys import (
     encode_state,
 )
 from engine.keys import JOURNEY_STATE_TTL_S
+from engine.redis_client import COMPARE_AND_SET
 from engine.rules import Facts
 
 log = logging.getLogger("attimo.journeys")
 
 MAX_DEPTH = 3  # set_trait -> new events -> journeys -> set_trait ... stops here
-
-# KEYS[1] journey state STRING
-# ARGV[1] the value read before ('' when absent), ARGV[2] new value, ARGV[3] TTL s
-# Writes only if nobody changed the state since it was read; 1 if written.
-COMPARE_AND_SET = """
-local current = redis.call('GET', KEYS[1]) or ''
-if current ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
-return 1
-"""
 
 
 class Reschedule(Exception):  # noqa: N818 - a signal to the scheduler, not a failure

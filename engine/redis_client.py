@@ -14,6 +14,18 @@ from engine.settings import Settings
 
 CLUSTER_SCHEME = "redis+cluster"
 
+# KEYS[1] a STRING read earlier (a person's journey or contact state)
+# ARGV[1] the value read then ('' when absent), ARGV[2] new value, ARGV[3] TTL s
+# Writes only if nobody changed it since it was read; 1 if written. Unlike
+# WATCH, it holds no connection between the read and the write, and many of
+# them go in one pipelined round trip.
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
 
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme == CLUSTER_SCHEME

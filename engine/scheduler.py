@@ -59,10 +59,68 @@ class SchedulerStats:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
+@dataclass
+class _Settle:
+    """Writes that end messages: acks, delays back to due, outcomes, dead letters."""
+
+    acks: list[Message] = field(default_factory=list)
+    delays: list[tuple[Message, int, bool]] = field(default_factory=list)  # message, until ms, clear mark
+    outcomes: list[tuple[str, dict]] = field(default_factory=list)  # person, outcome
+    dead: list[bytes] = field(default_factory=list)  # dead-letter entries
+
+    def __bool__(self) -> bool:
+        return bool(self.acks or self.delays or self.outcomes or self.dead)
+
+    def extend(self, other: _Settle) -> None:
+        self.acks += other.acks
+        self.delays += other.delays
+        self.outcomes += other.outcomes
+        self.dead += other.dead
+
+
+class Coalesced:
+    """Calls that arrive while a round trip is under way go together in the next
+    one: `write(items) -> results` runs for a group, each caller gets its own
+    result (or the group's error). Under load a few round trips serve hundreds
+    of sends; with a single send it is one round trip, as before."""
+
+    def __init__(self, write: Callable[[list], Awaitable[list]]):
+        self._write = write
+        self._pending: list = []
+        self._next: asyncio.Future | None = None  # the write that will carry what is pending
+        self._writer: asyncio.Task | None = None
+
+    async def __call__(self, item):
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+        index, group = len(self._pending), self._next
+        self._pending.append(item)
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain())
+        return (await group)[index]
+
+    async def _drain(self) -> None:
+        try:
+            while self._next is not None:
+                items, done = self._pending, self._next
+                self._pending, self._next = [], None
+                try:
+                    done.set_result(await self._write(items))
+                except Exception as exc:  # noqa: BLE001 - handed to every caller of this group
+                    done.set_exception(exc)
+        finally:
+            self._writer = None
+
+
 class Scheduler:
+    """Works in batches: one claim, one read of the contact states, one
+    compare-and-set of the changed ones, one round trip marking the sends begun,
+    the sends themselves concurrently, then one round trip of acks, delays and
+    outcomes. `run` claims the next batch while earlier ones are still sending."""
+
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
                  senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
-                 lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32):
+                 lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3):
         self.queue = queue
         self.contacts = contacts
         self.policy = policy
@@ -70,95 +128,159 @@ class Scheduler:
         self.clock = clock
         self.lease_ms = lease_ms
         self.batch = batch
+        self.overlap = overlap  # batches in hand at once in `run`
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = SchedulerStats()
+        # Each send is marked begun right before it starts and acknowledged as
+        # soon as it is done (the shorter that gap, the fewer duplicates a crash
+        # causes), and both cost few round trips: see Coalesced.
+        self.begin = Coalesced(lambda messages: self.queue.begin_send_many(messages, self.clock()))
+        self.commit = Coalesced(self._settle_parts)
 
     async def run_once(self) -> int:
         """Claim and process one batch; returns how many items were claimed."""
         claimed = await self.queue.claim(self.clock(), self.batch, self.lease_ms)
         self.stats.claimed += len(claimed)
-        await asyncio.gather(*(self._guarded(item) for item in claimed))
+        if claimed:
+            await self.process_batch(claimed)
         return len(claimed)
 
     async def run(self, stop: asyncio.Event, poll_ms: float = 100.0) -> None:
-        """Loop until `stop` is set; sleeps only when nothing was due."""
-        while not stop.is_set():
-            if await self.run_once() == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), poll_ms / 1000)
-
-    async def _guarded(self, item: Claimed) -> None:
-        async with self.limit:
-            await self.process(item)
-
-    async def _outcome(self, message: Message, status: str, reason: str, **extra) -> None:
-        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
-        if message.channel == JOURNEY_CHANNEL:
-            return  # a journey's own timer, not a message to the person
-        await self.contacts.record_outcome(message.person, {
-            "id": message.id, "channel": message.channel, "template": message.template,
-            "status": status, "reason": reason, "at": self.clock(), **extra})
+        """Loop until `stop` is set, with up to `overlap` batches in hand; sleeps
+        only when nothing was due. Batches in hand finish before it returns."""
+        running: set[asyncio.Task] = set()
+        try:
+            while not stop.is_set():
+                if len(running) < self.overlap:
+                    claimed = await self.queue.claim(self.clock(), self.batch, self.lease_ms)
+                    self.stats.claimed += len(claimed)
+                    if claimed:
+                        running.add(asyncio.create_task(self.process_batch(claimed)))
+                        continue
+                waits = [*running, asyncio.ensure_future(stop.wait())]
+                done, _ = await asyncio.wait(waits, timeout=poll_ms / 1000 if len(running) < self.overlap else None,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waits[-1].cancel()
+                for task in done & running:
+                    running.discard(task)
+                    task.result()  # a batch that failed (Redis down) ends the loop with its error
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def process(self, item: Claimed) -> str:
-        message = item.message
-        sender = self.senders.get(message.channel)
-        if sender is None:
-            return await self._dead_letter(message, f"no channel configured for {message.channel}")
-        if item.sent_before_ms is None and message.channel != JOURNEY_CHANNEL:
-            verdict = await self.contacts.check_and_reserve(
-                self.policy, person=message.person, channel=message.channel, purpose=message.purpose,
-                template=message.template, now_ms=self.clock(), message_id=message.id,
-                addresses=tuple(a for a in (message.body.get("to"),) if a))
-            if verdict.action == "drop":
-                self.stats.dropped += 1
-                await self._outcome(message, "dropped", verdict.reason)
-                await self.queue.ack(message, self.clock())
-                return "dropped"
-            if verdict.action == "delay":
-                self.stats.delayed += 1
-                await self._outcome(message, "delayed", verdict.reason, until=verdict.until_ms)
-                await self.queue.delay(message, verdict.until_ms)
-                return "delayed"
+        """One claimed item on its own; returns what happened to it."""
+        [status] = await self.process_batch([item])
+        return status
+
+    async def process_batch(self, claimed: list[Claimed]) -> list[str]:
+        settle = _Settle()  # what the batch decided before sending: drops, delays, dead letters
+        status: list[str | None] = [None] * len(claimed)
+        for n, item in enumerate(claimed):
+            if item.message.channel not in self.senders:
+                status[n] = self._dead_letter(item.message, f"no channel configured for {item.message.channel}",
+                                              settle)
         # The policy passed before a crash if a send had begun: the receiver
         # dedupes on the idempotency key, so sending again is safe.
-        mark = await self.queue.begin_send(message, self.clock())
-        if mark == -1:
+        judged = [n for n, item in enumerate(claimed) if status[n] is None and item.sent_before_ms is None
+                  and item.message.channel != JOURNEY_CHANNEL]
+        verdicts = await self.contacts.check_and_reserve_many(
+            self.policy, [claimed[n].message for n in judged], self.clock())
+        for n, verdict in zip(judged, verdicts, strict=True):
+            message = claimed[n].message
+            if verdict.action == "drop":
+                self.stats.dropped += 1
+                self._outcome(message, "dropped", verdict.reason, settle)
+                settle.acks.append(message)
+                status[n] = "dropped"
+            elif verdict.action == "delay":
+                self.stats.delayed += 1
+                self._outcome(message, "delayed", verdict.reason, settle, until=verdict.until_ms)
+                settle.delays.append((message, verdict.until_ms, False))
+                status[n] = "delayed"
+        sending = [n for n in range(len(claimed)) if status[n] is None]
+        sent = await asyncio.gather(self._commit(settle), *(self._send(claimed[n]) for n in sending))
+        for n, result in zip(sending, sent[1:], strict=True):
+            status[n] = result
+        return status
+
+    async def _commit(self, settle: _Settle) -> None:
+        if settle:
+            await self.commit(settle)
+
+    async def _send(self, item: Claimed) -> str:
+        settle = _Settle()
+        async with self.limit:
+            status = await self._send_one(item, settle)
+        await self._commit(settle)
+        return status
+
+    async def _send_one(self, item: Claimed, settle: _Settle) -> str:
+        message = item.message
+        mark = await self.begin(message)
+        if mark == -1:  # cancelled (an unsubscribe) or acked by another scheduler meanwhile
             self.stats.cancelled += 1
             return "cancelled"
         if mark > 0:
             self.stats.redelivered += 1
         try:
-            await sender(message, message.body.get("values", {}))
+            await self.senders[message.channel](message, message.body.get("values", {}))
         except Reschedule as again:  # an inactivity timer that activity pushed forward
-            await self.queue.delay(message, again.until_ms, clear_send_mark=True)
+            settle.delays.append((message, again.until_ms, True))
             return "rescheduled"
         except PermanentSendError as exc:
-            return await self._dead_letter(message, str(exc))
+            return self._dead_letter(message, str(exc), settle)
         except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried, then dead-lettered
             reason = f"{type(exc).__name__}: {exc}"
             if item.attempts >= MAX_SEND_ATTEMPTS:
-                return await self._dead_letter(message, reason)
+                return self._dead_letter(message, reason, settle)
             self.stats.retried += 1
-            await self._outcome(message, "retrying", reason)
-            await self.queue.delay(message, self.clock() + RETRY_BASE_MS * 2 ** (item.attempts - 1),
-                                   clear_send_mark=True)
+            self._outcome(message, "retrying", reason, settle)
+            settle.delays.append((message, self.clock() + RETRY_BASE_MS * 2 ** (item.attempts - 1), True))
             return "retrying"
-        await self.queue.ack(message, self.clock())
         self.stats.sent += 1
-        await self._outcome(message, "sent", "ok")
+        self._outcome(message, "sent", "ok", settle)
+        settle.acks.append(message)
         return "sent"
 
-    async def _dead_letter(self, message: Message, reason: str) -> str:
+    def _outcome(self, message: Message, status: str, reason: str, settle: _Settle, **extra) -> None:
+        self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+        if message.channel == JOURNEY_CHANNEL:
+            return  # a journey's own timer, not a message to the person
+        settle.outcomes.append((message.person, {
+            "id": message.id, "channel": message.channel, "template": message.template,
+            "status": status, "reason": reason, "at": self.clock(), **extra}))
+
+    def _dead_letter(self, message: Message, reason: str, settle: _Settle) -> str:
         self.stats.dead_lettered += 1
-        key = self.queue.keys.dead_letters()
-        entry = orjson.dumps({"message": orjson.loads(message.encode()), "reason": reason, "at": self.clock()})
-        pipe = self.queue.redis.pipeline(transaction=False)
-        pipe.lpush(key, entry)
-        pipe.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
-        await pipe.execute()
-        await self._outcome(message, "dead_letter", reason)
-        await self.queue.ack(message, self.clock())
+        settle.dead.append(orjson.dumps({"message": orjson.loads(message.encode()), "reason": reason,
+                                         "at": self.clock()}))
+        self._outcome(message, "dead_letter", reason, settle)
+        settle.acks.append(message)
         return "dead_letter"
+
+    async def _settle_parts(self, parts: list[_Settle]) -> list[None]:
+        """Outcomes and dead letters, then acks and delays, in one or two round
+        trips. A dead letter is written before its ack (never acked and lost);
+        without one both go at once."""
+        settle = _Settle()
+        for part in parts:
+            settle.extend(part)
+        writes = []
+        if settle.outcomes or settle.dead:
+            pipe = self.queue.redis.pipeline(transaction=False)
+            for person, outcome in settle.outcomes:
+                self.contacts.outcome_commands(pipe, person, outcome)
+            if settle.dead:
+                key = self.queue.keys.dead_letters()
+                pipe.lpush(key, *settle.dead)
+                pipe.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
+            writes.append(pipe.execute())
+        if settle.dead and writes:
+            await writes.pop()
+        writes.append(self.queue.settle(settle.acks, settle.delays, self.clock()))
+        await asyncio.gather(*writes)
+        return [None] * len(parts)
 
 
 def policy_from_settings(settings: Settings) -> ContactPolicy:
@@ -215,7 +337,7 @@ def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = No
     senders: dict[str, Sender] = {"email": email.send}
     for channel in urls:
         senders[channel] = send_webhook
-    return senders, [webhooks]
+    return senders, [webhooks, email]
 
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,

@@ -30,6 +30,7 @@ class WebhookReceiver:
     statuses: list[int] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
     port: int = 0
+    delay_ms: float = 0.0  # how long each answer takes, like a real gateway
 
     @property
     def url(self) -> str:
@@ -49,6 +50,8 @@ class WebhookReceiver:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 self.received.append(Received(path, headers, body, time.time() * 1000))
                 status = self.statuses.pop(0) if self.statuses else 200
+                if self.delay_ms:
+                    await asyncio.sleep(self.delay_ms / 1000)
                 writer.write(f"HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n".encode())
                 await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -85,10 +88,12 @@ class _Inbox:
     def __init__(self) -> None:
         self.messages = []
         self.arrived_ms: list[float] = []  # wall clock of each message, same order
+        self.peers: list = []  # the client's address of each message: one per connection
 
     async def handle_DATA(self, server, session, envelope):
         message = message_from_bytes(envelope.content, policy=policy.default)
         self.arrived_ms.append(time.time() * 1000)
+        self.peers.append(session.peer)
         self.messages.append((envelope.rcpt_tos, message))
         return "250 OK"
 
@@ -111,3 +116,9 @@ class SmtpSink:
 
     def stop(self) -> None:
         self.controller.stop()
+
+    def restart(self) -> None:
+        """Stop (dropping every open connection) and listen again on the same port."""
+        self.controller.stop()
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()

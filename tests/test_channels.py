@@ -44,6 +44,19 @@ async def test_email_arrives_with_unsubscribe_and_tracking(smtp):
     assert TRACKER.verify(pixel)["kind"] == "open"
 
 
+async def test_email_connections_are_kept_open_and_replaced_when_dropped(smtp):
+    channel = EmailChannel(SmtpConfig(host="127.0.0.1", port=smtp.port), TRACKER)
+    try:
+        for n in range(3):
+            await channel.send(welcome(f"u-{n}"), {"name": "Ana"})
+        assert len(smtp.messages) == 3 and len(set(smtp.inbox.peers)) == 1  # one connection for all three
+        smtp.restart()  # the server drops the idle connection
+        await channel.send(welcome("u-3"), {"name": "Ana"})
+    finally:
+        await channel.aclose()
+    assert len(smtp.messages) == 4 and len(set(smtp.inbox.peers)) == 2
+
+
 def test_a_tampered_click_url_is_rejected():
     url = TRACKER.click_url("m-1", "u-1", "https://shop.example/")
     with pytest.raises(TrackingLinkInvalid):
@@ -123,4 +136,4 @@ async def test_unreachable_webhook_is_dead_lettered():
             await channel.send(Message(id="p-2", person="u", channel="push", due_ms=0), {})
     finally:
         await channel.aclose()
-    assert "ConnectError" in failure.value.reason
+    assert "ClientConnectorError" in failure.value.reason and "Connect call failed" in failure.value.reason

@@ -152,7 +152,10 @@ async def test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered
 
 def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_client, receiver, capsys):
     """KILLS x SIGKILL of a real `attimo scheduler` process while it sends
-    KILL_MESSAGES due webhooks: every message arrives; duplicates are counted."""
+    KILL_MESSAGES due webhooks: every message arrives; duplicates are counted.
+    The receiver takes 10 ms an answer, so each kill lands with sends in flight
+    and messages still queued (a scheduler sends a few thousand a second)."""
+    receiver.delay_ms = 10
     queue_redis = redis_sync_client
     now = int(time.time() * 1000)
     for i in range(KILL_MESSAGES):
@@ -163,7 +166,7 @@ def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_cl
            "ATTIMO_SCHEDULER_CONCURRENCY": "8", "ATTIMO_SCHEDULER_POLL_MS": "20", "PYTHONPATH": str(ROOT)}
     started = time.monotonic()
     kills = 0
-    step = KILL_MESSAGES // (KILLS + 5)
+    step = KILL_MESSAGES // (4 * KILLS)
     while kills < KILLS:
         before = len(receiver.received)
         process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
@@ -176,6 +179,7 @@ def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_cl
             process.send_signal(signal.SIGKILL)
             process.wait(10)
         kills += 1
+        assert not _queue_empty(queue_redis), "the queue drained before the last kill: nothing was killed mid-run"
     process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
