@@ -20,14 +20,17 @@ import numpy as np
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from benchmarks.harness import LOADGEN_CORE, SERVER_CORE
+from benchmarks.loadgen import pin_current_process, start_pinned
+from benchmarks.processes import RedisServer
 from benchmarks.report import RESULTS_DIR, print_figures
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
-from engine.local_redis import LocalRedis
 from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL_SHARE = 10  # one message in ten is an email, the rest push webhooks
+SCHEDULER_CORE, SINK_CORE = SERVER_CORE, LOADGEN_CORE  # the scheduler has a core to itself
 
 
 def message(phase: str, i: int, due_ms: int, smtp: bool) -> Message:
@@ -50,12 +53,10 @@ async def fill(phase: str, redis_url: str, count: int, start_ms: int, rate: floa
         m = message(phase, i, start_ms + int(i * 1000 / rate), i % EMAIL_SHARE == 0)
         due[m.id] = m.due_ms
         batch.append(m)
-        if len(batch) == 500:
-            await asyncio.gather(*(queue.schedule(x) for x in batch),
+        if len(batch) == 500 or i == count - 1:
+            await asyncio.gather(queue.schedule_many(batch),
                                  *(contacts.set_consent(x.person, "email", "*", True) for x in batch if x.channel == "email"))
             batch = []
-    await asyncio.gather(*(queue.schedule(x) for x in batch),
-                         *(contacts.set_consent(x.person, "email", "*", True) for x in batch if x.channel == "email"))
     await redis.aclose()
     return due
 
@@ -64,10 +65,10 @@ def run_phase(phase: str, redis_url: str, receiver, smtp, count: int, rate: floa
     receiver.received.clear()
     smtp.messages.clear()
     smtp.inbox.arrived_ms.clear()
-    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "scheduler"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    # Everything is queued before the first message falls due (about 2k schedules/s here).
-    start_ms = int(time.time() * 1000) + 2000 + count // 2
+    process = start_pinned([sys.executable, "-m", "engine.cli", "scheduler"], SCHEDULER_CORE, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Everything is queued before the first message falls due (about 20k schedules/s here).
+    start_ms = int(time.time() * 1000) + 2000 + count // 10
     due = asyncio.run(fill(phase, redis_url, count, start_ms, rate))
     lead_left_ms = start_ms - time.time() * 1000
     seen_at: dict[str, float] = {}
@@ -77,11 +78,13 @@ def run_phase(phase: str, redis_url: str, receiver, smtp, count: int, rate: floa
         while len(seen_at) < count and time.monotonic() < deadline:
             while webhook_i < len(receiver.received):
                 got = receiver.received[webhook_i]
-                seen_at.setdefault(got.headers["idempotency-key"], got.at_ms)
+                if got.headers["idempotency-key"] in due:  # not a late one of the phase before
+                    seen_at.setdefault(got.headers["idempotency-key"], got.at_ms)
                 webhook_i += 1
             while smtp_i < len(smtp.messages):
                 _, email = smtp.messages[smtp_i]
-                seen_at.setdefault(email["X-Attimo-Message-Id"], smtp.inbox.arrived_ms[smtp_i])
+                if email["X-Attimo-Message-Id"] in due:
+                    seen_at.setdefault(email["X-Attimo-Message-Id"], smtp.inbox.arrived_ms[smtp_i])
                 smtp_i += 1
             time.sleep(0.005)
     finally:
@@ -99,12 +102,12 @@ def main() -> None:
     args = parser.parse_args()
     paced = (10_000, 1000.0) if args.quick else (100_000, 1000.0)  # count, due/s
     burst = 5_000 if args.quick else 20_000
+    pin_current_process(SINK_CORE)  # the sinks' threads and the filling run here, beside Redis
     receiver, smtp = WebhookReceiver().start(), SmtpSink().start()
-    with LocalRedis() as redis_server:
+    with RedisServer(SINK_CORE) as redis_server:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTIMO_REDIS_URL": redis_server.url,
                "ATTIMO_WEBHOOK_URLS": f"push={receiver.url}", "ATTIMO_WEBHOOK_SECRET": "bench",
-               "ATTIMO_SMTP_PORT": str(smtp.port), "ATTIMO_SCHEDULER_BATCH": "200",
-               "ATTIMO_SCHEDULER_CONCURRENCY": "64", "ATTIMO_SCHEDULER_POLL_MS": "10"}
+               "ATTIMO_SMTP_PORT": str(smtp.port)}  # the scheduler's own defaults
         paced_run = run_phase("paced", redis_server.url, receiver, smtp, paced[0], paced[1], env)
         burst_run = run_phase("burst", redis_server.url, receiver, smtp, burst, 1e9, env)
     receiver.stop()
@@ -147,7 +150,8 @@ def write_results(figures: dict, lateness: np.ndarray, quick: bool) -> None:
     lines = [
         "# Follow-ups: lateness and throughput of one scheduler", "",
         f"- command: `python -m benchmarks.bench_followups{' --quick' if quick else ''}`",
-        f"- machine: {os.cpu_count()} cores; scheduler in its own process; Redis, SMTP and webhook sinks local",
+        f"- machine: {os.cpu_count()} cores; the scheduler pinned to core {SCHEDULER_CORE}; Redis, the SMTP "
+        f"and webhook sinks and the filling on core {SINK_CORE}",
         f"- {figures['paced_messages']} messages due at {figures['paced_due_per_s']:.0f}/s "
         f"({figures['email_share']:.0%} email over SMTP, the rest push webhooks); then a burst all due at once "
         "for the messages/s one scheduler sustains", "",
