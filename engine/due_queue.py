@@ -321,10 +321,13 @@ class DueQueue:
         [moved] = await self._pipelined([self._delay_call(message, until_ms, clear_send_mark)])
         return bool(moved)
 
-    async def settle(self, acks: list[Message], delays: list[tuple[Message, int, bool]], now_ms: int) -> None:
-        """A batch's ends in one round trip: acks (done) and delays (message,
-        until ms, clear the send mark) back to due."""
-        await self._pipelined([self._ack_call(m, now_ms) for m in acks]
+    async def settle(self, acks: list[Message], delays: list[tuple[Message, int, bool]], now_ms: int,
+                     schedule: list[Message] = ()) -> None:
+        """A batch's ends in one round trip: new messages they cause (queued
+        first, so an ack never goes without them), acks (done) and delays
+        (message, until ms, clear the send mark) back to due."""
+        await self._pipelined([self.schedule_call(m) for m in schedule]
+                              + [self._ack_call(m, now_ms) for m in acks]
                               + [self._delay_call(m, until, clear) for m, until, clear in delays])
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:

@@ -67,15 +67,17 @@ class _Settle:
     delays: list[tuple[Message, int, bool]] = field(default_factory=list)  # message, until ms, clear mark
     outcomes: list[tuple[str, dict]] = field(default_factory=list)  # person, outcome
     dead: list[bytes] = field(default_factory=list)  # dead-letter entries
+    alerts: list[Message] = field(default_factory=list)  # operator alerts to queue
 
     def __bool__(self) -> bool:
-        return bool(self.acks or self.delays or self.outcomes or self.dead)
+        return bool(self.acks or self.delays or self.outcomes or self.dead or self.alerts)
 
     def extend(self, other: _Settle) -> None:
         self.acks += other.acks
         self.delays += other.delays
         self.outcomes += other.outcomes
         self.dead += other.dead
+        self.alerts += other.alerts
 
 
 class Coalesced:
@@ -120,7 +122,8 @@ class Scheduler:
 
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
                  senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
-                 lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3):
+                 lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3,
+                 alert_channel: str = ""):
         self.queue = queue
         self.contacts = contacts
         self.policy = policy
@@ -129,6 +132,7 @@ class Scheduler:
         self.lease_ms = lease_ms
         self.batch = batch
         self.overlap = overlap  # batches in hand at once in `run`
+        self.alert_channel = alert_channel  # where delivery failures are reported ("" = nowhere)
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = SchedulerStats()
         # Each send is marked begun right before it starts and acknowledged as
@@ -257,7 +261,25 @@ class Scheduler:
                                          "at": self.clock()}))
         self._outcome(message, "dead_letter", reason, settle)
         settle.acks.append(message)
+        alert = self._delivery_alert(message, reason)
+        if alert is not None:
+            settle.alerts.append(alert)
         return "dead_letter"
+
+    def _delivery_alert(self, message: Message, reason: str) -> Message | None:
+        """A message that failed for good is a human's problem (SCENARIOS 12):
+        queue an alert for the operator channel, once per failed message (its id
+        derives from the failed one). An alert that fails itself raises none."""
+        if (not self.alert_channel or self.alert_channel not in self.senders
+                or message.channel in (self.alert_channel, JOURNEY_CHANNEL)):
+            return None
+        return Message(id=f"alert:{message.id}", person=message.person, channel=self.alert_channel,
+                       due_ms=self.clock(), template="delivery_failed", purpose="operations",
+                       body={"alert": "delivery_failed", "failed_message": message.id,
+                             "failed_channel": message.channel, "failed_template": message.template,
+                             "reason": reason,
+                             "text": f"{message.channel} message {message.id} to {message.person} "
+                                     f"failed for good: {reason}"})
 
     async def _settle_parts(self, parts: list[_Settle]) -> list[None]:
         """Outcomes and dead letters, then acks and delays, in one or two round
@@ -278,7 +300,7 @@ class Scheduler:
             writes.append(pipe.execute())
         if settle.dead and writes:
             await writes.pop()
-        writes.append(self.queue.settle(settle.acks, settle.delays, self.clock()))
+        writes.append(self.queue.settle(settle.acks, settle.delays, self.clock(), schedule=settle.alerts))
         await asyncio.gather(*writes)
         return [None] * len(parts)
 
@@ -364,7 +386,7 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
                                      profile_ttl_s=settings.profile_ttl_s), catalogs)
     scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),
                           senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
-                          concurrency=settings.scheduler_concurrency)
+                          concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel)
     senders.update(internal_senders(pipeline.journeys, scheduler.clock))
     stop = stop or asyncio.Event()
     if handle_signals:

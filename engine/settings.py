@@ -105,6 +105,9 @@ class Settings:
     quiet_hours: str | None = None  # e.g. 21-8, in the person's time zone
     quiet_action: str = "delay"  # delay or drop
     repeat_window_s: int = 0
+    # A message dead-lettered after its retries is reported on this webhook
+    # channel (when one is configured for it); "" turns the alerts off.
+    alert_channel: str = "operator"
 
     # Each field and the environment variable that sets it.
     ENV: ClassVar[dict[str, str]] = {
@@ -162,6 +165,7 @@ class Settings:
         "quiet_hours": "ATTIMO_QUIET_HOURS",
         "quiet_action": "ATTIMO_QUIET_ACTION",
         "repeat_window_s": "ATTIMO_REPEAT_WINDOW_S",
+        "alert_channel": "ATTIMO_ALERT_CHANNEL",
     }
 
     @classmethod

@@ -11,14 +11,15 @@ import subprocess
 import sys
 import time
 
+import orjson
 import redis as redis_sync
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
 from engine.email_channel import EmailChannel, SmtpConfig, Tracker
 from engine.keys import DUE_SHARDS, Keys
-from engine.scheduler import Scheduler, SendError
-from engine.webhook_channel import WebhookChannel, WebhookConfig
+from engine.scheduler import PermanentSendError, Scheduler, SendError
+from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
 from tests.conftest import ROOT, wait_until
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
@@ -148,6 +149,40 @@ async def test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered
     assert len(calls) == 5 and scheduler.stats.dead_lettered == 1 and scheduler.stats.redelivered == 0
     [dead] = await redis.lrange(Keys().dead_letters(), 0, -1)
     assert b"SendError: relay down" in dead
+
+
+async def test_a_message_that_fails_for_good_alerts_the_operator_once(redis, receiver):
+    """SCENARIOS 12: repeated delivery failures reach a person. The push gateway
+    refuses (410: no retry helps), the message is dead-lettered and the operator
+    webhook gets one signed alert naming it and the reason."""
+    clock = Clock()
+    receiver.statuses = [410]
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url + "/push", "operator": receiver.url + "/ops"},
+                                           SECRET))
+
+    async def send(message, values):
+        try:
+            await channel.send(message, {k: v for k, v in message.body.items() if k != "values"})
+        except DeliveryFailed as exc:
+            raise PermanentSendError(str(exc)) from None
+
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"push": send, "operator": send},
+                               alert_channel="operator")
+    await scheduler.queue.schedule(Message(id="p-9", person="u-9", channel="push", due_ms=T0, template="cart_push"))
+    try:
+        assert await scheduler.run_once() == 1  # the push fails; the alert is queued, due now
+        assert await scheduler.run_once() == 1  # the alert goes out
+        assert await scheduler.run_once() == 0
+    finally:
+        await channel.aclose()
+    push, alert = receiver.received
+    assert push.path == "/push" and alert.path == "/ops"
+    assert verify_signature(SECRET, alert.headers["x-attimo-timestamp"], alert.body, alert.headers["x-attimo-signature"])
+    body = orjson.loads(alert.body)
+    assert body["alert"] == "delivery_failed" and body["failed_message"] == "p-9" and body["person"] == "u-9"
+    assert body["reason"] == "HTTP 410 after 1 attempt(s)" and alert.headers["idempotency-key"] == "alert:p-9"
+    outcomes = await ContactStore(redis).outcomes("u-9")  # newest first
+    assert [(o["channel"], o["status"]) for o in outcomes] == [("operator", "sent"), ("push", "dead_letter")]
 
 
 def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_client, receiver, capsys):
