@@ -7,9 +7,10 @@ the pure transitions of engine/journeys.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
+
+from redis.exceptions import NoScriptError
 
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
@@ -66,7 +67,7 @@ class JourneyRunner:
                           entered: dict[str, set[str]], now_ms: int, depth: int) -> list[Actions]:
         book = catalog.journeys
         timers: list[Message] = []
-        work = []
+        work: list[tuple[str, Callable[[dict], Actions]]] = []
         for person, profile in profiles.items():
             events = by_person.get(person, [])
             if book.idle and profile.ls and any(e.type != TRAIT_EVENT for e in events):
@@ -76,11 +77,11 @@ class JourneyRunner:
             if (any(book.might_act(e, facts) for e in events)
                     or any(s in book.by_segment for s in segments)
                     or any(j.score_test(facts.score()) for j in book.scored)):
-                work.append(self._transact(person, now_ms, depth, lambda state, p=person, f=facts, e=events,
-                                           s=segments: self._on_events(book, p, f, state, e, s, now_ms)))
+                work.append((person, lambda state, p=person, f=facts, e=events, s=segments:
+                             self._on_events(book, p, f, state, e, s, now_ms)))
         if timers:
             await self.queue.arm_many(timers)
-        return list(await asyncio.gather(*work))
+        return await self._transact_many(work, now_ms, depth)
 
     @staticmethod
     def _on_events(book, person, facts, state, events, segments, now_ms) -> Actions:
@@ -118,16 +119,71 @@ class JourneyRunner:
 
     # -- one person's state, changed atomically ----------------------------------
 
-    async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions]) -> Actions:
+    async def _transact_many(self, work: list[tuple[str, Callable[[dict], Actions]]], now_ms: int,
+                             depth: int) -> list[Actions]:
+        """_transact for many people at once in three round trips (read every
+        state; schedule every message; compare-and-set every changed state)
+        instead of three per person. A person whose state changed meanwhile goes
+        through _transact again on their own."""
+        if not work:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for person, _ in work:
+            pipe.get(self.keys.journeys(person))
+        raws = await pipe.execute()
+        results: list[Actions] = []
+        changed: list[tuple[int, bytes | None, bytes]] = []  # index, state read, state to write
+        for n, ((_, compute), raw) in enumerate(zip(work, raws, strict=True)):
+            state = decode_state(raw)
+            before = encode_state(state)
+            results.append(compute(state))
+            after = encode_state(state)
+            if after != before:
+                changed.append((n, raw, after))
+        if not changed:
+            await self._finish(list(zip((p for p, _ in work), results, strict=True)), now_ms, depth)
+            return results
+        # Scheduling first: a crash before the states are written loses nothing,
+        # the retried batch computes the same message ids.
+        await self.queue.schedule_many([m for n, _, _ in changed for m in results[n].messages])
+        written = await self._compare_and_set([(work[n][0], raw, after) for n, raw, after in changed])
+        for (n, _, _), ok in zip(changed, written, strict=True):
+            if not ok:
+                person, compute = work[n]
+                results[n] = await self._transact(person, now_ms, depth, compute,
+                                                  tried={m.id: m for m in results[n].messages})
+        raced = {n for (n, _, _), ok in zip(changed, written, strict=True) if not ok}
+        await self._finish([(person, actions) for n, ((person, _), actions) in enumerate(zip(work, results,
+                                                                                             strict=True))
+                            if n not in raced], now_ms, depth)
+        return results
+
+    async def _compare_and_set(self, writes: list[tuple[str, bytes | None, bytes]]) -> list[int]:
+        """Several compare-and-sets of journey states in one round trip."""
+        for attempt in (1, 2):
+            pipe = self.redis.pipeline(transaction=False)
+            for person, raw, after in writes:
+                pipe.execute_command("EVALSHA", self._cas.sha, 1, self.keys.journeys(person),
+                                     raw or b"", after, JOURNEY_STATE_TTL_S)
+            try:
+                return await pipe.execute()
+            except NoScriptError:  # a fresh or restarted Redis: load it, then the same writes
+                if attempt == 2:
+                    raise
+                self._cas.sha = await self.redis.script_load(COMPARE_AND_SET)
+        raise AssertionError("unreachable")
+
+    async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions],
+                        tried: dict[str, Message] | None = None) -> Actions:
         """Read the state, compute, schedule what it asks (message ids are
         deterministic, so scheduling again is a no-op), then write the state if it
         is still the one read (compare-and-set: no connection held meanwhile, so a
         small pool never deadlocks). Scheduling first means a crash in between
         loses nothing: the retried batch computes the same ids. Messages of an
-        attempt that lost a race and that the winning attempt does not repeat are
-        discarded."""
+        attempt that lost a race (`tried`) and that the winning attempt does not
+        repeat are discarded."""
         key = self.keys.journeys(person)
-        tried: dict[str, Message] = {}
+        tried = dict(tried or {})
         while True:
             raw = await self.redis.get(key)
             state = decode_state(raw)
@@ -141,20 +197,31 @@ class JourneyRunner:
                 break
             tried.update((m.id, m) for m in actions.messages)
         kept = {m.id for m in actions.messages}
-        for message_id, message in tried.items():
-            if message_id not in kept:
-                await self.queue.ack(message, now_ms)
-        for outcome in actions.outcomes:
-            await self.contacts.record_outcome(person, outcome)
-        for line in actions.log:
-            log.info("%s: %s", person, line)
-        if actions.traits:
-            if depth >= MAX_DEPTH:
-                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
-            else:
-                events = [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
-                await self.pipeline.apply(events, now_ms, depth=depth + 1)
+        discarded = [message for message_id, message in tried.items() if message_id not in kept]
+        if discarded:
+            await self.queue.settle(discarded, [], now_ms)
+        await self._finish([(person, actions)], now_ms, depth)
         return actions
+
+    async def _finish(self, done: list[tuple[str, Actions]], now_ms: int, depth: int) -> None:
+        """After the states are written: outcomes in one round trip, logs, and the
+        traits the journeys set, applied as one batch through the pipeline."""
+        outcomes = [(person, outcome) for person, actions in done for outcome in actions.outcomes]
+        if outcomes:
+            pipe = self.redis.pipeline(transaction=False)
+            for person, outcome in outcomes:
+                self.contacts.outcome_commands(pipe, person, outcome)
+            await pipe.execute()
+        events = []
+        for person, actions in done:
+            for line in actions.log:
+                log.info("%s: %s", person, line)
+            if actions.traits and depth >= MAX_DEPTH:
+                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
+            elif actions.traits:
+                events += [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
+        if events:
+            await self.pipeline.apply(events, now_ms, depth=depth + 1)
 
     async def state(self, person: str) -> dict:
         return decode_state(await self.redis.get(self.keys.journeys(person)))
