@@ -15,7 +15,7 @@ from engine.email_channel import EmailChannel, SmtpConfig, Tracker
 from engine.errors import CatalogError
 from engine.events import Event
 from engine.journey_runner import internal_senders
-from engine.journeys import held_out
+from engine.journeys import JOURNEY_CHANNEL, held_out
 from engine.scheduler import Scheduler
 from tests.conftest import ROOT, make_pipeline
 
@@ -226,6 +226,19 @@ async def test_two_triggers_of_an_exclusive_group_at_once_enter_one_journey(redi
     assert list(state["a"]) == ["trial_campaign"]  # both matched; the higher priority won
     await apply(pipeline, clock, "u-both", "form_submit", "e2", {"form": "webinar"})
     assert list((await pipeline.journeys.state("u-both"))["a"]) == ["trial_campaign"]
+
+
+async def test_racing_triggers_of_one_group_leave_one_journey_and_one_timer(redis, world):
+    """Five batches at once, each with its own trigger event: every one reads
+    the empty state and schedules its entry's timer; one compare-and-set wins,
+    the others read again, find the person in the journey, and take back the
+    timers they queued."""
+    pipeline, clock, _ = world
+    await asyncio.gather(*(apply(pipeline, clock, "u-race", "form_submit", f"r{i}", {"form": "webinar"})
+                           for i in range(5)))
+    assert list((await pipeline.journeys.state("u-race"))["a"]) == ["trial_campaign"]
+    timers = await DueQueue(redis).pending_for("u-race", [JOURNEY_CHANNEL])
+    assert [t["template"] for t in timers if t["id"].startswith("jt:")] == ["trial_campaign"]
 
 
 async def test_ten_concurrent_triggers_against_a_cap_of_two_send_exactly_two(redis, smtp, world):
