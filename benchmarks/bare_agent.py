@@ -17,6 +17,7 @@ EXPECT = int(os.environ["BARE_EXPECT"])
 OUT = os.environ["BARE_OUT"]
 
 app = faust.App(f"bare-{TOPIC}", broker=f"kafka://{BROKER}", web_enabled=False,
+                datadir=os.path.join(os.path.dirname(OUT), f"bare-{TOPIC}-data"),  # not in the cwd
                 consumer_auto_offset_reset="earliest", broker_session_timeout=6.0, broker_heartbeat_interval=2.0)
 topic = app.topic(TOPIC, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
 seen = {"count": 0, "first": 0, "last": 0}
