@@ -1,7 +1,9 @@
-"""The attimo command: check, sign, and demo starting and stopping cleanly."""
+"""The attimo command: check, sign, demo starting and stopping cleanly, and the
+README's journey walk-through run as written against `attimo demo`."""
 
 import hashlib
 import hmac
+import json
 import os
 import signal
 import subprocess
@@ -81,14 +83,7 @@ def test_demo_serves_seeded_people_and_ctrl_c_leaves_no_process():
     )
     try:
         base = f"http://127.0.0.1:{port}"
-
-        def up():
-            try:
-                return httpx.get(f"{base}/readyz", timeout=0.5).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(up, 30, 0.1, "attimo demo to be ready")
+        wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
         children = _children_of(process.pid)
         assert children, "demo should run its own redis-server"
         answer = httpx.post(f"{base}/v1/decide", headers={"Authorization": "Bearer demo-server-token"},
@@ -104,3 +99,73 @@ def test_demo_serves_seeded_people_and_ctrl_c_leaves_no_process():
         if process.poll() is None:
             process.kill()
             process.communicate()
+
+
+def _readme_blocks(heading: str) -> list[str]:
+    """The ```sh blocks of one README section, as written there."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split(heading, 1)[1].split("\n### ", 1)[0].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```sh")[1:] for block in [block.split("```")[0]]]
+
+
+def _json_documents(text: str) -> list:
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(text):
+        if text[at].isspace():
+            at += 1
+            continue
+        document, at = decoder.raw_decode(text, at)
+        found.append(document)
+    return found
+
+
+def test_the_readme_journey_walkthrough_sends_the_email_and_fills_the_inbox(tmp_path):
+    """README "Add a journey and watch it run", its two blocks as written: the
+    catalog edit and `attimo check` in a copy of the project's examples, then
+    `attimo demo` with that catalog, then the curl lines against it."""
+    edit, calls = _readme_blocks("### Add a journey and watch it run")
+    *setup, demo_line = edit.strip().splitlines()
+    assert demo_line == "attimo demo --catalog my-catalog.yaml"
+    (tmp_path / "examples").mkdir()
+    (tmp_path / "examples" / "catalog.yaml").write_text((ROOT / "examples" / "catalog.yaml").read_text())
+    shell_attimo = f'attimo() {{ "{sys.executable}" -m engine.cli "$@"; }}\n'
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run(["bash", "-euc", shell_attimo + "\n".join(setup)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "my-catalog.yaml: ok:" in done.stdout, done.stdout + done.stderr
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port),
+                             "--catalog", "my-catalog.yaml"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    script = calls.replace("localhost:8000", f"127.0.0.1:{port}")
+    answers: list = []
+    try:
+        wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
+
+        def delivered() -> bool:
+            # The events carry ids, so running the block again changes nothing.
+            out = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, timeout=30).stdout
+            answers[:] = _json_documents(out)
+            return len(answers) == 4 and any(item.get("to") == ["zoe@example.com"]
+                                             for item in answers[1]["outbox"])
+
+        wait_until(delivered, 20, 0.2, "the demo's SMTP sink to receive the email")
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=20)
+    accepted, outbox, inbox, person = answers
+    assert accepted["accepted"] + accepted.get("duplicates", 0) == 3
+    [email] = [item for item in outbox["outbox"] if item.get("to") == ["zoe@example.com"]]
+    assert email["subject"] == "Your demo, Zoe" and "pick a time at https://shop.example/demo" in email["text"]
+    assert "/v1/unsubscribe?" in email["list_unsubscribe"]
+    [message] = inbox["messages"]
+    assert message["template"] == "demo_thanks" and message["title"] == "Your demo, Zoe"
+    assert "demo_request" in person["journeys"]["entered"]
+    assert {(m["channel"], m["status"]) for m in person["messages"]["recent"]} == {("email", "sent"), ("inbox", "sent")}
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200
+    except httpx.TransportError:
+        return False
