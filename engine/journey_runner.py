@@ -3,7 +3,7 @@ evaluates triggers, exits and awaited events for the people in it (one
 optimistic transaction on each person's journey state), schedules waits and
 sends into the due queue, and arms one inactivity timer per person per idle
 journey. The scheduler hands fired timers back here (`fire`). The decisions are
-the pure transitions of engine/journeys.py."""
+the pure transitions of engine/journey_steps.py."""
 
 from __future__ import annotations
 
@@ -16,15 +16,8 @@ from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
 from engine.events import Event
 from engine.inbox import InboxStore
-from engine.journeys import (
-    JOURNEY_CHANNEL,
-    TRAIT_EVENT,
-    Actions,
-    Journey,
-    Transition,
-    decode_state,
-    encode_state,
-)
+from engine.journey_steps import Actions, Transition, decode_state, encode_state
+from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
 from engine.keys import JOURNEY_STATE_TTL_S
 from engine.redis_client import COMPARE_AND_SET
 from engine.rules import Facts

@@ -81,7 +81,7 @@ class Keys:
     def contact_outcomes(self, person: str) -> str:
         return f"{self.prefix}:{{u:{person}}}:o"
 
-    # STRING, JSON journey state of a person (engine/journeys.py): runs in progress
+    # STRING, JSON journey state of a person (engine/journey_steps.py): runs in progress
     # with their step and wait deadline, last entry per journey, recent run ids.
     # TTL: JOURNEY_STATE_TTL_S, renewed on every write.
     def journeys(self, person: str) -> str:

@@ -15,7 +15,8 @@ from engine.email_channel import EmailChannel, SmtpConfig, Tracker
 from engine.errors import CatalogError
 from engine.events import Event
 from engine.journey_runner import internal_senders
-from engine.journeys import JOURNEY_CHANNEL, held_out
+from engine.journey_steps import held_out
+from engine.journeys import JOURNEY_CHANNEL
 from engine.scheduler import Scheduler
 from tests.conftest import ROOT, make_pipeline
 
