@@ -159,6 +159,24 @@ def set_consent(state: ContactState, channel: str, purpose: str, granted: bool) 
     purposes[purpose] = granted
 
 
+def absorb(known: ContactState, anonymous: ContactState) -> None:
+    """Fold what a visitor chose before logging in into the known person's state.
+    With no times on the choices, a withdrawal on either side wins over an
+    opt-in on the other: merging never creates consent the person withdrew."""
+    for channel, purposes in anonymous.consent.items():
+        mine = known.consent.setdefault(channel, {})
+        unsubscribed = mine.get("*") is False or purposes.get("*") is False  # from the whole channel
+        for purpose, granted in purposes.items():
+            mine[purpose] = granted if purpose not in mine else (mine[purpose] and granted)
+        if unsubscribed:
+            for purpose in mine:
+                mine[purpose] = False
+    known.tz = known.tz or anonymous.tz
+    seen = {s[3] for s in known.sends if len(s) > 3 and s[3]}
+    sends = known.sends + [s for s in anonymous.sends if not (len(s) > 3 and s[3] in seen)]
+    known.sends = sorted(sends, key=lambda s: s[0])[-CONTACT_HISTORY_MAX:]
+
+
 def message_addresses(message: Message) -> tuple[str, ...]:
     """Addresses a message goes to that the suppression list may name."""
     to = message.body.get("to")
@@ -194,6 +212,19 @@ class ContactStore:
                     return state
                 except WatchError:
                     continue
+
+    async def absorb(self, person: str, anonymous: str) -> bool:
+        """After an identity merge: the anonymous visitor's consent, time zone and
+        send history join the known person's, once (the anonymous state is
+        deleted after; a crash in between folds the same state again, which
+        changes nothing). False if the visitor had no contact state."""
+        raw = await self.redis.get(self.keys.contact(anonymous))
+        if not raw:
+            return False
+        visitor = ContactState.decode(raw)
+        await self.update(person, lambda state: absorb(state, visitor))
+        await self.redis.delete(self.keys.contact(anonymous))
+        return True
 
     async def set_consent(self, person: str, channel: str, purpose: str, granted: bool) -> None:
         await self.update(person, lambda s: set_consent(s, channel, purpose, granted))

@@ -36,7 +36,7 @@ class ApplyResult:
     merged: int = 0
     cancelled: int = 0  # queued messages cancelled by consent withdrawals
     segment_changes: dict[str, tuple[list, list]] = field(default_factory=dict)
-    journey_actions: list = field(default_factory=list)  # engine.journeys.Actions, one per person evaluated
+    journey_actions: list = field(default_factory=list)  # engine.journey_steps.Actions, one per person evaluated
 
 
 # A person's rings are pruned against the catalog (features it dropped, buckets
@@ -112,10 +112,11 @@ class Pipeline:
                     result.segment_changes[person] = (list(profile.g), segments)
                     segment_calls.append(store.set_segments_call(person, profile.v, segments))
         staged = replies[len(people):]
-        merge_calls, unstage_calls = [], []
+        merge_calls, unstage_calls, absorbed = [], [], []
         for (person, anonymous), value in zip(pairs, staged, strict=True):
             if not value:
                 continue
+            absorbed.append((person, anonymous))
             token, _, anonymous_profile = value.partition(b"|")
             merge_args = [now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
                           catalog.feature_table]
@@ -124,6 +125,9 @@ class Pipeline:
         if merge_calls:
             merged = await store.run(merge_calls)
             result.merged = sum(merged)
+            contacts = ContactStore(store.redis, store.keys)
+            for person, anonymous in absorbed:  # consent given before logging in follows the person
+                await contacts.absorb(person, anonymous)
             await store.run(unstage_calls)
         if segment_calls:
             await store.run(segment_calls)

@@ -11,6 +11,8 @@ from engine.contact_policy import (
     Caps,
     ContactPolicy,
     ContactState,
+    absorb,
+    consent_given,
     judge,
     quiet_until,
     record_send,
@@ -122,3 +124,24 @@ def test_a_redelivered_message_does_not_count_against_its_own_cap():
     assert judge(policy, state, channel="email", purpose="marketing", template="t1", now_ms=NOON_UTC,
                  message_id="m-1").action == "allow"
     assert verdict(policy, state, template="t2").reason == "email cap: 1 per day reached"
+
+
+def test_a_visitors_consent_follows_them_into_the_known_person():
+    known, visitor = ContactState(), opted_in("email")
+    visitor.tz = "Europe/Rome"
+    absorb(known, visitor)
+    assert consent_given(known, "email", "marketing") is True and known.tz == "Europe/Rome"
+
+
+def test_on_merge_a_withdrawal_on_either_side_wins():
+    known, visitor = opted_in("email", "sms"), ContactState()
+    set_consent(visitor, "email", "*", False)  # unsubscribed while logged out
+    set_consent(visitor, "sms", "newsletter", False)
+    absorb(known, visitor)
+    assert consent_given(known, "email", "marketing") is False
+    assert consent_given(known, "sms", "newsletter") is False and consent_given(known, "sms", "marketing") is True
+    known, visitor = ContactState(), ContactState()
+    set_consent(known, "email", "*", False)
+    set_consent(visitor, "email", "marketing", True)  # an opt-in does not undo the known unsubscribe
+    absorb(known, visitor)
+    assert consent_given(known, "email", "marketing") is False

@@ -5,7 +5,8 @@ import msgspec
 import pytest
 from redis.crc import key_slot
 
-from engine.events import Event
+from engine.contact_policy import ContactStore, consent_given
+from engine.events import CONSENT, Event
 from engine.keys import Keys
 from engine.pipeline import PRUNE_EVERY, event_id_hash
 from engine.profiles import decode_profile
@@ -189,6 +190,23 @@ async def test_anonymous_history_merges_into_the_known_person_once(redis):
     again = await pipeline.apply([login, Event("next", "page_view", "u-1", NOW, {}, merge_from="anon-1")], NOW)
     assert again.merged == 0
     assert (await profile_of(redis, "u-1")).w[crm.fid][1:] == [3]
+
+
+async def test_consent_given_before_logging_in_follows_the_person_once(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    contacts = ContactStore(redis)
+    consent = Event("c1", CONSENT, "anon-9", NOW, {"channel": "email", "purpose": "*", "granted": True})
+    await pipeline.apply([Event("v1", "page_view", "anon-9", NOW, {}), consent], NOW)
+    assert consent_given(await contacts.load("anon-9"), "email", "marketing") is True
+    login = Event("login", "identify", "u-9", NOW + 1, {}, {"email": "zoe@example.com"}, merge_from="anon-9")
+    await pipeline.apply([login], NOW + 1)
+    assert consent_given(await contacts.load("u-9"), "email", "marketing") is True
+    assert await redis.exists(KEYS.contact("anon-9")) == 0
+    # Later the person unsubscribes; the next batch from the same browser still
+    # names the visitor, but there is nothing left to fold in again.
+    await contacts.set_consent("u-9", "email", "*", False)
+    await pipeline.apply([Event("next", "page_view", "u-9", NOW + 2, {}, merge_from="anon-9")], NOW + 2)
+    assert consent_given(await contacts.load("u-9"), "email", "marketing") is False
 
 
 async def test_a_merge_interrupted_after_staging_completes_once_on_retry(redis):
