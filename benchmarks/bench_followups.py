@@ -107,7 +107,7 @@ def main() -> None:
     with RedisServer(SINK_CORE) as redis_server:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "ATTIMO_REDIS_URL": redis_server.url,
                "ATTIMO_WEBHOOK_URLS": f"push={receiver.url}", "ATTIMO_WEBHOOK_SECRET": "bench",
-               "ATTIMO_SMTP_PORT": str(smtp.port)}  # the scheduler's own defaults
+               "ATTIMO_SMTP_PORT": str(smtp.port), "ATTIMO_TRACKING_SECRET": "bench"}  # else its defaults
         paced_run = run_phase("paced", redis_server.url, receiver, smtp, paced[0], paced[1], env)
         burst_run = run_phase("burst", redis_server.url, receiver, smtp, burst, 1e9, env)
     receiver.stop()

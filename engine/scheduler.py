@@ -326,14 +326,19 @@ def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = No
                           ) -> tuple[dict[str, Sender], list]:
     """Channel senders built from settings, and the resources to close after.
     With `redis`, push messages carry the person's registered device tokens."""
-    from engine.email_channel import EmailChannel, SmtpConfig, Tracker
+    from engine.email_channel import EmailChannel, SmtpConfig, tracker_from_settings
     from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig
 
-    tracking_secret = (settings.tracking_secret or settings.site_secret or "").encode()
-    email = EmailChannel(
-        SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, tls=settings.smtp_tls,
-                   username=settings.smtp_username, password=settings.smtp_password, sender=settings.smtp_from),
-        Tracker(secret=tracking_secret, public_url=settings.public_url.rstrip("/")))
+    email = None
+    tracker = tracker_from_settings(settings)
+    if tracker is not None:
+        email = EmailChannel(
+            SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, tls=settings.smtp_tls,
+                       username=settings.smtp_username, password=settings.smtp_password,
+                       sender=settings.smtp_from), tracker)
+    else:
+        log.warning("no ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET: emails are dead-lettered, "
+                    "their unsubscribe and tracking links could not be signed")
     urls = dict(item.split("=", 1) for item in settings.webhook_urls if "=" in item)
     webhooks = WebhookChannel(WebhookConfig(urls, (settings.webhook_secret or "").encode(),
                                             attempts=settings.webhook_attempts,
@@ -356,10 +361,13 @@ def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = No
         except DeliveryFailed as exc:  # the channel already retried: dead-letter now
             raise PermanentSendError(str(exc)) from None
 
-    senders: dict[str, Sender] = {"email": email.send}
+    async def unsigned_email(message: Message, values: dict) -> None:
+        raise PermanentSendError("email links cannot be signed: set ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET")
+
+    senders: dict[str, Sender] = {"email": email.send if email is not None else unsigned_email}
     for channel in urls:
         senders[channel] = send_webhook
-    return senders, [webhooks, email]
+    return senders, [webhooks, *([email] if email is not None else [])]
 
 
 async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,

@@ -18,7 +18,8 @@ from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
 from engine.email_channel import EmailChannel, SmtpConfig, Tracker
 from engine.keys import DUE_SHARDS, Keys
-from engine.scheduler import PermanentSendError, Scheduler, SendError
+from engine.scheduler import PermanentSendError, Scheduler, SendError, senders_from_settings
+from engine.settings import Settings
 from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
 from tests.conftest import ROOT, wait_until
 
@@ -183,6 +184,29 @@ async def test_a_message_that_fails_for_good_alerts_the_operator_once(redis, rec
     assert body["reason"] == "HTTP 410 after 1 attempt(s)" and alert.headers["idempotency-key"] == "alert:p-9"
     outcomes = await ContactStore(redis).outcomes("u-9")  # newest first
     assert [(o["channel"], o["status"]) for o in outcomes] == [("operator", "sent"), ("push", "dead_letter")]
+
+
+async def test_without_a_secret_to_sign_links_emails_are_dead_lettered_and_reported(redis, smtp, receiver):
+    """No ATTIMO_TRACKING_SECRET nor site secret: an unsubscribe link signed with
+    an empty key would be forgeable, so no email goes out; the operator hears why."""
+    settings = Settings.from_env({"ATTIMO_SMTP_PORT": str(smtp.port), "ATTIMO_WEBHOOK_SECRET": "s",
+                                  "ATTIMO_WEBHOOK_URLS": f"operator={receiver.url}"})
+    senders, closeables = senders_from_settings(settings)
+    clock = Clock()
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), senders, alert_channel=settings.alert_channel)
+    await ContactStore(redis).set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(email_to("u-1", T0))
+    try:
+        while await scheduler.run_once():
+            pass
+    finally:
+        for resource in closeables:
+            await resource.aclose()
+    assert smtp.messages == []
+    [dead] = [o for o in await ContactStore(redis).outcomes("u-1") if o["status"] == "dead_letter"]
+    assert dead["reason"] == "email links cannot be signed: set ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET"
+    [alert] = receiver.received
+    assert orjson.loads(alert.body)["failed_message"] == "cart_reminder-u-1-0"
 
 
 def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_client, receiver, capsys):
