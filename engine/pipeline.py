@@ -105,7 +105,7 @@ class Pipeline:
             result.duplicates += duplicates
             if packed and catalog.journeys:
                 profiles[person] = decode_profile(packed)
-            if packed and accepted:
+            if packed:  # duplicates too: a retry after a crash before the segment write records it
                 profile = profiles.get(person) or decode_profile(packed)
                 segments = catalog.segments_of(profile, now_ms)
                 if segments != profile.g:

@@ -160,6 +160,21 @@ async def test_segment_membership_is_recorded_and_changes_reported(redis):
     assert result.segment_changes == {}
 
 
+async def test_a_batch_retried_after_a_crash_before_its_segments_were_written_records_them(redis):
+    """The profile was written but the process died before the segment write;
+    the retried batch is all duplicates and must still record the segment."""
+    pipeline = make_pipeline(redis, CATALOG)
+    batch = [page_view(f"e{i}") for i in range(3)]
+    await pipeline.apply(batch, NOW)
+    key = KEYS.profile("p1")
+    stored = msgspec.msgpack.decode(await redis.get(key))
+    stored["g"] = []  # as it was before the segment write
+    await redis.set(key, msgspec.msgpack.encode(stored), keepttl=True)
+    result = await pipeline.apply(batch, NOW)
+    assert result.accepted == 0 and result.duplicates == 3
+    assert (await profile_of(redis)).g == ["crm_fan"]
+
+
 async def test_dedupe_forgets_ids_after_its_ttl(redis):
     pipeline = make_pipeline(redis, CATALOG, dedupe_ttl_s=3600)
     await pipeline.apply([page_view("e1")], NOW)
