@@ -98,7 +98,7 @@ class Pipeline:
 
         replies = await store.run(calls)
         result = ApplyResult()
-        segment_calls = []
+        segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
         for person, (accepted, duplicates, packed) in zip(people, replies, strict=False):
             result.accepted += accepted
@@ -110,7 +110,7 @@ class Pipeline:
                 segments = catalog.segments_of(profile, now_ms)
                 if segments != profile.g:
                     result.segment_changes[person] = (list(profile.g), segments)
-                    segment_calls.append(store.set_segments_call(person, profile.v, segments))
+                    segment_calls[person] = store.set_segments_call(person, profile.v, segments)
         staged = replies[len(people):]
         merge_calls, unstage_calls, absorbed = [], [], []
         for (person, anonymous), value in zip(pairs, staged, strict=True):
@@ -126,11 +126,19 @@ class Pipeline:
             merged = await store.run(merge_calls)
             result.merged = sum(merged)
             contacts = ContactStore(store.redis, store.keys)
-            for person, anonymous in absorbed:  # consent given before logging in follows the person
-                await contacts.absorb(person, anonymous)
+            for (person, anonymous), done in zip(absorbed, merged, strict=True):
+                await contacts.absorb(person, anonymous)  # consent given before logging in follows the person
+                if done:  # the merged history may change the segments (and the version moved on)
+                    profile = await store.fetch(person)
+                    segments = catalog.segments_of(profile, now_ms)
+                    segment_calls.pop(person, None)
+                    if segments != profile.g:
+                        old = result.segment_changes.get(person, (list(profile.g), None))[0]
+                        result.segment_changes[person] = (old, segments)
+                        segment_calls[person] = store.set_segments_call(person, profile.v, segments)
             await store.run(unstage_calls)
         if segment_calls:
-            await store.run(segment_calls)
+            await store.run(list(segment_calls.values()))
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)

@@ -207,6 +207,18 @@ async def test_anonymous_history_merges_into_the_known_person_once(redis):
     assert (await profile_of(redis, "u-1")).w[crm.fid][1:] == [3]
 
 
+async def test_segments_are_recorded_from_the_merged_history(redis):
+    """Three CRM views as a visitor, then a login with an unrelated event: the
+    known person is a crm_fan by the merged history, recorded in the same batch."""
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view(f"v{i}", person="anon-7") for i in range(3)], NOW)
+    assert (await profile_of(redis, "anon-7")).g == ["crm_fan"]
+    login = Event("login", "identify", "u-7", NOW, {}, {"lang": "it"}, merge_from="anon-7")
+    result = await pipeline.apply([login], NOW)
+    assert result.merged == 1 and result.segment_changes == {"u-7": ([], ["crm_fan"])}
+    assert (await profile_of(redis, "u-7")).g == ["crm_fan"]
+
+
 async def test_consent_given_before_logging_in_follows_the_person_once(redis):
     pipeline = make_pipeline(redis, CATALOG)
     contacts = ContactStore(redis)
