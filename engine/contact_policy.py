@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, WatchError
+from redis.exceptions import WatchError
 
 from engine.due_queue import Message
 from engine.keys import CONTACT_HISTORY_MAX, CONTACT_OUTCOMES_MAX, CONTACT_STATE_TTL_S, Keys
-from engine.redis_client import COMPARE_AND_SET
+from engine.redis_client import COMPARE_AND_SET, run_scripts
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -298,15 +298,9 @@ class ContactStore:
             verdicts.append(verdict)
         if not changed:
             return verdicts
-        pipe = self.redis.pipeline(transaction=False)
-        for person, state in changed.items():
-            pipe.execute_command("EVALSHA", self._cas.sha, 1, self.keys.contact(person),
-                                 read[person] or b"", state.encode(), self.ttl_s)
-        try:
-            written = await pipe.execute()
-        except NoScriptError:  # a restarted Redis: load, then the same writes again
-            self._cas.sha = await self.redis.script_load(COMPARE_AND_SET)
-            return await self.check_and_reserve_many(policy, messages, now_ms)
+        written = await run_scripts(self.redis, [
+            (self._cas, [self.keys.contact(person)], [read[person] or b"", state.encode(), self.ttl_s])
+            for person, state in changed.items()])
         raced = {person for person, ok in zip(changed, written, strict=True) if not ok}
         for n, m in enumerate(messages):
             if m.person in raced:

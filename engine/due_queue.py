@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from engine.keys import DUE_DONE_KEEP_MS, DUE_SHARDS, Keys
+from engine.redis_client import run_scripts
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +191,6 @@ class DueQueue:
         self._delay = redis.register_script(DELAY)
         self._cancel = redis.register_script(CANCEL)
         self._arm = redis.register_script(ARM)
-        self._scripts = (self._schedule, self._claim, self._begin_send, self._ack, self._delay,
-                         self._cancel, self._arm)
-        self._loaded = False
 
     def _shard_keys(self, shard: int) -> list[str]:
         k = self.keys
@@ -216,26 +213,8 @@ class DueQueue:
         return bool(result)
 
     async def _pipelined(self, calls: list[tuple]) -> list:
-        """Several script calls in one round trip. Raw EVALSHA (a cluster pipeline
-        refuses the script helper but routes the raw command by its keys); after a
-        Redis restart (NOSCRIPT) load the scripts and run again: both are idempotent."""
-        if not calls:
-            return []
-        for attempt in (1, 2):
-            if not self._loaded:
-                for script in self._scripts:
-                    script.sha = await self.redis.script_load(script.script)
-                self._loaded = True
-            pipe = self.redis.pipeline(transaction=False)
-            for script, keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            try:
-                return await pipe.execute()
-            except NoScriptError:
-                self._loaded = False
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        """Several script calls in one round trip (each script is idempotent)."""
+        return await run_scripts(self.redis, calls)
 
     def arm_call(self, message: Message) -> tuple:
         """ARM for one timer that activity pushes forward (for _pipelined)."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from redis.exceptions import NoScriptError
-
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
 from engine.events import Event
@@ -19,7 +17,7 @@ from engine.inbox import InboxStore
 from engine.journey_steps import Actions, Transition, decode_state, encode_state
 from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
 from engine.keys import JOURNEY_STATE_TTL_S
-from engine.redis_client import COMPARE_AND_SET
+from engine.redis_client import COMPARE_AND_SET, run_scripts
 from engine.rules import Facts
 
 log = logging.getLogger("attimo.journeys")
@@ -153,18 +151,9 @@ class JourneyRunner:
 
     async def _compare_and_set(self, writes: list[tuple[str, bytes | None, bytes]]) -> list[int]:
         """Several compare-and-sets of journey states in one round trip."""
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            for person, raw, after in writes:
-                pipe.execute_command("EVALSHA", self._cas.sha, 1, self.keys.journeys(person),
-                                     raw or b"", after, JOURNEY_STATE_TTL_S)
-            try:
-                return await pipe.execute()
-            except NoScriptError:  # a fresh or restarted Redis: load it, then the same writes
-                if attempt == 2:
-                    raise
-                self._cas.sha = await self.redis.script_load(COMPARE_AND_SET)
-        raise AssertionError("unreachable")
+        return await run_scripts(self.redis, [(self._cas, [self.keys.journeys(person)],
+                                               [raw or b"", after, JOURNEY_STATE_TTL_S])
+                                              for person, raw, after in writes])
 
     async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions],
                         tried: dict[str, Message] | None = None) -> Actions:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from engine.settings import Settings
 
@@ -25,6 +26,28 @@ if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
 return 1
 """
+
+
+async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
+    """(script, keys, args) calls, each a script from `redis.register_script`, in
+    one pipelined round trip. Raw EVALSHA: a cluster pipeline refuses the script
+    helper but routes the raw command by its keys. A fresh or restarted Redis
+    answers NOSCRIPT: load the scripts, then the same calls again (callers only
+    pass calls that are safe to repeat)."""
+    if not calls:
+        return []
+    for attempt in (1, 2):
+        pipe = redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            for script in {id(c[0]): c[0] for c in calls}.values():
+                await redis.script_load(script.script)
+    raise AssertionError("unreachable")
 
 
 def is_cluster_url(url: str) -> bool:

@@ -93,6 +93,25 @@ async def test_an_opted_in_email_is_sent_once_at_its_time(redis, smtp):
     assert await scheduler.queue.pending() == {"due": 0, "inflight": 0, "done": 1}
 
 
+async def test_a_redis_that_forgot_its_scripts_still_gets_every_step(redis, smtp):
+    """SCRIPT FLUSH (what a restarted Redis looks like to a running scheduler)
+    before a claim, the contact policy's compare-and-set, the begin mark and the ack."""
+    clock = Clock()
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(channel_caps={"email": Caps(per_day=5)}),
+                               {"email": email.send})
+    await ContactStore(redis).set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(email_to("u-1", T0))
+    await redis.script_flush()
+    try:
+        assert await scheduler.run_once() == 1
+    finally:
+        await email.aclose()
+    assert len(smtp.messages) == 1
+    assert await scheduler.queue.pending() == {"due": 0, "inflight": 0, "done": 1}
+    assert len((await ContactStore(redis).load("u-1")).sends) == 1
+
+
 async def test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two(redis, receiver):
     clock = Clock()
     policy = ContactPolicy(channel_caps={"push": Caps(per_day=2)})
