@@ -115,10 +115,11 @@ class Coalesced:
 
 
 class Scheduler:
-    """Works in batches: one claim, one read of the contact states, one
-    compare-and-set of the changed ones, one round trip marking the sends begun,
-    the sends themselves concurrently, then one round trip of acks, delays and
-    outcomes. `run` claims the next batch while earlier ones are still sending."""
+    """Works in batches: one claim, one read of the contact states and one
+    compare-and-set of the changed ones; then each message is marked begun, sent
+    and acknowledged with its outcome, the marks and acks of messages that reach
+    that point together sharing a round trip (Coalesced). `run` claims the next
+    batch while earlier ones are still sending."""
 
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
                  senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
