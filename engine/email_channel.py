@@ -19,6 +19,7 @@ import aiosmtplib
 
 from engine.due_queue import Message
 from engine.errors import AttimoError
+from engine.kpis import message_journey
 from engine.templates import render
 
 
@@ -48,14 +49,16 @@ class Tracker:
     def _sig(self, *parts: str) -> str:
         return hmac.new(self.secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
 
-    # `e` names the email (its template), so a catalog rule can say "opened email E".
-    def click_url(self, message_id: str, person: str, target: str, email: str = "") -> str:
-        query = {"m": message_id, "p": person, "e": email, "u": target,
-                 "s": self._sig("click", message_id, person, email, target)}
+    # `e` names the email (its template), so a catalog rule can say "opened email E";
+    # `j`, when the email belongs to a journey, lets opens and clicks count for it.
+    def click_url(self, message_id: str, person: str, target: str, email: str = "", journey: str = "") -> str:
+        query = {"m": message_id, "p": person, "e": email, "u": target, **({"j": journey} if journey else {})}
+        query["s"] = self._sig("click", message_id, person, email, target, *((journey,) if journey else ()))
         return f"{self.public_url}/v1/t/click?{urlencode(query)}"
 
-    def open_url(self, message_id: str, person: str, email: str = "") -> str:
-        query = {"m": message_id, "p": person, "e": email, "s": self._sig("open", message_id, person, email)}
+    def open_url(self, message_id: str, person: str, email: str = "", journey: str = "") -> str:
+        query = {"m": message_id, "p": person, "e": email, **({"j": journey} if journey else {})}
+        query["s"] = self._sig("open", message_id, person, email, *((journey,) if journey else ()))
         return f"{self.public_url}/v1/t/open?{urlencode(query)}"
 
     def unsubscribe_url(self, person: str, channel: str) -> str:
@@ -70,6 +73,8 @@ class Tracker:
         fields = {"click": ("m", "p", "e", "u"), "open": ("m", "p", "e"), "unsubscribe": ("p", "c")}.get(kind)
         if fields is None or any(f not in query for f in (*fields, "s")):
             raise TrackingLinkInvalid(f"not a tracking URL: {parts.path}")
+        if kind != "unsubscribe" and "j" in query:
+            fields = (*fields, "j")
         expected = self._sig(kind, *(query[f] for f in fields))
         if not hmac.compare_digest(expected, query["s"]):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
@@ -91,6 +96,7 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
     and optionally `html` templates; `values` are the profile/offer fields."""
     body = message.body
     html_source = body.get("html")
+    journey = message_journey(body) or ""
     email = EmailMessage()
     email["From"] = sender
     email["To"] = body["to"]
@@ -107,11 +113,11 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
         def track(match: re.Match) -> str:
             # Jinja escaped & as &amp; inside attributes; sign the URL the reader meant.
             target = match.group(1).replace("&amp;", "&")
-            signed = tracker.click_url(message.id, message.person, target, message.template)
+            signed = tracker.click_url(message.id, message.person, target, message.template, journey)
             return f'href="{signed.replace("&", "&amp;")}"'
 
         html = _HREF.sub(track, html)
-        pixel = tracker.open_url(message.id, message.person, message.template).replace("&", "&amp;")
+        pixel = tracker.open_url(message.id, message.person, message.template, journey).replace("&", "&amp;")
         html += f'<img src="{pixel}" width="1" height="1" alt="" style="display:none">'
         email.add_alternative(html, subtype="html")
     return email

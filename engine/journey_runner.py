@@ -17,6 +17,7 @@ from engine.inbox import InboxStore
 from engine.journey_steps import Actions, Transition, decode_state, encode_state
 from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
 from engine.keys import JOURNEY_STATE_TTL_S
+from engine.kpis import KpiStore
 from engine.redis_client import COMPARE_AND_SET, run_scripts
 from engine.rules import Facts
 
@@ -50,6 +51,7 @@ class JourneyRunner:
         self.keys = store.keys
         self.queue = DueQueue(self.redis, self.keys)
         self.contacts = ContactStore(self.redis, self.keys)
+        self.kpis = KpiStore(self.redis, self.keys, once_ttl_s=store.dedupe_ttl_ms // 1000)
         self._cas = self.redis.register_script(COMPARE_AND_SET)
 
     # -- after a batch is applied ------------------------------------------------
@@ -189,10 +191,14 @@ class JourneyRunner:
         """After the states are written: outcomes in one round trip, logs, and the
         traits the journeys set, applied as one batch through the pipeline."""
         outcomes = [(person, outcome) for person, actions in done for outcome in actions.outcomes]
-        if outcomes:
+        entries = [entry for _, actions in done for entry in actions.entries]
+        if outcomes or entries:
             pipe = self.redis.pipeline(transaction=False)
             for person, outcome in outcomes:
                 self.contacts.outcome_commands(pipe, person, outcome)
+                self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
+            for journey, run, held in entries:
+                self.kpis.entry(pipe, journey, run, held)
             await pipe.execute()
         events = []
         for person, actions in done:

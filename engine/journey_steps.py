@@ -65,6 +65,7 @@ class Actions:
     traits: list[tuple[str, dict]] = field(default_factory=list)  # (event id, traits)
     outcomes: list[dict] = field(default_factory=list)  # why something was not sent
     log: list[str] = field(default_factory=list)  # entered / exited / held out, for tests and logs
+    entries: list[tuple[str, str, bool]] = field(default_factory=list)  # (journey, run id, held out): KPIs
 
 
 @dataclass(slots=True)
@@ -141,6 +142,7 @@ class Transition:
             state["r"] = (state["r"] + [rid])[-RECENT_RUNS:]
             held = held_out(self.person, journey)
             state["e"][journey.id] = [self.now, 1 if held else 0]
+            self.actions.entries.append((journey.id, rid, held))
             if held:
                 self.actions.log.append(f"held out: {journey.id}")
                 continue

@@ -106,6 +106,16 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletter"
 
+    # HyperLogLog of ids (or, for metric "revenue", a HASH of sums): one KPI of a
+    # journey (scope "j") or a channel (scope "c"), engine/kpis.py. No TTL.
+    def kpi(self, scope: str, name: str, metric: str) -> str:
+        return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
+
+    # STRING marker: this purchase's revenue was added to this journey.
+    # TTL: the event dedupe TTL (a retried event comes within it).
+    def kpi_once(self, token: str) -> str:
+        return f"{self.prefix}:{{kpi}}:once:{token}"
+
 
 MERGE_STAGING_TTL_S = 30 * 86_400
 DUE_SHARDS = 16

@@ -148,6 +148,8 @@ class Pipeline:
             entered = {person: set(new) - set(old) for person, (old, new) in result.segment_changes.items()}
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
+        if depth == 0:
+            await self.journeys.kpis.record_events(by_person, now_ms)
         return result
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:

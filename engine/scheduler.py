@@ -19,6 +19,7 @@ from engine.due_queue import Claimed, DueQueue, Message
 from engine.journey_runner import Reschedule
 from engine.journeys import JOURNEY_CHANNEL
 from engine.keys import DEAD_LETTERS_MAX, Keys
+from engine.kpis import KpiStore, message_journey
 from engine.redis_client import connect
 from engine.settings import Settings
 
@@ -136,6 +137,7 @@ class Scheduler:
         self.alert_channel = alert_channel  # where delivery failures are reported ("" = nowhere)
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = SchedulerStats()
+        self.kpis = KpiStore(queue.redis, queue.keys)
         # Each send is marked begun right before it starts and acknowledged as
         # soon as it is done (the shorter that gap, the fewer duplicates a crash
         # causes), and both cost few round trips: see Coalesced.
@@ -252,8 +254,10 @@ class Scheduler:
         self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
         if message.channel == JOURNEY_CHANNEL:
             return  # a journey's own timer, not a message to the person
+        journey = message_journey(message.body)
         settle.outcomes.append((message.person, {
             "id": message.id, "channel": message.channel, "template": message.template,
+            **({"journey": journey} if journey else {}),
             "status": status, "reason": reason, "at": self.clock(), **extra}))
 
     def _dead_letter(self, message: Message, reason: str, settle: _Settle) -> str:
@@ -294,6 +298,7 @@ class Scheduler:
             pipe = self.queue.redis.pipeline(transaction=False)
             for person, outcome in settle.outcomes:
                 self.contacts.outcome_commands(pipe, person, outcome)
+                self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
             if settle.dead:
                 key = self.queue.keys.dead_letters()
                 pipe.lpush(key, *settle.dead)

@@ -18,6 +18,8 @@ from tests.test_due_queue import *  # noqa: F403 - the same tests, on the cluste
 from tests.test_pipeline import *  # noqa: F403
 from tests.test_scheduler import (  # noqa: F401 - the ones that take the `redis` fixture
     test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered,
+    test_a_message_that_fails_for_good_alerts_the_operator_once,
+    test_a_redis_that_forgot_its_scripts_still_gets_every_step,
     test_consent_withdrawn_while_a_message_waits_sends_nothing,
     test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two,
     test_unsubscribe_cancels_everything_queued_for_the_channel,

@@ -7,7 +7,9 @@ from redis.crc import key_slot
 
 from engine.contact_policy import ContactStore, consent_given
 from engine.events import CONSENT, Event
+from engine.journey_steps import held_out
 from engine.keys import Keys
+from engine.kpis import KpiStore
 from engine.pipeline import PRUNE_EVERY, event_id_hash
 from engine.profiles import decode_profile
 from engine.windows import DAY_MS, MINUTE_MS
@@ -279,3 +281,40 @@ def test_profiles_decode_the_empty_tables_lua_writes():
     raw = msgspec.msgpack.encode({"t": [], "w": [], "v": 1})
     profile = decode_profile(raw)
     assert profile.t == {} and profile.w == {} and profile.v == 1
+
+
+KPI_CATALOG = CATALOG + """
+templates:
+  promo: {subject: "Deal", text: "Ten percent off."}
+journeys:
+  - id: promo
+    trigger: {event: signup}
+    holdout: 50
+    steps:
+      - send: {channel: inbox, template: promo}
+"""
+
+
+async def test_kpis_follow_entries_engagement_and_purchases_once(redis):
+    """In the pipeline (inline or in the Kafka worker): entries and hold-outs,
+    opens of journey messages, converters and revenue per group; a redelivered
+    batch changes none of them."""
+    pipeline = make_pipeline(redis, KPI_CATALOG)
+    people = [f"k{n}" for n in range(12)]
+    journey = pipeline.catalogs.current.journeys.by_id["promo"]
+    control = [p for p in people if held_out(p, journey)]
+    treated = [p for p in people if p not in control]
+    signups = [Event(f"{p}-s", "signup", p, NOW, {}) for p in people]
+    engagement = [Event(f"open:m-{p}", "email_open", p, NOW, {"message_id": f"m-{p}", "journey": "promo"})
+                  for p in treated[:2]]
+    purchases = [Event(f"{treated[0]}-b", "purchase", treated[0], NOW + 1, {"revenue": 40}),
+                 Event(f"{control[0]}-b", "purchase", control[0], NOW + 1, {"total": 10})]
+    for _ in range(2):  # the second time as a redelivery
+        await pipeline.apply(signups, NOW)
+        await pipeline.apply(engagement + purchases, NOW + 1)
+    report = await KpiStore(redis, KEYS).report(["promo"], ["email", "inbox"])
+    promo = report["journeys"]["promo"]
+    assert (promo["entered"], promo["held_out"]) == (len(treated), len(control))
+    assert (promo["opened"], promo["converted"], promo["converted_control"]) == (2, 1, 1)
+    assert (promo["revenue"], promo["revenue_control"]) == (40.0, 10.0)
+    assert report["channels"]["email"]["opened"] == 2

@@ -1,0 +1,119 @@
+"""KPIs over HTTP (SCENARIOS 14) against `attimo serve` with its embedded
+scheduler and a real SMTP sink: people enter a journey with a 50 % hold-out,
+the treated get an email, some open it (one twice), some click, one
+unsubscribes, treated and held-out people buy (one purchase sent twice), and
+GET /v1/kpis counts each of these once, with the rates and the uplift."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+
+from engine.catalog import compile_catalog, parse_catalog_text
+from engine.journey_steps import held_out
+from tests.conftest import start_api, stop_api, wait_until
+
+CATALOG = """
+placements: [hero]
+offers:
+  - id: hello
+    kind: content
+    placements: [hero]
+    content: {title: Hello}
+templates:
+  promo:
+    subject: "Spring deal, {{ traits.name | default('friend') }}"
+    text: "Ten percent off everything this week."
+    html: '<p><a href="https://shop.example/spring">See the deal</a></p>'
+journeys:
+  - id: spring_promo
+    trigger: {event: signup}
+    holdout: 50
+    steps:
+      - send: {channel: email, template: promo}
+"""
+PEOPLE = [f"u-k{n}" for n in range(24)]
+
+
+@pytest.fixture(scope="module")
+def kpi_api(redis_server, tmp_path_factory):
+    from tests.followup_sinks import SmtpSink
+
+    smtp = SmtpSink().start()
+    server = start_api(redis_server.url, tmp_path_factory.mktemp("kpis"), ATTIMO_KEY_PREFIX="kpi",
+                       ATTIMO_SCHEDULER="embedded", ATTIMO_SCHEDULER_POLL_MS="20",
+                       ATTIMO_SMTP_PORT=str(smtp.port))
+    server.post_catalog(CATALOG)
+    yield server, smtp
+    stop_api(server)
+    smtp.stop()
+
+
+def events(client, *batch) -> None:
+    answer = client.post("/v1/events", json={"events": list(batch)})
+    assert answer.status_code == 202, answer.text
+
+
+def local(url: str, base: str) -> str:
+    """A link from an email, pointed at this test's server (only the query is signed)."""
+    parts = urlsplit(url.replace("&amp;", "&"))
+    return f"{base}{parts.path}?{parts.query}"
+
+
+def test_kpis_count_each_thing_once_and_measure_the_uplift(kpi_api):
+    server, smtp = kpi_api
+    journey = compile_catalog(parse_catalog_text(CATALOG)).journeys.by_id["spring_promo"]
+    control = [p for p in PEOPLE if held_out(p, journey)]
+    treated = [p for p in PEOPLE if p not in control]
+    assert control and treated  # a 50 % hold-out of 24 people splits them
+    with server.server() as client:
+        for person in PEOPLE:
+            events(client,
+                   {"id": f"{person}-c", "type": "consent", "user_id": person,
+                    "properties": {"channel": "email", "purpose": "*", "granted": True}},
+                   {"id": f"{person}-i", "type": "identify", "user_id": person,
+                    "traits": {"email": f"{person}@example.com"}},
+                   {"id": f"{person}-s", "type": "signup", "user_id": person})
+        wait_until(lambda: len(smtp.messages) >= len(treated), what="an email for every treated person")
+        by_person = {recipients[0].split("@")[0]: email for recipients, email in smtp.messages}
+        assert sorted(by_person) == sorted(treated)
+
+        openers, clickers = treated[:3], treated[:2]
+        for person in openers:
+            html = by_person[person].get_body(("html",)).get_content()
+            [pixel] = re.findall(r'<img src="([^"]+)"', html)
+            for _ in range(2 if person == openers[0] else 1):  # a mail client loading the pixel again
+                assert client.get(local(pixel, server.base_url)).status_code == 200
+        for person in clickers:
+            html = by_person[person].get_body(("html",)).get_content()
+            [link] = re.findall(r'href="([^"]+)"', html)
+            assert client.get(local(link, server.base_url)).status_code == 302
+        leaver = treated[-1]
+        unsubscribe = by_person[leaver]["List-Unsubscribe"].strip("<>")
+        assert client.get(local(unsubscribe, server.base_url)).status_code == 200
+
+        purchase = {"id": f"{treated[0]}-buy", "type": "purchase", "user_id": treated[0],
+                    "properties": {"revenue": 100}}
+        events(client, purchase)
+        events(client, purchase)  # the client resends: counted once
+        events(client, {"id": f"{treated[1]}-buy", "type": "purchase", "user_id": treated[1],
+                        "properties": {"value": 50.5}})
+        events(client, {"id": f"{control[0]}-buy", "type": "purchase", "user_id": control[0],
+                        "properties": {"revenue": 30}})
+        report = client.get("/v1/kpis").json()
+
+    spring = report["journeys"]["spring_promo"]
+    n, m = len(treated), len(control)
+    assert (spring["entered"], spring["held_out"]) == (n, m)
+    assert spring["sent"] == n and spring["sent_by_channel"] == {"email": n}
+    assert (spring["opened"], spring["clicked"]) == (3, 2)
+    assert spring["open_rate"] == round(3 / n, 4) and spring["click_rate"] == round(2 / n, 4)
+    assert (spring["converted"], spring["converted_control"]) == (2, 1)
+    assert spring["conversion_rate"] == round(2 / n, 4) and spring["conversion_rate_control"] == round(1 / m, 4)
+    assert spring["uplift"] == round(round(2 / n, 4) - round(1 / m, 4), 4)
+    assert (spring["revenue"], spring["revenue_control"]) == (150.5, 30.0)
+    email = report["channels"]["email"]
+    assert (email["sent"], email["opened"], email["clicked"], email["unsubscribed"]) == (n, 3, 2, 1)
+    assert email["unsubscribe_rate"] == round(1 / n, 4)
