@@ -5,6 +5,7 @@ scheme is `redis+cluster://` (any node; the others are discovered)."""
 
 from __future__ import annotations
 
+import weakref
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -28,15 +29,26 @@ return 1
 """
 
 
+# The script digests each client has loaded: a script is loaded before its
+# first pipelined call, because on a Redis Cluster a pipeline that meets NOSCRIPT
+# on one node has already run on the others.
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
     """(script, keys, args) calls, each a script from `redis.register_script`, in
     one pipelined round trip. Raw EVALSHA: a cluster pipeline refuses the script
-    helper but routes the raw command by its keys. A fresh or restarted Redis
-    answers NOSCRIPT: load the scripts, then the same calls again (callers only
-    pass calls that are safe to repeat)."""
+    helper but routes the raw command by its keys. Scripts are loaded before
+    their first use; a Redis restarted since answers NOSCRIPT, and then the
+    scripts are loaded again and the same calls run again (callers only pass
+    calls that are safe to repeat)."""
     if not calls:
         return []
+    loaded = _LOADED.setdefault(redis, set())
     for attempt in (1, 2):
+        for script in {c[0].sha: c[0] for c in calls if c[0].sha not in loaded}.values():
+            await redis.script_load(script.script)
+            loaded.add(script.sha)
         pipe = redis.pipeline(transaction=False)
         for script, keys, args in calls:
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
@@ -45,8 +57,7 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
         except NoScriptError:
             if attempt == 2:
                 raise
-            for script in {id(c[0]): c[0] for c in calls}.values():
-                await redis.script_load(script.script)
+            loaded.clear()
     raise AssertionError("unreachable")
 
 
