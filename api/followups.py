@@ -42,9 +42,20 @@ def _verified(request: Request) -> dict[str, str] | Response:
         return json_response({"error": str(exc)}, 400)
 
 
-async def _record(request: Request, event_id: str, event_type: str, person: str, properties: dict) -> None:
+async def _record(request: Request, event_id: str, event_type: str, person: str, properties: dict,
+                  kpi: str) -> None:
+    """The event for the person, and the open or click for the KPIs (counted here,
+    from the signed link, not from events: a client could send those)."""
+    services: Services = request.app.state.services
     now = now_ms()
-    await apply_events(request.app.state.services, [Event(event_id, event_type, person, now, properties)], now)
+    await apply_events(services, [Event(event_id, event_type, person, now, properties)], now)
+    try:
+        pipe = services.redis.pipeline(transaction=False)
+        KpiStore(services.redis, services.keys).engagement(pipe, kpi, properties.get("journey"),
+                                                           properties["message_id"])
+        await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot count the {kpi}: {exc}") from None
 
 
 def _journey(link: dict) -> dict:
@@ -61,7 +72,7 @@ async def track_open(request: Request) -> Response:
         return link
     # One open per message counts: a mail client that loads the pixel again changes nothing.
     await _record(request, f"open:{link['m']}", "email_open", link["p"],
-                  {"email": link["e"], "message_id": link["m"], **_journey(link)})
+                  {"email": link["e"], "message_id": link["m"], **_journey(link)}, "opened")
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 
@@ -76,7 +87,7 @@ async def track_click(request: Request) -> Response:
     target = link["u"]
     tag = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
     await _record(request, f"click:{link['m']}:{tag}", "email_click", link["p"],
-                  {"email": link["e"], "message_id": link["m"], "url": target, **_journey(link)})
+                  {"email": link["e"], "message_id": link["m"], "url": target, **_journey(link)}, "clicked")
     return RedirectResponse(target, 302, headers=NO_STORE)
 
 

@@ -19,7 +19,6 @@ from engine.keys import Keys
 from engine.redis_client import run_scripts
 
 PURCHASE = "purchase"
-ENGAGEMENTS = {"email_open": "opened", "email_click": "clicked"}
 REVENUE_PROPERTIES = ("revenue", "value", "total")  # the first numeric one is the purchase's revenue
 ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the journeys entered in the 7 days before it
 
@@ -92,7 +91,8 @@ class KpiStore:
                 self.count(pipe, "j", journey, f"sent:{channel}", message_id)
 
     def engagement(self, pipe, kind: str, journey: str | None, message_id: str) -> None:
-        """An email opened or clicked (kind "opened" / "clicked"): counted once per message."""
+        """An email opened or clicked (kind "opened" / "clicked"), from a signed
+        link only (never from an event a client sent): counted once per message."""
         self.count(pipe, "c", "email", kind, message_id)
         if journey is not None:
             self.count(pipe, "j", journey, kind, message_id)
@@ -104,34 +104,27 @@ class KpiStore:
         return (self._add_once, [self.keys.kpi_once(f"{journey}|{event_id}"), self.keys.kpi("j", journey, "revenue")],
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
-    async def record_events(self, by_person: dict[str, list], now_ms: int) -> None:
-        """After a batch is applied: opens and clicks of journey emails, and
-        purchases, which count for every journey the person entered (or was held
-        out of) in the ATTRIBUTION_MS before. Duplicates change nothing."""
-        engaged = [e for events in by_person.values() for e in events
-                   if e.type in ENGAGEMENTS and isinstance(e.properties.get("message_id"), str)]
+    async def record_purchases(self, by_person: dict[str, list]) -> None:
+        """After a batch is applied: each purchase counts for every journey the
+        person entered (or was held out of) in the ATTRIBUTION_MS before it.
+        A redelivered purchase changes nothing."""
         buyers = {person: bought for person, events in by_person.items()
                   if (bought := [e for e in events if e.type == PURCHASE])}
-        if not engaged and not buyers:
+        if not buyers:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for event in engaged:
-            journey = event.properties.get("journey")
-            self.engagement(pipe, ENGAGEMENTS[event.type], journey if isinstance(journey, str) else None,
-                            event.properties["message_id"])
-        revenue_calls = []
-        if buyers:
-            read = self.redis.pipeline(transaction=False)
-            for person in buyers:
-                read.get(self.keys.journeys(person))
-            for (person, bought), raw in zip(buyers.items(), await read.execute(), strict=True):
-                for journey, (entered_at, held) in decode_state(raw)["e"].items():
-                    for event in bought:
-                        if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
-                            revenue_calls.append(self.purchase_calls(journey, bool(held), person, event.id,
-                                                                     revenue_of(event.properties), pipe))
-        await pipe.execute()
-        await run_scripts(self.redis, revenue_calls)
+        read = self.redis.pipeline(transaction=False)
+        for person in buyers:
+            read.get(self.keys.journeys(person))
+        pipe, revenue_calls = self.redis.pipeline(transaction=False), []
+        for (person, bought), raw in zip(buyers.items(), await read.execute(), strict=True):
+            for journey, (entered_at, held) in decode_state(raw)["e"].items():
+                for event in bought:
+                    if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
+                        revenue_calls.append(self.purchase_calls(journey, bool(held), person, event.id,
+                                                                 revenue_of(event.properties), pipe))
+        if revenue_calls:
+            await pipe.execute()
+            await run_scripts(self.redis, revenue_calls)
 
     # -- reading ----------------------------------------------------------------
 

@@ -149,7 +149,7 @@ class Pipeline:
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
         if depth == 0:
-            await self.journeys.kpis.record_events(by_person, now_ms)
+            await self.journeys.kpis.record_purchases(by_person)
         return result
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
