@@ -133,22 +133,16 @@ class JourneyRunner:
             after = encode_state(state)
             if after != before:
                 changed.append((n, raw, after))
-        if not changed:
-            await self._finish(list(zip((p for p, _ in work), results, strict=True)), now_ms, depth)
-            return results
         # Scheduling first: a crash before the states are written loses nothing,
         # the retried batch computes the same message ids.
         await self.queue.schedule_many([m for n, _, _ in changed for m in results[n].messages])
         written = await self._compare_and_set([(work[n][0], raw, after) for n, raw, after in changed])
-        for (n, _, _), ok in zip(changed, written, strict=True):
-            if not ok:
-                person, compute = work[n]
-                results[n] = await self._transact(person, now_ms, depth, compute,
-                                                  tried={m.id: m for m in results[n].messages})
         raced = {n for (n, _, _), ok in zip(changed, written, strict=True) if not ok}
-        await self._finish([(person, actions) for n, ((person, _), actions) in enumerate(zip(work, results,
-                                                                                             strict=True))
-                            if n not in raced], now_ms, depth)
+        for n in raced:
+            person, compute = work[n]
+            results[n] = await self._transact(person, now_ms, depth, compute,
+                                              tried={m.id: m for m in results[n].messages})
+        await self._finish([(work[n][0], results[n]) for n in range(len(work)) if n not in raced], now_ms, depth)
         return results
 
     async def _compare_and_set(self, writes: list[tuple[str, bytes | None, bytes]]) -> list[int]:
