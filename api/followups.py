@@ -22,7 +22,7 @@ from engine.contact_policy import PERSONAL_CHANNELS, ContactStore
 from engine.due_queue import DueQueue
 from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
 from engine.errors import EventRejected, MalformedBody, NotAuthorized, StoreUnavailable
-from engine.events import PERSON_ID, Event
+from engine.events import EMAIL_CLICK, EMAIL_OPEN, PERSON_ID, Event
 from engine.identity import authenticate, require_server
 from engine.inbox import DeviceStore, InboxStore
 from engine.kpis import KpiStore
@@ -71,7 +71,7 @@ async def track_open(request: Request) -> Response:
     if isinstance(link, Response):
         return link
     # One open per message counts: a mail client that loads the pixel again changes nothing.
-    await _record(request, f"open:{link['m']}", "email_open", link["p"],
+    await _record(request, f"open:{link['m']}", EMAIL_OPEN, link["p"],
                   {"email": link["e"], "message_id": link["m"], **_journey(link)}, "opened")
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
@@ -86,7 +86,7 @@ async def track_click(request: Request) -> Response:
         return link
     target = link["u"]
     tag = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
-    await _record(request, f"click:{link['m']}:{tag}", "email_click", link["p"],
+    await _record(request, f"click:{link['m']}:{tag}", EMAIL_CLICK, link["p"],
                   {"email": link["e"], "message_id": link["m"], "url": target, **_journey(link)}, "clicked")
     return RedirectResponse(target, 302, headers=NO_STORE)
 

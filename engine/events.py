@@ -99,6 +99,11 @@ def check_wire_event(event: WireEvent, path: str) -> None:
 
 
 CONSENT = "consent"
+EMAIL_OPEN = "email_open"
+EMAIL_CLICK = "email_click"
+# Recorded by the signed links of an email (api/followups.py); a browser that
+# sent them itself could walk a person through a journey's "opened E" branch.
+LINK_EVENTS = frozenset({EMAIL_OPEN, EMAIL_CLICK})
 CHANNEL_NAME = re.compile(r"[a-z0-9_]{1,32}|\*")
 
 

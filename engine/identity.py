@@ -1,7 +1,8 @@
 """Who may speak for whom. A server token may act for any person and set any
 trait; a public site key acts only for its own anonymous id, or for a user id
 signed by the site's backend (hex HMAC-SHA256 of the id with the site secret),
-and never sets a protected trait."""
+never sets a protected trait, and never sends the events an email's signed
+links record (email_open, email_click)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from engine.catalog import Catalog
 from engine.errors import NotAuthenticated, NotAuthorized
-from engine.events import Event, WireEvent, event_time_ms
+from engine.events import LINK_EVENTS, Event, WireEvent, event_time_ms
 
 
 def sign_user_id(secret: str, user_id: str) -> str:
@@ -100,6 +101,9 @@ def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalo
     for i, wire in enumerate(wire_events):
         path = f"events[{i}]"
         person = caller.person(wire.anonymous_id, wire.user_id, wire.user_sig, path)
+        if wire.type in LINK_EVENTS and not caller.is_server:
+            raise NotAuthorized(f"{path}.type: {wire.type} is recorded by the email's signed links; "
+                                "only the server token sends it")
         if wire.traits and not caller.is_server and protected:
             for name in wire.traits:
                 if name in protected:

@@ -199,6 +199,18 @@ def test_a_browser_cannot_set_a_protected_trait_but_the_server_can(shop):
     assert offers(decide(shop, placements=("hero",)))["hero"] == "vip_gift"
 
 
+@pytest.mark.parametrize("link_event", ["email_open", "email_click"])
+def test_a_browser_cannot_send_what_an_emails_signed_links_record(shop, link_event):
+    forged = {"id": "f1", "type": link_event, "anonymous_id": "a-9", "properties": {"email": "welcome"}}
+    answer = send(shop, [pricing_view("f0", "a-9"), forged])
+    assert answer.status_code == 403
+    assert answer.json()["error"].startswith(f"events[1].type: {link_event} is recorded by the email's signed links")
+    assert not person(shop, "a-9")["exists"]  # the whole batch was refused
+    with shop.server() as client:  # an ESP's webhook forwarded by the site's backend
+        assert client.post("/v1/events", json={"events": [forged]}).status_code == 202
+    assert person(shop, "a-9")["exists"]
+
+
 def test_server_only_endpoints_refuse_the_site_key(shop):
     with shop.browser() as client:
         assert client.get("/v1/people/a-1").status_code == 403

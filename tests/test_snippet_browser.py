@@ -152,7 +152,7 @@ def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page
     head = loader(before="<script src='/t/queue.js'></script>")
     test_page(page, shop.base_url, HERO + SIDEBAR, head, "/t/pricing",
               html_attrs=' data-attimo-category="crm" data-attimo-page-type="pricing"',
-              scripts={"queue.js": "attimo('track', 'email_open', {email: 'spring_newsletter'});"})
+              scripts={"queue.js": "attimo('track', 'video_play', {video: 'tour'});"})
     # A new visitor: spring_sale in the hero, newsletter_signup in the sidebar.
     page.wait_for_selector("#hero[data-attimo-offer=spring_sale]")
     page.wait_for_selector("#side[data-attimo-offer=newsletter_signup]")
@@ -163,7 +163,7 @@ def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page
     wait_until(lambda: profile(shop, aid)["exists"], what="events in the profile")
     wait_page(page, lambda: events_sent(page, "impression"), what="impressions")
     # The queued call made before the script arrived was replayed.
-    assert events_sent(page, "email_open")
+    assert events_sent(page, "video_play")
     # Two more pricing views: the trial banner (scenario 4) takes the hero.
     for _ in range(2):
         page.reload()
