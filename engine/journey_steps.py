@@ -23,20 +23,21 @@ INBOX_EXPIRES_DEFAULT = "30d"
 
 # -- the state of one person's journeys --------------------------------------------
 #
-# {"a": {journey: run}, "e": {journey: [last entry ms, 1 if held out]}, "r": [run ids]}
+# {"a": {journey: run}, "e": {journey: [last entry ms, 1 if held out]}, "r": [run ids],
+#  "s": {score journey: [behaviour points, ms, trait points] when last seen passing}}
 # run = {"run": id, "pc": step, "at": entry ms, "vars": trigger event properties,
-#        "until": ms the wait ends (0 when not waiting)}
+#        "until": ms the wait ends (0 when not waiting), "held": 1 if held out}
 
 
 def new_state() -> dict:
-    return {"a": {}, "e": {}, "r": []}
+    return {"a": {}, "e": {}, "r": [], "s": {}}
 
 
 def decode_state(raw: bytes | None) -> dict:
     if not raw:
         return new_state()
     state = orjson.loads(raw)
-    for key, empty in (("a", {}), ("e", {}), ("r", [])):
+    for key, empty in (("a", {}), ("e", {}), ("r", []), ("s", {})):
         state.setdefault(key, empty)
     return state
 
@@ -82,10 +83,11 @@ class Transition:
     # -- events ----------------------------------------------------------------
 
     def on_events(self, events: list, entered_segments: set[str]) -> None:
-        """Exits and awaited events first (a purchase ends cart abandonment even
-        while it waits), then triggers, in event time order."""
+        """In event time order: each event first ends or wakes the runs it concerns
+        (a purchase ends cart abandonment even while it waits), then starts the
+        journeys it triggers, so a cart and its purchase in one batch send
+        nothing. Segments entered and score crossings are the batch's end state."""
         book, active = self.book, self.state["a"]
-        candidates: list[tuple[Journey, str, dict]] = []
         for event in sorted(events, key=lambda e: e.ts):
             for jid in list(active):
                 journey = book.by_id.get(jid)
@@ -100,21 +102,38 @@ class Transition:
                 if step is not None and step.kind == "wait_for" and run.get("until") and step.matcher.matches(event):
                     run["until"] = 0
                     self._advance(journey, run, step.then_pc)
-            for kind in (event.type, "*"):
-                for journey in book.by_event.get(kind, ()):
-                    if journey.matcher.matches(event):
-                        candidates.append((journey, f"event:{event.id}", event.properties))
+            self.enter([(journey, f"event:{event.id}", event.properties)
+                        for kind in (event.type, "*") for journey in book.by_event.get(kind, ())
+                        if journey.matcher.matches(event)])
         last_id = events[-1].id if events else "-"
-        for segment in entered_segments:
-            for journey in book.by_segment.get(segment, ()):
-                candidates.append((journey, f"segment:{segment}:{last_id}", {}))
+        candidates = [(journey, f"segment:{segment}:{last_id}", {})
+                      for segment in entered_segments for journey in book.by_segment.get(segment, ())]
         if book.scored:
-            score = self.facts.score()
-            for journey in book.scored:
-                if journey.score_test(score):
-                    candidates.append((journey, f"score:{last_id}", {"score": score}))
+            candidates.extend((journey, f"score:{last_id}", {"score": self.facts.score()})
+                              for journey in self._score_crossings())
         self.enter(candidates)
         self.check_exit_conditions()
+
+    def _score_crossings(self) -> list[Journey]:
+        """Score journeys whose threshold the score crossed: it passes now and did
+        not pass just before this batch. "Just before" is the score last seen
+        passing (kept in the state as behaviour and trait points) decayed to now:
+        a lead who stays hot through new activity crosses once, one who cooled
+        below the threshold and heats up again crosses again. A person is only
+        looked at while passing, so a stale entry means they cooled meanwhile."""
+        scoring, facts, seen = self.facts.catalog.scoring, self.facts, self.state["s"]
+        score = facts.score()
+        behaviour = scoring.behaviour_points(facts.profile.s, self.now)
+        crossed = []
+        for journey in self.book.scored:
+            last = seen.get(journey.id)
+            if not journey.score_test(score):
+                seen.pop(journey.id, None)
+                continue
+            if last is None or not journey.score_test(scoring.behaviour_points(last[:2], self.now) + last[2]):
+                crossed.append(journey)
+            seen[journey.id] = [round(behaviour, 4), self.now, round(score - behaviour, 4)]
+        return crossed
 
     def check_exit_conditions(self) -> None:
         for jid in list(self.state["a"]):
@@ -143,12 +162,14 @@ class Transition:
             held = held_out(self.person, journey)
             state["e"][journey.id] = [self.now, 1 if held else 0]
             self.actions.entries.append((journey.id, rid, held))
-            if held:
-                self.actions.log.append(f"held out: {journey.id}")
-                continue
-            self.actions.log.append(f"entered: {journey.id}")
+            self.actions.log.append(f"{'held out' if held else 'entered'}: {journey.id}")
             run = active[journey.id] = {"run": rid, "pc": journey.start_pc, "at": self.now,
                                         "vars": variables, "until": 0}
+            if held:
+                # The control group walks the journey without being touched: it
+                # holds the exclusive group's place and meets the same waits and
+                # exits, so it stays comparable with the people treated.
+                run["held"] = 1
             self._advance(journey, run, journey.start_pc)
 
     def _may_enter(self, journey: Journey) -> bool:
@@ -218,7 +239,9 @@ class Transition:
             if step.kind == "if":
                 pc = step.then_pc if step.test(self.facts) else step.else_pc
                 continue
-            if step.kind == "set_trait":
+            if run.get("held"):
+                pass  # held out: sends and traits are what the control group goes without
+            elif step.kind == "set_trait":
                 self.actions.traits.append((f"jt:{run['run']}:{pc}", step.traits))
             else:
                 self._message(journey, run, step, pc)

@@ -41,7 +41,8 @@ def journeys_view(state: dict) -> dict:
     and the last entry into each (held_out: in the control group, sent nothing)."""
     return {
         "active": {jid: {"step": run["pc"], "entered": _iso(run["at"]),
-                         "waiting_until": _iso(run["until"]) if run.get("until") else None}
+                         "waiting_until": _iso(run["until"]) if run.get("until") else None,
+                         "held_out": bool(run.get("held"))}
                    for jid, run in state.get("a", {}).items()},
         "entered": {jid: {"at": _iso(at), "held_out": bool(held)}
                     for jid, (at, held) in state.get("e", {}).items()},

@@ -16,7 +16,7 @@ from engine.errors import CatalogError
 from engine.events import Event
 from engine.journey_runner import internal_senders
 from engine.journey_steps import held_out
-from engine.journeys import JOURNEY_CHANNEL
+from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT
 from engine.scheduler import Scheduler
 from tests.conftest import ROOT, make_pipeline
 
@@ -157,6 +157,80 @@ async def test_purchase_inside_30_minutes_cancels_the_reminder(redis, smtp, worl
     assert smtp.messages == []
 
 
+async def test_a_cart_and_its_purchase_in_one_batch_send_nothing(redis, smtp, world):
+    """The purchase comes after the cart in event time: the journey the cart
+    starts is ended by the purchase in the same batch (a browser flushes both)."""
+    pipeline, clock, make = world
+    scheduler = make()
+    await opt_in(redis, "u-quick")
+    await apply(pipeline, clock, "u-quick", "identify", "e0", traits={"email": "qi@example.com"})
+    cart = Event("e1", "add_to_cart", "u-quick", clock(), {"product": "CRM Pro"})
+    purchase = Event("e2", "purchase", "u-quick", clock() + 1, {"product": "CRM Pro"})
+    result = await pipeline.apply([purchase, cart], clock())  # order of arrival does not matter
+    assert result.journey_actions[0].log == ["entered: cart_abandonment",
+                                             "ended: cart_abandonment: exit: purchase"]
+    clock.now += 40 * MINUTE
+    await drain(scheduler)
+    assert smtp.messages == []
+    assert (await pipeline.journeys.state("u-quick"))["a"] == {}
+
+
+async def test_a_held_out_person_holds_the_exclusive_groups_place(redis, smtp, world):
+    """The control group of the higher-priority journey gets nothing, and not the
+    lower-priority journey of the same group either: it stays a control group."""
+    pipeline, clock, make = world
+    pipeline.catalogs.current = compile_catalog(parse_catalog_text(CATALOG.replace(
+        "  - id: trial_campaign\n", "  - id: trial_campaign\n    holdout: 100\n")))
+    scheduler = make()
+    await opt_in(redis, "u-ctl")
+    await apply(pipeline, clock, "u-ctl", "identify", "e0", traits={"email": "ctl@example.com"})
+    result = await apply(pipeline, clock, "u-ctl", "form_submit", "e1", {"form": "webinar"})
+    assert result.journey_actions[0].log == ["held out: trial_campaign"]
+    state = await pipeline.journeys.state("u-ctl")
+    assert set(state["a"]) == {"trial_campaign"} and state["a"]["trial_campaign"]["held"] == 1
+    clock.now += 2 * DAY
+    await drain(scheduler)
+    assert smtp.messages == []
+    assert (await pipeline.journeys.state("u-ctl"))["a"] == {}  # walked to the end, sending nothing
+
+
+SCORED = CATALOG.replace("journeys:\n", """scoring:
+  half_life: 10d
+  events:
+    - {event: demo_request, points: 30}
+journeys:
+  - id: hot_lead
+    trigger: {score: {at_least: 50}}
+    reentry: always
+    steps:
+      - send: {channel: email, template: promo}
+""", 1)
+
+
+async def test_a_score_trigger_fires_when_the_score_crosses_not_while_it_stays_above(redis, smtp, world):
+    pipeline, clock, make = world
+    pipeline.catalogs.current = compile_catalog(parse_catalog_text(SCORED))
+    scheduler = make()
+    await opt_in(redis, "u-lead")
+    await apply(pipeline, clock, "u-lead", "identify", "e0", traits={"email": "lead@example.com"})
+
+    async def demo_request(eid: str) -> list[str]:
+        result = await apply(pipeline, clock, "u-lead", "demo_request", eid)
+        await drain(scheduler)
+        return [line for actions in result.journey_actions for line in actions.log]
+
+    assert await demo_request("d1") == []  # 30 points
+    clock.now += DAY
+    assert await demo_request("d2") == ["entered: hot_lead", "ended: hot_lead: finished"]  # 30 * 0.93 + 30
+    clock.now += DAY
+    assert await demo_request("d3") == []  # still above: no new crossing, though re-entry is "always"
+    clock.now += 30 * DAY  # cooled to about 10 points
+    assert await demo_request("d4") == []  # 40
+    clock.now += DAY
+    assert await demo_request("d5") == ["entered: hot_lead", "ended: hot_lead: finished"]  # crossed again
+    assert len(smtp.messages) == 2
+
+
 async def test_thirty_days_idle_queues_the_comeback_message(redis, smtp, world):
     pipeline, clock, make = world
     scheduler = make()
@@ -174,6 +248,23 @@ async def test_thirty_days_idle_queues_the_comeback_message(redis, smtp, world):
     clock.now += 60 * DAY  # still idle: one message per absence, not one a month
     await drain(scheduler)
     assert len(smtp.messages) == 1
+
+
+async def test_a_trait_a_journey_sets_is_not_the_persons_activity(redis, smtp, world):
+    """A set_trait step days later must not count as the person coming back: it
+    would postpone the inactivity journey and fake a return."""
+    pipeline, clock, make = world
+    scheduler = make()
+    await opt_in(redis, "u-quiet")
+    await apply(pipeline, clock, "u-quiet", "identify", "e0", traits={"email": "qu@example.com"})
+    seen = clock()
+    clock.now += 10 * DAY
+    await apply(pipeline, clock, "u-quiet", TRAIT_EVENT, "jt:x:1", traits={"welcomed": True})
+    profile = await pipeline.store.fetch("u-quiet")
+    assert profile.t["welcomed"] is True and profile.ls == seen
+    clock.now += 20 * DAY  # 30 days after the person's own last event
+    await drain(scheduler)
+    assert [m["Subject"] for _, m in smtp.messages] == ["We miss you"]
 
 
 async def test_an_idle_timer_claimed_while_the_person_comes_back_waits_again(redis, smtp, world):
@@ -283,7 +374,7 @@ async def test_a_held_out_person_enters_but_gets_nothing(redis, world):
     pipeline.catalogs.current = compile_catalog(parse_catalog_text(CATALOG.replace(
         "  - id: flash_promo\n", "  - id: flash_promo\n    holdout: 100\n")))
     result = await apply(pipeline, clock, "u-held", "flash", "f1")
-    assert result.journey_actions[0].log == ["held out: flash_promo"]
+    assert result.journey_actions[0].log == ["held out: flash_promo", "ended: flash_promo: finished"]
     assert await DueQueue(redis).pending_for("u-held", ["email"]) == []
     assert (await pipeline.journeys.state("u-held"))["e"]["flash_promo"] == [clock(), 1]
 
