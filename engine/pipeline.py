@@ -17,6 +17,7 @@ from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue
 from engine.events import CONSENT, Event
 from engine.journey_runner import JourneyRunner
+from engine.journeys import TRAIT_EVENT
 from engine.profiles import ProfileStore, decode_profile
 from engine.rules import SESSION_GAP_MS
 
@@ -48,7 +49,8 @@ PRUNE_EVERY = 8
 
 def event_ops(catalog: Catalog, event: Event) -> list:
     """What one event does to a profile, as data for the Lua script: [ts, traits
-    to set | False, traits to unset | False, ring increments, score points]."""
+    to set | False, traits to unset | False, ring increments, score points,
+    1 if it is the person's activity]."""
     props = event.properties
     increments = [
         [feature.fid, event.ts // feature.resolution_ms, amount, feature.length]
@@ -60,7 +62,7 @@ def event_ops(catalog: Catalog, event: Event) -> list:
         to_set = {k: v for k, v in event.traits.items() if v is not None} or False
         to_unset = [k for k, v in event.traits.items() if v is None] or False
     points = catalog.scoring.event_points(event.type, props)
-    return [event.ts, to_set, to_unset, increments, points]
+    return [event.ts, to_set, to_unset, increments, points, 0 if event.type == TRAIT_EVENT else 1]
 
 
 class Pipeline:

@@ -117,7 +117,9 @@ end
 # ARGV[1] msgpack [now_ms, dedupe ttl ms, profile ttl ms, score half-life ms,
 #         session gap ms, 1 to return the stored profile else 0]
 # ARGV[2] msgpack ops, one per event: [ts, traits_set|false, traits_unset|false,
-#         [[fid, bucket, amount, ring length], …], points]
+#         [[fid, bucket, amount, ring length], …], points, 1 if it is the
+#         person's own activity (0: a journey's set_trait, which must not
+#         move "last seen" and so postpone inactivity)]
 # ARGV[3] msgpack feature table {fid: [resolution_ms, length]} to prune the
 #         profile's rings against, or "" to skip pruning this time (the caller
 #         prunes every few batches: unpacking the whole table on every call
@@ -141,7 +143,7 @@ for i, op in ipairs(ops) do
     redis.call('ZADD', KEYS[2], now, id)
     accepted = accepted + 1
     if p == nil then p = load_profile(redis.call('GET', KEYS[1])) end
-    seen(p, op[1], session_gap)
+    if op[6] ~= 0 then seen(p, op[1], session_gap) end
     if op[2] then for k, v in pairs(op[2]) do p.t[k] = v end end
     if op[3] then for _, k in ipairs(op[3]) do p.t[k] = nil end end
     for _, inc in ipairs(op[4]) do
