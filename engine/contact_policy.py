@@ -55,16 +55,19 @@ class ContactState:
     consent: dict[str, dict[str, bool]] = field(default_factory=dict)
     tz: str | None = None
     sends: list[list] = field(default_factory=list)  # [ms, channel, template, id], oldest first
+    # consent_at[channel][purpose] = event time of the choice in force: an older
+    # choice arriving late (a client resending its batch) does not undo it.
+    consent_at: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends})
+        return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends, "at": self.consent_at})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> ContactState:
         if not raw:
             return cls()
         data = orjson.loads(raw)
-        return cls(data.get("consent", {}), data.get("tz"), data.get("sends", []))
+        return cls(data.get("consent", {}), data.get("tz"), data.get("sends", []), data.get("at", {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,14 +152,23 @@ def record_send(state: ContactState, *, channel: str, template: str, now_ms: int
     del state.sends[:-CONTACT_HISTORY_MAX]
 
 
-def set_consent(state: ContactState, channel: str, purpose: str, granted: bool) -> None:
-    """Withdrawing "*" (every purpose: an unsubscribe) also withdraws each purpose
-    given before, which would otherwise win over "*"."""
+def set_consent(state: ContactState, channel: str, purpose: str, granted: bool, at_ms: int | None = None) -> bool:
+    """Record a choice made at `at_ms` (None: after every other, as an
+    unsubscribe link is). A choice older than the one in force for that purpose
+    changes nothing (False): replaying an old opt-in never undoes a later
+    unsubscribe. Withdrawing "*" (every purpose: an unsubscribe) also withdraws
+    each purpose given before it, which would otherwise win over "*"."""
     purposes = state.consent.setdefault(channel, {})
+    times = state.consent_at.setdefault(channel, {})
+    at = at_ms if at_ms is not None else max([0, *times.values()]) + 1
+    if purpose in times and at < times[purpose]:
+        return False
     if purpose == "*" and not granted:
         for given in purposes:
-            purposes[given] = False
-    purposes[purpose] = granted
+            if times.get(given, 0) <= at:
+                purposes[given], times[given] = False, at
+    purposes[purpose], times[purpose] = granted, at
+    return True
 
 
 def absorb(known: ContactState, anonymous: ContactState) -> None:
@@ -171,6 +183,9 @@ def absorb(known: ContactState, anonymous: ContactState) -> None:
         if unsubscribed:
             for purpose in mine:
                 mine[purpose] = False
+        times = known.consent_at.setdefault(channel, {})
+        for purpose, at in anonymous.consent_at.get(channel, {}).items():
+            times[purpose] = max(times.get(purpose, 0), at)
     known.tz = known.tz or anonymous.tz
     seen = {s[3] for s in known.sends if len(s) > 3 and s[3]}
     sends = known.sends + [s for s in anonymous.sends if not (len(s) > 3 and s[3] in seen)]
@@ -226,8 +241,12 @@ class ContactStore:
         await self.redis.delete(self.keys.contact(anonymous))
         return True
 
-    async def set_consent(self, person: str, channel: str, purpose: str, granted: bool) -> None:
-        await self.update(person, lambda s: set_consent(s, channel, purpose, granted))
+    async def set_consent(self, person: str, channel: str, purpose: str, granted: bool,
+                          at_ms: int | None = None) -> bool:
+        """set_consent() atomically; False if a later choice was already in force."""
+        applied = []
+        await self.update(person, lambda s: applied.append(set_consent(s, channel, purpose, granted, at_ms)))
+        return applied[-1]
 
     async def set_tz(self, person: str, tz: str) -> None:
         def change(state: ContactState) -> None:

@@ -156,7 +156,9 @@ class Pipeline:
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
         """Consent events set the contact state the scheduler judges at send time
-        (after the profile write, so a retried batch sets it again: idempotent).
+        (after the profile write, so a retried batch sets it again: idempotent;
+        each choice carries its event time, so a late replay of an older one
+        changes nothing).
         Withdrawing every purpose of a channel (an unsubscribe) also cancels all
         that is queued on it at once; one purpose is enforced at send time."""
         contacts = ContactStore(self.store.redis, self.store.keys)
@@ -165,7 +167,7 @@ class Pipeline:
         for event in sorted(events, key=lambda e: e.ts):
             props = event.properties
             channel, purpose, granted = props["channel"], props.get("purpose", "*"), props["granted"]
-            await contacts.set_consent(event.person, channel, purpose, granted)
-            if purpose == "*" and not granted:
+            applied = await contacts.set_consent(event.person, channel, purpose, granted, event.ts)
+            if applied and purpose == "*" and not granted:
                 cancelled += await queue.cancel(event.person, channel, now_ms)
         return cancelled

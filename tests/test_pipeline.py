@@ -238,6 +238,30 @@ async def test_consent_given_before_logging_in_follows_the_person_once(redis):
     assert consent_given(await contacts.load("u-9"), "email", "marketing") is False
 
 
+async def test_an_opt_in_replayed_after_an_unsubscribe_does_not_undo_it(redis):
+    """A browser resends its batch (same ids) after the person unsubscribed from
+    the email's link: the old opt-in, applied again for crash safety, is older
+    than the unsubscribe and changes nothing; a new opt-in later counts."""
+    pipeline = make_pipeline(redis, CATALOG)
+    contacts = ContactStore(redis)
+
+    def consent(eid: str, ts: int, granted: bool, purpose: str = "marketing") -> Event:
+        return Event(eid, CONSENT, "u-10", ts, {"channel": "email", "purpose": purpose, "granted": granted})
+
+    opt_in = [Event("v1", "page_view", "u-10", NOW, {}), consent("c1", NOW, True)]
+    await pipeline.apply(opt_in, NOW)
+    assert consent_given(await contacts.load("u-10"), "email", "marketing") is True
+    await contacts.set_consent("u-10", "email", "*", False)  # GET /v1/unsubscribe
+    await pipeline.apply(opt_in, NOW + 60_000)  # the same batch again
+    await pipeline.apply([consent("c2", NOW - 1, True)], NOW + 60_000)  # an older choice sent late
+    assert consent_given(await contacts.load("u-10"), "email", "marketing") is False
+    await pipeline.apply([consent("c3", NOW + 120_000, True)], NOW + 120_000)  # opted in again, later
+    assert consent_given(await contacts.load("u-10"), "email", "marketing") is True
+    await pipeline.apply([consent("c4", NOW + 180_000, False, "*")], NOW + 180_000)
+    await pipeline.apply([consent("c3", NOW + 120_000, True)], NOW + 190_000)  # c3 replayed
+    assert consent_given(await contacts.load("u-10"), "email", "marketing") is False
+
+
 async def test_a_merge_interrupted_after_staging_completes_once_on_retry(redis):
     pipeline = make_pipeline(redis, CATALOG)
     store = pipeline.store
