@@ -4,7 +4,9 @@ pipeline can apply, or raises an error that names the field and the limit."""
 from __future__ import annotations
 
 import re
+import zoneinfo
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -96,9 +98,15 @@ def check_wire_event(event: WireEvent, path: str) -> None:
     check_value(event.properties, f"{path}.properties", 1)
     if event.traits is not None:
         check_value(event.traits, f"{path}.traits", 1)
+        zone = event.traits.get(TIMEZONE_TRAIT)
+        if zone is not None and not known_time_zone(zone):
+            raise EventRejected("timezone must be an IANA time zone name, e.g. Europe/Rome",
+                                f"{path}.traits.{TIMEZONE_TRAIT}")
 
 
 CONSENT = "consent"
+# The trait that places a person in a time zone: quiet hours are theirs.
+TIMEZONE_TRAIT = "timezone"
 EMAIL_OPEN = "email_open"
 EMAIL_CLICK = "email_click"
 # Recorded by the signed links of an email (api/followups.py); a browser that
@@ -116,6 +124,19 @@ def check_consent(properties: dict, path: str) -> None:
             raise EventRejected(f"a consent event needs {name}: 1 to 32 of a-z 0-9 _ (or *)", f"{path}.{name}", 32)
     if not isinstance(properties.get("granted"), bool):
         raise EventRejected("a consent event needs granted: true or false", f"{path}.granted")
+
+
+@cache
+def _zone(name: str) -> bool:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def known_time_zone(name: Any) -> bool:
+    return isinstance(name, str) and 0 < len(name) <= 64 and ".." not in name and _zone(name)
 
 
 def check_value(value: Any, path: str, depth: int) -> None:

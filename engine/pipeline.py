@@ -15,7 +15,7 @@ import msgspec
 from engine.catalog import Catalog, CatalogHolder
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue
-from engine.events import CONSENT, Event
+from engine.events import CONSENT, TIMEZONE_TRAIT, Event
 from engine.journey_runner import JourneyRunner
 from engine.journeys import TRAIT_EVENT
 from engine.profiles import ProfileStore, decode_profile
@@ -144,6 +144,12 @@ class Pipeline:
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
+        zones = {e.person: e.traits[TIMEZONE_TRAIT] for e in sorted(events, key=lambda e: e.ts)
+                 if e.traits and e.traits.get(TIMEZONE_TRAIT)}
+        if zones:  # the contact policy reads it at send time (quiet hours)
+            contacts = ContactStore(self.store.redis, self.store.keys)
+            for person, zone in zones.items():
+                await contacts.set_tz(person, zone)
         if profiles:
             # After consents: a welcome sent for a registration that came with its
             # opt-in finds the consent recorded. Same batch, so exits act at once.

@@ -46,6 +46,8 @@ def test_depth_five_is_allowed():
     (ev(type="has space"), "event type", "events[0].type"),
     (ev(user_id="u{1}"), "without spaces or braces", "events[0].user_id"),
     (ev(properties=[1, 2]), "Expected `object`", "events[0].properties"),
+    (ev(traits={"timezone": "Mars/Olympus"}), "IANA time zone", "events[0].traits.timezone"),
+    (ev(traits={"timezone": "../../etc/passwd"}), "IANA time zone", "events[0].traits.timezone"),
 ])
 def test_schema_errors_name_the_field(event, fragment, field):
     with pytest.raises(EventRejected) as caught:

@@ -413,3 +413,23 @@ def test_the_demo_catalog_expresses_the_journey_scenarios():
     assert {"welcome", "cart_abandonment", "re_engagement", "lead_nurturing", "hot_lead_alert",
             "accessory_follow_up", "content_follow_up", "webinar_follow_up", "trial_onboarding",
             "complaint_escalation"} <= set(journeys)
+
+
+async def test_quiet_hours_follow_the_time_zone_the_person_sent(redis, smtp, world):
+    """A `timezone` trait places the person: 20:26 UTC is 05:26 in Tokyo, inside
+    quiet hours 21-8 there, so the promotion waits for 08:00 Tokyo (23:00 UTC)."""
+    pipeline, clock, make = world
+    scheduler = make(ContactPolicy(quiet_start_hour=21, quiet_end_hour=8))
+    await opt_in(redis, "u-tokyo")
+    await apply(pipeline, clock, "u-tokyo", "identify", "e0",
+                traits={"email": "ken@example.com", "timezone": "Asia/Tokyo"})
+    assert (await ContactStore(redis).load("u-tokyo")).tz == "Asia/Tokyo"
+    await apply(pipeline, clock, "u-tokyo", "flash", "f1")
+    await drain(scheduler)
+    assert smtp.messages == []
+    clock.now += 2 * 60 * MINUTE + 33 * MINUTE  # 22:59:40 UTC
+    await drain(scheduler)
+    assert smtp.messages == []
+    clock.now += MINUTE
+    await drain(scheduler)
+    assert [m["To"] for _, m in smtp.messages] == ["ken@example.com"]
