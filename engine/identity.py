@@ -1,8 +1,9 @@
 """Who may speak for whom. A server token may act for any person and set any
 trait; a public site key acts only for its own anonymous id, or for a user id
 signed by the site's backend (hex HMAC-SHA256 of the id with the site secret),
-never sets a protected trait, and never sends the events an email's signed
-links record (email_open, email_click)."""
+never sets a protected trait nor, unsigned, a contact address (email, phone),
+and never sends the events an email's signed links record (email_open,
+email_click)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from dataclasses import dataclass
 from engine.catalog import Catalog
 from engine.errors import NotAuthenticated, NotAuthorized
 from engine.events import LINK_EVENTS, Event, WireEvent, event_time_ms
+
+# Where follow-ups go. An anonymous visitor could otherwise have Attimo email any
+# address it typed; only a signed user (the site vouches for them) or the server
+# sets one.
+CONTACT_TRAITS = frozenset({"email", "phone"})
 
 
 def sign_user_id(secret: str, user_id: str) -> str:
@@ -104,6 +110,10 @@ def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalo
         if wire.type in LINK_EVENTS and not caller.is_server:
             raise NotAuthorized(f"{path}.type: {wire.type} is recorded by the email's signed links; "
                                 "only the server token sends it")
+        if wire.traits and not caller.is_server and wire.user_id is None:
+            for name in CONTACT_TRAITS & wire.traits.keys():
+                raise NotAuthorized(f"{path}.traits.{name}: a contact address; only a signed user_id "
+                                    "or the server token sets it")
         if wire.traits and not caller.is_server and protected:
             for name in wire.traits:
                 if name in protected:

@@ -211,6 +211,18 @@ def test_a_browser_cannot_send_what_an_emails_signed_links_record(shop, link_eve
     assert person(shop, "a-9")["exists"]
 
 
+def test_only_a_signed_user_or_the_server_sets_a_contact_address(shop):
+    """An anonymous page could otherwise have Attimo email any address it typed."""
+    typed = {"id": "m1", "type": "identify", "anonymous_id": "a-mail", "traits": {"email": "victim@example.com"}}
+    answer = send(shop, [typed])
+    assert answer.status_code == 403
+    assert answer.json()["error"].startswith("events[0].traits.email: a contact address; only a signed user_id")
+    assert not person(shop, "a-mail")["exists"]
+    mine = {**typed, "user_id": "u-mail", "user_sig": signed("u-mail")}
+    assert send(shop, [mine]).status_code == 202
+    assert person(shop, "u-mail")["traits"]["email"] == "victim@example.com"
+
+
 def test_server_only_endpoints_refuse_the_site_key(shop):
     with shop.browser() as client:
         assert client.get("/v1/people/a-1").status_code == 403
