@@ -1,8 +1,9 @@
 """Carries out journeys against Redis: after the pipeline applies a batch it
 evaluates triggers, exits and awaited events for the people in it (one
 optimistic transaction on each person's journey state), schedules waits and
-sends into the due queue, and arms one inactivity timer per person per idle
-journey. The scheduler hands fired timers back here (`fire`). The decisions are
+sends into the due queue, and arms one inactivity timer per idle journey for
+each person with a contact address (a timer per anonymous visitor would cost
+memory for people no message can reach). The scheduler hands fired timers back here (`fire`). The decisions are
 the pure transitions of engine/journey_steps.py."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from engine.contact_policy import ContactStore
 from engine.due_queue import DueQueue, Message
 from engine.events import Event
+from engine.identity import CONTACT_TRAITS
 from engine.inbox import InboxStore
 from engine.journey_steps import Actions, Transition, decode_state, encode_state
 from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
@@ -63,7 +65,8 @@ class JourneyRunner:
         work: list[tuple[str, Callable[[dict], Actions]]] = []
         for person, profile in profiles.items():
             events = by_person.get(person, [])
-            if book.idle and profile.ls and any(e.type != TRAIT_EVENT for e in events):
+            if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
+                    and any(e.type != TRAIT_EVENT for e in events)):
                 timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
             segments = entered.get(person, set())
             facts = Facts(catalog, profile, {}, now_ms)

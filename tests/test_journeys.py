@@ -250,6 +250,15 @@ async def test_thirty_days_idle_queues_the_comeback_message(redis, smtp, world):
     assert len(smtp.messages) == 1
 
 
+async def test_no_inactivity_timer_for_a_visitor_no_message_can_reach(redis, world):
+    pipeline, clock, _ = world
+    await apply(pipeline, clock, "a-visitor", "page_view", "v1")
+    await apply(pipeline, clock, "u-known", "identify", "k1", traits={"email": "kn@example.com"})
+    queue = DueQueue(redis)
+    assert await queue.pending_for("a-visitor", [JOURNEY_CHANNEL]) == []
+    assert [m["template"] for m in await queue.pending_for("u-known", [JOURNEY_CHANNEL])] == ["re_engagement"]
+
+
 async def test_a_trait_a_journey_sets_is_not_the_persons_activity(redis, smtp, world):
     """A set_trait step days later must not count as the person coming back: it
     would postpone the inactivity journey and fake a return."""
