@@ -63,6 +63,9 @@ class JourneyRunner:
         book = catalog.journeys
         timers: list[Message] = []
         work: list[tuple[str, Callable[[dict], Actions]]] = []
+        # Exit conditions read the profile: a batch after which one holds (a trait
+        # set, a count reached) ends the run now, not at its next timer.
+        exit_tests = [test for journey in book.by_id.values() for test in journey.exit_tests]
         for person, profile in profiles.items():
             events = by_person.get(person, [])
             if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
@@ -72,7 +75,8 @@ class JourneyRunner:
             facts = Facts(catalog, profile, {}, now_ms)
             if (any(book.might_act(e, facts) for e in events)
                     or any(s in book.by_segment for s in segments)
-                    or any(j.score_test(facts.score()) for j in book.scored)):
+                    or any(j.score_test(facts.score()) for j in book.scored)
+                    or any(test(facts) for test in exit_tests)):
                 work.append((person, lambda state, p=person, f=facts, e=events, s=segments:
                              self._on_events(book, p, f, state, e, s, now_ms)))
         if timers:

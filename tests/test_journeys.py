@@ -442,3 +442,23 @@ async def test_quiet_hours_follow_the_time_zone_the_person_sent(redis, smtp, wor
     clock.now += MINUTE
     await drain(scheduler)
     assert [m["To"] for _, m in smtp.messages] == ["ken@example.com"]
+
+
+async def test_a_condition_exit_ends_the_run_in_the_batch_that_makes_it_true(redis, smtp, world):
+    """`exit: [{trait: open_deal, equals: true}]`: the identify that sets the
+    trait ends the waiting run at once (not when its timer fires)."""
+    pipeline, clock, make = world
+    pipeline.catalogs.current = compile_catalog(parse_catalog_text(CATALOG.replace(
+        "      - event: purchase\n", "      - event: purchase\n      - {trait: open_deal, equals: true}\n")))
+    scheduler = make()
+    await opt_in(redis, "u-deal")
+    await apply(pipeline, clock, "u-deal", "identify", "e0", traits={"email": "deal@example.com"})
+    await apply(pipeline, clock, "u-deal", "add_to_cart", "e1", {"product": "CRM Pro"})
+    clock.now += MINUTE
+    result = await apply(pipeline, clock, "u-deal", "identify", "e2", traits={"open_deal": True})
+    assert [line for actions in result.journey_actions for line in actions.log] == [
+        "ended: cart_abandonment: exit condition"]
+    assert (await pipeline.journeys.state("u-deal"))["a"] == {}
+    clock.now += 40 * MINUTE
+    await drain(scheduler)
+    assert smtp.messages == []
