@@ -291,17 +291,25 @@ async def get_person(request: Request) -> Response:
 
 async def delete_person(request: Request) -> Response:
     """
-    summary: Erase a person's profile and event history (server token).
+    summary: Erase a person (server token).
+    description: 'Cancels every message queued for them on every channel (journey timers too), then removes
+      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
+      dead letters. Their suppressions stay: they keep them from being contacted again.'
     responses:
-      200: {description: '{"erased": number of keys removed}'}
+      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
     """
+    from api.followups import queued_channels  # here: that module imports this one
+
     services: Services = request.app.state.services
     require_server(authenticate(request.headers, request.query_params, services.settings))
     try:
-        removed = await services.store.erase(request.path_params["person"])
+        erased = await services.store.erase(request.path_params["person"], queued_channels(services), now_ms())
     except RedisError as exc:
         raise StoreUnavailable(f"the profile store is unavailable: {exc}") from None
-    return json_response({"erased": removed})
+    return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
+                          "dead_letters": erased["dead_letters"]})
 
 
 async def post_catalog(request: Request) -> Response:

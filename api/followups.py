@@ -4,7 +4,9 @@ catalog rule can say "opened email E"), and the unsubscribe link withdraws
 consent for the channel and cancels everything queued on it at once. Every link
 was signed when the email was made; a changed one is a 400, so the redirect is
 never open. And the app's side: the in-app inbox (read, dismiss) and push
-devices, for a signed user (or the server token acting for one)."""
+devices, for a signed user (or the server token acting for one). And the
+operator's: the suppression list, dead letters, and the channels a person's
+messages may wait on (erasing a person cancels them all)."""
 
 from __future__ import annotations
 
@@ -18,13 +20,21 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from api.app import Services, apply_events, json_response, now_ms, read_body
-from engine.contact_policy import PERSONAL_CHANNELS, ContactStore
+from engine.contact_policy import (
+    EMAIL_MAX_LENGTH,
+    PERSONAL_CHANNELS,
+    SUPPRESSIBLE_CHANNELS,
+    ContactStore,
+    suppression_address,
+)
 from engine.due_queue import DueQueue
 from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
 from engine.errors import EventRejected, MalformedBody, NotAuthorized, StoreUnavailable
 from engine.events import EMAIL_CLICK, EMAIL_OPEN, PERSON_ID, Event
 from engine.identity import authenticate, require_server
 from engine.inbox import DeviceStore, InboxStore
+from engine.journeys import JOURNEY_CHANNEL
+from engine.keys import DEAD_LETTERS_MAX
 from engine.kpis import KpiStore
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
@@ -239,8 +249,7 @@ async def get_kpis(request: Request) -> Response:
     """
     services: Services = request.app.state.services
     require_server(authenticate(request.headers, request.query_params, services.settings))
-    webhooks = {item.split("=", 1)[0] for item in services.settings.webhook_urls if "=" in item}
-    channels = sorted(PERSONAL_CHANNELS | webhooks)
+    channels = sorted(PERSONAL_CHANNELS | webhook_channels(services))
     try:
         report = await KpiStore(services.redis, services.keys).report(
             list(services.holder.current.journeys.by_id), channels)
@@ -249,8 +258,174 @@ async def get_kpis(request: Request) -> Response:
     return json_response(report)
 
 
+def webhook_channels(services: Services) -> set[str]:
+    return {item.split("=", 1)[0] for item in services.settings.webhook_urls if "=" in item}
+
+
+def queued_channels(services: Services) -> list[str]:
+    """Every channel a person's message may wait on in the due queue, which
+    finds them by person and channel: the personal ones, journey timers, the
+    webhooks configured (operator alerts, sales), and the catalog's notify
+    channels (queued even when no webhook sends them: dead-lettered when due)."""
+    steps = {step.channel for journey in services.holder.current.journeys.all for step in journey.steps}
+    named = PERSONAL_CHANNELS | {JOURNEY_CHANNEL, services.settings.alert_channel} | webhook_channels(services)
+    return sorted(c for c in named | steps if c)
+
+
+# -- operators: the suppression list and dead letters ------------------------------
+
+MAX_PAGE = 1000
+
+
+def _limit(request: Request, default: int, maximum: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
+        raise EventRejected(f"limit: a whole number from 1 to {maximum}", "limit", maximum)
+    return int(raw)
+
+
+def _suppressible(request: Request) -> tuple[str, str | None]:
+    """The path's channel, checked, and its address normalised (None when the
+    route has no address); 422 naming the part at fault."""
+    channel = request.path_params["channel"]
+    if channel not in SUPPRESSIBLE_CHANNELS:
+        kinds = ", ".join(f"{c} ({what})" for c, what in SUPPRESSIBLE_CHANNELS.items())
+        raise EventRejected(f"channel: one of {kinds}; push and inbox reach a person id, not an address",
+                            "channel")
+    text = request.path_params.get("address")
+    if text is None:
+        return channel, None
+    if len(text) > EMAIL_MAX_LENGTH:
+        raise EventRejected("address: too long", "address", EMAIL_MAX_LENGTH)
+    address = suppression_address(channel, text)
+    if address is None:
+        raise EventRejected(f"address: not {SUPPRESSIBLE_CHANNELS[channel]}", "address")
+    return channel, address
+
+
+async def put_suppression(request: Request) -> Response:
+    """
+    summary: Suppress an address on a channel (server token); nothing more is sent to it there.
+    description: 'The address is normalised (email: lower case; phone: digits and a leading +), as the check
+      at send time normalises a message''s `to`. A message it stops is dropped with the reason "suppressed".
+      Putting it again changes nothing.'
+    parameters:
+      - {name: channel, in: path, required: true, schema: {type: string, enum: [email, sms]}}
+      - {name: address, in: path, required: true, schema: {type: string, maxLength: 254}}
+    responses:
+      200: {description: '{"channel", "address" (normalised), "suppressed": true, "added": false if it already was}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+      422: {description: Not a channel with addresses, or not an address of the channel}
+    """
+    services: Services = request.app.state.services
+    require_server(authenticate(request.headers, request.query_params, services.settings))
+    channel, address = _suppressible(request)
+    try:
+        added = await ContactStore(services.redis, services.keys).suppress_address(channel, address)
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot suppress the address: {exc}") from None
+    return json_response({"channel": channel, "address": address, "suppressed": True, "added": added})
+
+
+async def delete_suppression(request: Request) -> Response:
+    """
+    summary: Lift an address's suppression on a channel (server token).
+    parameters:
+      - {name: channel, in: path, required: true, schema: {type: string, enum: [email, sms]}}
+      - {name: address, in: path, required: true, schema: {type: string, maxLength: 254}}
+    responses:
+      200: {description: '{"channel", "address", "suppressed": false}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+      404: {description: The address was not suppressed on this channel}
+      422: {description: Not a channel with addresses, or not an address of the channel}
+    """
+    services: Services = request.app.state.services
+    require_server(authenticate(request.headers, request.query_params, services.settings))
+    channel, address = _suppressible(request)
+    try:
+        removed = await ContactStore(services.redis, services.keys).unsuppress_address(channel, address)
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot lift the suppression: {exc}") from None
+    if not removed:
+        return json_response({"error": f"{address} is not suppressed on {channel}"}, 404)
+    return json_response({"channel": channel, "address": address, "suppressed": False})
+
+
+async def list_suppressions(request: Request) -> Response:
+    """
+    summary: A channel's suppressed addresses in order, a page at a time (server token).
+    parameters:
+      - {name: channel, in: path, required: true, schema: {type: string, enum: [email, sms]}}
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
+      - {name: after, in: query, schema: {type: string}, description: 'the `next` of the page before'}
+    responses:
+      200: {description: '{"channel", "addresses": [...], "total": n, "next": the value for `after`, null on the last page}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+      422: {description: Not a channel with addresses, or a limit out of range}
+    """
+    services: Services = request.app.state.services
+    require_server(authenticate(request.headers, request.query_params, services.settings))
+    channel, _ = _suppressible(request)
+    limit = _limit(request, 100, MAX_PAGE)
+    after = request.query_params.get("after", "")
+    if len(after) > EMAIL_MAX_LENGTH:
+        raise EventRejected("after: too long", "after", EMAIL_MAX_LENGTH)
+    try:
+        page, total = await ContactStore(services.redis, services.keys).suppressed_addresses(channel, after, limit)
+    except RedisError as exc:
+        raise StoreUnavailable(f"the suppression list is unavailable: {exc}") from None
+    return json_response({"channel": channel, "addresses": page, "total": total,
+                          "next": page[-1] if len(page) == limit else None})
+
+
+def _dead_letter_view(raw: bytes) -> dict:
+    try:
+        entry = orjson.loads(raw)
+        message = entry["message"]
+        return {"id": message["id"], "person": message["person"], "channel": message["channel"],
+                "template": message.get("template", ""), "purpose": message.get("purpose", ""),
+                "due_ms": message.get("due_ms"), "reason": entry["reason"], "at": entry["at"]}
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return {"reason": "unreadable dead letter (not written by the scheduler)"}
+
+
+async def get_dead_letters(request: Request) -> Response:
+    """
+    summary: The most recent dead-lettered messages, newest first, with the reason each failed (server token).
+    description: A message is dead-lettered when its channel refused it for good or it ran out of attempts.
+      Its body (address, traits) is not shown.
+    parameters:
+      - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 50}}
+    responses:
+      200: {description: '{"dead_letters": [{"id", "person", "channel", "template", "purpose", "due_ms", "reason", "at"}], "total": n kept (at most 10000)}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+      422: {description: A limit out of range}
+    """
+    services: Services = request.app.state.services
+    require_server(authenticate(request.headers, request.query_params, services.settings))
+    limit = _limit(request, 50, min(MAX_PAGE, DEAD_LETTERS_MAX))
+    try:
+        pipe = services.redis.pipeline(transaction=False)
+        pipe.lrange(services.keys.dead_letters(), 0, limit - 1)
+        pipe.llen(services.keys.dead_letters())
+        entries, total = await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"the dead letters are unavailable: {exc}") from None
+    return json_response({"dead_letters": [_dead_letter_view(raw) for raw in entries], "total": total})
+
+
 FOLLOWUP_ROUTES = [
     Route("/v1/kpis", get_kpis, methods=["GET"]),
+    Route("/v1/suppressions/{channel}", list_suppressions, methods=["GET"]),
+    Route("/v1/suppressions/{channel}/{address}", put_suppression, methods=["PUT"]),
+    Route("/v1/suppressions/{channel}/{address}", delete_suppression, methods=["DELETE"]),
+    Route("/v1/deadletters", get_dead_letters, methods=["GET"]),
     Route("/v1/inbox", get_inbox, methods=["GET"]),
     Route("/v1/inbox/{message_id}/read", read_inbox_message, methods=["POST"]),
     Route("/v1/inbox/{message_id}/dismiss", dismiss_inbox_message, methods=["POST"]),

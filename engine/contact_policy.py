@@ -192,10 +192,46 @@ def absorb(known: ContactState, anonymous: ContactState) -> None:
     known.sends = sorted(sends, key=lambda s: s[0])[-CONTACT_HISTORY_MAX:]
 
 
+# Channels whose messages name their recipient in `to`, and what names one: only
+# these take address suppressions (push and inbox reach the person's id).
+SUPPRESSIBLE_CHANNELS = {"email": "an email address", "sms": "a phone number"}
+EMAIL_MAX_LENGTH = 254  # RFC 5321's longest path
+PHONE_MAX_DIGITS = 15  # E.164
+
+
+def suppression_address(channel: str, text: str) -> str | None:
+    """The one form an address is suppressed and checked in, or None when `text`
+    is not an address of the channel. Email: the address (also out of
+    "Name <address>") in lower case: providers ignore case, and a suppression
+    must not miss. Phone: digits with an optional leading +, without spaces,
+    dots, dashes or parentheses."""
+    text = text.strip()
+    if channel == "email":
+        if text.endswith(">") and "<" in text:
+            text = text[text.rindex("<") + 1:-1].strip()
+        local, at, domain = text.lower().partition("@")
+        if (not at or not local or not domain or "@" in domain or len(text) > EMAIL_MAX_LENGTH
+                or any(c.isspace() or c in "<>,;" for c in text)):
+            return None
+        return f"{local}@{domain}"
+    if channel == "sms":
+        phone = "".join(c for c in text if c not in " .-()")
+        digits = phone.removeprefix("+")
+        return phone if digits.isascii() and digits.isdigit() and 5 <= len(digits) <= PHONE_MAX_DIGITS else None
+    return None
+
+
 def message_addresses(message: Message) -> tuple[str, ...]:
-    """Addresses a message goes to that the suppression list may name."""
+    """What the suppression list may name for a message besides its person: its
+    `to` as written and normalised (an entry for every channel) and, normalised,
+    as "<channel>:<address>" (an entry for that channel, put by the API)."""
     to = message.body.get("to")
-    return (to,) if isinstance(to, str) and to else ()
+    if not isinstance(to, str) or not to:
+        return ()
+    normal = suppression_address(message.channel, to)
+    if normal is None:
+        return (to,)
+    return tuple(dict.fromkeys((to, normal, f"{message.channel}:{normal}")))
 
 
 class ContactStore:
@@ -255,6 +291,33 @@ class ContactStore:
 
     async def suppress(self, who: str) -> None:
         await self.redis.sadd(self.keys.suppressed(), who)
+
+    async def suppress_address(self, channel: str, address: str) -> bool:
+        """Suppress a normalised address on one channel (suppression_address);
+        False if it already was. The send-time check reads the entry in the
+        suppression set (sent first); the channel's index only lists it."""
+        pipe = self.redis.pipeline(transaction=False)  # two slots on a Cluster: no MULTI
+        pipe.sadd(self.keys.suppressed(), f"{channel}:{address}")
+        pipe.zadd(self.keys.suppressed_on(channel), {address: 0})
+        added, _ = await pipe.execute()
+        return bool(added)
+
+    async def unsuppress_address(self, channel: str, address: str) -> bool:
+        """Lift an address's suppression on one channel; False if it had none."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.srem(self.keys.suppressed(), f"{channel}:{address}")
+        pipe.zrem(self.keys.suppressed_on(channel), address)
+        removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def suppressed_addresses(self, channel: str, after: str, limit: int) -> tuple[list[str], int]:
+        """A page of a channel's suppressed addresses in order, those after
+        `after` ("" from the start), and how many the channel has."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zrangebylex(self.keys.suppressed_on(channel), f"({after}" if after else "-", "+", 0, limit)
+        pipe.zcard(self.keys.suppressed_on(channel))
+        page, total = await pipe.execute()
+        return [address.decode() for address in page], total
 
     async def check_and_reserve(self, policy: ContactPolicy, *, person: str, channel: str,
                                 purpose: str, template: str, now_ms: int, message_id: str = "",

@@ -102,6 +102,13 @@ class Keys:
     def suppressed(self) -> str:
         return f"{self.prefix}:suppressed"
 
+    # ZSET, every score 0 so it pages in address order: the addresses suppressed
+    # on one channel through the API (normalised: lower-case email, phone digits).
+    # Each is also "<channel>:<address>" in suppressed(), which the send-time
+    # check reads; this one is only the listing. No TTL.
+    def suppressed_on(self, channel: str) -> str:
+        return f"{self.prefix}:suppressed:{channel}"
+
     # LIST, newest first, JSON dead-lettered messages with the reason. Capped to 10k.
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletter"

@@ -135,4 +135,5 @@ def test_the_schema_lists_the_follow_up_routes(followup_api):
     with followup_api.client() as client:
         paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/inbox", "/v1/inbox/{message_id}/read", "/v1/inbox/{message_id}/dismiss",
-            "/v1/devices"} <= set(paths)
+            "/v1/devices", "/v1/suppressions/{channel}", "/v1/deadletters"} <= set(paths)
+    assert set(paths["/v1/suppressions/{channel}/{address}"]) == {"put", "delete"}
