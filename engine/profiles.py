@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import NoScriptError
 
+from engine.due_queue import DueQueue
 from engine.keys import MERGE_STAGING_TTL_S, Keys
 
 
@@ -311,8 +312,6 @@ class ProfileStore:
         keys (profile, dedupe ids, staging, contact state and outcomes, journeys,
         inbox, devices); then their dead letters. Their suppressions stay: those
         keep them from being contacted again. Returns how many of each."""
-        from engine.due_queue import DueQueue  # the one part of this module that needs the queue
-
         queue, keys = DueQueue(self.redis, self.keys), self.keys
         cancelled = 0
         for channel in channels:
