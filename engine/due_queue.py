@@ -5,12 +5,14 @@ all live in one shard, so cancelling a person's channel touches one slot.
 Lifecycle of a message id (its idempotency key): schedule -> due ZSET; claim ->
 in-flight ZSET with a lease deadline; ack -> done ZSET (kept a while, so the same
 key scheduled again is a no-op). A lease that ends without an ack puts the item
-back in due: a crashed scheduler loses nothing."""
+back in due: a crashed scheduler loses nothing. Only sends that failed count as
+attempts: a delay for quiet hours or a lapsed lease is not one."""
 
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import orjson
 from redis.asyncio import Redis
@@ -42,8 +44,17 @@ class Message:
 @dataclass(frozen=True, slots=True)
 class Claimed:
     message: Message
-    attempts: int  # 1 on the first claim; more means a lease ended before an ack
+    attempts: int  # this send's attempt: 1 + the sends of this message that failed before
     sent_before_ms: int | None = None  # set by begin_send when a send was already started
+
+
+class Delay(NamedTuple):
+    """An in-flight message put back in due until a later time."""
+
+    message: Message
+    until_ms: int
+    clear_send_mark: bool = False  # no send of it is under way any more
+    failed_send: bool = False  # a send failed: counts towards the attempts
 
 
 def shard_of(person: str, shards: int = DUE_SHARDS) -> int:
@@ -84,7 +95,8 @@ return 1
 # KEYS[5] sent HASH
 # ARGV[1] now ms, ARGV[2] limit, ARGV[3] lease ms
 # Expired leases go back to due first, then up to `limit` due items move to
-# in-flight. Returns a flat list: id, payload, attempts, sent-at ('' if never).
+# in-flight. Returns a flat list: id, payload, attempt (1 + failed sends so far),
+# sent-at ('' if never). A claim is not an attempt: DELAY counts failed sends.
 CLAIM = """
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
@@ -99,10 +111,9 @@ for _, id in ipairs(ids) do
   local payload = redis.call('HGET', KEYS[3], id)
   if payload then
     redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
-    local attempts = redis.call('HINCRBY', KEYS[4], id, 1)
     table.insert(out, id)
     table.insert(out, payload)
-    table.insert(out, attempts)
+    table.insert(out, tonumber(redis.call('HGET', KEYS[4], id) or '0') + 1)
     table.insert(out, redis.call('HGET', KEYS[5], id) or '')
   end
 end
@@ -137,15 +148,17 @@ redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARG
 return 1
 """
 
-# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] sent HASH
-# ARGV[1] id, ARGV[2] new due ms, ARGV[3] '1' to clear the send mark (a send
-# that failed for sure, retried later)
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] sent HASH,
+# KEYS[5] attempts HASH
+# ARGV[1] id, ARGV[2] new due ms, ARGV[3] '1' to clear the send mark (no send is
+# under way any more), ARGV[4] '1' if a send failed (counted as an attempt)
 # Puts an in-flight item back in due at a later time (quiet hours, retry).
 # Returns 0 if it was not in flight any more.
 DELAY = """
 if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 0 then return 0 end
 if ARGV[3] == '1' then redis.call('HDEL', KEYS[4], ARGV[1]) end
+if ARGV[4] == '1' then redis.call('HINCRBY', KEYS[5], ARGV[1], 1) end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
@@ -282,11 +295,13 @@ class DueQueue:
         return (self._ack, self._person_keys(message.person, message.channel),
                 [message.id, now_ms, self.done_keep_ms])
 
-    def _delay_call(self, message: Message, until_ms: int, clear_send_mark: bool) -> tuple:
-        shard = shard_of(message.person, self.shards)
+    def _delay_call(self, delay: Delay) -> tuple:
+        shard = shard_of(delay.message.person, self.shards)
         k = self.keys
-        return (self._delay, [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard)],
-                [message.id, until_ms, "1" if clear_send_mark else "0"])
+        return (self._delay, [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard),
+                              k.due_attempts(shard)],
+                [delay.message.id, delay.until_ms, "1" if delay.clear_send_mark else "0",
+                 "1" if delay.failed_send else "0"])
 
     async def begin_send(self, message: Message, now_ms: int) -> int:
         """Record the idempotency key before sending: 0 = first send, -1 = no longer
@@ -301,19 +316,20 @@ class DueQueue:
     async def ack(self, message: Message, now_ms: int) -> None:
         await self.settle([message], [], now_ms)
 
-    async def delay(self, message: Message, until_ms: int, *, clear_send_mark: bool = False) -> bool:
+    async def delay(self, message: Message, until_ms: int, *, clear_send_mark: bool = False,
+                    failed_send: bool = False) -> bool:
         """Back to due at `until_ms`; False if no longer in flight."""
-        [moved] = await self._pipelined([self._delay_call(message, until_ms, clear_send_mark)])
+        [moved] = await self._pipelined([self._delay_call(Delay(message, until_ms, clear_send_mark, failed_send))])
         return bool(moved)
 
-    async def settle(self, acks: list[Message], delays: list[tuple[Message, int, bool]], now_ms: int,
+    async def settle(self, acks: list[Message], delays: list[Delay], now_ms: int,
                      schedule: list[Message] = ()) -> None:
         """A batch's ends in one round trip: new messages they cause (queued
-        first, so an ack never goes without them), acks (done) and delays
-        (message, until ms, clear the send mark) back to due."""
+        first, so an ack never goes without them), acks (done) and delays back
+        to due."""
         await self._pipelined([self.schedule_call(m) for m in schedule]
                               + [self._ack_call(m, now_ms) for m in acks]
-                              + [self._delay_call(m, until, clear) for m, until, clear in delays])
+                              + [self._delay_call(d) for d in delays])
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:
         """Drop everything queued or in flight for this person on this channel."""

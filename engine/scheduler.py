@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
-from engine.due_queue import Claimed, DueQueue, Message
+from engine.due_queue import Claimed, Delay, DueQueue, Message
 from engine.journey_runner import Reschedule
 from engine.journeys import JOURNEY_CHANNEL
 from engine.keys import DEAD_LETTERS_MAX, Keys
@@ -65,7 +65,7 @@ class _Settle:
     """Writes that end messages: acks, delays back to due, outcomes, dead letters."""
 
     acks: list[Message] = field(default_factory=list)
-    delays: list[tuple[Message, int, bool]] = field(default_factory=list)  # message, until ms, clear mark
+    delays: list[Delay] = field(default_factory=list)
     outcomes: list[tuple[str, dict]] = field(default_factory=list)  # person, outcome
     dead: list[bytes] = field(default_factory=list)  # dead-letter entries
     alerts: list[Message] = field(default_factory=list)  # operator alerts to queue
@@ -203,7 +203,7 @@ class Scheduler:
             elif verdict.action == "delay":
                 self.stats.delayed += 1
                 self._outcome(message, "delayed", verdict.reason, settle, until=verdict.until_ms)
-                settle.delays.append((message, verdict.until_ms, False))
+                settle.delays.append(Delay(message, verdict.until_ms))
                 status[n] = "delayed"
         sending = [n for n in range(len(claimed)) if status[n] is None]
         sent = await asyncio.gather(self._commit(settle), *(self._send(claimed[n]) for n in sending))
@@ -233,7 +233,7 @@ class Scheduler:
         try:
             await self.senders[message.channel](message, message.body.get("values", {}))
         except Reschedule as again:  # an inactivity timer that activity pushed forward
-            settle.delays.append((message, again.until_ms, True))
+            settle.delays.append(Delay(message, again.until_ms, clear_send_mark=True))
             return "rescheduled"
         except PermanentSendError as exc:
             return self._dead_letter(message, str(exc), settle)
@@ -243,7 +243,8 @@ class Scheduler:
                 return self._dead_letter(message, reason, settle)
             self.stats.retried += 1
             self._outcome(message, "retrying", reason, settle)
-            settle.delays.append((message, self.clock() + RETRY_BASE_MS * 2 ** (item.attempts - 1), True))
+            settle.delays.append(Delay(message, self.clock() + RETRY_BASE_MS * 2 ** (item.attempts - 1),
+                                       clear_send_mark=True, failed_send=True))
             return "retrying"
         self.stats.sent += 1
         self._outcome(message, "sent", "ok", settle)

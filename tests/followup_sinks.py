@@ -89,8 +89,17 @@ class _Inbox:
         self.messages = []
         self.arrived_ms: list[float] = []  # wall clock of each message, same order
         self.peers: list = []  # the client's address of each message: one per connection
+        # Answers to the next deliveries instead of 250 (e.g. "451 4.3.0 Try
+        # again later"), one each, like a relay that is busy or refuses; each
+        # refused delivery is kept in `refused` as (answer, wall clock ms).
+        self.replies: list[str] = []
+        self.refused: list[tuple[str, float]] = []
 
     async def handle_DATA(self, server, session, envelope):
+        if self.replies:
+            reply = self.replies.pop(0)
+            self.refused.append((reply, time.time() * 1000))
+            return reply
         message = message_from_bytes(envelope.content, policy=policy.default)
         self.arrived_ms.append(time.time() * 1000)
         self.peers.append(session.peer)
@@ -99,7 +108,8 @@ class _Inbox:
 
 
 class SmtpSink:
-    """aiosmtpd on a free port; `messages` holds (recipients, parsed message)."""
+    """aiosmtpd on a free port; `messages` holds (recipients, parsed message);
+    set `replies` to refuse the next deliveries (their answers are in `refused`)."""
 
     def __init__(self) -> None:
         self.inbox = _Inbox()
@@ -109,6 +119,18 @@ class SmtpSink:
     @property
     def messages(self):
         return self.inbox.messages
+
+    @property
+    def replies(self) -> list[str]:
+        return self.inbox.replies
+
+    @replies.setter
+    def replies(self, answers: list[str]) -> None:
+        self.inbox.replies = list(answers)
+
+    @property
+    def refused(self) -> list[tuple[str, float]]:
+        return self.inbox.refused
 
     def start(self) -> SmtpSink:
         self.controller.start()

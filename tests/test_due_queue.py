@@ -49,7 +49,7 @@ async def test_expired_lease_comes_back_with_its_send_mark(redis):
     assert await queue.begin_send(claimed.message, 2001) == 0
     assert await queue.claim(2999, 10, 1000) == []  # lease still held
     [again] = await queue.claim(3000, 10, 1000)  # lease ended: back, not lost
-    assert again.attempts == 2 and again.sent_before_ms == 2001
+    assert again.attempts == 1 and again.sent_before_ms == 2001  # a lapsed lease is no failed send
     assert await queue.begin_send(again.message, 3001) == 2001  # a redelivery is detected
 
 
@@ -76,6 +76,26 @@ async def test_delay_puts_an_item_back_at_a_later_time(redis):
     assert await queue.delay(claimed.message, 50_000)
     assert await queue.claim(49_999, 10, 1000) == []
     assert [c.message.id for c in await queue.claim(50_000, 10, 1000)] == ["m-1"]
+
+
+async def test_only_failed_sends_count_as_attempts(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    now = 2000
+    for _ in range(3):  # put off (quiet hours), then a lapsed lease: no attempt used
+        [claimed] = await queue.claim(now, 10, 1000)
+        assert claimed.attempts == 1
+        assert await queue.delay(claimed.message, now + 10)
+        now += 1000
+    [claimed] = await queue.claim(now, 10, 1000)
+    assert claimed.attempts == 1
+    [claimed] = await queue.claim(now + 1000, 10, 1000)
+    assert claimed.attempts == 1
+    for attempt in (1, 2, 3):  # each failed send counts
+        assert claimed.attempts == attempt
+        now += 10_000
+        assert await queue.delay(claimed.message, now, clear_send_mark=True, failed_send=True)
+        [claimed] = await queue.claim(now, 10, 1000)
 
 
 async def test_every_script_touches_one_shard_slot(redis):

@@ -18,13 +18,20 @@ from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
 from engine.email_channel import EmailChannel, SmtpConfig, Tracker
 from engine.keys import DUE_SHARDS, Keys
-from engine.scheduler import PermanentSendError, Scheduler, SendError, senders_from_settings
+from engine.scheduler import (
+    MAX_SEND_ATTEMPTS,
+    PermanentSendError,
+    Scheduler,
+    SendError,
+    senders_from_settings,
+)
 from engine.settings import Settings
 from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
 from tests.conftest import ROOT, wait_until
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
 MINUTE = 60_000
+DAY = 24 * 60 * MINUTE
 SECRET = b"test-webhook-secret"
 KILLS = 20
 KILL_MESSAGES = 1000
@@ -151,6 +158,34 @@ async def test_quiet_hours_delay_to_the_persons_morning(redis, receiver):
     finally:
         await channel.aclose()
     assert [r.headers["idempotency-key"] for r in receiver.received] == ["p-1"]
+
+
+async def test_quiet_hour_delays_do_not_use_up_the_send_attempts(redis, smtp):
+    """Only failed sends count towards MAX_SEND_ATTEMPTS. A message put off by
+    quiet hours night after night (no scheduler ran during the days) and then
+    refused four times by the relay (451) still goes out at its fifth attempt."""
+    clock = Clock()  # 20:26 UTC, inside quiet hours
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(quiet_start_hour=20, quiet_end_hour=8),
+                               {"email": email.send})
+    await contacts.set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(email_to("u-1", T0))
+    nights = MAX_SEND_ATTEMPTS + 1
+    try:
+        for night in range(nights):
+            clock.now = T0 + night * DAY
+            assert await scheduler.process_batch(await scheduler.queue.claim(clock(), 10, MINUTE)) == ["delayed"]
+        [last_delay, *_] = await contacts.outcomes("u-1")
+        smtp.replies = ["451 4.3.0 Try again later"] * (MAX_SEND_ATTEMPTS - 1)
+        clock.now = last_delay["until"]  # 08:00, the morning after the last night
+        while not smtp.messages and clock.now < last_delay["until"] + 12 * 60 * MINUTE:
+            await scheduler.run_once()
+            clock.now += 10 * MINUTE
+    finally:
+        await email.aclose()
+    assert scheduler.stats.delayed == nights and len(smtp.refused) == MAX_SEND_ATTEMPTS - 1
+    assert len(smtp.messages) == 1 and scheduler.stats.dead_lettered == 0
 
 
 async def test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered(redis):
