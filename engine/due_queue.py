@@ -46,6 +46,9 @@ class Claimed:
     message: Message
     attempts: int  # this send's attempt: 1 + the sends of this message that failed before
     sent_before_ms: int | None = None  # set by begin_send when a send was already started
+    # The deadline this claim set in the in-flight ZSET: it names the claim, so a
+    # send begins only while this claim still holds the item (BEGIN_SEND).
+    lease_until_ms: int = 0
 
 
 class Delay(NamedTuple):
@@ -120,13 +123,26 @@ end
 return out
 """
 
+NOT_IN_FLIGHT = -1  # begin_send: cancelled or acked meanwhile, do not send
+LEASE_LOST = -2  # begin_send: the claim's lease lapsed, do not send (see BEGIN_SEND)
+
 # KEYS[1] sent HASH, KEYS[2] in-flight ZSET
-# ARGV[1] id, ARGV[2] now ms
-# Records that a send starts, before it starts. Returns the earlier mark if a
-# send of this id already started (a redelivery after a crash), else 0.
-# Returns -1 if the item is no longer in flight (cancelled or acked meanwhile).
+# ARGV[1] id, ARGV[2] now ms, ARGV[3] the lease deadline the caller's claim set,
+# ARGV[4] lease ms
+# Records that a send starts, before it starts, and gives it a whole lease from
+# now. A claimed item can wait behind busy send slots past its lease; then the
+# send must not start: another scheduler may hold the item (its claim set a
+# later deadline) or may claim it any moment (the deadline has passed), and
+# would send it again. Returns -1 if the item is no longer in flight (cancelled
+# or acked meanwhile), -2 if the caller's lease is lost, else the earlier mark
+# if a send of this id already started (a redelivery after a crash), else 0.
 BEGIN_SEND = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then return -1 end
+local lease = redis.call('ZSCORE', KEYS[2], ARGV[1])
+if not lease then return -1 end
+lease = tonumber(lease)
+local now = tonumber(ARGV[2])
+if lease ~= tonumber(ARGV[3]) or lease <= now then return -2 end
+redis.call('ZADD', KEYS[2], math.max(lease, now + tonumber(ARGV[4])), ARGV[1])
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 if before then return tonumber(before) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -269,27 +285,28 @@ class DueQueue:
         if limit >= self.shards:
             flats = await self._pipelined([(self._claim, self._shard_keys(shard)[:5],
                                             [now_ms, limit // self.shards, lease_ms]) for shard in order])
-            return [item for flat in flats for item in self._claimed(flat)]
+            return [item for flat in flats for item in self._claimed(flat, now_ms + lease_ms)]
         claimed: list[Claimed] = []
         for shard in order:
             if len(claimed) >= limit:
                 break
             flat = await self._claim(keys=self._shard_keys(shard)[:5], args=[now_ms, limit - len(claimed), lease_ms])
-            claimed.extend(self._claimed(flat))
+            claimed.extend(self._claimed(flat, now_ms + lease_ms))
         return claimed
 
     @staticmethod
-    def _claimed(flat: list) -> list[Claimed]:
+    def _claimed(flat: list, lease_until_ms: int) -> list[Claimed]:
         out = []
         for j in range(0, len(flat), 4):
             sent = flat[j + 3]
             out.append(Claimed(Message.decode(flat[j + 1]), int(flat[j + 2]),
-                               int(sent) if sent not in (b"", "") else None))
+                               int(sent) if sent not in (b"", "") else None, lease_until_ms))
         return out
 
-    def _begin_send_call(self, message: Message, now_ms: int) -> tuple:
-        shard = shard_of(message.person, self.shards)
-        return (self._begin_send, [self.keys.due_sent(shard), self.keys.due_inflight(shard)], [message.id, now_ms])
+    def _begin_send_call(self, item: Claimed, now_ms: int, lease_ms: int) -> tuple:
+        shard = shard_of(item.message.person, self.shards)
+        return (self._begin_send, [self.keys.due_sent(shard), self.keys.due_inflight(shard)],
+                [item.message.id, now_ms, item.lease_until_ms, lease_ms])
 
     def _ack_call(self, message: Message, now_ms: int) -> tuple:
         return (self._ack, self._person_keys(message.person, message.channel),
@@ -303,15 +320,16 @@ class DueQueue:
                 [delay.message.id, delay.until_ms, "1" if delay.clear_send_mark else "0",
                  "1" if delay.failed_send else "0"])
 
-    async def begin_send(self, message: Message, now_ms: int) -> int:
-        """Record the idempotency key before sending: 0 = first send, -1 = no longer
-        in flight (do not send), otherwise the ms of an earlier send attempt."""
-        [mark] = await self.begin_send_many([message], now_ms)
+    async def begin_send(self, item: Claimed, now_ms: int, lease_ms: int) -> int:
+        """Record the idempotency key before sending a claimed item, and hold it
+        for `lease_ms` more: 0 = first send, NOT_IN_FLIGHT or LEASE_LOST = do
+        not send, otherwise the ms of an earlier send attempt."""
+        [mark] = await self.begin_send_many([item], now_ms, lease_ms)
         return mark
 
-    async def begin_send_many(self, messages: list[Message], now_ms: int) -> list[int]:
+    async def begin_send_many(self, items: list[Claimed], now_ms: int, lease_ms: int) -> list[int]:
         """begin_send for a batch in one round trip."""
-        return [int(r) for r in await self._pipelined([self._begin_send_call(m, now_ms) for m in messages])]
+        return [int(r) for r in await self._pipelined([self._begin_send_call(c, now_ms, lease_ms) for c in items])]
 
     async def ack(self, message: Message, now_ms: int) -> None:
         await self.settle([message], [], now_ms)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
-from engine.due_queue import Claimed, Delay, DueQueue, Message
+from engine.due_queue import LEASE_LOST, NOT_IN_FLIGHT, Claimed, Delay, DueQueue, Message
 from engine.journey_runner import Reschedule
 from engine.journeys import JOURNEY_CHANNEL
 from engine.keys import DEAD_LETTERS_MAX, Keys
@@ -54,6 +54,7 @@ class SchedulerStats:
     dead_lettered: int = 0
     redelivered: int = 0  # a send of this id had started before: a possible duplicate
     cancelled: int = 0
+    lease_lost: int = 0  # a claim waited past its lease before its send began: not sent by this one
     reasons: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
@@ -141,7 +142,7 @@ class Scheduler:
         # Each send is marked begun right before it starts and acknowledged as
         # soon as it is done (the shorter that gap, the fewer duplicates a crash
         # causes), and both cost few round trips: see Coalesced.
-        self.begin = Coalesced(lambda messages: self.queue.begin_send_many(messages, self.clock()))
+        self.begin = Coalesced(lambda items: self.queue.begin_send_many(items, self.clock(), self.lease_ms))
         self.commit = Coalesced(self._settle_parts)
 
     async def run_once(self) -> int:
@@ -224,10 +225,13 @@ class Scheduler:
 
     async def _send_one(self, item: Claimed, settle: _Settle) -> str:
         message = item.message
-        mark = await self.begin(message)
-        if mark == -1:  # cancelled (an unsubscribe) or acked by another scheduler meanwhile
+        mark = await self.begin(item)
+        if mark == NOT_IN_FLIGHT:  # cancelled (an unsubscribe) or acked by another scheduler meanwhile
             self.stats.cancelled += 1
             return "cancelled"
+        if mark == LEASE_LOST:  # waited for a send slot past the lease: another scheduler has it, or will
+            self.stats.lease_lost += 1
+            return "lease_lost"
         if mark > 0:
             self.stats.redelivered += 1
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.due_queue import DueQueue, Message, shard_of
+from engine.due_queue import LEASE_LOST, DueQueue, Message, shard_of
 from engine.keys import DUE_DONE_KEEP_MS
 
 
@@ -46,11 +46,37 @@ async def test_expired_lease_comes_back_with_its_send_mark(redis):
     queue = DueQueue(redis)
     await queue.schedule(msg(1))
     [claimed] = await queue.claim(2000, 10, lease_ms=1000)
-    assert await queue.begin_send(claimed.message, 2001) == 0
-    assert await queue.claim(2999, 10, 1000) == []  # lease still held
-    [again] = await queue.claim(3000, 10, 1000)  # lease ended: back, not lost
+    assert await queue.begin_send(claimed, 2001, lease_ms=1000) == 0  # the lease now runs to 3001
+    assert await queue.claim(3000, 10, 1000) == []  # lease still held
+    [again] = await queue.claim(3001, 10, 1000)  # lease ended: back, not lost
     assert again.attempts == 1 and again.sent_before_ms == 2001  # a lapsed lease is no failed send
-    assert await queue.begin_send(again.message, 3001) == 2001  # a redelivery is detected
+    assert await queue.begin_send(again, 3002, lease_ms=1000) == 2001  # a redelivery is detected
+
+
+async def test_a_send_cannot_begin_on_a_lease_that_lapsed(redis):
+    """The lease starts at the claim, but a claimed item may wait behind busy
+    send slots: by the time its send begins another scheduler may hold it."""
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    [first] = await queue.claim(2000, 10, lease_ms=1000)
+    [second] = await queue.claim(3500, 10, lease_ms=1000)  # first's lease lapsed: claimed again
+    assert await queue.begin_send(first, 3600, lease_ms=1000) == LEASE_LOST
+    assert await queue.begin_send(second, 3600, lease_ms=1000) == 0  # the holder sends, once
+    await queue.ack(second.message, 3700)
+    await queue.schedule(msg(2))
+    [late] = await queue.claim(5000, 10, lease_ms=1000)
+    assert await queue.begin_send(late, 6000, lease_ms=1000) == LEASE_LOST  # lapsed, nobody took it yet
+    [back] = await queue.claim(6000, 10, lease_ms=1000)  # and nothing is lost
+    assert back.message.id == "m-2" and back.sent_before_ms is None
+
+
+async def test_beginning_a_send_extends_its_lease(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1))
+    [claimed] = await queue.claim(2000, 10, lease_ms=1000)
+    assert await queue.begin_send(claimed, 2900, lease_ms=1000) == 0
+    assert await queue.claim(3899, 10, 1000) == []  # held for a whole lease from the begin
+    assert [c.message.id for c in await queue.claim(3900, 10, 1000)] == ["m-1"]
 
 
 async def test_cancel_by_person_and_channel_removes_queued_and_in_flight(redis):
@@ -59,14 +85,16 @@ async def test_cancel_by_person_and_channel_removes_queued_and_in_flight(redis):
     await queue.schedule(msg(2, due_ms=9000))
     await queue.schedule(msg(3, channel="push"))
     await queue.schedule(msg(4, person="u-2"))
-    [_, _, _] = await queue.claim(2000, 10, 60_000)  # m-1, m-3, m-4 in flight
+    in_flight = await queue.claim(2000, 10, 60_000)  # m-1, m-3, m-4 in flight
+    [claimed_m1] = [c for c in in_flight if c.message.id == "m-1"]
+    assert len(in_flight) == 3
     assert await queue.cancel("u-1", "email", 2001) == 2
     remaining = [c.message.id for c in await queue.claim(50_000, 10, 1)]
     assert remaining == []  # m-3 and m-4 are in flight, m-2 is gone
     later = sorted(c.message.id for c in await queue.claim(200_000, 10, 1))
     assert later == ["m-3", "m-4"]
     assert not await queue.schedule(msg(2))  # cancelled stays cancelled
-    assert await queue.begin_send(msg(1), 2002) == -1  # a cancelled in-flight item is not sent
+    assert await queue.begin_send(claimed_m1, 2002, lease_ms=60_000) == -1  # a cancelled in-flight item is not sent
 
 
 async def test_delay_puts_an_item_back_at_a_later_time(redis):

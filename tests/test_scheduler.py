@@ -138,6 +138,28 @@ async def test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two(redis,
     assert reasons == ["push cap: 2 per day reached"] * 8
 
 
+async def test_a_batch_that_waited_past_its_lease_does_not_send_what_another_scheduler_claimed(redis, receiver):
+    """Scheduler A claims a batch that then waits behind its busy send slots
+    past its lease; B claims the same message meanwhile. A's send is refused
+    when it begins (the lease is lost): the receiver gets the message once."""
+    clock = Clock()
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url}, SECRET))
+    a, b = (make_scheduler(redis, clock, ContactPolicy(), {"push": lambda m, v: channel.send(m, {})},
+                           lease_ms=MINUTE) for _ in range(2))
+    await a.queue.schedule(Message(id="p-1", person="u-1", channel="push", due_ms=T0))
+    try:
+        waiting = await a.queue.claim(clock(), a.batch, a.lease_ms)
+        clock.now += 2 * MINUTE  # A's lease lapsed while the batch waited
+        claimed_by_b = await b.queue.claim(clock(), b.batch, b.lease_ms)
+        assert await a.process_batch(waiting) == ["lease_lost"]
+        assert await b.process_batch(claimed_by_b) == ["sent"]
+    finally:
+        await channel.aclose()
+    assert [r.headers["idempotency-key"] for r in receiver.received] == ["p-1"]
+    assert a.stats.lease_lost == 1 and b.stats.redelivered == 0
+    assert await a.queue.pending() == {"due": 0, "inflight": 0, "done": 1}
+
+
 async def test_quiet_hours_delay_to_the_persons_morning(redis, receiver):
     clock = Clock(1_780_398_000_000)  # 2026-06-02 11:00 UTC = 20:00 in Tokyo
     policy = ContactPolicy(quiet_start_hour=19, quiet_end_hour=8)
