@@ -74,6 +74,12 @@ class Placement:
     ranks: list[int] = field(default_factory=list)  # every offer that can show here
 
 
+def _for_templates(answer: dict) -> dict:
+    """An offer as templates see it: a whole number reads as one ("25% off", not
+    "25.0% off")."""
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in answer.items()}
+
+
 @dataclass(slots=True)
 class Scoring:
     """Lead score = behavioural points (stored, decaying with a half-life) +
@@ -228,7 +234,7 @@ def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
     scoring = _scoring(spec.get("scoring"), compiler)
     offers = _offers(spec.get("offers"), placements, compiler)
     journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
-                                {o.id: o.answer() for o in offers})
+                                {o.id: _for_templates(o.answer()) for o in offers})
 
     if compiler.problems:
         raise CatalogError(source, compiler.problems)

@@ -88,6 +88,9 @@ class Transition:
         journeys it triggers, so a cart and its purchase in one batch send
         nothing. Segments entered and score crossings are the batch's end state."""
         book, active = self.book, self.state["a"]
+        # Runs the batch's end state exits end first: they free their exclusive
+        # group for a journey this batch triggers.
+        self.check_exit_conditions()
         for event in sorted(events, key=lambda e: e.ts):
             for jid in list(active):
                 journey = book.by_id.get(jid)

@@ -14,6 +14,7 @@ import pytest
 
 from engine.catalog import compile_catalog, load_catalog_file, parse_catalog_text
 from engine.decide import decide
+from engine.events import Event
 from engine.inbox import InboxStore
 from engine.keys import DEVICES_MAX, INBOX_MAX, Keys
 from engine.scheduler import senders_from_settings
@@ -500,7 +501,7 @@ async def test_scenario_5_a_lead_crossing_the_hot_threshold_notifies_sales_once(
     await drain(scheduler)
     [alert] = webhooks(receiver, "sales")
     assert (alert["channel"], alert["template"], alert["person"]) == ("sales", "hot_lead", "u-hot")
-    assert alert["title"].startswith("Hot lead: u-hot (55")  # the score: 20 + 15 + 20
+    assert alert["title"] == "Hot lead: u-hot (55 points)"  # 20 + 15 + 20, decayed a little, rounded
     assert alert["text"].startswith("Hana, director, reached 55")
     assert (await pipeline.store.fetch("u-hot")).t["hot_lead_since_alert"] is True
     assert smtp.messages == []
@@ -685,3 +686,44 @@ async def test_a_person_keeps_at_most_ten_devices_the_least_recently_registered_
     [push] = webhooks(receiver, "push")
     tokens = {device["token"] for device in push["tokens"]}
     assert tokens == {f"tok-{n}" for n in range(DEVICES_MAX) if n != 1} | {"tok-new"}
+
+
+VIP = GRAMMAR + """
+  - id: vip_track
+    trigger: {event: vip_join}
+    group: campaign
+    priority: 30
+    exit:
+      - {trait: left_vip, equals: true}
+    steps:
+      - wait: 1d
+      - send: {channel: email, template: high}
+"""
+
+
+async def test_a_run_ended_by_its_exit_condition_does_not_block_its_group_in_the_same_batch(
+        request, redis, smtp, receiver):
+    async with _running(request, redis, receiver, compile_catalog(parse_catalog_text(VIP))) as (
+            pipeline, clock, scheduler):
+        address = await customer(redis, pipeline, clock, "u-y")
+        await apply(pipeline, clock, "u-y", "vip_join", "v1")
+        clock.now += HOUR
+        # One batch: the trait that ends vip_track, then the trigger of low_campaign (same group).
+        result = await pipeline.apply([Event("i2", "identify", "u-y", clock(), {}, {"left_vip": True}),
+                                       Event("b1", "browse_promo", "u-y", clock() + 1, {})], clock())
+        assert result.journey_actions[0].log == ["ended: vip_track: exit condition", "entered: low_campaign"]
+        clock.now += 2 * DAY
+        await drain(scheduler)
+        assert emails(smtp) == [(address, "Low campaign")]
+
+
+async def test_an_offer_value_renders_as_written_in_the_catalog(request, redis, smtp, receiver):
+    catalog = GRAMMAR.replace("Code {{ offer.content.code }} at checkout ({{ offer.kind }} {{ offer.offer }}).",
+                              "{{ offer.value }}% off")
+    async with _running(request, redis, receiver, compile_catalog(parse_catalog_text(catalog))) as (
+            pipeline, clock, scheduler):
+        await customer(redis, pipeline, clock, "u-c")
+        await apply(pipeline, clock, "u-c", "coupon_wanted", "c1")
+        await drain(scheduler)
+        [(_, message)] = smtp.messages
+        assert message.get_body(("plain",)).get_content().startswith("25% off")
