@@ -20,11 +20,17 @@ import aiosmtplib
 from engine.due_queue import Message
 from engine.errors import AttimoError
 from engine.kpis import message_journey
-from engine.templates import render
+from engine.scheduler import PermanentSendError
+from engine.templates import TemplateRenderError, render
 
 
 class TrackingLinkInvalid(AttimoError):
     """A tracking or unsubscribe URL whose signature does not match: tampered."""
+
+
+class EmailInvalid(AttimoError):
+    """A message that cannot become an email: no recipient, a template that does
+    not render, a header a value would split. The same every time: not retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,24 +97,47 @@ def tracker_from_settings(settings) -> Tracker | None:
 _HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
 
 
+def _render(body: dict, part: str, values: dict, *, html: bool = False) -> str:
+    try:
+        return render(body.get(part, ""), values, html=html)
+    except TemplateRenderError as exc:
+        raise EmailInvalid(f"{part} {exc}") from None
+
+
+def _set_header(email: EmailMessage, name: str, value: str) -> None:
+    """A line break would end the header and start another (Bcc: …): refused,
+    never cleaned up, so the email goes out as written or not at all."""
+    if "\r" in value or "\n" in value:
+        raise EmailInvalid(f"{name} header contains a line break: {value!r}")
+    try:
+        email[name] = value
+    except ValueError as exc:  # the email package's own checks
+        raise EmailInvalid(f"{name} header: {exc}") from None
+
+
 def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -> EmailMessage:
     """The MIME message for one send. message.body holds `to`, `subject`, `text`
-    and optionally `html` templates; `values` are the profile/offer fields."""
+    and optionally `html` templates; `values` are the profile/offer fields.
+    EmailInvalid says why a message cannot become an email."""
     body = message.body
+    if not isinstance(body.get("to"), str) or not body["to"].strip():
+        raise EmailInvalid("no recipient: the message has no 'to' address")
+    if not isinstance(body.get("subject"), str):
+        raise EmailInvalid("no subject template")
     html_source = body.get("html")
     journey = message_journey(body) or ""
     email = EmailMessage()
-    email["From"] = sender
-    email["To"] = body["to"]
-    email["Subject"] = render(body["subject"], values)
+    _set_header(email, "From", sender)
+    _set_header(email, "To", body["to"])
+    _set_header(email, "Subject", _render(body, "subject", values))
     email["Message-ID"] = make_msgid(domain="attimo")
-    email["X-Attimo-Message-Id"] = message.id
+    _set_header(email, "X-Attimo-Message-Id", message.id)
     unsubscribe = tracker.unsubscribe_url(message.person, message.channel)
     email["List-Unsubscribe"] = f"<{unsubscribe}>"
     email["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    email.set_content(render(body.get("text", ""), values) + f"\n\nUnsubscribe: {unsubscribe}\n")
+    email.set_content(_render(body, "text", values) + f"\n\nUnsubscribe: {unsubscribe}\n")
     if html_source:
-        html = render(html_source, values, html=True)
+        html = _render(body, "html", values, html=True)
 
         def track(match: re.Match) -> str:
             # Jinja escaped & as &amp; inside attributes; sign the URL the reader meant.
@@ -154,8 +183,12 @@ class EmailChannel:
         return None
 
     async def send(self, message: Message, values: dict) -> None:
-        """Send one email; raises aiosmtplib.SMTPException (or OSError) on failure."""
-        email = build_email(message, values, self.tracker, self.config.sender)
+        """Send one email; raises aiosmtplib.SMTPException (or OSError) on
+        failure, PermanentSendError when the message cannot become an email."""
+        try:
+            email = build_email(message, values, self.tracker, self.config.sender)
+        except EmailInvalid as exc:
+            raise PermanentSendError(str(exc)) from None
         async with self._slots:
             client = self._reusable()
             try:

@@ -12,6 +12,7 @@ import sys
 import time
 
 import orjson
+import pytest
 import redis as redis_sync
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
@@ -283,6 +284,46 @@ async def test_without_a_secret_to_sign_links_emails_are_dead_lettered_and_repor
     assert dead["reason"] == "email links cannot be signed: set ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET"
     [alert] = receiver.received
     assert orjson.loads(alert.body)["failed_message"] == "cart_reminder-u-1-0"
+
+
+@pytest.mark.parametrize(("subject", "values", "reason"), [
+    ("Your {{ cart.item }}", {}, "subject template failed: 'cart' is undefined"),
+    ("Hi {{ name }}", {"name": "Ana\r\nBcc: everyone@example.com"},
+     "Subject header contains a line break: 'Hi Ana\\r\\nBcc: everyone@example.com'"),
+], ids=["template-does-not-render", "header-injection"])
+async def test_an_email_that_cannot_be_built_is_dead_lettered_at_once(redis, smtp, receiver, subject, values, reason):
+    """No retry can fix a template that does not render or a header that a
+    value would split (header injection): dead-lettered at the first try, with
+    the reason, and the operator alerted once."""
+    clock = Clock()
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    alerts = WebhookChannel(WebhookConfig({"operator": receiver.url}, SECRET))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(),
+                               {"email": email.send, "operator": lambda m, v: alerts.send(m, _without_values(m))},
+                               alert_channel="operator")
+    await contacts.set_consent("u-1", "email", "*", True)
+    await scheduler.queue.schedule(Message(id="m-1", person="u-1", channel="email", due_ms=T0, template="cart",
+                                           body={"to": "u-1@example.com", "subject": subject, "text": "Hello",
+                                                 "values": values}))
+    try:
+        assert await scheduler.run_once() == 1  # dead-lettered; the alert is queued, due now
+        assert await scheduler.run_once() == 1  # the alert goes out
+        clock.now += 60 * MINUTE
+        assert await scheduler.run_once() == 0  # nothing comes back to be retried
+    finally:
+        await email.aclose()
+        await alerts.aclose()
+    assert smtp.messages == [] and smtp.refused == []
+    assert scheduler.stats.retried == 0 and scheduler.stats.dead_lettered == 1
+    [dead] = [o for o in await contacts.outcomes("u-1") if o["status"] == "dead_letter"]
+    assert dead["reason"] == reason
+    [alert] = receiver.received
+    assert orjson.loads(alert.body)["failed_message"] == "m-1" and orjson.loads(alert.body)["reason"] == reason
+
+
+def _without_values(message: Message) -> dict:
+    return {k: v for k, v in message.body.items() if k != "values"}
 
 
 def test_scheduler_killed_with_sigkill_loses_nothing(redis_server, redis_sync_client, receiver, capsys):
