@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from engine.contact_policy import ContactStore
+from engine.contact_policy import ContactState, ContactStore
 from engine.due_queue import DueQueue, Message
 from engine.events import Event
 from engine.identity import CONTACT_TRAITS
@@ -66,13 +66,16 @@ class JourneyRunner:
         # Exit conditions read the profile: a batch after which one holds (a trait
         # set, a count reached) ends the run now, not at its next timer.
         exit_tests = [test for journey in book.by_id.values() for test in journey.exit_tests]
+        facts_of = {person: Facts(catalog, profile, {}, now_ms) for person, profile in profiles.items()}
+        if book.reads_consent:  # before deciding who to look at: a trigger's `when` may read it
+            await self._load_contacts(list(facts_of.items()))
         for person, profile in profiles.items():
             events = by_person.get(person, [])
             if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
                     and any(e.type != TRAIT_EVENT for e in events)):
                 timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
             segments = entered.get(person, set())
-            facts = Facts(catalog, profile, {}, now_ms)
+            facts = facts_of[person]
             if (any(book.might_act(e, facts) for e in events)
                     or any(s in book.by_segment for s in segments)
                     or any(j.score_test(facts.score()) for j in book.scored)
@@ -82,6 +85,14 @@ class JourneyRunner:
         if timers:
             await self.queue.arm_many(timers)
         return await self._transact_many(work, now_ms, depth)
+
+    async def _load_contacts(self, people: list[tuple[str, Facts]]) -> None:
+        """The contact states `consent` conditions read, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for person, _ in people:
+            pipe.get(self.keys.contact(person))
+        for (_, facts), raw in zip(people, await pipe.execute(), strict=True):
+            facts.contact = ContactState.decode(raw)
 
     @staticmethod
     def _on_events(book, person, facts, state, events, segments, now_ms) -> Actions:
@@ -97,6 +108,8 @@ class JourneyRunner:
         person = message.person
         profile = await self.store.fetch(person)
         facts = Facts(catalog, profile, {}, now_ms)
+        if book.reads_consent:
+            await self._load_contacts([(person, facts)])
         idle = message.body.get("idle")
         if idle is not None:
             journey = book.by_id.get(idle)

@@ -94,6 +94,7 @@ class Journeys:
     idle: list[Journey] = field(default_factory=list)
     watched: frozenset[str] = frozenset()  # event types any trigger, exit or wait_for names
     waited: dict[str, list[EventMatcher]] = field(default_factory=dict)  # exits and wait_fors by type
+    reads_consent: bool = False  # some condition reads the contact state: load it for Facts
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -125,6 +126,7 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
         compiler.problem("journeys", "a list of journeys, each with an id")
         return book
     seen: set[str] = set()
+    compiler.allow_consent = True
     for i, item in enumerate(spec):
         path = f"journeys[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
@@ -137,6 +139,8 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
         journey = _JourneyCompiler(compiler, book, path).journey(item, len(book.all))
         if journey is not None:
             book.all.append(journey)
+    compiler.allow_consent = False
+    book.reads_consent = compiler.reads_consent
     watched = set()
     for journey in book.all:
         book.by_id[journey.id] = journey

@@ -8,6 +8,7 @@ offers a person could possibly get. Nothing here evaluates text as code."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import orjson
 
 from engine import windows
+from engine.contact_policy import consent_given
 from engine.windows import Feature
 
 Test = Callable[[Any], bool]
@@ -33,8 +35,9 @@ COMPARISONS = (
 )  # fmt: skip
 CONDITION_KINDS = (
     "all", "any", "not", "trait", "context", "event", "score",
-    "segment", "rule", "inactive_for", "returning_after",
+    "segment", "rule", "inactive_for", "returning_after", "consent",
 )  # fmt: skip
+CONSENT_NAME = re.compile(r"[a-z0-9_]{1,32}")
 
 
 def normalized(value: Any) -> tuple:
@@ -56,13 +59,16 @@ class Facts:
     """What conditions read about one person at one moment: traits, rings of
     windowed counters, score, segments and the request context."""
 
-    __slots__ = ("catalog", "profile", "context", "now_ms", "_score", "_segments")
+    __slots__ = ("catalog", "profile", "context", "now_ms", "contact", "_score", "_segments")
 
-    def __init__(self, catalog, profile, context: dict, now_ms: int):
+    def __init__(self, catalog, profile, context: dict, now_ms: int, contact=None):
         self.catalog = catalog
         self.profile = profile
         self.context = context
         self.now_ms = now_ms
+        # The contact state (engine/contact_policy.py) where journeys read it:
+        # `consent` conditions; None elsewhere.
+        self.contact = contact
         self._score: float | None = None
         self._segments: dict[str, bool] = {}
 
@@ -120,6 +126,9 @@ class Compiler:
     segment_ids: set[str] = field(default_factory=set)
     # What each windowed condition reads, for the people endpoint: label → (feature, buckets)
     window_uses: dict[str, tuple[Feature, int]] = field(default_factory=dict)
+    # `consent` conditions read the contact state, which only journeys load.
+    allow_consent: bool = False
+    reads_consent: bool = False
     _rules: dict[str, Compiled] = field(default_factory=dict)
     _rules_in_progress: set[str] = field(default_factory=set)
 
@@ -298,6 +307,28 @@ class Compiler:
             return Compiled(lambda facts: test(facts.context_value(name)))
         atoms = frozenset(("c", name, v) for v in values) if values else None
         return Compiled(lambda facts: test(facts.context.get(name)), atoms)
+
+    def _consent(self, spec: dict, path: str) -> Compiled:
+        """{consent: email} or {consent: {channel: email, purpose: marketing}}: the
+        person opted in (explicitly) for that channel and purpose."""
+        self._extra_keys(spec, ("consent",), path)
+        if not self.allow_consent:
+            self.problem(f"{path}.consent", "consent conditions work in journeys only "
+                                            "(deciding an offer does not read the contact state)")
+            return Compiled(lambda facts: False)
+        arg = spec["consent"]
+        arg = {"channel": arg} if isinstance(arg, str) else arg
+        if not isinstance(arg, dict) or set(arg) - {"channel", "purpose"} or "channel" not in arg:
+            self.problem(f"{path}.consent", "consent takes a channel, or {channel, purpose}")
+            return Compiled(lambda facts: False)
+        channel, purpose = arg["channel"], arg.get("purpose", "marketing")
+        for name, value in (("channel", channel), ("purpose", purpose)):
+            if not isinstance(value, str) or not CONSENT_NAME.fullmatch(value):
+                self.problem(f"{path}.consent.{name}", "1 to 32 of a-z 0-9 _")
+                return Compiled(lambda facts: False)
+        self.reads_consent = True
+        return Compiled(lambda facts: facts.contact is not None
+                        and consent_given(facts.contact, channel, purpose) is True)
 
     def _score(self, spec: dict, path: str) -> Compiled:
         self._extra_keys(spec, ("score",), path)

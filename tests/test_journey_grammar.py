@@ -14,8 +14,9 @@ import pytest
 
 from engine.catalog import compile_catalog, load_catalog_file, parse_catalog_text
 from engine.decide import decide
+from engine.errors import CatalogError
 from engine.events import Event
-from engine.inbox import InboxStore
+from engine.inbox import DeviceStore, InboxStore
 from engine.keys import DEVICES_MAX, INBOX_MAX, Keys
 from engine.scheduler import senders_from_settings
 from engine.settings import Settings
@@ -457,6 +458,35 @@ async def test_a_send_with_an_offer_renders_the_offer_fields(redis, smtp, gramma
 
 
 # -- the demo catalog's scenarios ------------------------------------------------------------
+
+
+async def test_scenario_2_the_cart_reminder_is_an_email_with_an_opt_in_and_a_push_without(
+        redis, smtp, receiver, demo):
+    """`if: {all: [{trait: email, exists: true}, {consent: email}]}`: the email
+    goes to whom it may; a person with an address but no opt-in gets the push
+    (their device's token), not a dropped email."""
+    pipeline, clock, scheduler = demo
+    address = await customer(redis, pipeline, clock, "u-mail")
+    await apply(pipeline, clock, "u-app", "identify", "u-app-id", traits={"email": "app@example.com"})
+    await DeviceStore(redis).register("u-app", "tok-1", "ios", clock())
+    for person in ("u-mail", "u-app"):
+        await apply(pipeline, clock, person, "add_to_cart", f"{person}-cart", {"product": "CRM Pro"})
+    clock.now += 30 * MINUTE
+    await drain(scheduler)
+    assert emails(smtp) == [(address, "Still thinking about CRM Pro?")]
+    [push] = webhooks(receiver, "push")
+    assert (push["person"], push["template"], push["tokens"][0]["token"]) == ("u-app", "cart_push", "tok-1")
+
+
+def test_a_consent_condition_outside_journeys_is_refused():
+    """Deciding an offer does not read the contact state: a consent condition
+    there would always be false, so the catalog is refused."""
+    bad = GRAMMAR.replace("    placements: [home]\n", "    placements: [home]\n    when: {consent: email}\n", 1)
+    with pytest.raises(CatalogError) as caught:
+        compile_catalog(parse_catalog_text(bad))
+    assert [(path, reason) for path, reason in caught.value.problems if "consent" in path] == [
+        ("offers[0].when.consent",
+         "consent conditions work in journeys only (deciding an offer does not read the contact state)")]
 
 
 async def test_scenario_4_pricing_three_times_in_a_week_sends_the_trial_email(redis, smtp, demo):
