@@ -67,7 +67,7 @@ class JourneyRunner:
         # set, a count reached) ends the run now, not at its next timer.
         exit_tests = [test for journey in book.by_id.values() for test in journey.exit_tests]
         facts_of = {person: Facts(catalog, profile, {}, now_ms) for person, profile in profiles.items()}
-        if book.reads_consent:  # before deciding who to look at: a trigger's `when` may read it
+        if book.consent_gates:  # a trigger's `when` or an exit reads it: before choosing whom to look at
             await self._load_contacts(list(facts_of.items()))
         for person, profile in profiles.items():
             events = by_person.get(person, [])
@@ -84,6 +84,8 @@ class JourneyRunner:
                              self._on_events(book, p, f, state, e, s, now_ms)))
         if timers:
             await self.queue.arm_many(timers)
+        if book.reads_consent and not book.consent_gates and work:  # a step's `if` reads it
+            await self._load_contacts([(person, facts_of[person]) for person, _ in work])
         return await self._transact_many(work, now_ms, depth)
 
     async def _load_contacts(self, people: list[tuple[str, Facts]]) -> None:

@@ -95,6 +95,9 @@ class Journeys:
     watched: frozenset[str] = frozenset()  # event types any trigger, exit or wait_for names
     waited: dict[str, list[EventMatcher]] = field(default_factory=dict)  # exits and wait_fors by type
     reads_consent: bool = False  # some condition reads the contact state: load it for Facts
+    # ... a trigger's `when` or an exit condition does: it decides whom to look at,
+    # so it is loaded for everyone in a batch, not only for those looked at.
+    consent_gates: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -268,7 +271,7 @@ class _JourneyCompiler:
             if key not in allowed:
                 c.problem(f"{path}.{key}", f"not understood here; expected {', '.join(allowed)}")
         if "when" in spec:
-            journey.when = c.condition(spec["when"], f"{path}.when").test
+            journey.when = self._gate(spec["when"], f"{path}.when")
         if kind == "event":
             journey.matcher = self._matcher(spec, path)
         elif kind == "segment":
@@ -316,7 +319,17 @@ class _JourneyCompiler:
                         self.c.problem(f"{item_path}.{key}", "an exit event takes event and where")
                 journey.exit_events.append(self._matcher(item, item_path))
             else:
-                journey.exit_tests.append(self.c.condition(item, item_path).test)
+                journey.exit_tests.append(self._gate(item, item_path))
+
+    def _gate(self, spec: Any, path: str) -> Predicate:
+        """A condition that decides whether a person is looked at (a trigger's
+        `when`, an exit): notes whether it reads the contact state."""
+        before, self.c.reads_consent = self.c.reads_consent, False
+        test = self.c.condition(spec, path).test
+        if self.c.reads_consent:
+            self.book.consent_gates = True
+        self.c.reads_consent = before or self.c.reads_consent
+        return test
 
     def _reentry(self, spec: Any, journey: Journey) -> None:
         if spec in ("never", "always"):

@@ -478,6 +478,28 @@ async def test_scenario_2_the_cart_reminder_is_an_email_with_an_opt_in_and_a_pus
     assert (push["person"], push["template"], push["tokens"][0]["token"]) == ("u-app", "cart_push", "tok-1")
 
 
+GATED = GRAMMAR + """
+  - id: opted_in_only
+    trigger: {event: survey_wanted, when: {consent: email}}
+    reentry: always
+    steps:
+      - send: {channel: email, template: survey}
+"""
+
+
+async def test_a_trigger_gated_on_consent_enters_only_those_who_opted_in(request, redis, smtp, receiver):
+    async with _running(request, redis, receiver, compile_catalog(parse_catalog_text(GATED))) as (
+            pipeline, clock, scheduler):
+        assert pipeline.catalogs.current.journeys.consent_gates
+        address = await customer(redis, pipeline, clock, "u-yes")
+        await apply(pipeline, clock, "u-no", "identify", "u-no-id", traits={"email": "no@example.com"})
+        for person in ("u-yes", "u-no"):
+            await apply(pipeline, clock, person, "survey_wanted", f"{person}-s1")
+        await drain(scheduler)
+        assert emails(smtp) == [(address, "How was it?")]
+        assert "opted_in_only" not in (await pipeline.journeys.state("u-no"))["e"]
+
+
 def test_a_consent_condition_outside_journeys_is_refused():
     """Deciding an offer does not read the contact state: a consent condition
     there would always be false, so the catalog is refused."""
