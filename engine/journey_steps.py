@@ -275,6 +275,12 @@ class Transition:
             try:
                 body = {"title": render(template.subject, values), "text": render(template.text, values),
                         "journey": journey.id}
+                if step.channel == "sms":  # the gateway needs the number; the suppression list may name it
+                    phone = self.facts.traits.get("phone")
+                    if not isinstance(phone, str) or not phone:
+                        self.actions.outcomes.append({**outcome, "status": "dropped", "reason": "no phone trait"})
+                        return
+                    body["to"] = phone
                 if template.html:
                     body["html"] = render(template.html, values, html=True)
             except TemplateRenderError as exc:

@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from engine.catalog import compile_catalog, load_catalog_file, parse_catalog_text
+from engine.contact_policy import ContactStore, suppression_address
 from engine.decide import decide
 from engine.errors import CatalogError
 from engine.events import Event
@@ -34,7 +35,7 @@ from tests.test_journeys import (
 
 HOUR = 60 * MINUTE
 WEBHOOK_SECRET = b"grammar-webhook-secret"
-WEBHOOK_CHANNELS = ("push", "sales", "operator")
+WEBHOOK_CHANNELS = ("push", "sms", "sales", "operator")
 
 GRAMMAR = """
 placements:
@@ -498,6 +499,34 @@ async def test_a_trigger_gated_on_consent_enters_only_those_who_opted_in(request
         await drain(scheduler)
         assert emails(smtp) == [(address, "How was it?")]
         assert "opted_in_only" not in (await pipeline.journeys.state("u-no"))["e"]
+
+
+TEXTED = GRAMMAR + """
+  - id: texted
+    trigger: {event: text_me}
+    steps:
+      - send: {channel: sms, template: ping}
+"""
+
+
+async def test_an_sms_goes_to_the_phone_trait_and_a_suppressed_number_gets_none(request, redis, smtp, receiver):
+    async with _running(request, redis, receiver, compile_catalog(parse_catalog_text(TEXTED))) as (
+            pipeline, clock, scheduler):
+        contacts = ContactStore(redis)
+        for person, phone in (("u-sms", "+39 333 1234567"), ("u-blocked", "+39 333 7654321"), ("u-nophone", None)):
+            await contacts.set_consent(person, "sms", "*", True)
+            traits = {"phone": phone} if phone else {"name": "No Phone"}
+            await apply(pipeline, clock, person, "identify", f"{person}-id", traits=traits)
+        await contacts.suppress_address("sms", suppression_address("sms", "+393337654321"))
+        for person in ("u-sms", "u-blocked", "u-nophone"):
+            await apply(pipeline, clock, person, "text_me", f"{person}-t")
+        await drain(scheduler)
+        [sms] = webhooks(receiver, "sms")
+        assert (sms["person"], sms["to"]) == ("u-sms", "+39 333 1234567")
+        [blocked] = await contacts.outcomes("u-blocked")
+        [nophone] = await contacts.outcomes("u-nophone")
+        assert (blocked["status"], blocked["reason"]) == ("dropped", "suppressed")
+        assert (nophone["status"], nophone["reason"]) == ("dropped", "no phone trait")
 
 
 def test_a_consent_condition_outside_journeys_is_refused():
