@@ -261,6 +261,10 @@ class Transition:
         values = {"person": self.person, "traits": dict(self.facts.traits), "event": run.get("vars") or {},
                   "score": self.facts.score(), "journey": journey.id,
                   "offer": self.book.offers.get(step.offer) or {}}
+        if template.reads_rules:
+            # The catalog's named rules on the profile now: a content email picks
+            # what to say from what the person did over the rules' windows.
+            values["rules"] = {name: bool(test(self.facts)) for name, test in self.facts.catalog.rules.items()}
         outcome = {"id": message_id, "channel": step.channel, "template": step.template,
                    "journey": journey.id, "at": self.now}
         if step.channel == "email":

@@ -59,6 +59,11 @@ class Template:
     html: str | None = None
     expires_ms: int = 0  # inbox messages
 
+    @property
+    def reads_rules(self) -> bool:
+        """Uses `rules.<name>`: worth evaluating the catalog's named rules for it."""
+        return any("rules" in part for part in (self.subject, self.text, self.html or ""))
+
 
 @dataclass(slots=True)
 class Journey:

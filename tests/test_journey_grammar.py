@@ -608,20 +608,27 @@ async def test_scenario_6_a_purchase_gets_the_accessory_email_two_days_later(red
 
 
 async def test_scenario_8_the_content_email_picks_articles_from_what_was_read(redis, smtp, demo):
+    """The digest has a section per topic read in the last 30 days (the
+    catalog's read_* rules), not one for what was read before."""
     pipeline, clock, scheduler = demo
     address = await customer(redis, pipeline, clock, "u-reader")
+    await apply(pipeline, clock, "u-reader", "article_view", "a0", {"topic": "marketing"})
+    clock.now += 40 * DAY
+    await drain(scheduler)
+    smtp.messages.clear()  # the digest for the marketing article, 39 days ago
     await apply(pipeline, clock, "u-reader", "article_view", "a1", {"topic": "analytics"})
+    await apply(pipeline, clock, "u-reader", "article_view", "a2", {"topic": "crm"})
     clock.now += DAY - 1
     await drain(scheduler)
     assert smtp.messages == []
     clock.now += 1
     await drain(scheduler)
     [(recipients, message)] = smtp.messages
-    assert recipients == [address] and message["Subject"] == "More on analytics"
+    assert recipients == [address] and message["Subject"] == "More on what you read this month"
     text = text_of(message)
-    assert "You read about analytics." in text
-    for slug in ("guide", "checklist", "case-study"):
-        assert f"https://shop.example/blog/analytics-{slug}" in text
+    assert "https://shop.example/blog/crm-pipeline-guide" in text
+    assert "https://shop.example/blog/analytics-cohorts" in text
+    assert "Marketing:" not in text
 
 
 async def test_scenario_11_webinar_reminder_then_replay_when_not_attended(redis, smtp, demo):
