@@ -594,6 +594,9 @@ async def test_scenario_6_a_purchase_gets_the_accessory_email_two_days_later(red
     analytics = await customer(redis, pipeline, clock, "u-ana")
     await apply(pipeline, clock, "u-crm", "purchase", "p1", {"category": "crm", "amount": 99})
     await apply(pipeline, clock, "u-ana", "purchase", "p2", {"category": "analytics", "amount": 79})
+    # On site at once: the accessory for what was bought.
+    assert await offer_for(pipeline, clock, "u-crm", "sidebar") == "crm_accessory"
+    assert await offer_for(pipeline, clock, "u-ana", "sidebar") == "analytics_accessory"
     clock.now += 2 * DAY - 1
     await drain(scheduler)
     assert smtp.messages == []
@@ -605,6 +608,28 @@ async def test_scenario_6_a_purchase_gets_the_accessory_email_two_days_later(red
     assert "SYNC10" in text_of(got[crm])
     assert got[analytics]["Subject"] == "Get more from your analytics plan"
     assert "DASH10" in text_of(got[analytics])
+
+
+async def offer_for(pipeline, clock, person: str, placement: str) -> str | None:
+    decision = decide(pipeline.catalogs.current, await pipeline.store.fetch(person), person, [placement], {}, clock())
+    answer = decision.placements[placement]
+    return answer["offer"] if answer else None
+
+
+async def test_scenario_6_the_accessory_stops_once_bought_and_comparing_pro_shows_enterprise(redis, smtp, demo):
+    pipeline, clock, _ = demo
+    await apply(pipeline, clock, "u-sync", "purchase", "p1", {"category": "crm", "product": "crm_pro"})
+    assert await offer_for(pipeline, clock, "u-sync", "sidebar") == "crm_accessory"
+    await apply(pipeline, clock, "u-sync", "purchase", "p2", {"category": "crm", "product": "email_sync"})
+    assert await offer_for(pipeline, clock, "u-sync", "sidebar") != "crm_accessory"
+    # The up-sell: CRM Pro's pages seen twice in a week put Enterprise in the hero.
+    pro_page = {"category": "crm", "product": "crm_pro", "page_type": "product"}
+    await apply(pipeline, clock, "u-up", "page_view", "v1", pro_page)
+    assert await offer_for(pipeline, clock, "u-up", "home_hero") != "crm_enterprise_upsell"
+    await apply(pipeline, clock, "u-up", "page_view", "v2", pro_page)
+    assert await offer_for(pipeline, clock, "u-up", "home_hero") == "crm_enterprise_upsell"
+    await apply(pipeline, clock, "u-up", "identify", "i1", traits={"tier": "enterprise"})
+    assert await offer_for(pipeline, clock, "u-up", "home_hero") != "crm_enterprise_upsell"
 
 
 async def test_scenario_8_the_content_email_picks_articles_from_what_was_read(redis, smtp, demo):
