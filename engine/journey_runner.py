@@ -3,8 +3,9 @@ evaluates triggers, exits and awaited events for the people in it (one
 optimistic transaction on each person's journey state), schedules waits and
 sends into the due queue, and arms one inactivity timer per idle journey for
 each person with a contact address (a timer per anonymous visitor would cost
-memory for people no message can reach). The scheduler hands fired timers back here (`fire`). The decisions are
-the pure transitions of engine/journey_steps.py."""
+memory for people no message can reach). The scheduler hands fired timers back
+here (`fire`). The decisions are the pure transitions of
+engine/journey_steps.py."""
 
 from __future__ import annotations
 
