@@ -20,7 +20,7 @@ import aiosmtplib
 from engine.due_queue import Message
 from engine.errors import AttimoError
 from engine.kpis import message_journey
-from engine.scheduler import PermanentSendError
+from engine.scheduler import PermanentSendError, SendError
 from engine.templates import TemplateRenderError, render
 
 
@@ -152,6 +152,10 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
     return email
 
 
+def _smtp_reason(exc: aiosmtplib.SMTPResponseException) -> str:
+    return f"SMTP {exc.code} {exc.message}".strip()
+
+
 class EmailChannel:
     """Sends over a few SMTP connections kept open between messages: a new
     connection per email costs the greeting, EHLO (and TLS, login) before the
@@ -183,12 +187,29 @@ class EmailChannel:
         return None
 
     async def send(self, message: Message, values: dict) -> None:
-        """Send one email; raises aiosmtplib.SMTPException (or OSError) on
-        failure, PermanentSendError when the message cannot become an email."""
+        """Send one email. A relay's 5xx answer (the address does not exist, the
+        message is refused) and a message that cannot become an email raise
+        PermanentSendError: dead-lettered at once. A 4xx answer (greylisting, a
+        full queue) raises SendError, and a lost connection or a timeout its own
+        error: retried through the queue."""
         try:
             email = build_email(message, values, self.tracker, self.config.sender)
         except EmailInvalid as exc:
             raise PermanentSendError(str(exc)) from None
+        try:
+            await self._deliver(email)
+        except aiosmtplib.SMTPRecipientsRefused as exc:  # every recipient refused, each with its answer
+            refusals = exc.recipients or [aiosmtplib.SMTPRecipientRefused(450, "recipients refused", "")]
+            reason = "; ".join(_smtp_reason(r) for r in refusals)
+            if all(r.code >= 500 for r in refusals):
+                raise PermanentSendError(reason) from None
+            raise SendError(reason) from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code >= 500:
+                raise PermanentSendError(_smtp_reason(exc)) from None
+            raise SendError(_smtp_reason(exc)) from None
+
+    async def _deliver(self, email: EmailMessage) -> None:
         async with self._slots:
             client = self._reusable()
             try:

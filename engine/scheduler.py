@@ -37,7 +37,9 @@ def wall_clock_ms() -> int:
 
 
 class SendError(Exception):
-    """Raised by a sender for a failure worth retrying later through the queue."""
+    """Raised by a sender for a failure worth retrying later through the queue;
+    its text is the reason recorded (any other exception is retried too, with
+    its type named in the reason)."""
 
 
 class PermanentSendError(Exception):
@@ -242,7 +244,7 @@ class Scheduler:
         except PermanentSendError as exc:
             return self._dead_letter(message, str(exc), settle)
         except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried, then dead-lettered
-            reason = f"{type(exc).__name__}: {exc}"
+            reason = str(exc) if isinstance(exc, SendError) else f"{type(exc).__name__}: {exc}"
             if item.attempts >= MAX_SEND_ATTEMPTS:
                 return self._dead_letter(message, reason, settle)
             self.stats.retried += 1
