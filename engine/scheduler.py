@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -22,6 +24,9 @@ from engine.keys import DEAD_LETTERS_MAX, Keys
 from engine.kpis import KpiStore, message_journey
 from engine.redis_client import connect
 from engine.settings import Settings
+
+if TYPE_CHECKING:
+    from engine.catalog import Catalog, CatalogHolder
 
 log = logging.getLogger("attimo.scheduler")
 
@@ -128,10 +133,12 @@ class Scheduler:
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
                  senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
                  lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3,
-                 alert_channel: str = ""):
+                 alert_channel: str = "", catalogs: CatalogHolder | None = None):
         self.queue = queue
         self.contacts = contacts
-        self.policy = policy
+        self.policy = policy  # from settings: what the catalog's contact_policy leaves out
+        self.catalogs = catalogs  # None: the settings' policy alone
+        self._catalog_policy: tuple[Catalog, ContactPolicy] | None = None  # the last one built, and for what
         self.senders = senders
         self.clock = clock
         self.lease_ms = lease_ms
@@ -183,6 +190,16 @@ class Scheduler:
         [status] = await self.process_batch([item])
         return status
 
+    def current_policy(self) -> ContactPolicy:
+        """The catalog in force's contact_policy over the settings' policy: a
+        catalog reload changes the policy from the next batch on."""
+        catalog = self.catalogs.current if self.catalogs is not None else None
+        if catalog is None or not catalog.contact_policy:
+            return self.policy
+        if self._catalog_policy is None or self._catalog_policy[0] is not catalog:
+            self._catalog_policy = (catalog, dataclasses.replace(self.policy, **catalog.contact_policy))
+        return self._catalog_policy[1]
+
     async def process_batch(self, claimed: list[Claimed]) -> list[str]:
         settle = _Settle()  # what the batch decided before sending: drops, delays, dead letters
         status: list[str | None] = [None] * len(claimed)
@@ -195,7 +212,7 @@ class Scheduler:
         judged = [n for n, item in enumerate(claimed) if status[n] is None and item.sent_before_ms is None
                   and item.message.channel != JOURNEY_CHANNEL]
         verdicts = await self.contacts.check_and_reserve_many(
-            self.policy, [claimed[n].message for n in judged], self.clock())
+            self.current_policy(), [claimed[n].message for n in judged], self.clock())
         for n, verdict in zip(judged, verdicts, strict=True):
             message = claimed[n].message
             if verdict.action == "drop":
@@ -319,7 +336,8 @@ class Scheduler:
 
 
 def policy_from_settings(settings: Settings) -> ContactPolicy:
-    """The default contact policy from ATTIMO_CONTACT_CAPS, ATTIMO_QUIET_HOURS ..."""
+    """The contact policy from ATTIMO_CONTACT_CAPS, ATTIMO_QUIET_HOURS ...: what
+    applies where the catalog has no contact_policy section (or leaves a key out)."""
     caps: dict[str, Caps] = {}
     for item in settings.contact_caps:
         channel, _, limits = item.partition(":")
@@ -407,7 +425,8 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
                                      profile_ttl_s=settings.profile_ttl_s), catalogs)
     scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),
                           senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
-                          concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel)
+                          concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel,
+                          catalogs=catalogs)
     senders.update(internal_senders(pipeline.journeys, scheduler.clock))
     stop = stop or asyncio.Event()
     if handle_signals:

@@ -1,11 +1,16 @@
 """The contact policy as pure functions: consent, caps, quiet hours, repeats,
-suppression; each verdict with its reason."""
+suppression; each verdict with its reason. And the catalog's contact_policy
+section that sets quiet hours, caps and the no-repeat window."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from engine.catalog import compile_catalog, parse_catalog_text
 from engine.contact_policy import (
     DAY_MS,
     Caps,
@@ -18,6 +23,7 @@ from engine.contact_policy import (
     record_send,
     set_consent,
 )
+from engine.errors import CatalogError
 
 NOON_UTC = int(datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
 
@@ -145,3 +151,68 @@ def test_on_merge_a_withdrawal_on_either_side_wins():
     set_consent(visitor, "email", "marketing", True)  # an opt-in does not undo the known unsubscribe
     absorb(known, visitor)
     assert consent_given(known, "email", "marketing") is False
+
+
+# -- the catalog's contact_policy section (engine/catalog.py) ------------------------
+
+def catalog_policy(section: str) -> dict:
+    return compile_catalog(parse_catalog_text(f"placements: []\noffers: []\ncontact_policy:\n{section}")).contact_policy
+
+
+def catalog_problems(section: str) -> list[tuple[str, str]]:
+    with pytest.raises(CatalogError) as failure:
+        catalog_policy(section)
+    return failure.value.problems
+
+
+def test_the_catalogs_contact_policy_sets_the_fields_it_names():
+    fields = catalog_policy("""
+  quiet_hours: {start: 21, end: 8, action: drop}
+  caps:
+    email: {day: 1, week: 3}
+    push: {week: 10}
+    total: {day: 3}
+  no_repeat: 7d
+""")
+    policy = replace(ContactPolicy(opt_in_channels=frozenset({"email"})), **fields)
+    assert policy == ContactPolicy(opt_in_channels=frozenset({"email"}), quiet_start_hour=21, quiet_end_hour=8,
+                                   quiet_action="drop", channel_caps={"email": Caps(1, 3), "push": Caps(None, 10)},
+                                   total_caps=Caps(per_day=3), repeat_window_ms=7 * DAY_MS)
+    assert verdict(policy, opted_in("email"), now=NOON_UTC + 10 * 3_600_000).reason == "quiet hours"  # 22:00
+
+
+def test_a_catalog_key_left_out_keeps_the_setting_and_off_turns_one_off():
+    assert catalog_policy("  quiet_hours: {start: 22, end: 7}\n") == {
+        "quiet_start_hour": 22, "quiet_end_hour": 7, "quiet_action": "delay"}
+    assert catalog_policy("  quiet_hours: off\n  caps: off\n  no_repeat: off\n") == {
+        "quiet_start_hour": None, "quiet_end_hour": None, "channel_caps": {}, "total_caps": Caps(),
+        "repeat_window_ms": 0}
+    assert compile_catalog(parse_catalog_text("placements: []\noffers: []\n")).contact_policy == {}
+
+
+def test_every_problem_in_the_catalogs_contact_policy_is_named_with_its_path():
+    problems = dict(catalog_problems("""
+  quiet_hours: {start: 25, end: 8, action: later, from: 1}
+  caps:
+    email: {day: -1, month: 3}
+    operator: {day: 1}
+    push: 3
+  no_repeat: 30d
+  timezone: UTC
+"""))
+    assert problems == {
+        "contact_policy.timezone": "unknown field; expected quiet_hours, caps, no_repeat",
+        "contact_policy.quiet_hours.from": "unknown field; expected start, end, action",
+        "contact_policy.quiet_hours.start": "an hour from 0 to 23 (in the person's time zone)",
+        "contact_policy.quiet_hours.action": "delay (to the end of the quiet hours) or drop",
+        "contact_policy.caps.email.day": "a whole number of messages, 0 or more",
+        "contact_policy.caps.email.month": "unknown field; expected day, week",
+        "contact_policy.caps.operator": "caps apply to email, inbox, push, sms, webhook or total",
+        "contact_policy.caps.push": "{day: n, week: n}, either or both",
+        "contact_policy.no_repeat": "at most 7d: messages are judged against the sends of the last week",
+    }
+    assert catalog_problems("  quiet_hours: {start: 8, end: 8}\n") == [
+        ("contact_policy.quiet_hours", "start and end are the same hour; for no quiet hours write quiet_hours: off")]
+    assert catalog_problems("  no_repeat: soon\n") == [
+        ("contact_policy.no_repeat", "a duration is written like 30m, 12h, 7d or 2w, not 'soon', or off")]
+    assert catalog_problems("  [quiet]\n") == [("contact_policy", "a mapping with quiet_hours, caps and no_repeat")]

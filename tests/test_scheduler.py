@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis as redis_sync
 
+from engine.catalog import CatalogHolder, compile_catalog, parse_catalog_text
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
 from engine.email_channel import EmailChannel, SmtpConfig, Tracker
@@ -210,6 +211,60 @@ async def test_quiet_hour_delays_do_not_use_up_the_send_attempts(redis, smtp):
         await email.aclose()
     assert scheduler.stats.delayed == nights and len(smtp.refused) == MAX_SEND_ATTEMPTS - 1
     assert len(smtp.messages) == 1 and scheduler.stats.dead_lettered == 0
+
+
+def catalog_with(contact_policy: str) -> CatalogHolder:
+    text = f"placements: []\noffers: []\n{contact_policy}"
+    return CatalogHolder(compile_catalog(parse_catalog_text(text)), text)
+
+
+async def test_the_catalogs_quiet_hours_drop_or_delay_as_it_says(redis, receiver):
+    """The catalog's contact_policy decides what quiet hours do, over the
+    settings (none here), and a reloaded catalog decides from the next batch."""
+    clock = Clock()  # 20:26 UTC
+    catalogs = catalog_with("contact_policy:\n  quiet_hours: {start: 20, end: 8, action: drop}\n")
+    contacts = ContactStore(redis)
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url}, SECRET))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"push": lambda m, v: channel.send(m, {})},
+                               catalogs=catalogs)
+    try:
+        await scheduler.queue.schedule(Message(id="p-1", person="u-1", channel="push", due_ms=T0))
+        assert await scheduler.run_once() == 1
+        [dropped] = await contacts.outcomes("u-1")
+        assert (dropped["id"], dropped["status"], dropped["reason"]) == ("p-1", "dropped", "quiet hours")
+
+        reloaded = catalog_with("contact_policy:\n  quiet_hours: {start: 20, end: 8, action: delay}\n")
+        catalogs.swap(reloaded.current, reloaded.source_text)
+        await scheduler.queue.schedule(Message(id="p-2", person="u-1", channel="push", due_ms=T0))
+        assert await scheduler.run_once() == 1
+        [delayed, _] = await contacts.outcomes("u-1")
+        morning = T0 + 11 * 60 * MINUTE + 33 * MINUTE + 20_000  # 08:00 UTC the next day
+        assert (delayed["id"], delayed["status"], delayed["until"]) == ("p-2", "delayed", morning)
+        clock.now = morning - 1
+        assert await scheduler.run_once() == 0
+        clock.now = morning
+        assert await scheduler.run_once() == 1
+    finally:
+        await channel.aclose()
+    assert [r.headers["idempotency-key"] for r in receiver.received] == ["p-2"]
+
+
+async def test_what_the_catalogs_contact_policy_leaves_out_comes_from_the_settings(redis, receiver):
+    clock = Clock()  # 20:26 UTC
+    settings_policy = ContactPolicy(channel_caps={"push": Caps(per_day=1)}, quiet_start_hour=20, quiet_end_hour=8)
+    catalogs = catalog_with("contact_policy:\n  quiet_hours: off\n")  # caps not named: the settings' stay
+    channel = WebhookChannel(WebhookConfig({"push": receiver.url}, SECRET))
+    scheduler = make_scheduler(redis, clock, settings_policy, {"push": lambda m, v: channel.send(m, {})},
+                               catalogs=catalogs)
+    for i in range(2):
+        await scheduler.queue.schedule(Message(id=f"p-{i}", person="u-1", channel="push", due_ms=T0, template=f"t{i}"))
+    try:
+        assert await scheduler.run_once() == 2
+    finally:
+        await channel.aclose()
+    assert len(receiver.received) == 1  # not delayed: the catalog turned quiet hours off
+    reasons = sorted(o["reason"] for o in await ContactStore(redis).outcomes("u-1"))
+    assert reasons == ["ok", "push cap: 1 per day reached"]  # the settings' cap
 
 
 async def _due_at(redis, message_id: str, person: str) -> int | None:
