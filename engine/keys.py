@@ -52,7 +52,7 @@ class Keys:
     def due_messages(self, shard: int) -> str:
         return f"{self.prefix}:{{q:{shard}}}:msg"
 
-    # HASH, message id -> number of claims so far.
+    # HASH, message id -> number of sends of it that failed so far.
     def due_attempts(self, shard: int) -> str:
         return f"{self.prefix}:{{q:{shard}}}:attempts"
 
