@@ -18,9 +18,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import aiosmtplib
 
 from engine.due_queue import Message
-from engine.errors import AttimoError
+from engine.errors import AttimoError, PermanentSendError, SendError
 from engine.kpis import message_journey
-from engine.scheduler import PermanentSendError, SendError
 from engine.templates import TemplateRenderError, render
 
 

@@ -61,3 +61,13 @@ class NotAuthorized(AttimoError):
 
 class StoreUnavailable(AttimoError):
     """Redis is unreachable, too slow for the budget, or the pool is exhausted."""
+
+
+class SendError(Exception):
+    """Raised by a sender (engine/scheduler.py) for a failure worth retrying
+    later through the queue; its text is the reason recorded (any other
+    exception is retried too, with its type named in the reason)."""
+
+
+class PermanentSendError(Exception):
+    """Raised by a sender when retrying cannot help: dead-letter at once."""

@@ -18,6 +18,7 @@ import orjson
 
 from engine.contact_policy import Caps, ContactPolicy, ContactStore
 from engine.due_queue import LEASE_LOST, NOT_IN_FLIGHT, Claimed, Delay, DueQueue, Message
+from engine.errors import PermanentSendError, SendError
 from engine.journey_runner import Reschedule
 from engine.journeys import JOURNEY_CHANNEL
 from engine.keys import DEAD_LETTERS_MAX, Keys
@@ -39,16 +40,6 @@ MAX_SEND_ATTEMPTS = 5
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
-
-
-class SendError(Exception):
-    """Raised by a sender for a failure worth retrying later through the queue;
-    its text is the reason recorded (any other exception is retried too, with
-    its type named in the reason)."""
-
-
-class PermanentSendError(Exception):
-    """Raised by a sender when retrying cannot help: dead-letter at once."""
 
 
 @dataclass
