@@ -237,13 +237,14 @@ async def post_device(request: Request) -> Response:
 
 async def get_kpis(request: Request) -> Response:
     """
-    summary: KPIs per journey and per channel (server token).
+    summary: KPIs per journey, channel and offer (server token).
     description: 'Per journey of the catalog in force: entered, held out, sends by channel, opens, clicks,
       their rates, converters and revenue for the treated and the hold-out group, and the uplift. Per channel:
-      sent, dropped, dead letters, opens, clicks, unsubscribes and their rates. Counts are of distinct
-      ids (HyperLogLog, standard error 0.81 %).'
+      sent, dropped, dead letters, opens, clicks, unsubscribes and their rates. Per offer: impressions,
+      viewers, clicks, clickers, click-through rate, converters, conversion rate, revenue, discount cost and
+      ROI. Counts are of distinct ids (HyperLogLog, standard error 0.81 %).'
     responses:
-      200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}}'}
+      200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}}}'}
       401: {description: Missing token}
       403: {description: Not the server token}
     """
@@ -251,8 +252,9 @@ async def get_kpis(request: Request) -> Response:
     require_server(authenticate(request.headers, request.query_params, services.settings))
     channels = sorted(PERSONAL_CHANNELS | webhook_channels(services))
     try:
+        catalog = services.holder.current
         report = await KpiStore(services.redis, services.keys).report(
-            list(services.holder.current.journeys.by_id), channels)
+            list(catalog.journeys.by_id), channels, list(catalog.offers_by_id))
     except RedisError as exc:
         raise StoreUnavailable(f"the KPI store is unavailable: {exc}") from None
     return json_response(report)

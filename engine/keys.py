@@ -87,6 +87,12 @@ class Keys:
     def journeys(self, person: str) -> str:
         return f"{self.prefix}:{{u:{person}}}:j"
 
+    # HASH, offer id -> ms the person last saw or clicked it (engine/kpis.py:
+    # a purchase within the attribution window counts for the offer).
+    # TTL: the attribution window, renewed on every impression.
+    def offers_seen(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:os"
+
     # STRING, JSON list of a person's in-app inbox messages (newest first, each
     # with its expiry, read and dismissed flags), capped to INBOX_MAX.
     # TTL: the latest message expiry.

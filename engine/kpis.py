@@ -1,6 +1,7 @@
-"""KPIs per journey and per channel (SCENARIOS 14): entrants and the hold-out,
-sends, opens, clicks, unsubscribes, converters and revenue, and the uplift of
-the treated group over the hold-out.
+"""KPIs per journey, channel and offer (SCENARIOS 14): entrants and the
+hold-out, sends, opens, clicks, unsubscribes, converters and revenue, and the
+uplift of the treated group over the hold-out; per offer, impressions, clicks,
+converters, revenue and, for discounts, their cost and ROI.
 
 Counts are HyperLogLogs of ids (run ids, message ids, person ids): adding the
 same id twice changes nothing, so a redelivered batch, a retried send or a
@@ -22,12 +23,12 @@ PURCHASE = "purchase"
 REVENUE_PROPERTIES = ("revenue", "value", "total")  # the first numeric one is the purchase's revenue
 ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the journeys entered in the 7 days before it
 
-# KEYS[1] once-marker of the purchase event, KEYS[2] the journey's revenue hash
-# ARGV[1] marker TTL s, ARGV[2] field, ARGV[3] amount
-# Adds the amount once per purchase event and journey. Returns 1 if added.
+# KEYS[1] once-marker of the purchase event, KEYS[2] the journey's or offer's money hash
+# ARGV[1] marker TTL s, then pairs: field, amount
+# Adds the amounts once per purchase event and journey (or offer). Returns 1 if added.
 ADD_ONCE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-redis.call('HINCRBYFLOAT', KEYS[2], ARGV[2], ARGV[3])
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -41,6 +42,9 @@ return out
 
 JOURNEY_COUNTS = ("entered", "held_out", "sent", "dropped", "opened", "clicked", "converted", "converted_control")
 CHANNEL_COUNTS = ("sent", "dropped", "dead_letter", "opened", "clicked", "unsubscribed")
+OFFER_COUNTS = ("impressions", "viewers", "clicks", "clickers", "converted", "redeemed")
+IMPRESSION, CLICK = "impression", "click"  # what the snippet sends for a filled slot
+COUPON_PROPERTIES = ("code", "coupon")  # a purchase that names an offer's code used its discount
 
 
 def revenue_of(properties: dict) -> float:
@@ -104,31 +108,74 @@ class KpiStore:
         return (self._add_once, [self.keys.kpi_once(f"{journey}|{event_id}"), self.keys.kpi("j", journey, "revenue")],
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
-    async def record_purchases(self, by_person: dict[str, list]) -> None:
-        """After a batch is applied: each purchase counts for every journey the
-        person entered (or was held out of) in the ATTRIBUTION_MS before it.
-        A redelivered purchase changes nothing."""
-        buyers = {person: bought for person, events in by_person.items()
-                  if (bought := [e for e in events if e.type == PURCHASE])}
-        if not buyers:
-            return
+    async def record_batch(self, by_person: dict[str, list], offers: dict) -> None:
+        """After a batch is applied: impressions and clicks of the catalog's
+        offers (`offers`: id -> Offer; others are ignored, so a client cannot
+        mint KPI keys), then purchases. A purchase counts for every journey the
+        person entered (or was held out of) and every offer they saw or clicked
+        in the ATTRIBUTION_MS before it, and for a discount offer whose code it
+        names. A redelivered batch changes nothing. A batch without impressions,
+        clicks or purchases costs nothing."""
+        pipe = self.redis.pipeline(transaction=False)
+        buyers: dict[str, list] = {}
+        for person, events in by_person.items():
+            seen: dict[str, int] = {}
+            for event in events:
+                if event.type == PURCHASE:
+                    buyers.setdefault(person, []).append(event)
+                elif event.type in (IMPRESSION, CLICK) and event.properties.get("offer") in offers:
+                    offer = event.properties["offer"]
+                    who = ("impressions", "viewers") if event.type == IMPRESSION else ("clicks", "clickers")
+                    self.count(pipe, "o", offer, who[0], event.id)
+                    self.count(pipe, "o", offer, who[1], person)
+                    seen[offer] = max(seen.get(offer, 0), event.ts)
+            if seen:
+                pipe.hset(self.keys.offers_seen(person), mapping=seen)
+                pipe.pexpire(self.keys.offers_seen(person), ATTRIBUTION_MS)
+        if buyers:
+            await self._record_purchases(buyers, offers, pipe)
+        elif len(pipe):
+            await pipe.execute()
+
+    async def _record_purchases(self, buyers: dict[str, list], offers: dict, pipe) -> None:
         read = self.redis.pipeline(transaction=False)
         for person in buyers:
             read.get(self.keys.journeys(person))
-        pipe, revenue_calls = self.redis.pipeline(transaction=False), []
-        for (person, bought), raw in zip(buyers.items(), await read.execute(), strict=True):
+            read.hgetall(self.keys.offers_seen(person))
+        answers = iter(await read.execute())
+        revenue_calls = []
+        for person, bought in buyers.items():
+            raw, seen = next(answers), next(answers)
             for journey, (entered_at, held) in decode_state(raw)["e"].items():
                 for event in bought:
                     if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
                         revenue_calls.append(self.purchase_calls(journey, bool(held), person, event.id,
                                                                  revenue_of(event.properties), pipe))
+            seen_at = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seen.items()}
+            for event in bought:
+                for offer, saw in _credited_offers(offers, seen_at, event):
+                    revenue_calls.append(self.offer_purchase_call(offers[offer], saw, person, event, pipe))
+        await pipe.execute()
         if revenue_calls:
-            await pipe.execute()
             await run_scripts(self.redis, revenue_calls)
+
+    def offer_purchase_call(self, offer, saw: bool, person: str, event, pipe) -> tuple:
+        """Queue the converter (a person who saw or clicked it) and the redemption
+        (a purchase naming its code) into `pipe`; returns the once-only call
+        adding the revenue and, for a redemption, the discount's cost."""
+        if saw:
+            self.count(pipe, "o", offer.id, "converted", person)
+        revenue = revenue_of(event.properties)
+        money = ["revenue", repr(revenue)]
+        if _used_code(offer, event.properties):
+            self.count(pipe, "o", offer.id, "redeemed", event.id)
+            money += ["discount_cost", repr(revenue * (offer.value or 0) / 100)]
+        return (self._add_once, [self.keys.kpi_once(f"o:{offer.id}|{event.id}"), self.keys.kpi("o", offer.id, "money")],
+                [self.once_ttl_s, *money])
 
     # -- reading ----------------------------------------------------------------
 
-    async def report(self, journeys: list[str], channels: list[str]) -> dict:
+    async def report(self, journeys: list[str], channels: list[str], offers: list[str] = ()) -> dict:
         count_keys, money_keys = [], []
         for journey in journeys:
             count_keys += [self.keys.kpi("j", journey, metric) for metric in JOURNEY_COUNTS]
@@ -136,23 +183,63 @@ class KpiStore:
             money_keys.append(self.keys.kpi("j", journey, "revenue"))
         for channel in channels:
             count_keys += [self.keys.kpi("c", channel, metric) for metric in CHANNEL_COUNTS]
+        for offer in offers:
+            count_keys += [self.keys.kpi("o", offer, metric) for metric in OFFER_COUNTS]
+            money_keys.append(self.keys.kpi("o", offer, "money"))
         pipe = self.redis.pipeline(transaction=False)
         for key in money_keys:
             pipe.hgetall(key)
         [counted] = await run_scripts(self.redis, [(self._count_all, count_keys, [])])
         counts, sums = iter(counted), iter(await pipe.execute())
-        out: dict = {"journeys": {}, "channels": {}}
+        out: dict = {"journeys": {}, "channels": {}, "offers": {}}
         for journey in journeys:
             found = {metric: next(counts) for metric in JOURNEY_COUNTS}
             by_channel = {channel: n for channel in channels if (n := next(counts))}
-            money = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in next(sums).items()}
-            out["journeys"][journey] = _journey_report(found, by_channel, money)
+            out["journeys"][journey] = _journey_report(found, by_channel, _money(next(sums)))
         for channel in channels:
             found = {metric: next(counts) for metric in CHANNEL_COUNTS}
             out["channels"][channel] = {**found, "open_rate": _rate(found["opened"], found["sent"]),
                                         "click_rate": _rate(found["clicked"], found["sent"]),
                                         "unsubscribe_rate": _rate(found["unsubscribed"], found["sent"])}
+        for offer in offers:
+            found = {metric: next(counts) for metric in OFFER_COUNTS}
+            out["offers"][offer] = _offer_report(found, _money(next(sums)))
         return out
+
+
+def _money(raw: dict) -> dict[str, float]:
+    return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
+
+
+def _used_code(offer, properties: dict) -> bool:
+    code = offer.content.get("code") if isinstance(offer.content, dict) else None
+    return (offer.kind == "discount" and isinstance(code, str) and code != ""
+            and any(properties.get(name) == code for name in COUPON_PROPERTIES))
+
+
+def _credited_offers(offers: dict, seen_at: dict[str, int], purchase) -> list[tuple[str, bool]]:
+    """The offers a purchase counts for, and whether the buyer saw (or clicked)
+    each in the attribution window before it; a discount whose code the
+    purchase names counts too, seen or not."""
+    credited = {offer_id: True for offer_id, at in seen_at.items()
+                if offer_id in offers and 0 <= purchase.ts - at <= ATTRIBUTION_MS}
+    if any(purchase.properties.get(name) for name in COUPON_PROPERTIES):  # the only case worth a scan
+        for offer_id, offer in offers.items():
+            if offer_id not in credited and _used_code(offer, purchase.properties):
+                credited[offer_id] = False
+    return list(credited.items())
+
+
+def _offer_report(counts: dict, money: dict) -> dict:
+    revenue, cost = money.get("revenue", 0.0), money.get("discount_cost", 0.0)
+    return {
+        **counts,
+        "click_through_rate": _rate(counts["clicks"], counts["impressions"]),
+        "conversion_rate": _rate(counts["converted"], counts["viewers"]),
+        "revenue": round(revenue, 2), "discount_cost": round(cost, 2),
+        # ROI of the discount: what it brought in over what it gave away.
+        "roi": round((revenue - cost) / cost, 4) if cost else None,
+    }
 
 
 def _journey_report(counts: dict, by_channel: dict, money: dict) -> dict:

@@ -157,7 +157,7 @@ class Pipeline:
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
         if depth == 0:
-            await self.journeys.kpis.record_purchases(by_person)
+            await self.journeys.kpis.record_batch(by_person, catalog.offers_by_id)
         return result
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:

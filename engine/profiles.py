@@ -319,7 +319,7 @@ class ProfileStore:
         removed = await self.redis.delete(
             keys.profile(person), keys.dedupe(person), keys.merge_staging(person),
             keys.contact(person), keys.contact_outcomes(person), keys.journeys(person),
-            keys.inbox(person), keys.devices(person),
+            keys.inbox(person), keys.devices(person), keys.offers_seen(person),
         )
         # A dead letter holds the whole message (address, traits). Removed by
         # value: entries pushed or trimmed meanwhile are left alone.

@@ -2,11 +2,14 @@
 scheduler and a real SMTP sink: people enter a journey with a 50 % hold-out,
 the treated get an email, some open it (one twice), some click, one
 unsubscribes, treated and held-out people buy (one purchase sent twice), and
-GET /v1/kpis counts each of these once, with the rates and the uplift."""
+GET /v1/kpis counts each of these once, with the rates and the uplift. Per
+offer: impressions and clicks a browser sends, purchases after them or naming a
+discount's code, the discount's cost and ROI."""
 
 from __future__ import annotations
 
 import re
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -22,6 +25,11 @@ offers:
     kind: content
     placements: [hero]
     content: {title: Hello}
+  - id: spring10
+    kind: discount
+    placements: [hero]
+    value: 10
+    content: {title: "10% off", code: SPRING10}
 templates:
   promo:
     subject: "Spring deal, {{ traits.name | default('friend') }}"
@@ -117,3 +125,51 @@ def test_kpis_count_each_thing_once_and_measure_the_uplift(kpi_api):
     email = report["channels"]["email"]
     assert (email["sent"], email["opened"], email["clicked"], email["unsubscribed"]) == (n, 3, 2, 1)
     assert email["unsubscribe_rate"] == round(1 / n, 4)
+
+
+DAY = 86_400_000
+
+
+def test_offer_kpis_count_views_clicks_conversions_and_the_discounts_roi(kpi_api):
+    """What a browser sends for filled slots (impression, click: site key,
+    anonymous ids) and what people buy: a purchase within 7 days of seeing an
+    offer converts for it; one naming a discount's code redeems it and costs
+    value % of its revenue; an offer seen 8 days before the purchase, an offer
+    the catalog lacks, and a purchase resent count nothing more."""
+    server, _ = kpi_api
+    now = int(time.time() * 1000)  # the server's clock is the wall clock
+
+    def slot(eid: str, kind: str, person: str, offer: str, ts: int = now) -> dict:
+        return {"id": eid, "type": kind, "anonymous_id": person, "ts": ts,
+                "properties": {"offer": offer, "placement": "hero", "decision_id": f"d-{eid}"}}
+
+    def buy(eid: str, person: str, revenue: float, **extra) -> dict:
+        return {"id": eid, "type": "purchase", "anonymous_id": person, "ts": now + 1,
+                "properties": {"revenue": revenue, **extra}}
+
+    with server.browser() as browser:
+        for batch in ([slot("o1", "impression", "a-1", "spring10"), slot("o2", "impression", "a-1", "spring10"),
+                       slot("o3", "click", "a-1", "spring10")],
+                      [slot("o4", "impression", "a-2", "spring10"), slot("o5", "impression", "a-3", "hello"),
+                       slot("o6", "impression", "a-4", "hello", now - 8 * DAY),
+                       slot("o7", "impression", "a-5", "made_up")],
+                      [slot("o1", "impression", "a-1", "spring10")]):  # resent: counted once
+            answer = browser.post("/v1/events", json={"events": batch})
+            assert answer.status_code == 202, answer.text
+    with server.server() as client:
+        purchases = [buy("b1", "a-1", 200, code="SPRING10"), buy("b1", "a-1", 200, code="SPRING10"),
+                     buy("b2", "a-3", 50), buy("b3", "a-4", 80), buy("b4", "a-6", 100, coupon="SPRING10")]
+        for purchase in purchases:
+            events(client, purchase)
+        report = client.get("/v1/kpis").json()["offers"]
+
+    assert set(report) == {"hello", "spring10"}
+    spring = report["spring10"]
+    assert {k: spring[k] for k in ("impressions", "viewers", "clicks", "clickers", "converted", "redeemed")} == {
+        "impressions": 3, "viewers": 2, "clicks": 1, "clickers": 1, "converted": 1, "redeemed": 2}
+    assert (spring["click_through_rate"], spring["conversion_rate"]) == (round(1 / 3, 4), 0.5)
+    # a-1 saw it and used the code (200), a-6 only used the code (100): 10 % of 300 given away.
+    assert (spring["revenue"], spring["discount_cost"], spring["roi"]) == (300.0, 30.0, 9.0)
+    hello = report["hello"]
+    assert (hello["impressions"], hello["viewers"], hello["converted"], hello["revenue"]) == (2, 2, 1, 50.0)
+    assert (hello["discount_cost"], hello["roi"]) == (0.0, None)  # not a discount

@@ -308,6 +308,9 @@ def test_profiles_decode_the_empty_tables_lua_writes():
 
 
 KPI_CATALOG = CATALOG + """
+placements: [hero]
+offers:
+  - {id: deal, kind: discount, placements: [hero], value: 20, content: {title: Deal, code: DEAL20}}
 templates:
   promo: {subject: "Deal", text: "Ten percent off."}
 journeys:
@@ -332,12 +335,16 @@ async def test_kpis_follow_entries_and_purchases_once(redis):
     signups = [Event(f"{p}-s", "signup", p, NOW, {}) for p in people]
     engagement = [Event(f"open:m-{p}", "email_open", p, NOW, {"message_id": f"m-{p}", "journey": "promo"})
                   for p in treated[:2]]
+    engagement.append(Event("imp-1", "impression", treated[0], NOW, {"offer": "deal"}))
     purchases = [Event(f"{treated[0]}-b", "purchase", treated[0], NOW + 1, {"revenue": 40}),
-                 Event(f"{control[0]}-b", "purchase", control[0], NOW + 1, {"total": 10})]
+                 Event(f"{control[0]}-b", "purchase", control[0], NOW + 1, {"total": 10, "code": "DEAL20"})]
     for _ in range(2):  # the second time as a redelivery
         await pipeline.apply(signups, NOW)
         await pipeline.apply(engagement + purchases, NOW + 1)
-    report = await KpiStore(redis, KEYS).report(["promo"], ["email", "inbox"])
+    report = await KpiStore(redis, KEYS).report(["promo"], ["email", "inbox"], ["deal"])
+    deal = report["offers"]["deal"]
+    assert (deal["impressions"], deal["converted"], deal["redeemed"]) == (1, 1, 1)
+    assert (deal["revenue"], deal["discount_cost"], deal["roi"]) == (50.0, 2.0, 24.0)
     promo = report["journeys"]["promo"]
     assert (promo["entered"], promo["held_out"]) == (len(treated), len(control))
     assert (promo["opened"], promo["converted"], promo["converted_control"]) == (0, 1, 1)
