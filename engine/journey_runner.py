@@ -64,9 +64,6 @@ class JourneyRunner:
         book = catalog.journeys
         timers: list[Message] = []
         work: list[tuple[str, Callable[[dict], Actions]]] = []
-        # Exit conditions read the profile: a batch after which one holds (a trait
-        # set, a count reached) ends the run now, not at its next timer.
-        exit_tests = [test for journey in book.by_id.values() for test in journey.exit_tests]
         facts_of = {person: Facts(catalog, profile, {}, now_ms) for person, profile in profiles.items()}
         if book.consent_gates:  # a trigger's `when` or an exit reads it: before choosing whom to look at
             await self._load_contacts(list(facts_of.items()))
@@ -80,7 +77,9 @@ class JourneyRunner:
             if (any(book.might_act(e, facts) for e in events)
                     or any(s in book.by_segment for s in segments)
                     or any(j.score_test(facts.score()) for j in book.scored)
-                    or any(test(facts) for test in exit_tests)):
+                    # An exit condition that holds after this batch (a trait set, a
+                    # count reached) ends the run now, not at its next timer.
+                    or any(test(facts) for test in book.exit_tests)):
                 work.append((person, lambda state, p=person, f=facts, e=events, s=segments:
                              self._on_events(book, p, f, state, e, s, now_ms)))
         if timers:

@@ -103,6 +103,7 @@ class Journeys:
     # ... a trigger's `when` or an exit condition does: it decides whom to look at,
     # so it is loaded for everyone in a batch, not only for those looked at.
     consent_gates: bool = False
+    exit_tests: tuple[Predicate, ...] = ()  # every journey's exit conditions: whom a batch must look at
 
     def __bool__(self) -> bool:
         return bool(self.all)
@@ -165,6 +166,7 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
             book.waited.setdefault(matcher.type, []).append(matcher)
             watched.add(matcher.type)
     book.watched = frozenset(watched)
+    book.exit_tests = tuple(test for journey in book.all for test in journey.exit_tests)
     return book
 
 

@@ -144,8 +144,8 @@ class Pipeline:
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
-        zones = {e.person: e.traits[TIMEZONE_TRAIT] for e in sorted(events, key=lambda e: e.ts)
-                 if e.traits and e.traits.get(TIMEZONE_TRAIT)}
+        zoned = [e for e in events if e.traits and e.traits.get(TIMEZONE_TRAIT)]
+        zones = {e.person: e.traits[TIMEZONE_TRAIT] for e in sorted(zoned, key=lambda e: e.ts)}
         if zones:  # the contact policy reads it at send time (quiet hours)
             contacts = ContactStore(self.store.redis, self.store.keys)
             for person, zone in zones.items():
