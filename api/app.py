@@ -27,11 +27,10 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from api import metrics
-from engine.catalog import CatalogHolder, empty_catalog, load_catalog_file
-from engine.catalog_store import CatalogStore
-from engine.contact_policy import PERSONAL_CHANNELS, ContactStore
-from engine.decide import decide
-from engine.due_queue import DueQueue
+from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
+from engine.catalog.publish import CatalogStore
+from engine.decisions.decide import decide
+from engine.decisions.person_view import journeys_view, person_view
 from engine.errors import (
     BodyTooLarge,
     CatalogError,
@@ -41,15 +40,19 @@ from engine.errors import (
     NotAuthorized,
     StoreUnavailable,
 )
-from engine.event_log import EventLog
 from engine.events import PERSON_ID, Event, WireBatch, decode_batch
-from engine.identity import authenticate, require_server, resolve_events
-from engine.keys import Keys
-from engine.people import journeys_view, person_view
-from engine.pipeline import ApplyResult, Pipeline
-from engine.profiles import ProfileStore, decode_profile
-from engine.redis_client import connect
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.erase import erase_person
+from engine.ingest.identity import authenticate, require_server, resolve_events
+from engine.ingest.pipeline import ApplyResult, Pipeline
+from engine.policy import PERSONAL_CHANNELS
+from engine.profile import decode_profile
 from engine.settings import MAX_BODY_BYTES, MAX_PLACEMENTS_PER_DECIDE, Settings
+from engine.store.client import connect
+from engine.store.keys import Keys
+from engine.store.profiles import ProfileStore
+from engine.stream.event_log import EventLog
 
 log = logging.getLogger("attimo.api")
 
@@ -305,7 +308,8 @@ async def delete_person(request: Request) -> Response:
     services: Services = request.app.state.services
     require_server(authenticate(request.headers, request.query_params, services.settings))
     try:
-        erased = await services.store.erase(request.path_params["person"], queued_channels(services), now_ms())
+        erased = await erase_person(services.redis, services.keys, DueQueue(services.redis, services.keys),
+                                    request.path_params["person"], queued_channels(services), now_ms())
     except RedisError as exc:
         raise StoreUnavailable(f"the profile store is unavailable: {exc}") from None
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
@@ -453,7 +457,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         scheduler_stop = asyncio.Event()
         scheduler = None
         if settings.scheduler == "embedded":
-            from engine.scheduler import run_embedded
+            from engine.followups.scheduler import run_embedded
 
             scheduler = asyncio.create_task(run_embedded(settings, scheduler_stop, services.holder))
         loop = asyncio.get_running_loop()

@@ -20,22 +20,22 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from api.app import Services, apply_events, json_response, now_ms, read_body
-from engine.contact_policy import (
+from engine.catalog.journeys import JOURNEY_CHANNEL
+from engine.errors import EventRejected, MalformedBody, NotAuthorized, StoreUnavailable
+from engine.events import EMAIL_CLICK, EMAIL_OPEN, PERSON_ID, Event
+from engine.followups.channels.email import TrackingLinkInvalid, tracker_from_settings
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.inbox import DeviceStore, InboxStore
+from engine.followups.kpis import KpiStore
+from engine.ingest.identity import authenticate, require_server
+from engine.policy import (
     EMAIL_MAX_LENGTH,
     PERSONAL_CHANNELS,
     SUPPRESSIBLE_CHANNELS,
-    ContactStore,
     suppression_address,
 )
-from engine.due_queue import DueQueue
-from engine.email_channel import TrackingLinkInvalid, tracker_from_settings
-from engine.errors import EventRejected, MalformedBody, NotAuthorized, StoreUnavailable
-from engine.events import EMAIL_CLICK, EMAIL_OPEN, PERSON_ID, Event
-from engine.identity import authenticate, require_server
-from engine.inbox import DeviceStore, InboxStore
-from engine.journeys import JOURNEY_CHANNEL
-from engine.keys import DEAD_LETTERS_MAX
-from engine.kpis import KpiStore
+from engine.store.keys import DEAD_LETTERS_MAX
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 NO_STORE = {"Cache-Control": "no-store"}

@@ -2,7 +2,7 @@
 (/v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group), so
 teams that already send events with Segment-style libraries point them at
 Attimo unchanged. The write key is the server token; the mapping lives in
-engine/segment.py and the apply step is POST /v1/events' own."""
+engine/ingest/segment.py and the apply step is POST /v1/events' own."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from starlette.routing import Route
 from api import metrics
 from api.app import ERROR_HANDLERS, apply_events, json_response, now_ms, read_body
 from engine.errors import AttimoError, BodyTooLarge, EventRejected, MalformedBody
-from engine.identity import authenticate_write_key, resolve_events
-from engine.segment import KINDS, decode_batch_body, decode_single_body, wire_events
+from engine.ingest.identity import authenticate_write_key, resolve_events
+from engine.ingest.segment import KINDS, decode_batch_body, decode_single_body, wire_events
 from engine.settings import MAX_BODY_BYTES
 
 SEGMENT_SECONDS = metrics.REQUEST_SECONDS.labels("segment")

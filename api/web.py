@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from engine.decisions.person_view import person_view
 from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
-from engine.identity import sign_user_id
-from engine.people import person_view
+from engine.ingest.identity import sign_user_id
 from engine.settings import Settings
 
 HERE = Path(__file__).resolve().parent
@@ -162,7 +162,7 @@ async def demo_profile(request: Request) -> Response:
     user_id = query.get("user_id") or None
     if user_id is None and not query.get("anonymous_id"):
         raise NotAuthorized("anonymous_id or user_id is required")
-    from engine.identity import Caller
+    from engine.ingest.identity import Caller
 
     person = Caller(False, services.settings.site_secret).person(
         query.get("anonymous_id"), user_id, query.get("user_sig"), "query"
@@ -185,7 +185,7 @@ def demo_routes(settings: Settings) -> list[Route]:
 
 def demo_outbox_routes(outbox) -> list[Route]:
     """DEMO ONLY. What `attimo demo` sent: its local SMTP sink and webhook receiver
-    (engine/demo_mail.py). GET /demo/outbox lists emails and webhooks, newest first."""
+    (engine/demo/mail.py). GET /demo/outbox lists emails and webhooks, newest first."""
 
     async def show(request: Request) -> Response:
         return Response(orjson.dumps({"outbox": list(outbox.items)}), media_type="application/json",

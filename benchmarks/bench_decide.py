@@ -40,7 +40,7 @@ from benchmarks.loadgen import (
 from benchmarks.processes import RedisServer, UvicornServer
 from benchmarks.report import write_report
 from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
-from engine.local_redis import LocalRedisCluster
+from engine.store.local_server import LocalRedisCluster
 
 SITE_KEY, SITE_SECRET = "bench-site-key", "bench-site-secret"
 P1_RATE = 1000.0

@@ -24,8 +24,9 @@ from benchmarks.harness import LOADGEN_CORE, SERVER_CORE
 from benchmarks.loadgen import pin_current_process, start_pinned
 from benchmarks.processes import RedisServer
 from benchmarks.report import RESULTS_DIR, print_figures
-from engine.contact_policy import ContactStore
-from engine.due_queue import DueQueue, Message
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.message import Message
 from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent

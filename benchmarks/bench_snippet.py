@@ -106,7 +106,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from benchmarks.processes import free_port
-    from engine.local_redis import LocalRedis
+    from engine.store.local_server import LocalRedis
 
     snippet = (ROOT / "js-snippet" / "attimo.js").read_bytes()
     gzip_bytes = len(gzip.compress(snippet, 9))

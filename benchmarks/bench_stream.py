@@ -63,10 +63,10 @@ from benchmarks.loadgen import (
 from benchmarks.processes import REPO_ROOT, RedisServer, UvicornServer, free_port, raise_on_sigterm
 from benchmarks.report import RESULTS_DIR, print_figures, write_report
 from benchmarks.workload import FreshBatches
-from engine.event_log import ensure_topics, records
 from engine.events import Event
-from engine.keys import Keys
 from engine.settings import Settings
+from engine.store.keys import Keys
+from engine.stream.event_log import ensure_topics, records
 from tests.kafka_broker import TansuBroker
 
 TOKEN = "bench-token"

@@ -16,14 +16,14 @@ import orjson
 import yaml
 from redis.asyncio import Redis
 
-from engine.catalog import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.events import Event
-from engine.keys import Keys
-from engine.pipeline import Pipeline
-from engine.profiles import ProfileStore
-from engine.redis_client import connect
+from engine.ingest.pipeline import Pipeline
 from engine.settings import Settings
-from engine.windows import DAY_MS, MINUTE_MS
+from engine.store.client import connect
+from engine.store.keys import Keys
+from engine.store.profiles import ProfileStore
 
 PLACEMENTS = [f"slot_{n}" for n in range(5)]
 CATEGORIES = [f"c{n}" for n in range(10)]

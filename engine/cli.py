@@ -64,7 +64,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_scheduler_command(args) -> int:
-    from engine.scheduler import run_scheduler
+    from engine.followups.scheduler import run_scheduler
 
     settings = Settings.from_env(redis_url=args.redis_url)
     stats = asyncio.run(run_scheduler(settings))
@@ -73,13 +73,13 @@ def run_scheduler_command(args) -> int:
 
 
 def run_worker_command(args) -> int:
-    from engine.worker import run_worker  # faust is imported only by workers
+    from engine.stream.worker import run_worker  # faust is imported only by workers
 
     return run_worker(Settings.from_env())
 
 
 def run_check(args) -> int:
-    from engine.catalog import load_catalog_file
+    from engine.catalog.compile import load_catalog_file
 
     try:
         catalog, _ = load_catalog_file(args.file)
@@ -97,7 +97,7 @@ def run_check(args) -> int:
 
 
 def run_sign(args) -> int:
-    from engine.identity import sign_user_id
+    from engine.ingest.identity import sign_user_id
 
     secret = args.secret or Settings.from_env().site_secret
     if not secret:
@@ -131,7 +131,7 @@ def serve(settings: Settings, extra_routes: list | None = None) -> None:
         uvicorn.run(app, **common)
         return
     if settings.catalog_path:
-        from engine.catalog import load_catalog_file
+        from engine.catalog.compile import load_catalog_file
 
         load_catalog_file(settings.catalog_path)  # refuse to start N workers on a bad catalog
     os.environ.update(settings.to_env())
@@ -140,8 +140,8 @@ def serve(settings: Settings, extra_routes: list | None = None) -> None:
 
 
 def run_demo(args) -> int:
-    from engine.demo_mail import DemoOutbox
-    from engine.local_redis import LocalRedis
+    from engine.demo.mail import DemoOutbox
+    from engine.store.local_server import LocalRedis
 
     local = LocalRedis().start()
     outbox = DemoOutbox().start_smtp()
@@ -160,7 +160,7 @@ def run_demo(args) -> int:
                                for channel in ("push", "sms", "webhook", "sales", "operator")),
             webhook_secret="demo-webhook-secret",
         )
-        from engine.demo import seed_demo_people, try_these
+        from engine.demo.seed import seed_demo_people, try_these
 
         asyncio.run(seed_demo_people(settings))
         print(try_these(settings), flush=True)

@@ -64,7 +64,7 @@ class StoreUnavailable(AttimoError):
 
 
 class SendError(Exception):
-    """Raised by a sender (engine/scheduler.py) for a failure worth retrying
+    """Raised by a sender (engine/followups/scheduler.py) for a failure worth retrying
     later through the queue; its text is the reason recorded (any other
     exception is retried too, with its type named in the reason)."""
 

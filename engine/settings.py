@@ -55,7 +55,7 @@ class Settings:
     # The snippet's time budget on the storefront pages (data-budget).
     snippet_budget_ms: int = 300
 
-    # Kafka mode (engine/event_log.py, engine/worker.py): with brokers set, the API
+    # Kafka mode (engine/stream/event_log.py, engine/stream/worker.py): with brokers set, the API
     # produces accepted events to the topic and `attimo worker` applies them.
     kafka_brokers: tuple[str, ...] = ()
     kafka_topic: str = "attimo.events"
@@ -80,7 +80,7 @@ class Settings:
     worker_group: str = "attimo-worker"
     worker_metrics_port: int = 0  # Prometheus /metrics of `attimo worker` (0: off)
 
-    # Follow-ups (engine/scheduler.py, docs/followups.md).
+    # Follow-ups (engine/followups/scheduler.py, docs/followups.md).
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 25
     smtp_tls: str = "none"  # none, starttls, implicit

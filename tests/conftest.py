@@ -16,12 +16,12 @@ import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
 
-from engine.catalog import CatalogHolder, compile_catalog, parse_catalog_text
-from engine.identity import sign_user_id
-from engine.keys import Keys
-from engine.local_redis import LocalRedis, free_port
-from engine.pipeline import Pipeline
-from engine.profiles import ProfileStore
+from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.ingest.identity import sign_user_id
+from engine.ingest.pipeline import Pipeline
+from engine.store.keys import Keys
+from engine.store.local_server import LocalRedis, free_port
+from engine.store.profiles import ProfileStore
 from tests.followup_sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent

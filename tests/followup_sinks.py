@@ -11,7 +11,7 @@ from email import message_from_bytes, policy
 
 from aiosmtpd.controller import Controller
 
-from engine.local_redis import free_port
+from engine.store.local_server import free_port
 
 
 @dataclass

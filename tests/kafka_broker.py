@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from engine.local_redis import die_with_parent, free_port, stop_child
+from engine.store.local_server import die_with_parent, free_port, stop_child
 
 
 def tansu_binary() -> str:

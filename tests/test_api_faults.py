@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from engine.local_redis import LocalRedis
+from engine.store.local_server import LocalRedis
 from tests.conftest import SITE_KEY, TOKEN, start_api, stop_api, wait_until
 
 BROWSER = {"X-Attimo-Key": SITE_KEY}

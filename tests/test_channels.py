@@ -7,10 +7,15 @@ import re
 
 import pytest
 
-from engine.due_queue import Message
-from engine.email_channel import EmailChannel, SmtpConfig, Tracker, TrackingLinkInvalid
-from engine.templates import TemplateRenderError, render
-from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
+from engine.catalog.templates import TemplateRenderError, render
+from engine.followups.channels.email import EmailChannel, SmtpConfig, Tracker, TrackingLinkInvalid
+from engine.followups.channels.webhook import (
+    DeliveryFailed,
+    WebhookChannel,
+    WebhookConfig,
+    verify_signature,
+)
+from engine.followups.message import Message
 
 SECRET = b"test-webhook-secret"
 TRACKER = Tracker(secret=b"test-tracking-secret", public_url="https://attimo.example")
@@ -128,7 +133,7 @@ async def test_webhook_does_not_retry_a_permanent_refusal(receiver):
 
 
 async def test_unreachable_webhook_is_dead_lettered():
-    from engine.local_redis import free_port
+    from engine.store.local_server import free_port
     channel = WebhookChannel(WebhookConfig({"push": f"http://127.0.0.1:{free_port()}"}, SECRET, attempts=2),
                              sleep=no_sleep)
     try:

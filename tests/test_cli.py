@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.local_redis import free_port
+from engine.store.local_server import free_port
 from tests.conftest import ROOT, wait_until
 
 

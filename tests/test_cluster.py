@@ -10,9 +10,9 @@ import pytest
 import redis as redis_sync
 from redis.asyncio.cluster import RedisCluster
 
-from engine.local_redis import LocalRedisCluster
-from engine.redis_client import connect
 from engine.settings import Settings
+from engine.store.client import connect
+from engine.store.local_server import LocalRedisCluster
 from tests.conftest import ROOT, signed, start_api, stop_api
 from tests.test_due_queue import *  # noqa: F403 - the same tests, on the cluster
 from tests.test_pipeline import *  # noqa: F403

@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from engine.catalog import compile_catalog, parse_catalog_text
-from engine.contact_policy import (
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.errors import CatalogError
+from engine.policy import (
     DAY_MS,
     Caps,
     ContactPolicy,
@@ -23,7 +24,6 @@ from engine.contact_policy import (
     record_send,
     set_consent,
 )
-from engine.errors import CatalogError
 
 NOON_UTC = int(datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
 
@@ -153,7 +153,7 @@ def test_on_merge_a_withdrawal_on_either_side_wins():
     assert consent_given(known, "email", "marketing") is False
 
 
-# -- the catalog's contact_policy section (engine/catalog.py) ------------------------
+# -- the catalog's contact_policy section (engine/catalog/compile.py) ------------------------
 
 def catalog_policy(section: str) -> dict:
     return compile_catalog(parse_catalog_text(f"placements: []\noffers: []\ncontact_policy:\n{section}")).contact_policy

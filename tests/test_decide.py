@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from engine.catalog import compile_catalog
-from engine.decide import decide, in_holdout
-from engine.profiles import Profile
-from engine.windows import DAY_MS
+from engine.catalog.compile import compile_catalog
+from engine.catalog.windows import DAY_MS
+from engine.decisions.decide import decide, in_holdout
+from engine.profile import Profile
 
 NOW = 1_764_000_000_000
 

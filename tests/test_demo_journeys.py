@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from engine.catalog import compile_catalog, load_catalog_file, parse_catalog_text
-from engine.contact_policy import ContactStore, suppression_address
-from engine.decide import decide
+from engine.catalog.compile import compile_catalog, load_catalog_file, parse_catalog_text
+from engine.decisions.decide import decide
 from engine.errors import CatalogError
-from engine.inbox import DeviceStore, InboxStore
+from engine.followups.contacts import ContactStore
+from engine.followups.inbox import DeviceStore, InboxStore
+from engine.policy import suppression_address
 from tests.conftest import ROOT
 from tests.test_journey_grammar import (
     GRAMMAR,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.due_queue import LEASE_LOST, DueQueue, Message, shard_of
-from engine.keys import DUE_DONE_KEEP_MS
+from engine.followups.due_queue import LEASE_LOST, DueQueue, shard_of
+from engine.followups.message import Message
+from engine.store.keys import DUE_DONE_KEEP_MS
 
 
 def msg(i: int, person: str = "u-1", channel: str = "email", due_ms: int = 1000) -> Message:

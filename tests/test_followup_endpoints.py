@@ -9,7 +9,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from engine.webhook_channel import verify_signature
+from engine.followups.channels.webhook import verify_signature
 from tests.conftest import ROOT, SITE_KEY, signed, start_api, stop_api, wait_until
 
 PREFIX = "fu"

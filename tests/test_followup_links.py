@@ -11,10 +11,12 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from engine.contact_policy import ContactStore, consent_given
-from engine.due_queue import DueQueue, Message
-from engine.email_channel import Tracker
-from engine.keys import Keys
+from engine.followups.channels.email import Tracker
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.message import Message
+from engine.policy import consent_given
+from engine.store.keys import Keys
 from tests.conftest import SITE_SECRET, start_api, stop_api
 
 PREFIX = "links"
@@ -159,8 +161,8 @@ def test_a_malformed_consent_event_is_422(links_api, properties, field):
 def test_a_persons_pending_and_recent_messages_with_their_reasons(links_api, redis_server, redis_sync_client):
     """GET /v1/people/{id} shows what waits for the person and what happened to
     what did not wait, with the reason the scheduler gave."""
-    from engine.contact_policy import ContactPolicy
-    from engine.scheduler import Scheduler
+    from engine.followups.scheduler import Scheduler
+    from engine.policy import ContactPolicy
 
     keys = Keys(PREFIX)
     now = 1_780_000_000_000

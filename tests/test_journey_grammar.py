@@ -12,13 +12,13 @@ import time
 import orjson
 import pytest
 
-from engine.catalog import compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.events import Event
-from engine.inbox import InboxStore
-from engine.keys import DEVICES_MAX, INBOX_MAX, Keys
-from engine.scheduler import senders_from_settings
+from engine.followups.channels.webhook import verify_signature
+from engine.followups.inbox import InboxStore
+from engine.followups.scheduler import senders_from_settings
 from engine.settings import Settings
-from engine.webhook_channel import verify_signature
+from engine.store.keys import DEVICES_MAX, INBOX_MAX, Keys
 from tests.conftest import signed, wait_until
 from tests.test_journeys import (
     DAY,

@@ -8,16 +8,17 @@ import asyncio
 
 import pytest
 
-from engine.catalog import compile_catalog, load_catalog_file, parse_catalog_text
-from engine.contact_policy import Caps, ContactPolicy, ContactStore
-from engine.due_queue import DueQueue
-from engine.email_channel import EmailChannel, SmtpConfig, Tracker
+from engine.catalog.compile import compile_catalog, load_catalog_file, parse_catalog_text
+from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT
 from engine.errors import CatalogError
 from engine.events import Event
-from engine.journey_runner import internal_senders
-from engine.journey_steps import held_out
-from engine.journeys import JOURNEY_CHANNEL, TRAIT_EVENT
-from engine.scheduler import Scheduler
+from engine.followups.channels.email import EmailChannel, SmtpConfig, Tracker
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.journey_runner import internal_senders
+from engine.followups.scheduler import Scheduler
+from engine.followups.transitions import held_out
+from engine.policy import Caps, ContactPolicy
 from tests.conftest import ROOT, make_pipeline
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from engine.catalog import compile_catalog, parse_catalog_text
-from engine.journey_steps import held_out
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.followups.transitions import held_out
 from tests.conftest import start_api, stop_api, wait_until
 
 CATALOG = """

@@ -5,14 +5,15 @@ import msgspec
 import pytest
 from redis.crc import key_slot
 
-from engine.contact_policy import ContactStore, consent_given
+from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.events import CONSENT, Event
-from engine.journey_steps import held_out
-from engine.keys import Keys
-from engine.kpis import KpiStore
-from engine.pipeline import PRUNE_EVERY, event_id_hash
-from engine.profiles import decode_profile
-from engine.windows import DAY_MS, MINUTE_MS
+from engine.followups.contacts import ContactStore
+from engine.followups.kpis import KpiStore
+from engine.followups.transitions import held_out
+from engine.ingest.pipeline import PRUNE_EVERY, event_id_hash
+from engine.policy import consent_given
+from engine.profile import decode_profile
+from engine.store.keys import Keys
 from tests.conftest import make_pipeline
 
 NOW = 1_764_000_000_000

@@ -2,11 +2,11 @@
 
 import pytest
 
-from engine.catalog import compile_catalog
+from engine.catalog.compile import compile_catalog
+from engine.catalog.rules import Facts
+from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.errors import CatalogError
-from engine.profiles import Profile
-from engine.rules import Facts
-from engine.windows import DAY_MS, MINUTE_MS
+from engine.profile import Profile
 
 NOW = 1_764_000_000_000
 

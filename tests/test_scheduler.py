@@ -15,19 +15,26 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from engine.catalog import CatalogHolder, compile_catalog, parse_catalog_text
-from engine.contact_policy import Caps, ContactPolicy, ContactStore
-from engine.due_queue import SCHEDULE, DueQueue, Message, shard_of
-from engine.email_channel import EmailChannel, SmtpConfig, Tracker
-from engine.keys import DUE_SHARDS, Keys
-from engine.scheduler import (
+from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.followups.channels.email import EmailChannel, SmtpConfig, Tracker
+from engine.followups.channels.webhook import (
+    DeliveryFailed,
+    WebhookChannel,
+    WebhookConfig,
+    verify_signature,
+)
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import SCHEDULE, DueQueue, shard_of
+from engine.followups.message import Message
+from engine.followups.scheduler import (
     MAX_SEND_ATTEMPTS,
     PermanentSendError,
     Scheduler,
     senders_from_settings,
 )
+from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
-from engine.webhook_channel import DeliveryFailed, WebhookChannel, WebhookConfig, verify_signature
+from engine.store.keys import DUE_SHARDS, Keys
 from tests.conftest import ROOT, wait_until
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC

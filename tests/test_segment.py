@@ -8,10 +8,10 @@ import orjson
 import pytest
 
 from api.segment import UnsupportedEncoding, gunzip_bounded
-from engine.catalog import empty_catalog
+from engine.catalog.compile import empty_catalog
 from engine.errors import BodyTooLarge, EventRejected, MalformedBody, NotAuthenticated
-from engine.identity import Caller, authenticate_write_key, resolve_events
-from engine.segment import decode_batch_body, decode_single_body, track_type, wire_events
+from engine.ingest.identity import Caller, authenticate_write_key, resolve_events
+from engine.ingest.segment import decode_batch_body, decode_single_body, track_type, wire_events
 from engine.settings import Settings
 
 NOW = 1_764_000_000_000

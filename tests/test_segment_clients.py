@@ -18,7 +18,7 @@ from rudderstack.analytics.request import APIError as RudderAPIError
 from segment.analytics.client import Client as SegmentClient
 from segment.analytics.request import APIError as SegmentAPIError
 
-from engine.local_redis import free_port
+from engine.store.local_server import free_port
 from tests.conftest import TOKEN, start_api, stop_api, wait_until
 
 PRICING = {"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}

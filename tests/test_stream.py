@@ -25,8 +25,8 @@ import pytest
 import redis as redis_lib
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from engine.event_log import ensure_topics
 from engine.settings import Settings
+from engine.stream.event_log import ensure_topics
 from tests.conftest import ROOT, start_api, stop_api, wait_until
 from tests.kafka_broker import TansuBroker
 
@@ -118,7 +118,7 @@ def pricing_count(profile: dict) -> float:
 
 
 def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
-    from engine.local_redis import free_port
+    from engine.store.local_server import free_port
 
     metrics_port = free_port()
     stream.env["ATTIMO_WORKER_METRICS_PORT"] = str(metrics_port)
@@ -186,9 +186,9 @@ async def dead_letters(settings: Settings, expected: int) -> list[dict]:
 
 
 def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on(stream, redis_sync_client):
-    from engine.event_log import records
     from engine.events import CONSENT, Event
-    from engine.keys import Keys
+    from engine.store.keys import Keys
+    from engine.stream.event_log import records
 
     good = [Event(f"p{n}", "page_view", "u-p", NOW + n, PRICING) for n in range(2)]
     rejected = [Event("q1", CONSENT, "u-q", NOW, {"granted": True})]  # no channel: the pipeline refuses it
@@ -208,7 +208,7 @@ def test_a_poison_record_goes_to_the_dead_letter_topic_and_the_stream_goes_on(st
 def test_only_an_unreachable_store_is_retried():
     from redis import exceptions
 
-    from engine.worker import is_transient
+    from engine.stream.worker import is_transient
 
     for exc in (exceptions.ConnectionError(), exceptions.TimeoutError(), exceptions.BusyLoadingError(),
                 exceptions.ReadOnlyError(), exceptions.ResponseError("OOM command not allowed"), TimeoutError()):
@@ -222,10 +222,10 @@ def test_redis_down_is_retried_and_a_worker_stopped_meanwhile_commits_nothing(st
     and applies the batch it held; the second time the worker is stopped
     (SIGTERM) while retrying: it exits without committing, and the next worker
     applies the batch once Redis is back."""
-    from engine.event_log import records
     from engine.events import Event
-    from engine.keys import Keys
-    from engine.local_redis import LocalRedis
+    from engine.store.keys import Keys
+    from engine.store.local_server import LocalRedis
+    from engine.stream.event_log import records
 
     port = LocalRedis().port
     servers = [LocalRedis(port).start()]
@@ -265,7 +265,7 @@ def test_redis_down_is_retried_and_a_worker_stopped_meanwhile_commits_nothing(st
 
 
 def test_a_broker_that_is_down_is_a_503(redis_server, tmp_path):
-    from engine.local_redis import free_port
+    from engine.store.local_server import free_port
 
     server = start_api(redis_server.url, tmp_path, ATTIMO_KAFKA_BROKERS=f"127.0.0.1:{free_port()}",
                        ATTIMO_APPLY_BUDGET_MS="1000")
@@ -287,10 +287,10 @@ def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(stream, 
     the ids sent to them and no counter went past the number sent, and the
     workers' logs show that records were delivered again (else this test
     would prove nothing about redelivery)."""
-    from engine.event_log import records
     from engine.events import Event
-    from engine.keys import Keys
-    from engine.profiles import decode_profile
+    from engine.profile import decode_profile
+    from engine.store.keys import Keys
+    from engine.stream.event_log import records
 
     people, per_person, kills = 100, 40, 20
     sent = [Event(f"k{p}-{n}", "page_view", f"u-{p}", NOW + n, PRICING)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine import windows
-from engine.windows import DAY_MS, HOUR_MS, MINUTE_MS
+from engine.catalog import windows
+from engine.catalog.windows import DAY_MS, HOUR_MS, MINUTE_MS
 
 NOW = 1_764_000_000_000  # 2025-11-24T16:00:00Z
 
@@ -57,7 +57,7 @@ def test_feature_ids_are_stable_and_distinct():
 
 
 def test_an_event_counts_for_exactly_the_features_whose_filters_it_passes():
-    from engine.catalog import compile_catalog, parse_catalog_text
+    from engine.catalog.compile import compile_catalog, parse_catalog_text
 
     catalog = compile_catalog(parse_catalog_text("""
 rules:

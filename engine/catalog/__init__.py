@@ -1,0 +1,1 @@
+"""The catalog language, pure: YAML/JSON loaded and validated with paths, compiled to closures and arrays (compile, rules, windows, journeys, contact_policy, templates); publish keeps the version in force in Redis."""

@@ -1,0 +1,545 @@
+"""The catalog: loading YAML or JSON, validating it (every problem at once, with
+its path), compiling it to closures, index tables and numpy arrays, and holding
+the compiled catalog in force so a reload swaps it atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import yaml
+
+from engine.catalog import windows
+from engine.catalog.contact_policy import contact_policy_fields
+from engine.catalog.journeys import Journeys, compile_journeys
+from engine.catalog.rules import Compiler, Facts, Predicate, always, normalized
+from engine.catalog.windows import Feature
+from engine.errors import CatalogError
+
+OFFER_KINDS = ("content", "banner", "discount")
+TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits",
+             "journeys", "templates", "contact_policy")
+OFFER_FIELDS = (
+    "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
+    "cap", "start", "end", "when", "exclude", "holdout", "group", "description",
+)  # fmt: skip
+LIFETIME_CAP_WINDOW = "366d"
+IMPRESSION = "impression"
+
+
+@dataclass(slots=True)
+class Offer:
+    rank: int  # position in arbitration order: priority desc, score desc, id
+    id: str
+    kind: str
+    placements: tuple[str, ...]
+    content: Any
+    product_line: str | None
+    value: float | None
+    priority: float
+    score: float
+    start_ms: int | None
+    end_ms: int | None
+    when: Predicate
+    exclude: Predicate | None
+    holdout_pct: float
+    group: str | None
+    cap_limit: int | None = None
+    cap_feature: Feature | None = None
+    cap_buckets: int = 0
+    atoms: frozenset | None = None
+
+    def answer(self) -> dict:
+        """What decide returns for this offer (built once, shared read-only)."""
+        body = {"offer": self.id, "kind": self.kind, "content": self.content}
+        if self.product_line is not None:
+            body["product_line"] = self.product_line
+        if self.value is not None:
+            body["value"] = self.value
+        return body
+
+
+@dataclass(slots=True)
+class Placement:
+    name: str
+    description: str = ""
+    always: list[int] = field(default_factory=list)  # ranks of offers no index narrows
+    by_atom: dict[tuple, list[int]] = field(default_factory=dict)
+    ranks: list[int] = field(default_factory=list)  # every offer that can show here
+
+
+def _for_templates(answer: dict) -> dict:
+    """An offer as templates see it: a whole number reads as one ("25% off", not
+    "25.0% off")."""
+    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in answer.items()}
+
+
+@dataclass(slots=True)
+class Scoring:
+    """Lead score = behavioural points (stored, decaying with a half-life) +
+    trait points (computed from the traits as they are now)."""
+
+    half_life_ms: int = 0
+    event_rules: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)
+    trait_rules: list[tuple[str, Any, float]] = field(default_factory=list)
+
+    def event_points(self, event_type: str, properties: dict) -> float:
+        points = 0.0
+        for rules in (self.event_rules.get(event_type), self.event_rules.get("*")):
+            for matches, value in rules or ():
+                if matches is None or matches(properties):
+                    points += value
+        return points
+
+    def behaviour_points(self, stored: list, now_ms: int) -> float:
+        if not stored:
+            return 0.0
+        value, at_ms = stored
+        if self.half_life_ms and now_ms > at_ms:
+            value *= 0.5 ** ((now_ms - at_ms) / self.half_life_ms)
+        return value
+
+    def score(self, profile, now_ms: int) -> float:
+        total = self.behaviour_points(profile.s, now_ms)
+        traits = profile.t
+        for name, test, points in self.trait_rules:
+            if test(traits.get(name)):
+                total += points
+        return round(total, 4)
+
+
+@dataclass
+class Catalog:
+    digest: str
+    placements: dict[str, Placement]
+    offers: list[Offer]  # in rank order
+    offers_by_id: dict[str, Offer]
+    segments: dict[str, Predicate]
+    features: dict[str, Feature]
+    features_by_type: dict[str, list[Feature]]
+    scoring: Scoring
+    protected_traits: frozenset[str]
+    rules: dict[str, Predicate]
+    window_uses: dict[str, tuple[Feature, int]] = field(default_factory=dict)
+    # msgpack {fid: [resolution_ms, length]}: the rings the Lua script may keep.
+    feature_table: bytes = b""
+    # Trait and context names some offer is indexed under: the only atoms worth
+    # building for a request.
+    indexed_traits: frozenset[str] = frozenset()
+    indexed_context: frozenset[str] = frozenset()
+    # Journeys and their message templates (engine/catalog/journeys.py).
+    journeys: Journeys = field(default_factory=Journeys)
+    # The ContactPolicy fields (engine/followups/contacts.py) the catalog's
+    # contact_policy section sets; the scheduler takes the others from settings.
+    contact_policy: dict[str, Any] = field(default_factory=dict)
+
+    # event type → (features whose filter must run, {property: {value: features}}):
+    # a filter that is one equality is a dict lookup instead of a test per feature.
+    feature_index: dict[str, tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]] = field(
+        default_factory=dict)
+
+    def counted(self, event_type: str, properties: dict) -> list[tuple[Feature, float | int]]:
+        """Every windowed feature one event counts for, with what it adds."""
+        found = []
+        for kind in (event_type, "*"):
+            entry = self.feature_index.get(kind)
+            if entry is None:
+                continue
+            scanned, by_property = entry
+            for feature in scanned:
+                amount = feature.amount(properties)
+                if amount is not None:
+                    found.append((feature, amount))
+            for name, by_value in by_property.items():
+                value = properties.get(name)
+                if value is None:
+                    continue
+                for feature in by_value.get(normalized(value), ()):
+                    amount = feature.measure(properties)
+                    if amount is not None:
+                        found.append((feature, amount))
+        return found
+
+    def facts(self, profile, context: dict, now_ms: int) -> Facts:
+        return Facts(self, profile, context, now_ms)
+
+    def segments_of(self, profile, now_ms: int) -> list[str]:
+        facts = Facts(self, profile, {}, now_ms)
+        return [sid for sid in self.segments if facts.in_segment(sid)]
+
+
+# -- loading ---------------------------------------------------------------------
+
+
+# libyaml's loader parses a 5000-offer catalog in well under a second where the
+# pure-Python one takes ten, blocking the event loop during a reload.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def parse_catalog_text(text: str | bytes, source: str = "catalog") -> dict:
+    try:
+        spec = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        raise CatalogError(source, [(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
+    if not isinstance(spec, dict):
+        raise CatalogError(source, [("(document)", "a catalog is a mapping with placements, offers, …")])
+    return spec
+
+
+def load_catalog_file(path: str | Path) -> tuple[Catalog, str]:
+    """Read, validate and compile a catalog file; returns it with its source text."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CatalogError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from None
+    return compile_catalog(parse_catalog_text(text, str(path)), str(path)), text
+
+
+def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
+    """Validate everything, then compile; raises CatalogError listing every problem."""
+    compiler = Compiler()
+    for key in spec:
+        if key not in TOP_LEVEL:
+            compiler.problem(key, f"unknown section; expected {', '.join(TOP_LEVEL)}")
+
+    protected = spec.get("protected_traits") or []
+    if not isinstance(protected, list) or not all(isinstance(t, str) for t in protected):
+        compiler.problem("protected_traits", "a list of trait names")
+        protected = []
+
+    rule_specs = spec.get("rules") or {}
+    if not isinstance(rule_specs, dict):
+        compiler.problem("rules", "a mapping of rule name → condition")
+        rule_specs = {}
+    compiler.rule_specs = rule_specs
+
+    segment_specs = _named_list(spec.get("segments"), "segments", compiler)
+    compiler.segment_ids = {s["id"] for _, s in segment_specs}
+    segments = {}
+    for path, seg in segment_specs:
+        if "when" not in seg:
+            compiler.problem(path, "a segment needs when: <condition>")
+            continue
+        segments[seg["id"]] = compiler.condition(seg["when"], f"{path}.when").test
+    _check_segment_cycles(segment_specs, compiler)
+    rules = {name: compiler.named_rule(name, f"rules.{name}").test for name in rule_specs}
+
+    placements = _placements(spec.get("placements"), compiler)
+    scoring = _scoring(spec.get("scoring"), compiler)
+    offers = _offers(spec.get("offers"), placements, compiler)
+    journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
+                                {o.id: _for_templates(o.answer()) for o in offers})
+    contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
+
+    if compiler.problems:
+        raise CatalogError(source, compiler.problems)
+
+    offers = _rank(offers)
+    for offer in offers:
+        for name in offer.placements:
+            placement = placements[name]
+            placement.ranks.append(offer.rank)
+            if offer.atoms is None:
+                placement.always.append(offer.rank)
+            else:
+                for atom in offer.atoms:
+                    placement.by_atom.setdefault(atom, []).append(offer.rank)
+
+    features_by_type: dict[str, list[Feature]] = defaultdict(list)
+    for feature in compiler.features.values():
+        features_by_type[feature.event_type].append(feature)
+    feature_index = {kind: _index_features(features) for kind, features in features_by_type.items()}
+    table = {fid: [f.resolution_ms, f.length] for fid, f in compiler.features.items()}
+
+    return Catalog(
+        digest=_digest(spec),
+        placements=placements,
+        offers=offers,
+        offers_by_id={o.id: o for o in offers},
+        segments=segments,
+        features=compiler.features,
+        features_by_type=dict(features_by_type),
+        feature_index=feature_index,
+        scoring=scoring,
+        protected_traits=frozenset(protected),
+        rules=rules,
+        window_uses=compiler.window_uses,
+        feature_table=msgspec.msgpack.encode(table),
+        indexed_traits=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "t"),
+        indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
+        journeys=journeys,
+        contact_policy=contact_policy,
+    )
+
+
+def _index_features(features: list[Feature]) -> tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]:
+    scanned: list[Feature] = []
+    by_property: dict[str, dict[tuple, list[Feature]]] = defaultdict(lambda: defaultdict(list))
+    for feature in features:
+        if len(feature.where_spec) == 1:
+            (name, want), = feature.where_spec.items()
+            if want is not None and not isinstance(want, dict | list):
+                by_property[name][normalized(want)].append(feature)
+                continue
+        scanned.append(feature)
+    return scanned, {name: dict(by_value) for name, by_value in by_property.items()}
+
+
+def _digest(spec: dict) -> str:
+    canonical = json.dumps(spec, sort_keys=True, default=str).encode()
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+
+def _named_list(items: Any, section: str, compiler: Compiler) -> list[tuple[str, dict]]:
+    """A list of mappings each with a unique string id."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        compiler.problem(section, "a list of entries, each with an id")
+        return []
+    seen: set[str] = set()
+    out = []
+    for i, item in enumerate(items):
+        path = f"{section}[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            compiler.problem(path, "each entry is a mapping with an id (a string)")
+            continue
+        if item["id"] in seen:
+            compiler.problem(f"{path}.id", f"duplicate id {item['id']!r}")
+            continue
+        seen.add(item["id"])
+        out.append((f"{section}[{i}]", item))
+    return out
+
+
+def _check_segment_cycles(segment_specs: list, compiler: Compiler) -> None:
+    refs = {seg["id"]: set(_segment_refs(seg.get("when"))) for _, seg in segment_specs}
+
+    def visit(sid: str, trail: tuple) -> None:
+        if sid in trail:
+            compiler.problem(f"segments.{sid}", "segment refers to itself: " + " → ".join(trail + (sid,)))
+            return
+        for ref in refs.get(sid, ()):
+            visit(ref, trail + (sid,))
+
+    for sid in refs:
+        visit(sid, ())
+
+
+def _segment_refs(spec: Any):
+    if isinstance(spec, dict):
+        if isinstance(spec.get("segment"), str):
+            yield spec["segment"]
+        for value in spec.values():
+            yield from _segment_refs(value)
+    elif isinstance(spec, list):
+        for item in spec:
+            yield from _segment_refs(item)
+
+
+def _placements(spec: Any, compiler: Compiler) -> dict[str, Placement]:
+    if spec is None:
+        return {}
+    if isinstance(spec, list) and all(isinstance(p, str) for p in spec):
+        return {name: Placement(name) for name in spec}
+    if isinstance(spec, dict):
+        out = {}
+        for name, body in spec.items():
+            description = body.get("description", "") if isinstance(body, dict) else ""
+            out[str(name)] = Placement(str(name), description)
+        return out
+    compiler.problem("placements", "a list of placement names, or a mapping name → {description}")
+    return {}
+
+
+def _scoring(spec: Any, compiler: Compiler) -> Scoring:
+    scoring = Scoring()
+    if spec is None:
+        return scoring
+    if not isinstance(spec, dict):
+        compiler.problem("scoring", "a mapping with half_life, events and traits")
+        return scoring
+    if "half_life" in spec:
+        try:
+            scoring.half_life_ms = windows.parse_duration(spec["half_life"])
+        except ValueError as exc:
+            compiler.problem("scoring.half_life", str(exc))
+    for i, rule in enumerate(spec.get("events") or []):
+        path = f"scoring.events[{i}]"
+        if not isinstance(rule, dict) or not isinstance(rule.get("event"), str):
+            compiler.problem(path, "{event: type, where: {...}, points: n}")
+            continue
+        points = _number(rule.get("points"), f"{path}.points", compiler)
+        matches = compiler.property_filter(rule.get("where"), f"{path}.where")
+        scoring.event_rules.setdefault(rule["event"], []).append((matches, points))
+    for i, rule in enumerate(spec.get("traits") or []):
+        path = f"scoring.traits[{i}]"
+        if not isinstance(rule, dict) or not isinstance(rule.get("trait"), str):
+            compiler.problem(path, "{trait: name, <comparison>, points: n}")
+            continue
+        points = _number(rule.get("points"), f"{path}.points", compiler)
+        comparison = {k: v for k, v in rule.items() if k not in ("trait", "points")}
+        test, _ = compiler.comparison(comparison, path)
+        scoring.trait_rules.append((rule["trait"], test, points))
+    return scoring
+
+
+def _number(value: Any, path: str, compiler: Compiler) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        compiler.problem(path, "a number")
+        return 0.0
+    return float(value)
+
+
+def _offers(spec: Any, placements: dict[str, Placement], compiler: Compiler) -> list[Offer]:
+    offers = []
+    for path, item in _named_list(spec, "offers", compiler):
+        for key in item:
+            if key not in OFFER_FIELDS:
+                compiler.problem(f"{path}.{key}", f"unknown offer field; expected {', '.join(OFFER_FIELDS)}")
+        kind = item.get("kind")
+        if kind not in OFFER_KINDS:
+            compiler.problem(f"{path}.kind", f"one of {', '.join(OFFER_KINDS)}")
+        names = item.get("placements")
+        if isinstance(names, str):
+            names = [names]
+        if not isinstance(names, list) or not names:
+            compiler.problem(f"{path}.placements", "a non-empty list of placement names")
+            names = []
+        for name in names:
+            if name not in placements:
+                compiler.problem(f"{path}.placements", f"no placement named {name!r}")
+        when = compiler.condition(item["when"], f"{path}.when") if "when" in item else None
+        exclude = compiler.condition(item["exclude"], f"{path}.exclude").test if "exclude" in item else None
+        holdout = item.get("holdout", 0)
+        if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not 0 <= holdout <= 100:
+            compiler.problem(f"{path}.holdout", "a percentage between 0 and 100")
+            holdout = 0
+        value = item.get("value")
+        if value is not None:
+            value = _number(value, f"{path}.value", compiler)
+        offer = Offer(
+            rank=0,
+            id=item["id"],
+            kind=kind,
+            placements=tuple(n for n in names if n in placements),
+            content=item.get("content", {}),
+            product_line=item.get("product_line"),
+            value=value,
+            priority=_number(item.get("priority", 0), f"{path}.priority", compiler),
+            score=_number(item.get("score", 0), f"{path}.score", compiler),
+            start_ms=_moment(item.get("start"), f"{path}.start", compiler, end=False),
+            end_ms=_moment(item.get("end"), f"{path}.end", compiler, end=True),
+            when=when.test if when else always,
+            exclude=exclude,
+            holdout_pct=float(holdout),
+            group=item.get("group"),
+            atoms=when.atoms if when else None,
+        )
+        if offer.start_ms and offer.end_ms and offer.start_ms > offer.end_ms:
+            compiler.problem(f"{path}.end", "ends before it starts")
+        if "cap" in item:
+            _cap(offer, item["cap"], f"{path}.cap", compiler)
+        offers.append(offer)
+    return offers
+
+
+def _cap(offer: Offer, spec: Any, path: str, compiler: Compiler) -> None:
+    """cap: 3 (a lifetime of a year) or cap: {impressions: 3, within: 7d}."""
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        spec = {"impressions": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("impressions"), int) or spec["impressions"] < 1:
+        compiler.problem(path, "cap takes a number, or {impressions: n, within: 7d}")
+        return
+    try:
+        window_ms = windows.parse_duration(spec.get("within", LIFETIME_CAP_WINDOW))
+    except ValueError as exc:
+        compiler.problem(f"{path}.within", str(exc))
+        return
+    offer.cap_limit = spec["impressions"]
+    offer.cap_feature, offer.cap_buckets = compiler.feature(
+        IMPRESSION, {"offer": offer.id}, None, min(window_ms, windows.MAX_WINDOW_MS), path
+    )
+
+
+def _moment(value: Any, path: str, compiler: Compiler, *, end: bool) -> int | None:
+    """Offer start/end: a date (the whole day, UTC) or an ISO 8601 date-time."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value) if len(value) == 10 else datetime.fromisoformat(value)
+        except ValueError:
+            compiler.problem(path, "a date (2026-03-01) or an ISO 8601 date-time")
+            return None
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time.max if end else time.min, UTC)
+    else:
+        compiler.problem(path, "a date (2026-03-01) or an ISO 8601 date-time")
+        return None
+    return int(moment.timestamp() * 1000)
+
+
+def _rank(offers: list[Offer]) -> list[Offer]:
+    """Arbitration order once, with numpy: priority desc, then declared score
+    desc, then id, so decide walks candidates by rank and stops at the first eligible."""
+    if not offers:
+        return []
+    priority = np.array([o.priority for o in offers])
+    score = np.array([o.score for o in offers])
+    ids = np.array([o.id for o in offers])
+    order = np.lexsort((ids, -score, -priority))
+    ranked = [offers[i] for i in order]
+    for rank, offer in enumerate(ranked):
+        offer.rank = rank
+    return ranked
+
+
+def atoms_of(catalog: Catalog, profile, context: dict) -> list[tuple]:
+    """Index atoms a person and a request present: the value (each element of a
+    list) of every trait and context field some offer is indexed under."""
+    atoms = []
+    traits = profile.t
+    for name in catalog.indexed_traits:
+        value = traits.get(name)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            atoms.extend(("t", name, normalized(item)) for item in value)
+        else:
+            atoms.append(("t", name, normalized(value)))
+    for name in catalog.indexed_context:
+        value = context.get(name)
+        if value is not None:
+            atoms.append(("c", name, normalized(value)))
+    return atoms
+
+
+class CatalogHolder:
+    """The compiled catalog in force. Readers take `.current` once per request;
+    a reload builds a new Catalog and swaps one reference, so a request never
+    sees half of two catalogs."""
+
+    def __init__(self, catalog: Catalog, source_text: str = ""):
+        self.current = catalog
+        self.source_text = source_text
+
+    def swap(self, catalog: Catalog, source_text: str) -> None:
+        self.current = catalog
+        self.source_text = source_text
+
+
+def empty_catalog() -> Catalog:
+    return compile_catalog({"placements": [], "offers": []}, "empty")

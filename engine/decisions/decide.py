@@ -1,0 +1,127 @@
+"""Deciding, as a pure function of (catalog, profile, context, now): eligibility
+(dates, caps, hold-out, exclusions, conditions), then arbitration (the catalog's
+rank order: priority, then declared score), one offer per placement, no offer
+or offer group twice in one answer. Nothing here touches Redis."""
+
+from __future__ import annotations
+
+import heapq
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from engine.catalog.compile import Catalog, Offer, atoms_of
+from engine.catalog.rules import Facts
+from engine.profile import Profile
+
+
+@dataclass(slots=True)
+class Decision:
+    placements: dict[str, dict | None]
+    explain: dict | None = None
+
+
+def in_holdout(offer: Offer, person: str) -> bool:
+    """A deterministic share of people never gets this offer: the control group
+    against which its uplift is measured. Same person, same answer, every time."""
+    bucket = zlib.crc32(f"{offer.id}\x00{person}".encode()) % 10_000
+    return bucket < offer.holdout_pct * 100
+
+
+def why_not(offer: Offer, facts: Facts, person: str, taken_offers: set, taken_groups: set) -> str | None:
+    """None when the offer is eligible now, else the first reason it is not."""
+    now = facts.now_ms
+    if offer.start_ms is not None and now < offer.start_ms:
+        return "not started"
+    if offer.end_ms is not None and now > offer.end_ms:
+        return "ended"
+    if offer.id in taken_offers:
+        return "already chosen for another placement"
+    if offer.group is not None and offer.group in taken_groups:
+        return f"group {offer.group!r} already chosen"
+    if offer.cap_feature is not None and facts.window(offer.cap_feature, offer.cap_buckets) >= offer.cap_limit:
+        return f"impression cap {offer.cap_limit} reached"
+    if offer.holdout_pct and in_holdout(offer, person):
+        return "in hold-out group"
+    if offer.exclude is not None and offer.exclude(facts):
+        return "excluded"
+    if not offer.when(facts):
+        return "conditions not met"
+    return None
+
+
+def decide(
+    catalog: Catalog,
+    profile: Profile,
+    person: str,
+    placements: list[str],
+    context: dict,
+    now_ms: int,
+    explain: bool = False,
+) -> Decision:
+    facts = Facts(catalog, profile, context, now_ms)
+    atoms = atoms_of(catalog, profile, context)
+    offers = catalog.offers
+    taken_offers: set[str] = set()
+    taken_groups: set[str] = set()
+    chosen: dict[str, dict | None] = {}
+    explanation: dict | None = {} if explain else None
+
+    for name in placements:
+        placement = catalog.placements.get(name)
+        if placement is None:
+            chosen[name] = None
+            if explanation is not None:
+                explanation[name] = {"error": "no such placement in the catalog"}
+            continue
+        candidates = placement.ranks if explanation is not None else _candidates(placement, atoms)
+        pick = None
+        report = []
+        for rank in candidates:
+            offer = offers[rank]
+            reason = why_not(offer, facts, person, taken_offers, taken_groups)
+            if reason is None and pick is None:
+                pick = offer
+                if explanation is None:
+                    break
+            if explanation is not None:
+                report.append({
+                    "offer": offer.id,
+                    "priority": offer.priority,
+                    "score": offer.score,
+                    "eligible": reason is None,
+                    **({"reason": reason} if reason else {}),
+                    **({"chosen": True} if pick is offer else {}),
+                })
+        if pick is not None:
+            taken_offers.add(pick.id)
+            if pick.group is not None:
+                taken_groups.add(pick.group)
+        chosen[name] = pick.answer() if pick is not None else None
+        if explanation is not None:
+            explanation[name] = {"offers": report}
+    if explanation is not None:
+        explanation["_person"] = {"score": facts.score(), "segments": [
+            sid for sid in catalog.segments if facts.in_segment(sid)
+        ]}
+    return Decision(chosen, explanation)
+
+
+def _candidates(placement, atoms: list[tuple]) -> Iterable[int]:
+    """The offers of a placement a person could get, in rank order: those no index
+    narrows, plus those indexed under an atom this person or request presents.
+    Each list is already in rank order, so they are merged lazily: the walk
+    usually stops at one of the first few, whatever the catalog's size."""
+    by_atom = placement.by_atom
+    found = [by_atom[a] for a in atoms if a in by_atom] if by_atom else None
+    if not found:
+        return placement.always
+    return _unique_sorted(heapq.merge(placement.always, *found))
+
+
+def _unique_sorted(ranks: Iterable[int]) -> Iterator[int]:
+    last = -1
+    for rank in ranks:
+        if rank != last:
+            last = rank
+            yield rank

@@ -1,0 +1,1 @@
+"""attimo demo: seed people, a local SMTP outbox, and nothing the product needs."""

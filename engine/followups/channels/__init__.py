@@ -1,0 +1,1 @@
+"""Senders the scheduler calls: email over SMTP, webhooks (push, SMS, operator alerts)."""

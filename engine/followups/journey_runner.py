@@ -1,0 +1,246 @@
+"""Carries out journeys against Redis: after the pipeline applies a batch it
+evaluates triggers, exits and awaited events for the people in it (one
+optimistic transaction on each person's journey state), schedules waits and
+sends into the due queue, and arms one inactivity timer per idle journey for
+each person with a contact address (a timer per anonymous visitor would cost
+memory for people no message can reach). The scheduler hands fired timers back
+here (`fire`). The decisions are the pure transitions of
+engine/followups/transitions.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
+from engine.catalog.rules import Facts
+from engine.events import Event
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.inbox import InboxStore
+from engine.followups.kpis import KpiStore
+from engine.followups.message import Message
+from engine.followups.transitions import Actions, Transition, decode_state, encode_state
+from engine.ingest.identity import CONTACT_TRAITS
+from engine.policy import ContactState
+from engine.store.client import COMPARE_AND_SET, run_scripts
+from engine.store.keys import JOURNEY_STATE_TTL_S
+
+log = logging.getLogger("attimo.journeys")
+
+MAX_DEPTH = 3  # set_trait -> new events -> journeys -> set_trait ... stops here
+
+
+class Reschedule(Exception):  # noqa: N818 - a signal to the scheduler, not a failure
+    """Raised by a timer handler: put this due item back in the queue until `until_ms`."""
+
+    def __init__(self, until_ms: int):
+        super().__init__(f"not yet: until {until_ms}")
+        self.until_ms = until_ms
+
+
+def idle_timer(journey: Journey, person: str, last_seen_ms: int) -> Message:
+    """One timer per person per inactivity journey; its id never changes, so each
+    activity moves the same item forward instead of adding one."""
+    return Message(id=f"ji:{journey.id}:{person}", person=person, channel=JOURNEY_CHANNEL,
+                   due_ms=last_seen_ms + journey.idle_ms, template=journey.id, purpose="journey",
+                   body={"idle": journey.id})
+
+
+class JourneyRunner:
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        store = pipeline.store
+        self.store = store
+        self.redis = store.redis
+        self.keys = store.keys
+        self.queue = DueQueue(self.redis, self.keys)
+        self.contacts = ContactStore(self.redis, self.keys)
+        self.kpis = KpiStore(self.redis, self.keys, once_ttl_s=store.dedupe_ttl_ms // 1000)
+        self._cas = self.redis.register_script(COMPARE_AND_SET)
+
+    # -- after a batch is applied ------------------------------------------------
+
+    async def after_apply(self, catalog, by_person: dict[str, list[Event]], profiles: dict,
+                          entered: dict[str, set[str]], now_ms: int, depth: int) -> list[Actions]:
+        book = catalog.journeys
+        timers: list[Message] = []
+        work: list[tuple[str, Callable[[dict], Actions]]] = []
+        facts_of = {person: Facts(catalog, profile, {}, now_ms) for person, profile in profiles.items()}
+        if book.consent_gates:  # a trigger's `when` or an exit reads it: before choosing whom to look at
+            await self._load_contacts(list(facts_of.items()))
+        for person, profile in profiles.items():
+            events = by_person.get(person, [])
+            if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
+                    and any(e.type != TRAIT_EVENT for e in events)):
+                timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
+            segments = entered.get(person, set())
+            facts = facts_of[person]
+            if (any(book.might_act(e, facts) for e in events)
+                    or any(s in book.by_segment for s in segments)
+                    or any(j.score_test(facts.score()) for j in book.scored)
+                    # An exit condition that holds after this batch (a trait set, a
+                    # count reached) ends the run now, not at its next timer.
+                    or any(test(facts) for test in book.exit_tests)):
+                work.append((person, lambda state, p=person, f=facts, e=events, s=segments:
+                             self._on_events(book, p, f, state, e, s, now_ms)))
+        if timers:
+            await self.queue.arm_many(timers)
+        if book.reads_consent and not book.consent_gates and work:  # a step's `if` reads it
+            await self._load_contacts([(person, facts_of[person]) for person, _ in work])
+        return await self._transact_many(work, now_ms, depth)
+
+    async def _load_contacts(self, people: list[tuple[str, Facts]]) -> None:
+        """The contact states `consent` conditions read, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for person, _ in people:
+            pipe.get(self.keys.contact(person))
+        for (_, facts), raw in zip(people, await pipe.execute(), strict=True):
+            facts.contact = ContactState.decode(raw)
+
+    @staticmethod
+    def _on_events(book, person, facts, state, events, segments, now_ms) -> Actions:
+        transition = Transition(book, person, facts, state, now_ms)
+        transition.on_events(events, segments)
+        return transition.actions
+
+    # -- a timer fired in the scheduler ------------------------------------------
+
+    async def fire(self, message: Message, now_ms: int) -> Actions:
+        catalog = self.pipeline.catalogs.current
+        book = catalog.journeys
+        person = message.person
+        profile = await self.store.fetch(person)
+        facts = Facts(catalog, profile, {}, now_ms)
+        if book.reads_consent:
+            await self._load_contacts([(person, facts)])
+        idle = message.body.get("idle")
+        if idle is not None:
+            journey = book.by_id.get(idle)
+            if journey is None or journey.trigger != "inactive_for" or not profile.ls:
+                return Actions()
+            due = profile.ls + journey.idle_ms
+            if due > now_ms:  # active since the timer was set: wait again from the last activity
+                raise Reschedule(due)
+
+            def compute(state) -> Actions:
+                transition = Transition(book, person, facts, state, now_ms)
+                transition.on_idle(journey, profile.ls)
+                return transition.actions
+        else:
+            def compute(state) -> Actions:
+                transition = Transition(book, person, facts, state, now_ms)
+                transition.on_timer(message.body)
+                return transition.actions
+        return await self._transact(person, now_ms, 0, compute)
+
+    # -- one person's state, changed atomically ----------------------------------
+
+    async def _transact_many(self, work: list[tuple[str, Callable[[dict], Actions]]], now_ms: int,
+                             depth: int) -> list[Actions]:
+        """_transact for many people at once in three round trips (read every
+        state; schedule every message; compare-and-set every changed state)
+        instead of three per person. A person whose state changed meanwhile goes
+        through _transact again on their own."""
+        if not work:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for person, _ in work:
+            pipe.get(self.keys.journeys(person))
+        raws = await pipe.execute()
+        results: list[Actions] = []
+        changed: list[tuple[int, bytes | None, bytes]] = []  # index, state read, state to write
+        for n, ((_, compute), raw) in enumerate(zip(work, raws, strict=True)):
+            state = decode_state(raw)
+            before = encode_state(state)
+            results.append(compute(state))
+            after = encode_state(state)
+            if after != before:
+                changed.append((n, raw, after))
+        # Scheduling first: a crash before the states are written loses nothing,
+        # the retried batch computes the same message ids.
+        await self.queue.schedule_many([m for n, _, _ in changed for m in results[n].messages])
+        written = await self._compare_and_set([(work[n][0], raw, after) for n, raw, after in changed])
+        raced = {n for (n, _, _), ok in zip(changed, written, strict=True) if not ok}
+        for n in raced:
+            person, compute = work[n]
+            results[n] = await self._transact(person, now_ms, depth, compute,
+                                              tried={m.id: m for m in results[n].messages})
+        await self._finish([(work[n][0], results[n]) for n in range(len(work)) if n not in raced], now_ms, depth)
+        return results
+
+    async def _compare_and_set(self, writes: list[tuple[str, bytes | None, bytes]]) -> list[int]:
+        """Several compare-and-sets of journey states in one round trip."""
+        return await run_scripts(self.redis, [(self._cas, [self.keys.journeys(person)],
+                                               [raw or b"", after, JOURNEY_STATE_TTL_S])
+                                              for person, raw, after in writes])
+
+    async def _transact(self, person: str, now_ms: int, depth: int, compute: Callable[[dict], Actions],
+                        tried: dict[str, Message] | None = None) -> Actions:
+        """Read the state, compute, schedule what it asks (message ids are
+        deterministic, so scheduling again is a no-op), then write the state if it
+        is still the one read (compare-and-set: no connection held meanwhile, so a
+        small pool never deadlocks). Scheduling first means a crash in between
+        loses nothing: the retried batch computes the same ids. Messages of an
+        attempt that lost a race (`tried`) and that the winning attempt does not
+        repeat are discarded."""
+        key = self.keys.journeys(person)
+        tried = dict(tried or {})
+        while True:
+            raw = await self.redis.get(key)
+            state = decode_state(raw)
+            before = encode_state(state)
+            actions = compute(state)
+            after = encode_state(state)
+            if after == before:
+                break
+            await self.queue.schedule_many(actions.messages)
+            if await self._cas(keys=[key], args=[raw or b"", after, JOURNEY_STATE_TTL_S]):
+                break
+            tried.update((m.id, m) for m in actions.messages)
+        kept = {m.id for m in actions.messages}
+        discarded = [message for message_id, message in tried.items() if message_id not in kept]
+        if discarded:
+            await self.queue.settle(discarded, [], now_ms)
+        await self._finish([(person, actions)], now_ms, depth)
+        return actions
+
+    async def _finish(self, done: list[tuple[str, Actions]], now_ms: int, depth: int) -> None:
+        """After the states are written: outcomes in one round trip, logs, and the
+        traits the journeys set, applied as one batch through the pipeline."""
+        outcomes = [(person, outcome) for person, actions in done for outcome in actions.outcomes]
+        entries = [entry for _, actions in done for entry in actions.entries]
+        if outcomes or entries:
+            pipe = self.redis.pipeline(transaction=False)
+            for person, outcome in outcomes:
+                self.contacts.outcome_commands(pipe, person, outcome)
+                self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
+            for journey, run, held in entries:
+                self.kpis.entry(pipe, journey, run, held)
+            await pipe.execute()
+        events = []
+        for person, actions in done:
+            for line in actions.log:
+                log.info("%s: %s", person, line)
+            if actions.traits and depth >= MAX_DEPTH:
+                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
+            elif actions.traits:
+                events += [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
+        if events:
+            await self.pipeline.apply(events, now_ms, depth=depth + 1)
+
+    async def state(self, person: str) -> dict:
+        return decode_state(await self.redis.get(self.keys.journeys(person)))
+
+
+def internal_senders(runner: JourneyRunner, clock: Callable[[], int]) -> dict:
+    """The scheduler's senders that stay inside Attimo: journey timers and the inbox."""
+    inbox = InboxStore(runner.redis, runner.keys)
+
+    async def advance(message: Message, values: dict) -> None:
+        await runner.fire(message, clock())
+
+    async def deliver(message: Message, values: dict) -> None:
+        await inbox.add(message, clock())
+
+    return {JOURNEY_CHANNEL: advance, "inbox": deliver}

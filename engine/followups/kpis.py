@@ -1,0 +1,264 @@
+"""KPIs per journey, channel and offer (SCENARIOS 14): entrants and the
+hold-out, sends, opens, clicks, unsubscribes, converters and revenue, and the
+uplift of the treated group over the hold-out; per offer, impressions, clicks,
+converters, revenue and, for discounts, their cost and ROI.
+
+Counts are HyperLogLogs of ids (run ids, message ids, person ids): adding the
+same id twice changes nothing, so a redelivered batch, a retried send or a
+pixel loaded twice never counts twice, and each count costs at most 12 KB
+whatever the volume (standard error 0.81 %; exact for the small counts of a
+test). Revenue is a sum, counted once per purchase event id (a marker key that
+lives as long as the event dedupe). Every KPI key is under one hash tag,
+`{kpi}`, so the revenue script touches one Redis Cluster slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.followups.transitions import decode_state
+from engine.store.client import run_scripts
+from engine.store.keys import Keys
+
+PURCHASE = "purchase"
+REVENUE_PROPERTIES = ("revenue", "value", "total")  # the first numeric one is the purchase's revenue
+ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the journeys entered in the 7 days before it
+
+# KEYS[1] once-marker of the purchase event, KEYS[2] the journey's or offer's money hash
+# ARGV[1] marker TTL s, then pairs: field, amount
+# Adds the amounts once per purchase event and journey (or offer). Returns 1 if added.
+ADD_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: HyperLogLogs (all under {kpi}: one slot). Returns each one's count, in
+# order: redis-py refuses PFCOUNT in a cluster pipeline, one script call does not.
+COUNT_ALL = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('PFCOUNT', key) end
+return out
+"""
+
+JOURNEY_COUNTS = ("entered", "held_out", "sent", "dropped", "opened", "clicked", "converted", "converted_control")
+CHANNEL_COUNTS = ("sent", "dropped", "dead_letter", "opened", "clicked", "unsubscribed")
+OFFER_COUNTS = ("impressions", "viewers", "clicks", "clickers", "converted", "redeemed")
+IMPRESSION, CLICK = "impression", "click"  # what the snippet sends for a filled slot
+COUPON_PROPERTIES = ("code", "coupon")  # a purchase that names an offer's code used its discount
+
+
+def revenue_of(properties: dict) -> float:
+    for name in REVENUE_PROPERTIES:
+        value = properties.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return 0.0
+
+
+def message_journey(body: dict) -> str | None:
+    """The journey a queued message belongs to (webhooks carry it in the body,
+    emails among their template values)."""
+    journey = body.get("journey") or (body.get("values") or {}).get("journey")
+    return journey if isinstance(journey, str) else None
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+@dataclass
+class KpiStore:
+    redis: object
+    keys: Keys
+    once_ttl_s: int = 86_400
+
+    def __post_init__(self) -> None:
+        self._add_once = self.redis.register_script(ADD_ONCE)
+        self._count_all = self.redis.register_script(COUNT_ALL)
+
+    # -- writing: each method queues commands into a pipeline the caller runs ----
+
+    def count(self, pipe, scope: str, name: str, metric: str, *ids: str) -> None:
+        if ids:
+            pipe.pfadd(self.keys.kpi(scope, name, metric), *ids)
+
+    def entry(self, pipe, journey: str, run_id: str, held_out: bool) -> None:
+        self.count(pipe, "j", journey, "held_out" if held_out else "entered", run_id)
+
+    def outcome(self, pipe, channel: str, journey: str | None, status: str, message_id: str) -> None:
+        if status not in ("sent", "dropped", "dead_letter"):
+            return
+        self.count(pipe, "c", channel, status, message_id)
+        if journey is not None and status in ("sent", "dropped"):
+            self.count(pipe, "j", journey, status, message_id)
+            if status == "sent":
+                self.count(pipe, "j", journey, f"sent:{channel}", message_id)
+
+    def engagement(self, pipe, kind: str, journey: str | None, message_id: str) -> None:
+        """An email opened or clicked (kind "opened" / "clicked"), from a signed
+        link only (never from an event a client sent): counted once per message."""
+        self.count(pipe, "c", "email", kind, message_id)
+        if journey is not None:
+            self.count(pipe, "j", journey, kind, message_id)
+
+    def purchase_calls(self, journey: str, control: bool, person: str, event_id: str,
+                       revenue: float, pipe) -> tuple:
+        """Queue the converter into `pipe`; returns the once-only revenue call."""
+        self.count(pipe, "j", journey, "converted_control" if control else "converted", person)
+        return (self._add_once, [self.keys.kpi_once(f"{journey}|{event_id}"), self.keys.kpi("j", journey, "revenue")],
+                [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
+
+    async def record_batch(self, by_person: dict[str, list], offers: dict) -> None:
+        """After a batch is applied: impressions and clicks of the catalog's
+        offers (`offers`: id -> Offer; others are ignored, so a client cannot
+        mint KPI keys), then purchases. A purchase counts for every journey the
+        person entered (or was held out of) and every offer they saw or clicked
+        in the ATTRIBUTION_MS before it, and for a discount offer whose code it
+        names. A redelivered batch changes nothing. A batch without impressions,
+        clicks or purchases costs nothing."""
+        pipe = self.redis.pipeline(transaction=False)
+        buyers: dict[str, list] = {}
+        for person, events in by_person.items():
+            seen: dict[str, int] = {}
+            for event in events:
+                if event.type == PURCHASE:
+                    buyers.setdefault(person, []).append(event)
+                elif event.type in (IMPRESSION, CLICK) and event.properties.get("offer") in offers:
+                    offer = event.properties["offer"]
+                    who = ("impressions", "viewers") if event.type == IMPRESSION else ("clicks", "clickers")
+                    self.count(pipe, "o", offer, who[0], event.id)
+                    self.count(pipe, "o", offer, who[1], person)
+                    seen[offer] = max(seen.get(offer, 0), event.ts)
+            if seen:
+                pipe.hset(self.keys.offers_seen(person), mapping=seen)
+                pipe.pexpire(self.keys.offers_seen(person), ATTRIBUTION_MS)
+        if buyers:
+            await self._record_purchases(buyers, offers, pipe)
+        elif len(pipe):
+            await pipe.execute()
+
+    async def _record_purchases(self, buyers: dict[str, list], offers: dict, pipe) -> None:
+        read = self.redis.pipeline(transaction=False)
+        for person in buyers:
+            read.get(self.keys.journeys(person))
+            read.hgetall(self.keys.offers_seen(person))
+        answers = iter(await read.execute())
+        revenue_calls = []
+        for person, bought in buyers.items():
+            raw, seen = next(answers), next(answers)
+            for journey, (entered_at, held) in decode_state(raw)["e"].items():
+                for event in bought:
+                    if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
+                        revenue_calls.append(self.purchase_calls(journey, bool(held), person, event.id,
+                                                                 revenue_of(event.properties), pipe))
+            seen_at = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seen.items()}
+            for event in bought:
+                for offer, saw in _credited_offers(offers, seen_at, event):
+                    revenue_calls.append(self.offer_purchase_call(offers[offer], saw, person, event, pipe))
+        await pipe.execute()
+        if revenue_calls:
+            await run_scripts(self.redis, revenue_calls)
+
+    def offer_purchase_call(self, offer, saw: bool, person: str, event, pipe) -> tuple:
+        """Queue the converter (a person who saw or clicked it) and the redemption
+        (a purchase naming its code) into `pipe`; returns the once-only call
+        adding the revenue and, for a redemption, the discount's cost."""
+        if saw:
+            self.count(pipe, "o", offer.id, "converted", person)
+        revenue = revenue_of(event.properties)
+        money = ["revenue", repr(revenue)]
+        if _used_code(offer, event.properties):
+            self.count(pipe, "o", offer.id, "redeemed", event.id)
+            money += ["discount_cost", repr(revenue * (offer.value or 0) / 100)]
+        return (self._add_once, [self.keys.kpi_once(f"o:{offer.id}|{event.id}"), self.keys.kpi("o", offer.id, "money")],
+                [self.once_ttl_s, *money])
+
+    # -- reading ----------------------------------------------------------------
+
+    async def report(self, journeys: list[str], channels: list[str], offers: list[str] = ()) -> dict:
+        count_keys, money_keys = [], []
+        for journey in journeys:
+            count_keys += [self.keys.kpi("j", journey, metric) for metric in JOURNEY_COUNTS]
+            count_keys += [self.keys.kpi("j", journey, f"sent:{channel}") for channel in channels]
+            money_keys.append(self.keys.kpi("j", journey, "revenue"))
+        for channel in channels:
+            count_keys += [self.keys.kpi("c", channel, metric) for metric in CHANNEL_COUNTS]
+        for offer in offers:
+            count_keys += [self.keys.kpi("o", offer, metric) for metric in OFFER_COUNTS]
+            money_keys.append(self.keys.kpi("o", offer, "money"))
+        pipe = self.redis.pipeline(transaction=False)
+        for key in money_keys:
+            pipe.hgetall(key)
+        [counted] = await run_scripts(self.redis, [(self._count_all, count_keys, [])])
+        counts, sums = iter(counted), iter(await pipe.execute())
+        out: dict = {"journeys": {}, "channels": {}, "offers": {}}
+        for journey in journeys:
+            found = {metric: next(counts) for metric in JOURNEY_COUNTS}
+            by_channel = {channel: n for channel in channels if (n := next(counts))}
+            out["journeys"][journey] = _journey_report(found, by_channel, _money(next(sums)))
+        for channel in channels:
+            found = {metric: next(counts) for metric in CHANNEL_COUNTS}
+            out["channels"][channel] = {**found, "open_rate": _rate(found["opened"], found["sent"]),
+                                        "click_rate": _rate(found["clicked"], found["sent"]),
+                                        "unsubscribe_rate": _rate(found["unsubscribed"], found["sent"])}
+        for offer in offers:
+            found = {metric: next(counts) for metric in OFFER_COUNTS}
+            out["offers"][offer] = _offer_report(found, _money(next(sums)))
+        return out
+
+
+def _money(raw: dict) -> dict[str, float]:
+    return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
+
+
+def _used_code(offer, properties: dict) -> bool:
+    code = offer.content.get("code") if isinstance(offer.content, dict) else None
+    return (offer.kind == "discount" and isinstance(code, str) and code != ""
+            and any(properties.get(name) == code for name in COUPON_PROPERTIES))
+
+
+def _credited_offers(offers: dict, seen_at: dict[str, int], purchase) -> list[tuple[str, bool]]:
+    """The offers a purchase counts for, and whether the buyer saw (or clicked)
+    each in the attribution window before it; a discount whose code the
+    purchase names counts too, seen or not."""
+    credited = {offer_id: True for offer_id, at in seen_at.items()
+                if offer_id in offers and 0 <= purchase.ts - at <= ATTRIBUTION_MS}
+    if any(purchase.properties.get(name) for name in COUPON_PROPERTIES):  # the only case worth a scan
+        for offer_id, offer in offers.items():
+            if offer_id not in credited and _used_code(offer, purchase.properties):
+                credited[offer_id] = False
+    return list(credited.items())
+
+
+def _offer_report(counts: dict, money: dict) -> dict:
+    revenue, cost = money.get("revenue", 0.0), money.get("discount_cost", 0.0)
+    return {
+        **counts,
+        "click_through_rate": _rate(counts["clicks"], counts["impressions"]),
+        "conversion_rate": _rate(counts["converted"], counts["viewers"]),
+        "revenue": round(revenue, 2), "discount_cost": round(cost, 2),
+        # ROI of the discount: what it brought in over what it gave away.
+        "roi": round((revenue - cost) / cost, 4) if cost else None,
+    }
+
+
+def _journey_report(counts: dict, by_channel: dict, money: dict) -> dict:
+    treated, control = counts["entered"], counts["held_out"]
+    treated_rate = _rate(counts["converted"], treated)
+    control_rate = _rate(counts["converted_control"], control)
+    revenue, revenue_control = money.get("revenue", 0.0), money.get("revenue_control", 0.0)
+    return {
+        "entered": treated, "held_out": control,
+        "sent": counts["sent"], "sent_by_channel": by_channel, "dropped": counts["dropped"],
+        "opened": counts["opened"], "clicked": counts["clicked"],
+        "open_rate": _rate(counts["opened"], by_channel.get("email", 0)),
+        "click_rate": _rate(counts["clicked"], by_channel.get("email", 0)),
+        "converted": counts["converted"], "converted_control": counts["converted_control"],
+        "conversion_rate": treated_rate, "conversion_rate_control": control_rate,
+        # Uplift: what the journey adds over doing nothing, in conversion-rate points.
+        "uplift": round(treated_rate - control_rate, 4) if treated_rate is not None and control_rate is not None
+        else None,
+        "revenue": round(revenue, 2), "revenue_control": round(revenue_control, 2),
+        "revenue_per_entrant": round(revenue / treated, 2) if treated else None,
+        "revenue_per_entrant_control": round(revenue_control / control, 2) if control else None,
+    }

@@ -1,0 +1,1 @@
+"""The write path: event schema and limits are in engine.events; identity resolves who sent what, segment maps Segment's spec, pipeline applies a batch (dedupe, profile update, segments, journeys, KPIs)."""

@@ -1,0 +1,131 @@
+"""Who may speak for whom. A server token may act for any person and set any
+trait; a public site key acts only for its own anonymous id, or for a user id
+signed by the site's backend (hex HMAC-SHA256 of the id with the site secret),
+never sets a protected trait nor, unsigned, a contact address (email, phone),
+and never sends the events an email's signed links record (email_open,
+email_click)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from engine.catalog.compile import Catalog
+from engine.errors import NotAuthenticated, NotAuthorized
+from engine.events import LINK_EVENTS, Event, WireEvent, event_time_ms
+
+# Where follow-ups go. An anonymous visitor could otherwise have Attimo email any
+# address it typed; only a signed user (the site vouches for them) or the server
+# sets one.
+CONTACT_TRAITS = frozenset({"email", "phone"})
+
+
+def sign_user_id(secret: str, user_id: str) -> str:
+    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    is_server: bool
+    site_secret: str | None = None
+
+    def person(self, anonymous_id: str | None, user_id: str | None, user_sig: str | None, field: str) -> str:
+        """The profile a request may read or write."""
+        if user_id is not None:
+            if not self.is_server:
+                self._check_signature(user_id, user_sig, field)
+            return user_id
+        if anonymous_id is None:
+            raise NotAuthorized(f"{field}: anonymous_id or user_id is required")
+        return anonymous_id
+
+    def _check_signature(self, user_id: str, user_sig: str | None, field: str) -> None:
+        if not user_sig:
+            raise NotAuthorized(f"{field}.user_sig: a user_id from a site key must be signed")
+        expected = sign_user_id(self.site_secret or "", user_id)
+        if not hmac.compare_digest(expected, user_sig.lower()):
+            raise NotAuthorized(f"{field}.user_sig: signature does not match user_id")
+
+
+def authenticate(headers, query, settings) -> Caller:
+    """Bearer server token, or a public site key in X-Attimo-Key (or ?key= for
+    sendBeacon, which cannot set headers)."""
+    auth = headers.get("authorization")
+    if auth is not None:
+        scheme, _, token = auth.partition(" ")
+        if (
+            scheme.lower() == "bearer"
+            and settings.server_token
+            and hmac.compare_digest(token.strip().encode(), settings.server_token.encode())
+        ):
+            return Caller(is_server=True)
+        raise NotAuthenticated("the Authorization bearer token is not valid")
+    key = headers.get("x-attimo-key") or query.get("key")
+    if key is None:
+        raise NotAuthenticated("send X-Attimo-Key (site key) or Authorization: Bearer (server token)")
+    if not settings.site_key or not hmac.compare_digest(key.encode(), settings.site_key.encode()):
+        raise NotAuthenticated("unknown site key")
+    return Caller(is_server=False, site_secret=settings.site_secret)
+
+
+def authenticate_write_key(authorization: str | None, body_write_key: str | None, settings) -> Caller:
+    """Segment-style clients: the write key is the HTTP Basic user with an empty
+    password (or `writeKey` in the body, or a Bearer token). Only the server
+    token is a write key here, so these are server calls."""
+    if authorization is not None:
+        scheme, _, credentials = authorization.strip().partition(" ")
+        if scheme.lower() == "basic":
+            try:
+                key = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
+            except (binascii.Error, UnicodeDecodeError):
+                raise NotAuthenticated("the Authorization Basic credentials are not base64 of 'key:'") from None
+        elif scheme.lower() == "bearer":
+            key = credentials.strip()
+        else:
+            raise NotAuthenticated("use HTTP Basic with the write key as the user and an empty password")
+    elif body_write_key is not None:
+        key = body_write_key
+    else:
+        raise NotAuthenticated("send the write key as the HTTP Basic user (empty password) or as writeKey")
+    if settings.server_token and hmac.compare_digest(key.encode(), settings.server_token.encode()):
+        return Caller(is_server=True)
+    raise NotAuthenticated("unknown write key (the write key is the server token)")
+
+
+def require_server(caller: Caller) -> None:
+    if not caller.is_server:
+        raise NotAuthorized("this endpoint needs the server token")
+
+
+def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalog, now_ms: int) -> list[Event]:
+    """Authorize each event and pin it to a person; the whole batch or nothing."""
+    events = []
+    protected = catalog.protected_traits
+    for i, wire in enumerate(wire_events):
+        path = f"events[{i}]"
+        person = caller.person(wire.anonymous_id, wire.user_id, wire.user_sig, path)
+        if wire.type in LINK_EVENTS and not caller.is_server:
+            raise NotAuthorized(f"{path}.type: {wire.type} is recorded by the email's signed links; "
+                                "only the server token sends it")
+        if wire.traits and not caller.is_server and wire.user_id is None:
+            for name in CONTACT_TRAITS & wire.traits.keys():
+                raise NotAuthorized(f"{path}.traits.{name}: a contact address; only a signed user_id "
+                                    "or the server token sets it")
+        if wire.traits and not caller.is_server and protected:
+            for name in wire.traits:
+                if name in protected:
+                    raise NotAuthorized(f"{path}.traits.{name}: a protected trait; only the server token sets it")
+        merge_from = wire.anonymous_id if wire.user_id is not None else None
+        events.append(Event(
+            id=wire.id,
+            type=wire.type,
+            person=person,
+            ts=event_time_ms(wire.ts, now_ms, path),
+            properties=wire.properties,
+            traits=wire.traits,
+            merge_from=merge_from,
+        ))
+    return events

@@ -1,0 +1,1 @@
+"""Redis and nothing above it: every key shape (keys), the client and script runner (client), the profile store and its Lua (profiles), a private redis-server for the demo and tests (local_server)."""

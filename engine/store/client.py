@@ -1,0 +1,98 @@
+"""The one place a Redis client is made from the settings: a single server behind a
+blocking connection pool (a full pool waits briefly, then fails with a named
+error the API turns into a 503 or a fallback), or a Redis Cluster when the URL's
+scheme is `redis+cluster://` (any node; the others are discovered)."""
+
+from __future__ import annotations
+
+import weakref
+from urllib.parse import urlsplit, urlunsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError
+
+from engine.settings import Settings
+
+CLUSTER_SCHEME = "redis+cluster"
+
+# KEYS[1] a STRING read earlier (a person's journey or contact state)
+# ARGV[1] the value read then ('' when absent), ARGV[2] new value, ARGV[3] TTL s
+# Writes only if nobody changed it since it was read; 1 if written. Unlike
+# WATCH, it holds no connection between the read and the write, and many of
+# them go in one pipelined round trip.
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1]) or ''
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+return 1
+"""
+
+
+# The script digests each client has loaded: a script is loaded before its
+# first pipelined call, because on a Redis Cluster a pipeline that meets NOSCRIPT
+# on one node has already run on the others.
+_LOADED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+async def preload(redis: Redis | RedisCluster, scripts) -> None:
+    """Load scripts now (at start-up) instead of before their first call."""
+    loaded = _LOADED.setdefault(redis, set())
+    for script in scripts:
+        await redis.script_load(script.script)
+        loaded.add(script.sha)
+
+
+async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
+    """(script, keys, args) calls, each a script from `redis.register_script`, in
+    one pipelined round trip. Raw EVALSHA: a cluster pipeline refuses the script
+    helper but routes the raw command by its keys. Scripts are loaded before
+    their first use; a Redis restarted since answers NOSCRIPT, and then the
+    scripts are loaded again and the same calls run again (callers only pass
+    calls that are safe to repeat)."""
+    if not calls:
+        return []
+    loaded = _LOADED.setdefault(redis, set())
+    for attempt in (1, 2):
+        for script in {c[0].sha: c[0] for c in calls if c[0].sha not in loaded}.values():
+            await redis.script_load(script.script)
+            loaded.add(script.sha)
+        pipe = redis.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        try:
+            return await pipe.execute()
+        except NoScriptError:
+            if attempt == 2:
+                raise
+            loaded.clear()
+    raise AssertionError("unreachable")
+
+
+def is_cluster_url(url: str) -> bool:
+    return urlsplit(url).scheme == CLUSTER_SCHEME
+
+
+def connect(settings: Settings, *, pool_size: int | None = None,
+            pool_timeout_s: float | None = None) -> Redis | RedisCluster:
+    size = pool_size or settings.redis_pool_size
+    timeout_s = settings.redis_pool_timeout_ms / 1000 if pool_timeout_s is None else pool_timeout_s
+    if is_cluster_url(settings.redis_url):
+        parts = urlsplit(settings.redis_url)
+        node_url = urlunsplit(("redis", parts.netloc, "", "", ""))
+        # Per node: the cluster client keeps one pool for each primary.
+        return RedisCluster.from_url(
+            node_url,
+            max_connections=size,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+        )
+    return Redis(
+        connection_pool=BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=size,
+            timeout=timeout_s,
+            socket_connect_timeout=1.0,
+            socket_timeout=5.0,
+        )
+    )

@@ -1,0 +1,141 @@
+"""Every Redis key Attimo writes, on one screen: its shape, its type and its TTL.
+
+Per-person keys carry the hash tag {u:<person>} so one person's keys share a
+Redis Cluster slot and every script touches a single slot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "attimo"
+
+    # STRING, msgpack map: traits, windowed counters, score, segments, last seen,
+    # version. TTL: ATTIMO_PROFILE_TTL_S, renewed on every write.
+    def profile(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:p"
+
+    # ZSET, member = 8-byte hash of an applied event id, score = arrival second.
+    # Trimmed to ATTIMO_DEDUPE_TTL_S on every write; the key expires with it.
+    def dedupe(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:d"
+
+    # STRING, msgpack [token, profile]: an anonymous profile taken out for a merge
+    # into a known person, kept until the merge is confirmed. TTL: 30 days.
+    def merge_staging(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:m"
+
+    # STRING: the catalog source in force (YAML or JSON), written by reload/admin.
+    # HASH fields `digest`, `file_digest`. No TTL. Global, read at start-up and
+    # polled. Both share the tag {catalog}: they are written in one transaction,
+    # which a Redis Cluster allows only within one slot.
+    def catalog_source(self) -> str:
+        return f"{self.prefix}:{{catalog}}:source"
+
+    def catalog_version(self) -> str:
+        return f"{self.prefix}:{{catalog}}:version"
+
+    # --- Due queue (engine/followups/due_queue.py): DUE_SHARDS shards, tag {q:N}, a person's
+    # messages always in shard crc32(person) % DUE_SHARDS. No TTL on the shard
+    # keys: they empty as messages are acked; done is trimmed to DUE_DONE_KEEP_MS.
+    # ZSET, member = message id (idempotency key), score = due ms.
+    def due(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:due"
+
+    # ZSET, member = message id, score = lease deadline ms (claimed, not acked).
+    def due_inflight(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:inflight"
+
+    # HASH, message id -> JSON payload, while queued or in flight.
+    def due_messages(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:msg"
+
+    # HASH, message id -> number of sends of it that failed so far.
+    def due_attempts(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:attempts"
+
+    # HASH, message id -> ms a send started (written before sending).
+    def due_sent(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:sent"
+
+    # ZSET, member = message id, score = ms acked or cancelled; trimmed by age.
+    def due_done(self, shard: int) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:done"
+
+    # SET of message ids queued for one person on one channel (cancel on
+    # unsubscribe). TTL: last due time + DUE_DONE_KEEP_MS.
+    def due_person_channel(self, shard: int, person: str, channel: str) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:pc:{channel}:{person}"
+
+    # STRING, JSON contact state of a person: consent per channel and purpose,
+    # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
+    # TTL: CONTACT_STATE_TTL_S, renewed on every write.
+    def contact(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:c"
+
+    # LIST, newest first, JSON outcomes of recent messages (sent, delayed,
+    # dropped, dead-letter, each with its reason). Capped to
+    # CONTACT_OUTCOMES_MAX entries; TTL: CONTACT_STATE_TTL_S.
+    def contact_outcomes(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:o"
+
+    # STRING, JSON journey state of a person (engine/followups/transitions.py): runs in progress
+    # with their step and wait deadline, last entry per journey, recent run ids.
+    # TTL: JOURNEY_STATE_TTL_S, renewed on every write.
+    def journeys(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:j"
+
+    # HASH, offer id -> ms the person last saw or clicked it (engine/followups/kpis.py:
+    # a purchase within the attribution window counts for the offer).
+    # TTL: the attribution window, renewed on every impression.
+    def offers_seen(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:os"
+
+    # STRING, JSON list of a person's in-app inbox messages (newest first, each
+    # with its expiry, read and dismissed flags), capped to INBOX_MAX.
+    # TTL: the latest message expiry.
+    def inbox(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:i"
+
+    # HASH, push token -> JSON {platform, at}: a person's devices, capped to
+    # DEVICES_MAX. TTL: CONTACT_STATE_TTL_S, renewed on every registration.
+    def devices(self, person: str) -> str:
+        return f"{self.prefix}:{{u:{person}}}:dv"
+
+    # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
+    def suppressed(self) -> str:
+        return f"{self.prefix}:suppressed"
+
+    # ZSET, every score 0 so it pages in address order: the addresses suppressed
+    # on one channel through the API (normalised: lower-case email, phone digits).
+    # Each is also "<channel>:<address>" in suppressed(), which the send-time
+    # check reads; this one is only the listing. No TTL.
+    def suppressed_on(self, channel: str) -> str:
+        return f"{self.prefix}:suppressed:{channel}"
+
+    # LIST, newest first, JSON dead-lettered messages with the reason. Capped to 10k.
+    def dead_letters(self) -> str:
+        return f"{self.prefix}:deadletter"
+
+    # HyperLogLog of ids (or, for metric "revenue", a HASH of sums): one KPI of a
+    # journey (scope "j") or a channel (scope "c"), engine/followups/kpis.py. No TTL.
+    def kpi(self, scope: str, name: str, metric: str) -> str:
+        return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
+
+    # STRING marker: this purchase's revenue was added to this journey.
+    # TTL: the event dedupe TTL (a retried event comes within it).
+    def kpi_once(self, token: str) -> str:
+        return f"{self.prefix}:{{kpi}}:once:{token}"
+
+
+MERGE_STAGING_TTL_S = 30 * 86_400
+DUE_SHARDS = 16
+DUE_DONE_KEEP_MS = 7 * 86_400_000
+CONTACT_STATE_TTL_S = 400 * 86_400
+CONTACT_OUTCOMES_MAX = 50
+DEAD_LETTERS_MAX = 10_000
+JOURNEY_STATE_TTL_S = 400 * 86_400
+INBOX_MAX = 50
+DEVICES_MAX = 10
