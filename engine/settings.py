@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 from engine.errors import SettingsError
 
@@ -89,7 +90,8 @@ class Settings:
     smtp_from: str = "Attimo <noreply@localhost>"
     public_url: str = "http://127.0.0.1:8000"  # base of tracking and unsubscribe links
     tracking_secret: str | None = None
-    webhook_urls: tuple[str, ...] = ()  # channel=URL, e.g. push=https://...,sms=https://...
+    # channel=URL pairs, e.g. push=https://...,sms=https://... (absolute http(s) URLs)
+    webhook_urls: tuple[tuple[str, str], ...] = ()
     webhook_secret: str | None = None
     webhook_attempts: int = 5
     webhook_backoff_ms: float = 200.0
@@ -101,8 +103,9 @@ class Settings:
     scheduler_lease_ms: int = 60_000
     scheduler_poll_ms: float = 100.0
     scheduler_concurrency: int = 32
-    contact_caps: tuple[str, ...] = ()  # channel:day/week, e.g. email:1/3,total:4/10
-    quiet_hours: str | None = None  # e.g. 21-8, in the person's time zone
+    # (channel, per day, per week) from channel:day/week, e.g. email:1/3,total:4/10
+    contact_caps: tuple[tuple[str, int | None, int | None], ...] = ()
+    quiet_hours: tuple[int, int] | None = None  # (start, end) hours from e.g. 21-8, in the person's time zone
     quiet_action: str = "delay"  # delay or drop
     repeat_window_s: int = 0
     # A message dead-lettered after its retries is reported on this webhook
@@ -168,9 +171,19 @@ class Settings:
         "alert_channel": "ATTIMO_ALERT_CHANNEL",
     }
 
+    def __post_init__(self) -> None:
+        # Compound values given as text (a flag, a test, from_env) are parsed
+        # here, so every Settings object holds them typed and checked.
+        for name, parse in _COMPOUND.items():
+            value = getattr(self, name)
+            if isinstance(value, str) or (isinstance(value, tuple) and any(isinstance(v, str) for v in value)):
+                object.__setattr__(self, name, parse(self.ENV[name], value))
+        self.validate()
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
-        """Build settings from ATTIMO_* variables; keyword overrides (flags) win."""
+        """Build settings from ATTIMO_* variables; keyword overrides (flags) win.
+        A value that does not parse raises SettingsError naming its variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, object] = {}
         types = {f.name: f.type for f in dataclasses.fields(cls)}
@@ -178,25 +191,41 @@ class Settings:
             raw = environ.get(var)
             if raw is None or raw == "":
                 continue
-            values[name] = _parse(name, var, raw, types[name])
+            values[name] = _parse(var, raw, types[name]) if name not in _COMPOUND else raw
         values.update({k: v for k, v in overrides.items() if v is not None})
-        settings = cls(**values)
-        settings.validate()
-        return settings
+        return cls(**values)
 
     def validate(self) -> None:
         if self.workers < 1:
             raise SettingsError("ATTIMO_WORKERS must be at least 1")
         if self.site_key and not self.site_secret:
             raise SettingsError("ATTIMO_SITE_KEY needs ATTIMO_SITE_SECRET to verify signed user ids")
-        if self.smtp_tls not in ("none", "starttls", "implicit"):
-            raise SettingsError("ATTIMO_SMTP_TLS must be none, starttls or implicit")
-        if self.scheduler not in ("embedded", "off"):
-            raise SettingsError("ATTIMO_SCHEDULER must be embedded or off")
-        if self.quiet_action not in ("delay", "drop"):
-            raise SettingsError("ATTIMO_QUIET_ACTION must be delay or drop")
-        if self.redis_pool_size < 1:
-            raise SettingsError("ATTIMO_REDIS_POOL_SIZE must be at least 1")
+        choices = {"smtp_tls": ("none", "starttls", "implicit"), "scheduler": ("embedded", "off"),
+                   "quiet_action": ("delay", "drop")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise SettingsError(f"{self.ENV[name]} must be one of {', '.join(allowed)}, "
+                                    f"not {getattr(self, name)!r}")
+        at_least_one = ("redis_pool_size", "kafka_partitions", "worker_batch", "webhook_attempts",
+                        "scheduler_batch", "scheduler_lease_ms", "scheduler_concurrency")
+        for name in at_least_one:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{self.ENV[name]} must be at least 1, not {getattr(self, name)}")
+        positive = ("redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
+                    "profile_ttl_s", "catalog_poll_s", "scheduler_poll_ms", "worker_session_timeout_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise SettingsError(f"{self.ENV[name]} must be more than 0, not {getattr(self, name)}")
+        not_negative = ("decide_delay_ms", "kafka_linger_ms", "worker_batch_wait_ms", "worker_fetch_wait_ms",
+                        "worker_metrics_port", "webhook_backoff_ms", "repeat_window_s", "snippet_budget_ms")
+        for name in not_negative:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{self.ENV[name]} must not be negative, not {getattr(self, name)}")
+        for name in ("port", "smtp_port"):
+            if not 0 < getattr(self, name) < 65536:
+                raise SettingsError(f"{self.ENV[name]} must be a TCP port (1 to 65535), not {getattr(self, name)}")
+        if not _is_http_url(self.public_url):
+            raise SettingsError(f"ATTIMO_PUBLIC_URL must be an absolute http(s) URL, not {self.public_url!r}")
 
     def to_env(self) -> dict[str, str]:
         """The environment that rebuilds these settings in a child process."""
@@ -205,7 +234,9 @@ class Settings:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, tuple):
+            if name in _FORMAT:
+                value = _FORMAT[name](value)
+            elif isinstance(value, tuple):
                 value = ",".join(value)
             elif isinstance(value, bool):
                 value = "1" if value else "0"
@@ -213,16 +244,84 @@ class Settings:
         return env
 
 
-def _parse(name: str, var: str, raw: str, type_name: str) -> object:
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def _parse(var: str, raw: str, type_name: str) -> object:
+    text = raw.strip()
     try:
         if "tuple" in type_name:
             return _split_csv(raw)
         if type_name.startswith("bool"):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
+            if text.lower() in TRUE_WORDS:
+                return True
+            if text.lower() in FALSE_WORDS:
+                return False
+            raise SettingsError(f"{var}={raw!r} is not a boolean: write one of {', '.join(TRUE_WORDS + FALSE_WORDS)}")
         if type_name.startswith("int"):
-            return int(raw)
+            return int(text)
         if type_name.startswith("float"):
-            return float(raw)
+            return float(text)
     except ValueError as exc:
-        raise SettingsError(f"{var}={raw!r} is not a valid {type_name}: {exc}") from None
+        kind = "whole number" if type_name.startswith("int") else "number"
+        raise SettingsError(f"{var}={raw!r} is not a {kind}") from exc
     return raw
+
+
+def _is_http_url(text: str) -> bool:
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def _quiet_hours(var: str, raw: str) -> tuple[int, int] | None:
+    text = raw.strip()
+    if text.lower() in ("", "off"):
+        return None
+    start, dash, end = text.partition("-")
+    if dash and start.strip().isdigit() and end.strip().isdigit():
+        hours = int(start), int(end)
+        if all(0 <= h <= 23 for h in hours) and hours[0] != hours[1]:
+            return hours
+    raise SettingsError(f"{var}={raw!r}: write START-END in whole hours 0-23 with START != END, e.g. 21-8")
+
+
+def _caps(var: str, raw: str | tuple) -> tuple[tuple[str, int | None, int | None], ...]:
+    items = _split_csv(raw) if isinstance(raw, str) else raw
+    caps = []
+    for item in items:
+        if not isinstance(item, str):
+            caps.append(item)
+            continue
+        channel, colon, limits = item.partition(":")
+        day, slash, week = limits.partition("/")
+        numbers = [n.strip() for n in (day, week)]
+        if not (colon and slash and channel.strip() and all(n == "" or n.isdigit() for n in numbers)):
+            raise SettingsError(f"{var}: {item!r} is not channel:DAY/WEEK (either number may be empty), "
+                                "e.g. email:1/3,total:4/10")
+        caps.append((channel.strip(), *(int(n) if n else None for n in numbers)))
+    return tuple(caps)
+
+
+def _webhooks(var: str, raw: str | tuple) -> tuple[tuple[str, str], ...]:
+    items = _split_csv(raw) if isinstance(raw, str) else raw
+    urls = []
+    for item in items:
+        if not isinstance(item, str):
+            urls.append(item)
+            continue
+        channel, eq, url = item.partition("=")
+        if not (eq and channel.strip() and _is_http_url(url.strip())):
+            raise SettingsError(f"{var}: {item!r} is not channel=URL with an absolute http(s) URL, "
+                                "e.g. push=https://push.example/send")
+        urls.append((channel.strip(), url.strip()))
+    return tuple(urls)
+
+
+_COMPOUND = {"quiet_hours": _quiet_hours, "contact_caps": _caps, "webhook_urls": _webhooks}
+_FORMAT = {
+    "quiet_hours": lambda hours: f"{hours[0]}-{hours[1]}",
+    "contact_caps": lambda caps: ",".join(f"{c}:{'' if d is None else d}/{'' if w is None else w}"
+                                          for c, d, w in caps),
+    "webhook_urls": lambda urls: ",".join(f"{c}={u}" for c, u in urls),
+}

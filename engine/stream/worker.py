@@ -34,6 +34,7 @@ from redis import exceptions as redis_errors
 
 from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
 from engine.catalog.publish import CatalogStore
+from engine.clock import now_ms
 from engine.events import Event
 from engine.ingest.pipeline import Pipeline
 from engine.settings import Settings
@@ -81,7 +82,7 @@ class _FetchWaitThread(faust_kafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport):
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = SETTINGS.worker_fetch_wait_ms
+        consumer._fetch_max_wait_ms = transport.app.attimo_fetch_wait_ms
         return consumer
 
 
@@ -96,28 +97,8 @@ class FetchWaitTransport(faust_kafka.Transport):
 
 TRANSPORTS.aliases["attimo"] = "engine.stream.worker:FetchWaitTransport"
 
-SETTINGS = Settings.from_env()
-app = faust.App(
-    SETTINGS.worker_group,
-    broker=[f"attimo://{broker}" for broker in SETTINGS.kafka_brokers] or "attimo://127.0.0.1:9092",
-    web_enabled=False,
-    # The worker keeps no tables; faust still wants a directory, not in the cwd.
-    datadir=os.path.join(tempfile.gettempdir(), f"attimo-faust-{SETTINGS.worker_group}"),
-    topic_partitions=SETTINGS.kafka_partitions,
-    consumer_auto_offset_reset="earliest",
-    broker_session_timeout=SETTINGS.worker_session_timeout_s,
-    broker_heartbeat_interval=min(3.0, SETTINGS.worker_session_timeout_s / 3),
-    broker_commit_every=SETTINGS.worker_batch,
-    broker_commit_interval=0.5,
-    producer_acks=-1,
-)
-events_topic = app.topic(SETTINGS.kafka_topic, key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw")
-dead_letters = app.topic(SETTINGS.kafka_dlq_topic, key_type=bytes, value_type=bytes,
-                         key_serializer="raw", value_serializer="raw")
 
-
-async def until_done(what: str, attempt: Callable[[], Awaitable], on_retry: Counter | None = None):
+async def until_done(app: faust.App, what: str, attempt: Callable[[], Awaitable], on_retry: Counter | None = None):
     """`attempt()` until it succeeds or fails for a reason that is not transient
     (raised). Asked to stop while it cannot succeed: exit now, committing nothing."""
     delay = RETRY_FIRST_S
@@ -143,7 +124,8 @@ class Applier:
     """The worker's side of the pipeline: Redis, the catalog in force (followed
     like the API follows it), and the retry policy."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, app: faust.App):
+        self.app = app
         catalog, text = (load_catalog_file(settings.catalog_path) if settings.catalog_path
                          else (empty_catalog(), ""))
         self.holder = CatalogHolder(catalog, text)
@@ -159,97 +141,116 @@ class Applier:
 
         async def attempt():
             started = time.perf_counter()
-            result = await self.pipeline.apply(events, time.time_ns() // 1_000_000)
+            result = await self.pipeline.apply(events, now_ms())
             APPLY_SECONDS.observe(time.perf_counter() - started)
             return result
 
-        result = await until_done(f"applying {len(events)} events", attempt, REDIS_RETRIES)
+        result = await until_done(self.app, f"applying {len(events)} events", attempt, REDIS_RETRIES)
         APPLIED.inc(result.accepted)
         DUPLICATES.inc(result.duplicates)
         if result.duplicates:
             log.warning("%d redelivered events absorbed by the dedupe", result.duplicates)
 
 
-APPLIER: Applier | None = None
-NEXT_OFFSET: dict[TP, int] = {}  # per partition: the offset after the last one applied
+def build_app(settings: Settings) -> faust.App:
+    """The worker's faust app for these settings: built when `attimo worker`
+    starts, never at import (no module reads the environment by itself)."""
+    app = faust.App(
+        settings.worker_group,
+        broker=[f"attimo://{broker}" for broker in settings.kafka_brokers] or "attimo://127.0.0.1:9092",
+        web_enabled=False,
+        # The worker keeps no tables; faust still wants a directory, not in the cwd.
+        datadir=os.path.join(tempfile.gettempdir(), f"attimo-faust-{settings.worker_group}"),
+        topic_partitions=settings.kafka_partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
+        broker_commit_every=settings.worker_batch,
+        broker_commit_interval=0.5,
+        producer_acks=-1,
+    )
+    events_topic = app.topic(settings.kafka_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.kafka_dlq_topic, key_type=bytes, value_type=bytes,
+                             key_serializer="raw", value_serializer="raw")
+    app.attimo_fetch_wait_ms = settings.worker_fetch_wait_ms  # read by _FetchWaitThread
+    applier: Applier | None = None
+    next_offset: dict[TP, int] = {}  # per partition: the offset after the last one applied
 
+    @app.task
+    async def start_applier() -> None:
+        nonlocal applier
+        ready = Applier(settings, app)
+        await until_done(app, "reading the published catalog", ready.catalogs.refresh)
+        applier = ready
+        app.add_future(ready.catalogs.poll(settings.catalog_poll_s))
 
-@app.task
-async def start_applier() -> None:
-    global APPLIER
-    applier = Applier(SETTINGS)
-    await until_done("reading the published catalog", applier.catalogs.refresh)
-    APPLIER = applier
-    app.add_future(applier.catalogs.poll(SETTINGS.catalog_poll_s))
+    @app.timer(interval=1.0)
+    async def report_lag() -> None:
+        for tp in app.consumer.assignment():
+            if tp.topic == settings.kafka_topic:
+                applied = next_offset.get(tp)
+                if applied is None:
+                    applied = await app.consumer.position(tp) or 0
+                LAG_RECORDS.labels(str(tp.partition)).set(max(0, app.consumer.highwater(tp) - applied))
 
+    async def dead_letter(key: bytes | None, value: bytes, reason: str) -> None:
+        """Returns once the broker holds the dead letter (before the record's offset
+        can be committed)."""
+        body = orjson.dumps({"error": reason, "key": (key or b"").decode(errors="replace"),
+                             "payload_base64": base64.b64encode(value).decode()})
 
-@app.timer(interval=1.0)
-async def report_lag() -> None:
-    for tp in app.consumer.assignment():
-        if tp.topic == SETTINGS.kafka_topic:
-            applied = NEXT_OFFSET.get(tp)
-            if applied is None:
-                applied = await app.consumer.position(tp) or 0
-            LAG_RECORDS.labels(str(tp.partition)).set(max(0, app.consumer.highwater(tp) - applied))
+        async def attempt():
+            # force: send now, not attached to whatever event the stream saw last.
+            return await (await dead_letters.send(key=key, value=body, force=True))
 
+        await until_done(app, "sending a dead letter", attempt)
+        DEAD_LETTERED.inc()
+        log.error("dead-lettered a record: %s", reason)
 
-async def dead_letter(key: bytes | None, value: bytes, reason: str) -> None:
-    """Returns once the broker holds the dead letter (before the record's offset
-    can be committed)."""
-    body = orjson.dumps({"error": reason, "key": (key or b"").decode(errors="replace"),
-                         "payload_base64": base64.b64encode(value).decode()})
-
-    async def attempt():
-        # force: send now, not attached to whatever event the stream saw last.
-        return await (await dead_letters.send(key=key, value=body, force=True))
-
-    await until_done("sending a dead letter", attempt)
-    DEAD_LETTERED.inc()
-    log.error("dead-lettered a record: %s", reason)
-
-
-async def apply_batch(batch: Sequence[EventT]) -> None:
-    """Decode, apply in one go; the records the pipeline rejects are found by
-    applying each alone (harmless: the dedupe skips what is already in) and
-    dead-lettered."""
-    while APPLIER is None:  # Redis was not there at start-up: start_applier retries
-        if app.should_stop:
-            log.error("stopping before Redis was reachable: exiting without committing")
-            logging.shutdown()
-            os._exit(EXIT_UNAPPLIED)
-        await asyncio.sleep(0.01)
-    BATCH_RECORDS.observe(len(batch))
-    now_s = time.time()
-    decoded: list[tuple[EventT, list[Event]]] = []
-    for record in batch:
-        if record.message.timestamp:  # seconds
-            LAG_SECONDS.observe(max(0.0, now_s - record.message.timestamp))
-        try:
-            decoded.append((record, decode_record(record.value)))
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            await dead_letter(record.key, record.value, f"not an Attimo events record: {exc}")
-    try:
-        await APPLIER.apply([event for _, events in decoded for event in events])
-    except Exception as exc:
-        log.warning("the pipeline refused a batch of %d records (%r): applying them one by one",
-                    len(decoded), exc)
-        for record, events in decoded:
+    async def apply_batch(batch: Sequence[EventT]) -> None:
+        """Decode, apply in one go; the records the pipeline rejects are found by
+        applying each alone (harmless: the dedupe skips what is already in) and
+        dead-lettered."""
+        while applier is None:  # Redis was not there at start-up: start_applier retries
+            if app.should_stop:
+                log.error("stopping before Redis was reachable: exiting without committing")
+                logging.shutdown()
+                os._exit(EXIT_UNAPPLIED)
+            await asyncio.sleep(0.01)
+        BATCH_RECORDS.observe(len(batch))
+        now_s = time.time()
+        decoded: list[tuple[EventT, list[Event]]] = []
+        for record in batch:
+            if record.message.timestamp:  # seconds
+                LAG_SECONDS.observe(max(0.0, now_s - record.message.timestamp))
             try:
-                await APPLIER.apply(events)
-            except Exception as exc:
-                await dead_letter(record.key, record.value, f"rejected by the pipeline: {exc!r}")
-    for record in batch:
-        NEXT_OFFSET[record.message.tp] = max(NEXT_OFFSET.get(record.message.tp, 0), record.message.offset + 1)
-
-
-@app.agent(events_topic)
-async def apply_events(stream):
-    async for batch in stream.take_events(SETTINGS.worker_batch, within=SETTINGS.worker_batch_wait_ms / 1000):
+                decoded.append((record, decode_record(record.value)))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                await dead_letter(record.key, record.value, f"not an Attimo events record: {exc}")
+        try:
+            await applier.apply([event for _, events in decoded for event in events])
+        except Exception as exc:
+            log.warning("the pipeline refused a batch of %d records (%r): applying them one by one",
+                        len(decoded), exc)
+            for record, events in decoded:
+                try:
+                    await applier.apply(events)
+                except Exception as exc:
+                    await dead_letter(record.key, record.value, f"rejected by the pipeline: {exc!r}")
         for record in batch:
-            record.message.incref()  # held until Redis has the batch: see the module's docstring
-        await apply_batch(batch)
-        for record in batch:
-            record.message.decref()
+            next_offset[record.message.tp] = max(next_offset.get(record.message.tp, 0), record.message.offset + 1)
+
+    @app.agent(events_topic)
+    async def apply_events(stream):
+        async for batch in stream.take_events(settings.worker_batch, within=settings.worker_batch_wait_ms / 1000):
+            for record in batch:
+                record.message.incref()  # held until Redis has the batch: see the module's docstring
+            await apply_batch(batch)
+            for record in batch:
+                record.message.decref()
+
+    return app
 
 
 def run_worker(settings: Settings) -> int:
@@ -259,6 +260,6 @@ def run_worker(settings: Settings) -> int:
     asyncio.run(ensure_topics(settings))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
-    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    worker = faust.Worker(build_app(settings), loglevel="warning", quiet=True)
     worker.execute_from_commandline()
     return 0
