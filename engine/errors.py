@@ -63,6 +63,11 @@ class StoreUnavailable(AttimoError):
     """Redis is unreachable, too slow for the budget, or the pool is exhausted."""
 
 
+class StoreContention(StoreUnavailable):
+    """A key kept changing under an optimistic transaction (WATCH or
+    compare-and-set) past the bounded number of attempts: retry later."""
+
+
 class SendError(Exception):
     """Raised by a sender (engine/followups/scheduler.py) for a failure worth retrying
     later through the queue; its text is the reason recorded (any other

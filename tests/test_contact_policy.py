@@ -11,7 +11,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
-from engine.errors import CatalogError
+from engine.errors import CatalogError, StoreContention
+from engine.followups.contacts import ContactStore
 from engine.policy import (
     DAY_MS,
     Caps,
@@ -24,6 +25,8 @@ from engine.policy import (
     record_send,
     set_consent,
 )
+from engine.store.client import MAX_OPTIMISTIC_ATTEMPTS
+from engine.store.keys import Keys
 
 NOON_UTC = int(datetime(2026, 6, 1, 12, tzinfo=ZoneInfo("UTC")).timestamp() * 1000)
 
@@ -216,3 +219,18 @@ def test_every_problem_in_the_catalogs_contact_policy_is_named_with_its_path():
     assert catalog_problems("  no_repeat: soon\n") == [
         ("contact_policy.no_repeat", "a duration is written like 30m, 12h, 7d or 2w, not 'soon', or off")]
     assert catalog_problems("  [quiet]\n") == [("contact_policy", "a mapping with quiet_hours, caps and no_repeat")]
+
+
+async def test_a_contact_state_that_keeps_changing_gives_up_with_a_named_error(redis, redis_sync_client):
+    """The WATCH loop is bounded: another writer changing the state on every
+    attempt ends in StoreContention (a 503 at the API), not a spin for ever."""
+    key = Keys().contact("u-busy")
+    attempts = []
+
+    def change(state):
+        attempts.append(1)
+        redis_sync_client.set(key, ContactState().encode())  # someone else writes meanwhile
+
+    with pytest.raises(StoreContention):
+        await ContactStore(redis).update("u-busy", change)
+    assert len(attempts) == MAX_OPTIMISTIC_ATTEMPTS

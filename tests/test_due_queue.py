@@ -6,7 +6,18 @@ from __future__ import annotations
 import asyncio
 import time
 
-from engine.followups.due_queue import LEASE_LOST, DueQueue, shard_of
+from engine.followups.due_queue import (
+    ACK_KEYS,
+    ARM_KEYS,
+    BEGIN_SEND_KEYS,
+    CANCEL_KEYS,
+    CLAIM_KEYS,
+    DELAY_KEYS,
+    LEASE_LOST,
+    SCHEDULE_KEYS,
+    DueQueue,
+    shard_of,
+)
 from engine.followups.message import Message
 from engine.store.keys import DUE_DONE_KEEP_MS
 
@@ -130,8 +141,10 @@ async def test_only_failed_sends_count_as_attempts(redis):
 async def test_every_script_touches_one_shard_slot(redis):
     queue = DueQueue(redis)
     shard = shard_of("u-1")
-    keys = queue._person_keys("u-1", "email")
-    assert all(f"{{q:{shard}}}" in key for key in keys)
+    for names in (SCHEDULE_KEYS, CLAIM_KEYS, BEGIN_SEND_KEYS, ACK_KEYS, DELAY_KEYS, ARM_KEYS, CANCEL_KEYS):
+        keys = queue._person_keys(names, "u-1", "email")
+        assert len(keys) == len(names)
+        assert all(f"{{q:{shard}}}" in key for key in keys)
 
 
 async def _index_expires_at(redis, queue: DueQueue, person: str, channel: str) -> tuple[int, int]:

@@ -9,6 +9,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from engine.errors import StoreContention
 from engine.followups.message import Message
 from engine.policy import (
     PERSONAL_CHANNELS,
@@ -21,7 +22,7 @@ from engine.policy import (
     set_consent,
     suppression_address,
 )
-from engine.store.client import COMPARE_AND_SET, run_scripts
+from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_scripts
 from engine.store.keys import CONTACT_OUTCOMES_MAX, CONTACT_STATE_TTL_S, Keys
 
 
@@ -56,7 +57,7 @@ class ContactStore:
         """Apply `change(state)` atomically (consent events, time zone)."""
         key = self.keys.contact(person)
         async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
+            for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
                 try:
                     await pipe.watch(key)
                     state = ContactState.decode(await pipe.get(key))
@@ -67,6 +68,7 @@ class ContactStore:
                     return state
                 except WatchError:
                     continue
+            raise StoreContention(f"{key} kept changing: gave up after {MAX_OPTIMISTIC_ATTEMPTS} attempts")
 
     async def absorb(self, person: str, anonymous: str) -> bool:
         """After an identity merge: the anonymous visitor's consent, time zone and
@@ -132,7 +134,7 @@ class ContactStore:
         flags = await self.redis.smismember(self.keys.suppressed(), candidates)
         suppressed = any(flags)
         async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
+            for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
                 try:
                     await pipe.watch(key)
                     state = ContactState.decode(await pipe.get(key))
@@ -150,6 +152,7 @@ class ContactStore:
                     return verdict
                 except WatchError:
                     continue
+            raise StoreContention(f"{key} kept changing: gave up after {MAX_OPTIMISTIC_ATTEMPTS} attempts")
 
     async def check_and_reserve_many(self, policy: ContactPolicy, messages: list[Message],
                                      now_ms: int) -> list[Verdict]:

@@ -73,6 +73,7 @@ redis.call('SADD', KEYS[4], ARGV[1])
 extend_index(KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
+SCHEDULE_KEYS = ("due", "msg", "done", "person_channel")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
 # KEYS[5] sent HASH
@@ -102,6 +103,7 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+CLAIM_KEYS = ("due", "inflight", "msg", "attempts", "sent")
 
 NOT_IN_FLIGHT = -1  # begin_send: cancelled or acked meanwhile, do not send
 LEASE_LOST = -2  # begin_send: the claim's lease lapsed, do not send (see BEGIN_SEND)
@@ -128,6 +130,7 @@ if before then return tonumber(before) end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 return 0
 """
+BEGIN_SEND_KEYS = ("sent", "inflight")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
 # KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
@@ -143,6 +146,7 @@ redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
 return 1
 """
+ACK_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] sent HASH,
 # KEYS[5] attempts HASH
@@ -159,6 +163,7 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 """
+DELAY_KEYS = ("due", "inflight", "msg", "sent", "attempts")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] done ZSET,
 # KEYS[5] person+channel SET
@@ -177,6 +182,7 @@ redis.call('SADD', KEYS[5], ARGV[1])
 extend_index(KEYS[5], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
+ARM_KEYS = ("due", "inflight", "msg", "done", "person_channel")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
 # KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
@@ -196,6 +202,7 @@ end
 redis.call('DEL', KEYS[7])
 return #ids
 """
+CANCEL_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel")
 
 
 class DueQueue:
@@ -213,14 +220,16 @@ class DueQueue:
         self._cancel = redis.register_script(CANCEL)
         self._arm = redis.register_script(ARM)
 
-    def _shard_keys(self, shard: int) -> list[str]:
+    def _keys(self, names: tuple[str, ...], shard: int, person: str = "", channel: str = "") -> list[str]:
+        """A script's KEYS, named in the order its header lists them (the *_KEYS tuples)."""
         k = self.keys
-        return [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_attempts(shard),
-                k.due_sent(shard), k.due_done(shard)]
+        build = {"due": k.due, "inflight": k.due_inflight, "msg": k.due_messages, "attempts": k.due_attempts,
+                 "sent": k.due_sent, "done": k.due_done}
+        return [k.due_person_channel(shard, person, channel) if name == "person_channel" else build[name](shard)
+                for name in names]
 
-    def _person_keys(self, person: str, channel: str) -> list[str]:
-        shard = shard_of(person, self.shards)
-        return self._shard_keys(shard) + [self.keys.due_person_channel(shard, person, channel)]
+    def _person_keys(self, names: tuple[str, ...], person: str, channel: str) -> list[str]:
+        return self._keys(names, shard_of(person, self.shards), person, channel)
 
     async def schedule(self, message: Message) -> bool:
         """Queue a message; False if its idempotency key was already scheduled."""
@@ -233,19 +242,11 @@ class DueQueue:
 
     def arm_call(self, message: Message) -> tuple:
         """ARM for one timer that activity pushes forward (for _pipelined)."""
-        shard = shard_of(message.person, self.shards)
-        k = self.keys
-        return (self._arm,
-                [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_done(shard),
-                 k.due_person_channel(shard, message.person, message.channel)],
+        return (self._arm, self._person_keys(ARM_KEYS, message.person, message.channel),
                 [message.id, message.due_ms, message.encode(), self.done_keep_ms])
 
     def schedule_call(self, message: Message) -> tuple:
-        shard = shard_of(message.person, self.shards)
-        k = self.keys
-        return (self._schedule,
-                [k.due(shard), k.due_messages(shard), k.due_done(shard),
-                 k.due_person_channel(shard, message.person, message.channel)],
+        return (self._schedule, self._person_keys(SCHEDULE_KEYS, message.person, message.channel),
                 [message.id, message.due_ms, message.encode(), self.done_keep_ms])
 
     async def schedule_many(self, messages: list[Message]) -> list[bool]:
@@ -263,14 +264,14 @@ class DueQueue:
         start = now_ms % self.shards  # rotate so no shard starves
         order = [(start + i) % self.shards for i in range(self.shards)]
         if limit >= self.shards:
-            flats = await self._pipelined([(self._claim, self._shard_keys(shard)[:5],
+            flats = await self._pipelined([(self._claim, self._keys(CLAIM_KEYS, shard),
                                             [now_ms, limit // self.shards, lease_ms]) for shard in order])
             return [item for flat in flats for item in self._claimed(flat, now_ms + lease_ms)]
         claimed: list[Claimed] = []
         for shard in order:
             if len(claimed) >= limit:
                 break
-            flat = await self._claim(keys=self._shard_keys(shard)[:5], args=[now_ms, limit - len(claimed), lease_ms])
+            flat = await self._claim(keys=self._keys(CLAIM_KEYS, shard), args=[now_ms, limit - len(claimed), lease_ms])
             claimed.extend(self._claimed(flat, now_ms + lease_ms))
         return claimed
 
@@ -284,19 +285,15 @@ class DueQueue:
         return out
 
     def _begin_send_call(self, item: Claimed, now_ms: int, lease_ms: int) -> tuple:
-        shard = shard_of(item.message.person, self.shards)
-        return (self._begin_send, [self.keys.due_sent(shard), self.keys.due_inflight(shard)],
+        return (self._begin_send, self._person_keys(BEGIN_SEND_KEYS, item.message.person, item.message.channel),
                 [item.message.id, now_ms, item.lease_until_ms, lease_ms])
 
     def _ack_call(self, message: Message, now_ms: int) -> tuple:
-        return (self._ack, self._person_keys(message.person, message.channel),
+        return (self._ack, self._person_keys(ACK_KEYS, message.person, message.channel),
                 [message.id, now_ms, self.done_keep_ms])
 
     def _delay_call(self, delay: Delay) -> tuple:
-        shard = shard_of(delay.message.person, self.shards)
-        k = self.keys
-        return (self._delay, [k.due(shard), k.due_inflight(shard), k.due_messages(shard), k.due_sent(shard),
-                              k.due_attempts(shard)],
+        return (self._delay, self._person_keys(DELAY_KEYS, delay.message.person, delay.message.channel),
                 [delay.message.id, delay.until_ms, "1" if delay.clear_send_mark else "0",
                  "1" if delay.failed_send else "0"])
 
@@ -331,7 +328,7 @@ class DueQueue:
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:
         """Drop everything queued or in flight for this person on this channel."""
-        return int(await self._cancel(keys=self._person_keys(person, channel), args=[now_ms]))
+        return int(await self._cancel(keys=self._person_keys(CANCEL_KEYS, person, channel), args=[now_ms]))
 
     async def pending_for(self, person: str, channels) -> list[dict]:
         """What is queued or being sent for one person on these channels, soonest first."""

@@ -11,7 +11,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from engine.errors import StoreContention
 from engine.followups.message import Message
+from engine.store.client import MAX_OPTIMISTIC_ATTEMPTS
 from engine.store.keys import CONTACT_STATE_TTL_S, DEVICES_MAX, INBOX_MAX, Keys
 
 DEFAULT_EXPIRES_MS = 30 * 86_400_000
@@ -25,7 +27,7 @@ class InboxStore:
     async def _change(self, person: str, now_ms: int, change: Callable[[list], object]) -> object:
         key = self.keys.inbox(person)
         async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
+            for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
                 try:
                     await pipe.watch(key)
                     raw = await pipe.get(key)
@@ -41,6 +43,7 @@ class InboxStore:
                     return result
                 except WatchError:
                     continue
+            raise StoreContention(f"{key} kept changing: gave up after {MAX_OPTIMISTIC_ATTEMPTS} attempts")
 
     async def add(self, message: Message, now_ms: int) -> bool:
         """Deliver one message; the same message id twice is one message."""

@@ -15,6 +15,10 @@ from redis.exceptions import NoScriptError
 from engine.settings import Settings
 
 CLUSTER_SCHEME = "redis+cluster"
+# An optimistic transaction (WATCH, or COMPARE_AND_SET below) that loses the
+# race this many times in a row gives up with StoreContention instead of
+# spinning: one key written that often by others is a fault to report.
+MAX_OPTIMISTIC_ATTEMPTS = 32
 
 # KEYS[1] a STRING read earlier (a person's journey or contact state)
 # ARGV[1] the value read then ('' when absent), ARGV[2] new value, ARGV[3] TTL s
