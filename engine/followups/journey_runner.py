@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
 from engine.catalog.rules import Facts
+from engine.errors import StoreContention
 from engine.events import Event
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import DueQueue
@@ -21,9 +22,8 @@ from engine.followups.inbox import InboxStore
 from engine.followups.kpis import KpiStore
 from engine.followups.message import Message
 from engine.followups.transitions import Actions, Transition, decode_state, encode_state
-from engine.ingest.identity import CONTACT_TRAITS
-from engine.policy import ContactState
-from engine.store.client import COMPARE_AND_SET, run_scripts
+from engine.policy import CONTACT_TRAITS, ContactState
+from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_scripts
 from engine.store.keys import JOURNEY_STATE_TTL_S
 
 log = logging.getLogger("attimo.journeys")
@@ -48,15 +48,20 @@ def idle_timer(journey: Journey, person: str, last_seen_ms: int) -> Message:
 
 
 class JourneyRunner:
-    def __init__(self, pipeline):
+    """Stores come from the process's composition root (engine/runtime.py); a
+    runner built without them (tests) makes its own on the profile store's Redis."""
+
+    def __init__(self, pipeline, *, queue: DueQueue | None = None, contacts: ContactStore | None = None,
+                 kpis: KpiStore | None = None, inbox: InboxStore | None = None):
         self.pipeline = pipeline
         store = pipeline.store
         self.store = store
         self.redis = store.redis
         self.keys = store.keys
-        self.queue = DueQueue(self.redis, self.keys)
-        self.contacts = ContactStore(self.redis, self.keys)
-        self.kpis = KpiStore(self.redis, self.keys, once_ttl_s=store.dedupe_ttl_ms // 1000)
+        self.queue = queue or DueQueue(self.redis, self.keys)
+        self.contacts = contacts or ContactStore(self.redis, self.keys)
+        self.kpis = kpis or KpiStore(self.redis, self.keys, once_ttl_s=store.dedupe_ttl_ms // 1000)
+        self.inbox = inbox or InboxStore(self.redis, self.keys)
         self._cas = self.redis.register_script(COMPARE_AND_SET)
 
     # -- after a batch is applied ------------------------------------------------
@@ -186,7 +191,7 @@ class JourneyRunner:
         repeat are discarded."""
         key = self.keys.journeys(person)
         tried = dict(tried or {})
-        while True:
+        for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
             raw = await self.redis.get(key)
             state = decode_state(raw)
             before = encode_state(state)
@@ -198,6 +203,8 @@ class JourneyRunner:
             if await self._cas(keys=[key], args=[raw or b"", after, JOURNEY_STATE_TTL_S]):
                 break
             tried.update((m.id, m) for m in actions.messages)
+        else:
+            raise StoreContention(f"{key} kept changing: gave up after {MAX_OPTIMISTIC_ATTEMPTS} attempts")
         kept = {m.id for m in actions.messages}
         discarded = [message for message_id, message in tried.items() if message_id not in kept]
         if discarded:
@@ -235,7 +242,7 @@ class JourneyRunner:
 
 def internal_senders(runner: JourneyRunner, clock: Callable[[], int]) -> dict:
     """The scheduler's senders that stay inside Attimo: journey timers and the inbox."""
-    inbox = InboxStore(runner.redis, runner.keys)
+    inbox = runner.inbox
 
     async def advance(message: Message, values: dict) -> None:
         await runner.fire(message, clock())
