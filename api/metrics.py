@@ -41,3 +41,14 @@ def render() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(), CONTENT_TYPE_LATEST
+
+
+_decision_counters: dict[tuple[str, str], Counter] = {}
+
+
+def count_decision(placement: str, offer: str) -> None:
+    """One decision counted; the labelled child is looked up once per pair."""
+    counter = _decision_counters.get((placement, offer))
+    if counter is None:
+        counter = _decision_counters[(placement, offer)] = DECISIONS.labels(placement, offer)
+    counter.inc()

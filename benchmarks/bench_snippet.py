@@ -46,7 +46,7 @@ def bench_routes(settings):
     from starlette.responses import HTMLResponse, JSONResponse
     from starlette.routing import Route
 
-    from api.web import loader_html
+    from api.routes.web import loader_html
 
     loader = loader_html(settings, consent="none")
 

@@ -64,7 +64,7 @@ def _server_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def run_scheduler_command(args) -> int:
-    from engine.followups.scheduler import run_scheduler
+    from engine.runtime import run_scheduler
 
     settings = Settings.from_env(redis_url=args.redis_url)
     stats = asyncio.run(run_scheduler(settings))
@@ -167,7 +167,7 @@ def run_demo(args) -> int:
         print(f"Demo storefront: {base}/", flush=True)
         print(f"Sent emails and webhooks (local SMTP sink on port {outbox.smtp_port}): {base}/demo/outbox",
               flush=True)
-        from api.web import demo_outbox_routes, demo_routes
+        from api.routes.web import demo_outbox_routes, demo_routes
 
         serve(settings, demo_routes(settings) + demo_outbox_routes(outbox))
     finally:

@@ -19,6 +19,10 @@ CONTACT_HISTORY_MAX = 200  # recent sends kept in a person's contact state
 
 # Channels that reach the person and so need their consent; operator alerts
 # (sales, support) go to staff and are not contact with the person.
+# Traits that hold a person's addresses: only a signed user or the server token
+# may set them (a page could otherwise have Attimo write to any address).
+CONTACT_TRAITS = frozenset({"email", "phone"})
+
 PERSONAL_CHANNELS = frozenset({"email", "push", "sms", "webhook", "inbox"})
 
 

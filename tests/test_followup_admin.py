@@ -14,10 +14,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
+from engine.followups.channels.senders import senders_from_settings
 from engine.followups.contacts import ContactStore, message_addresses
 from engine.followups.due_queue import DueQueue, shard_of
 from engine.followups.message import Message
-from engine.followups.scheduler import Scheduler, policy_from_settings, senders_from_settings
+from engine.followups.scheduler import Scheduler, policy_from_settings
 from engine.settings import Settings
 from engine.store.keys import Keys
 from tests.conftest import SITE_SECRET, start_api, stop_api, wait_until

@@ -14,9 +14,9 @@ import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.events import Event
+from engine.followups.channels.senders import senders_from_settings
 from engine.followups.channels.webhook import verify_signature
 from engine.followups.inbox import InboxStore
-from engine.followups.scheduler import senders_from_settings
 from engine.settings import Settings
 from engine.store.keys import DEVICES_MAX, INBOX_MAX, Keys
 from tests.conftest import signed, wait_until

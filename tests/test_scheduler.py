@@ -17,6 +17,7 @@ import redis as redis_sync
 
 from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
 from engine.followups.channels.email import EmailChannel, SmtpConfig, Tracker
+from engine.followups.channels.senders import senders_from_settings
 from engine.followups.channels.webhook import (
     DeliveryFailed,
     WebhookChannel,
@@ -26,12 +27,7 @@ from engine.followups.channels.webhook import (
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import SCHEDULE, DueQueue, shard_of
 from engine.followups.message import Message
-from engine.followups.scheduler import (
-    MAX_SEND_ATTEMPTS,
-    PermanentSendError,
-    Scheduler,
-    senders_from_settings,
-)
+from engine.followups.scheduler import MAX_SEND_ATTEMPTS, PermanentSendError, Scheduler
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
 from engine.store.keys import DUE_SHARDS, Keys

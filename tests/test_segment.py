@@ -7,7 +7,7 @@ import gzip
 import orjson
 import pytest
 
-from api.segment import UnsupportedEncoding, gunzip_bounded
+from api.routes.segment import UnsupportedEncoding, gunzip_bounded
 from engine.catalog.compile import empty_catalog
 from engine.errors import BodyTooLarge, EventRejected, MalformedBody, NotAuthenticated
 from engine.ingest.identity import Caller, authenticate_write_key, resolve_events

@@ -23,7 +23,7 @@ import httpx
 import pytest
 from playwright.sync_api import sync_playwright
 
-from api.web import LOADER_CSP_HASH, LOADER_STUB
+from api.routes.web import LOADER_CSP_HASH, LOADER_STUB
 from tests.conftest import ROOT, SITE_KEY, signed, start_api, stop_api, wait_until
 
 CHROMIUM = "/usr/bin/chromium"

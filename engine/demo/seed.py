@@ -3,17 +3,12 @@ events, and the curl lines printed to try them."""
 
 from __future__ import annotations
 
-import time
-
-from engine.catalog.compile import CatalogHolder, load_catalog_file
 from engine.catalog.windows import DAY_MS, MINUTE_MS
+from engine.clock import now_ms
 from engine.events import Event
 from engine.ingest.identity import sign_user_id
-from engine.ingest.pipeline import Pipeline
+from engine.runtime import Runtime
 from engine.settings import Settings
-from engine.store.client import connect
-from engine.store.keys import Keys
-from engine.store.profiles import ProfileStore
 
 
 def demo_events(now_ms: int) -> list[Event]:
@@ -41,20 +36,12 @@ def demo_events(now_ms: int) -> list[Event]:
 
 
 async def seed_demo_people(settings: Settings) -> None:
-    catalog, text = load_catalog_file(settings.catalog_path)
-    redis = connect(settings, pool_size=4)
+    runtime, _ = Runtime.from_catalog_file(settings, pool_size=4)
     try:
-        store = ProfileStore(
-            redis, Keys(settings.key_prefix),
-            dedupe_ttl_s=settings.dedupe_ttl_s, profile_ttl_s=settings.profile_ttl_s,
-        )
-        await Pipeline(store, CatalogHolder(catalog, text)).apply(demo_events(_now()), _now())
+        now = now_ms()
+        await runtime.pipeline.apply(demo_events(now), now)
     finally:
-        await redis.aclose()
-
-
-def _now() -> int:
-    return time.time_ns() // 1_000_000
+        await runtime.aclose()
 
 
 def try_these(settings: Settings) -> str:

@@ -5,10 +5,8 @@ acknowledges. Time comes from an injected clock so tests move it at will."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,8 +23,7 @@ from engine.followups.kpis import KpiStore, message_journey
 from engine.followups.message import Message
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
-from engine.store.client import connect
-from engine.store.keys import DEAD_LETTERS_MAX, Keys
+from engine.store.keys import DEAD_LETTERS_MAX
 
 if TYPE_CHECKING:
     from engine.catalog.compile import Catalog, CatalogHolder
@@ -126,7 +123,8 @@ class Scheduler:
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
                  senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
                  lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3,
-                 alert_channel: str = "", catalogs: CatalogHolder | None = None):
+                 alert_channel: str = "", catalogs: CatalogHolder | None = None,
+                 kpis: KpiStore | None = None):
         self.queue = queue
         self.contacts = contacts
         self.policy = policy  # from settings: what the catalog's contact_policy leaves out
@@ -140,7 +138,7 @@ class Scheduler:
         self.alert_channel = alert_channel  # where delivery failures are reported ("" = nowhere)
         self.limit = asyncio.Semaphore(concurrency)
         self.stats = SchedulerStats()
-        self.kpis = KpiStore(queue.redis, queue.keys)
+        self.kpis = kpis or KpiStore(queue.redis, queue.keys)
         # Each send is marked begun right before it starts and acknowledged as
         # soon as it is done (the shorter that gap, the fewer duplicates a crash
         # causes), and both cost few round trips: see Coalesced.
@@ -331,119 +329,9 @@ class Scheduler:
 def policy_from_settings(settings: Settings) -> ContactPolicy:
     """The contact policy from ATTIMO_CONTACT_CAPS, ATTIMO_QUIET_HOURS ...: what
     applies where the catalog has no contact_policy section (or leaves a key out)."""
-    caps: dict[str, Caps] = {}
-    for item in settings.contact_caps:
-        channel, _, limits = item.partition(":")
-        day, _, week = limits.partition("/")
-        caps[channel.strip()] = Caps(int(day) if day.strip() else None, int(week) if week.strip() else None)
-    quiet_start = quiet_end = None
-    if settings.quiet_hours:
-        start, _, end = settings.quiet_hours.partition("-")
-        quiet_start, quiet_end = int(start), int(end)
+    caps = {channel: Caps(day, week) for channel, day, week in settings.contact_caps}
+    quiet_start, quiet_end = settings.quiet_hours or (None, None)
     return ContactPolicy(channel_caps={k: v for k, v in caps.items() if k != "total"},
                          total_caps=caps.get("total", Caps()), quiet_start_hour=quiet_start,
                          quiet_end_hour=quiet_end, quiet_action=settings.quiet_action,
                          repeat_window_ms=settings.repeat_window_s * 1000)
-
-
-def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = None
-                          ) -> tuple[dict[str, Sender], list]:
-    """Channel senders built from settings, and the resources to close after.
-    With `redis`, push messages carry the person's registered device tokens."""
-    from engine.followups.channels.email import EmailChannel, SmtpConfig, tracker_from_settings
-    from engine.followups.channels.webhook import DeliveryFailed, WebhookChannel, WebhookConfig
-
-    email = None
-    tracker = tracker_from_settings(settings)
-    if tracker is not None:
-        email = EmailChannel(
-            SmtpConfig(host=settings.smtp_host, port=settings.smtp_port, tls=settings.smtp_tls,
-                       username=settings.smtp_username, password=settings.smtp_password,
-                       sender=settings.smtp_from), tracker)
-    else:
-        log.warning("no ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET: emails are dead-lettered, "
-                    "their unsubscribe and tracking links could not be signed")
-    urls = dict(item.split("=", 1) for item in settings.webhook_urls if "=" in item)
-    webhooks = WebhookChannel(WebhookConfig(urls, (settings.webhook_secret or "").encode(),
-                                            attempts=settings.webhook_attempts,
-                                            backoff_ms=settings.webhook_backoff_ms))
-
-    devices = None
-    if redis is not None:
-        from engine.followups.inbox import DeviceStore
-
-        devices = DeviceStore(redis, keys)
-
-    async def send_webhook(message: Message, values: dict) -> None:
-        payload = {k: v for k, v in message.body.items() if k != "values"}
-        if message.channel == "push" and devices is not None and "tokens" not in payload:
-            # The push gateway gets the person's devices as registered now (an
-            # empty list when none: it may know the person by other means).
-            payload["tokens"] = await devices.tokens(message.person)
-        try:
-            await webhooks.send(message, payload)
-        except DeliveryFailed as exc:  # the channel already retried: dead-letter now
-            raise PermanentSendError(str(exc)) from None
-
-    async def unsigned_email(message: Message, values: dict) -> None:
-        raise PermanentSendError("email links cannot be signed: set ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET")
-
-    senders: dict[str, Sender] = {"email": email.send if email is not None else unsigned_email}
-    for channel in urls:
-        senders[channel] = send_webhook
-    return senders, [webhooks, *([email] if email is not None else [])]
-
-
-async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,
-                        handle_signals: bool = True, catalogs=None) -> SchedulerStats:
-    """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the
-    end. Embedded in `attimo serve`, the server owns the signals and sets `stop`
-    and shares its catalog (`catalogs`); alone, it follows the published catalog."""
-    from engine.catalog.compile import CatalogHolder, empty_catalog
-    from engine.catalog.publish import CatalogStore
-    from engine.followups.journey_runner import internal_senders
-    from engine.ingest.pipeline import Pipeline
-    from engine.store.profiles import ProfileStore
-
-    redis = connect(settings, pool_size=max(8, settings.scheduler_concurrency + 4), pool_timeout_s=5)
-    keys = Keys(settings.key_prefix)
-    senders, closeables = senders_from_settings(settings, redis, keys)
-    poller = None
-    if catalogs is None:
-        catalogs = CatalogHolder(empty_catalog())
-        catalog_store = CatalogStore(redis, keys, catalogs)
-        await catalog_store.refresh()
-        poller = asyncio.create_task(catalog_store.poll(settings.catalog_poll_s))
-    pipeline = Pipeline(ProfileStore(redis, keys, dedupe_ttl_s=settings.dedupe_ttl_s,
-                                     profile_ttl_s=settings.profile_ttl_s), catalogs)
-    scheduler = Scheduler(DueQueue(redis, keys), ContactStore(redis, keys), policy_from_settings(settings),
-                          senders, lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
-                          concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel,
-                          catalogs=catalogs)
-    senders.update(internal_senders(pipeline.journeys, scheduler.clock))
-    stop = stop or asyncio.Event()
-    if handle_signals:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-    try:
-        await scheduler.run(stop, settings.scheduler_poll_ms)
-    finally:
-        if poller is not None:
-            poller.cancel()
-        for resource in closeables:
-            await resource.aclose()
-        await redis.aclose()
-    return scheduler.stats
-
-
-async def run_embedded(settings: Settings, stop: asyncio.Event, catalogs=None) -> None:
-    """The scheduler inside `attimo serve`: restarted after any failure (Redis
-    down, a bad setting fixed by a reload…) instead of dying with the error."""
-    while not stop.is_set():
-        try:
-            await run_scheduler(settings, stop, handle_signals=False, catalogs=catalogs)
-        except Exception:  # keep the API up; say why and try again
-            log.exception("embedded scheduler failed; restarting in 1 s")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)

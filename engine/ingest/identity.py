@@ -16,11 +16,7 @@ from dataclasses import dataclass
 from engine.catalog.compile import Catalog
 from engine.errors import NotAuthenticated, NotAuthorized
 from engine.events import LINK_EVENTS, Event, WireEvent, event_time_ms
-
-# Where follow-ups go. An anonymous visitor could otherwise have Attimo email any
-# address it typed; only a signed user (the site vouches for them) or the server
-# sets one.
-CONTACT_TRAITS = frozenset({"email", "phone"})
+from engine.policy import CONTACT_TRAITS
 
 
 def sign_user_id(secret: str, user_id: str) -> str:

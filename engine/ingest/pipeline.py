@@ -16,8 +16,6 @@ from engine.catalog.compile import Catalog, CatalogHolder
 from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.rules import SESSION_GAP_MS
 from engine.events import CONSENT, TIMEZONE_TRAIT, Event
-from engine.followups.contacts import ContactStore
-from engine.followups.due_queue import DueQueue
 from engine.followups.journey_runner import JourneyRunner
 from engine.profile import decode_profile
 from engine.store.profiles import ProfileStore
@@ -67,10 +65,12 @@ def event_ops(catalog: Catalog, event: Event) -> list:
 
 
 class Pipeline:
-    def __init__(self, store: ProfileStore, catalogs: CatalogHolder):
+    def __init__(self, store: ProfileStore, catalogs: CatalogHolder, **followup_stores):
+        """`followup_stores` (queue, contacts, kpis, inbox): the process's own,
+        from engine/runtime.py; without them the journey runner makes its own."""
         self.store = store
         self.catalogs = catalogs
-        self.journeys = JourneyRunner(self)
+        self.journeys = JourneyRunner(self, **followup_stores)
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
         """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
@@ -128,7 +128,7 @@ class Pipeline:
         if merge_calls:
             merged = await store.run(merge_calls)
             result.merged = sum(merged)
-            contacts = ContactStore(store.redis, store.keys)
+            contacts = self.journeys.contacts
             for (person, anonymous), done in zip(absorbed, merged, strict=True):
                 await contacts.absorb(person, anonymous)  # consent given before logging in follows the person
                 if done:  # the merged history may change the segments (and the version moved on)
@@ -148,7 +148,7 @@ class Pipeline:
         zoned = [e for e in events if e.traits and e.traits.get(TIMEZONE_TRAIT)]
         zones = {e.person: e.traits[TIMEZONE_TRAIT] for e in sorted(zoned, key=lambda e: e.ts)}
         if zones:  # the contact policy reads it at send time (quiet hours)
-            contacts = ContactStore(self.store.redis, self.store.keys)
+            contacts = self.journeys.contacts
             for person, zone in zones.items():
                 await contacts.set_tz(person, zone)
         if profiles:
@@ -168,8 +168,7 @@ class Pipeline:
         changes nothing).
         Withdrawing every purpose of a channel (an unsubscribe) also cancels all
         that is queued on it at once; one purpose is enforced at send time."""
-        contacts = ContactStore(self.store.redis, self.store.keys)
-        queue = DueQueue(self.store.redis, self.store.keys)
+        contacts, queue = self.journeys.contacts, self.journeys.queue
         cancelled = 0
         for event in sorted(events, key=lambda e: e.ts):
             props = event.properties

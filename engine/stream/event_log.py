@@ -93,7 +93,7 @@ class EventLog:
                 await asyncio.gather(*sent)
         except (KafkaError, TimeoutError, OSError) as exc:
             await self.close()
-            raise StoreUnavailable(f"the event log is unavailable: {exc!r}") from None
+            raise StoreUnavailable("the event log is unavailable") from exc
 
     async def close(self) -> None:
         producer, self._producer = self._producer, None

@@ -15,7 +15,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import metrics
-from api.app import ERROR_HANDLERS, apply_events, json_response, now_ms, read_body
+from api.errors import ERROR_HANDLERS
+from api.http import json_response, read_body, services_of
+from engine.clock import now_ms
 from engine.errors import AttimoError, BodyTooLarge, EventRejected, MalformedBody
 from engine.ingest.identity import authenticate_write_key, resolve_events
 from engine.ingest.segment import KINDS, decode_batch_body, decode_single_body, wire_events
@@ -38,7 +40,7 @@ class UnsupportedEncoding(EventRejected):
 
 async def ingest(request: Request, kind: str | None) -> Response:
     started = time.perf_counter()
-    services = request.app.state.services
+    services = services_of(request)
     authorization = request.headers.get("authorization")
     caller = None
     if authorization is not None:  # refuse a bad key before reading the body
@@ -49,7 +51,7 @@ async def ingest(request: Request, kind: str | None) -> Response:
         caller = authenticate_write_key(None, batch.write_key, services.settings)
     now = now_ms()
     events = resolve_events(wire_events(batch, now, single=kind is not None), caller, services.holder.current, now)
-    result = await apply_events(services, events, now)
+    result = await services.apply(events, now)
     SEGMENT_SECONDS.observe(time.perf_counter() - started)
     # Both clients count a send as done on 200 (rudder on exactly 200).
     return json_response({"success": True, "accepted": result.accepted, "duplicates": result.duplicates})
@@ -141,7 +143,7 @@ def single_call(kind: str):
     return endpoint
 
 
-SEGMENT_ROUTES = [
+ROUTES = [
     Route("/v1/batch", segment_errors(post_batch), methods=["POST"]),
     *(
         Route(f"/v1/{kind}", segment_errors(single_call(kind)), methods=["POST"])

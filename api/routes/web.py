@@ -10,7 +10,6 @@ import base64
 import gzip
 import hashlib
 import re
-import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -20,12 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from api.http import services_of
+from engine.clock import now_ms
 from engine.decisions.person_view import person_view
 from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
 from engine.ingest.identity import sign_user_id
 from engine.settings import Settings
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # api/: static/ and storefront/ live there
 SNIPPET = HERE / "static" / "attimo.js"  # a link to js-snippet/attimo.js, served as written
 STOREFRONT = HERE / "storefront"
 # The inline stub of the loader, byte for byte as in js-snippet/loader.html:
@@ -143,7 +144,7 @@ DEMO_PANEL = """<aside id="profile-panel" class="panel"><h2>Your profile (demo o
 async def demo_sign(request: Request) -> Response:
     """DEMO ONLY. Signs a demo user id (u-...) as the shop's server would after a
     registration. A real site signs on its own server; never mount this."""
-    settings: Settings = request.app.state.services.settings
+    settings: Settings = services_of(request).settings
     try:
         user_id = orjson.loads(await request.body()).get("user_id", "")
     except (orjson.JSONDecodeError, AttributeError):
@@ -157,7 +158,7 @@ async def demo_sign(request: Request) -> Response:
 async def demo_profile(request: Request) -> Response:
     """DEMO ONLY. The caller's own profile: its anonymous id, or a user id with a
     valid signature (so one visitor cannot read another's)."""
-    services = request.app.state.services
+    services = services_of(request)
     query = request.query_params
     user_id = query.get("user_id") or None
     if user_id is None and not query.get("anonymous_id"):
@@ -170,8 +171,8 @@ async def demo_profile(request: Request) -> Response:
     try:
         profile = await services.store.fetch(person)
     except RedisError as exc:
-        raise StoreUnavailable(f"the profile store is unavailable: {exc}") from None
-    view = person_view(services.holder.current, person, profile, time.time_ns() // 1_000_000)
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    view = person_view(services.holder.current, person, profile, now_ms())
     return Response(orjson.dumps(view), media_type="application/json", headers={"Cache-Control": "no-store"})
 
 

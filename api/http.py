@@ -1,0 +1,62 @@
+"""What every route uses to speak HTTP: the process's services, the caller
+behind the request's credentials, bounded body reading, JSON answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.services import Services
+from engine.errors import BodyTooLarge, EventRejected, MalformedBody
+from engine.ingest.identity import Caller, authenticate
+from engine.settings import MAX_BODY_BYTES
+
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+def caller_of(request: Request) -> Caller:
+    """Who is asking (site key, server token, or neither: 401)."""
+    return authenticate(request.headers, request.query_params, services_of(request).settings)
+
+
+def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with 413 as soon as it passes the limit (never read whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge("request body too large", "body", limit)
+        except ValueError:
+            raise MalformedBody("Content-Length is not a number", "Content-Length") from None
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge("request body too large", "body", limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def json_object_body(request: Request, limit: int = 16 * 1024) -> dict:
+    raw = await read_body(request, limit)
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"malformed JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise EventRejected("the body is a JSON object", "body")
+    return body

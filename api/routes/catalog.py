@@ -1,0 +1,38 @@
+"""Publishing a catalog (server token): validated and compiled, then in force in every process."""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.http import caller_of, json_response, read_body, services_of
+from engine.errors import StoreUnavailable
+from engine.ingest.identity import require_server
+from engine.settings import MAX_BODY_BYTES
+
+
+async def post_catalog(request: Request) -> Response:
+    """
+    summary: Replace the catalog in force (server token); YAML or JSON body.
+    responses:
+      200: {description: '{"digest", "offers", "segments", "placements"}'}
+      422: {description: 'The catalog has problems: {"problems": [{"path", "reason"}]}'}
+    """
+    services = services_of(request)
+    require_server(caller_of(request))
+    text = (await read_body(request, 4 * MAX_BODY_BYTES)).decode("utf-8", "replace")
+    try:
+        catalog = await services.catalogs.publish(text)
+    except RedisError as exc:
+        raise StoreUnavailable("cannot publish the catalog") from exc
+    return json_response({
+        "digest": services.catalogs.digest,
+        "offers": len(catalog.offers),
+        "segments": len(catalog.segments),
+        "placements": sorted(catalog.placements),
+    })
+
+
+ROUTES = [Route("/v1/admin/catalog", post_catalog, methods=["POST"])]

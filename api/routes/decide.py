@@ -1,0 +1,108 @@
+"""POST /v1/decide: the hot path. One Redis read for the person, then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import msgspec
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import metrics
+from api.http import caller_of, json_response, read_body, services_of
+from engine.clock import now_ms
+from engine.decisions.decide import decide
+from engine.errors import EventRejected, MalformedBody
+from engine.events import PERSON_ID
+from engine.profile import decode_profile
+from engine.settings import MAX_PLACEMENTS_PER_DECIDE
+
+DECIDE_SECONDS = metrics.REQUEST_SECONDS.labels("decide")
+
+
+class DecideRequest(msgspec.Struct, gc=False):
+    placements: list[str]
+    anonymous_id: str | None = None
+    user_id: str | None = None
+    user_sig: str | None = None
+    context: dict[str, str | int | float | bool] = {}
+
+
+_decide_decoder = msgspec.json.Decoder(DecideRequest)
+
+
+async def post_decide(request: Request) -> Response:
+    """
+    summary: Choose an offer for each placement, for one person, now.
+    description: Reads the person with one Redis round trip and writes nothing.
+      A placement answered null keeps its default content. `?explain=1` adds why.
+    requestBody: {content: {application/json: {schema: {$ref: '#/components/schemas/DecideRequest'}}}}
+    responses:
+      200: {description: '{"decision_id", "placements": {name: offer | null}, "fallback"?}'}
+      400: {description: Malformed JSON}
+      401: {description: Missing or unknown key}
+      403: {description: Bad user signature}
+      422: {description: A field breaks the schema or a limit}
+    """
+    started = time.perf_counter()
+    services = services_of(request)
+    caller = caller_of(request)
+    body = decode_decide(await read_body(request))
+    person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
+    explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
+    catalog = services.holder.current
+    fallback = None
+    try:
+        async with asyncio.timeout(services.decide_budget_s):
+            raw = await services.redis.get(services.keys.profile(person))
+    except TimeoutError:
+        fallback = "timeout"
+    except RedisError as exc:
+        fallback = type(exc).__name__
+    decision_id = os.urandom(8).hex()
+    if fallback is not None:
+        metrics.FALLBACKS.labels(fallback).inc()
+        metrics.REDIS_ERRORS.labels("decide", fallback).inc()
+        answer = {"decision_id": decision_id, "placements": dict.fromkeys(body.placements), "fallback": True}
+    else:
+        decision = decide(
+            catalog, decode_profile(raw), person, body.placements, body.context, now_ms(), explain
+        )
+        answer = {"decision_id": decision_id, "placements": decision.placements}
+        if decision.explain is not None:
+            answer["explain"] = decision.explain
+        for name, chosen in decision.placements.items():
+            metrics.count_decision(name, chosen["offer"] if chosen else "none")
+    DECIDE_SECONDS.observe(time.perf_counter() - started)
+    return json_response(answer)
+
+
+def decode_decide(body: bytes) -> DecideRequest:
+    try:
+        request = _decide_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).rpartition(" - at `")
+        raise EventRejected(reason or str(exc), where.rstrip("`").removeprefix("$").lstrip(".")) from None
+    except msgspec.DecodeError as exc:
+        raise MalformedBody(f"malformed JSON: {exc}") from None
+    if not request.placements:
+        raise EventRejected("ask for at least one placement", "placements")
+    if len(request.placements) > MAX_PLACEMENTS_PER_DECIDE:
+        raise EventRejected("too many placements", "placements", MAX_PLACEMENTS_PER_DECIDE)
+    if len(request.context) > 50:
+        raise EventRejected("too many context fields", "context", 50)
+    for name, value in request.context.items():
+        if isinstance(value, str) and len(value) > 1024:
+            raise EventRejected("string too long", f"context.{name}", 1024)
+    for name in ("anonymous_id", "user_id"):
+        value = getattr(request, name)
+        if value is not None and not PERSON_ID.fullmatch(value):
+            raise EventRejected("person ids are 1 to 128 characters without spaces or braces", name, 128)
+    return request
+
+
+ROUTES = [Route("/v1/decide", post_decide, methods=["POST"])]

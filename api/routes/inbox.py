@@ -1,0 +1,110 @@
+"""The app's side: the in-app inbox (read, dismiss) and push devices, for a signed user (or the server token acting for one)."""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.http import NO_STORE, caller_of, json_object_body, json_response, services_of
+from engine.clock import now_ms
+from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
+from engine.events import PERSON_ID
+
+MAX_TOKEN_LENGTH = 512
+
+
+async def _signed_person(request: Request, body: dict | None = None) -> str:
+    """A signed user id (site key + user_sig), or any user id with the server token:
+    only a signed id may read an inbox or receive messages. From the query, or the
+    JSON body for POSTs."""
+    caller = caller_of(request)
+    source = body if body is not None else request.query_params
+    user_id, user_sig = source.get("user_id"), source.get("user_sig")
+    if not isinstance(user_id, str) or not PERSON_ID.fullmatch(user_id):
+        raise NotAuthorized("user_id (signed) is required: an inbox belongs to a known person")
+    return caller.person(None, user_id, user_sig if isinstance(user_sig, str) else None, "user")
+
+
+async def get_inbox(request: Request) -> Response:
+    """
+    summary: The in-app inbox of a signed user, newest first (unexpired, not dismissed).
+    parameters:
+      - {name: user_id, in: query, required: true, schema: {type: string}}
+      - {name: user_sig, in: query, schema: {type: string}, description: 'HMAC of user_id (site key callers)'}
+    responses:
+      200: {description: '{"messages": [{"id", "title", "text", "at", "expires", "read"}], "unread": n}'}
+      401: {description: Missing or unknown key}
+      403: {description: Not a signed user}
+    """
+    services = services_of(request)
+    person = await _signed_person(request)
+    try:
+        messages = await services.inbox.messages(person, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable("the inbox is unavailable") from exc
+    return json_response({"messages": messages, "unread": sum(not m["read"] for m in messages)},
+                         headers=NO_STORE)
+
+
+async def _mark(request: Request, flag: str) -> Response:
+    services = services_of(request)
+    body = await json_object_body(request) if not request.query_params.get("user_id") else None
+    person = await _signed_person(request, body)
+    message_id = request.path_params["message_id"]
+    try:
+        found = await services.inbox.mark(person, message_id, flag, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable("the inbox is unavailable") from exc
+    if not found:
+        return json_response({"error": "no such message in this inbox (or it expired)"}, 404)
+    return json_response({"id": message_id, flag: True})
+
+
+async def read_inbox_message(request: Request) -> Response:
+    """
+    summary: Mark an inbox message read (signed user in the JSON body or the query).
+    responses: {200: {description: marked}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    """
+    return await _mark(request, "read")
+
+
+async def dismiss_inbox_message(request: Request) -> Response:
+    """
+    summary: Dismiss an inbox message; it is not listed again.
+    responses: {200: {description: dismissed}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    """
+    return await _mark(request, "dismissed")
+
+
+async def post_device(request: Request) -> Response:
+    """
+    summary: Register a push token for a signed user; push messages go to the push webhook with the person's tokens.
+    requestBody: {content: {application/json: {schema: {type: object, required: [user_id, token], properties: {user_id: {type: string}, user_sig: {type: string}, token: {type: string}, platform: {type: string}}}}}}
+    responses:
+      200: {description: '{"devices": number of tokens the person has}'}
+      403: {description: Not a signed user}
+      422: {description: A missing or too long token}
+    """
+    services = services_of(request)
+    body = await json_object_body(request)
+    person = await _signed_person(request, body)
+    token, platform = body.get("token"), body.get("platform", "unknown")
+    if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        raise EventRejected("token: the push token, 1 to 512 characters", "token", MAX_TOKEN_LENGTH)
+    if not isinstance(platform, str) or len(platform) > 32:
+        raise EventRejected("platform: ios, android, web … (at most 32 characters)", "platform", 32)
+    try:
+        count = await services.devices.register(person, token, platform, now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable("cannot register the device") from exc
+    return json_response({"devices": count})
+
+
+ROUTES = [
+    Route("/v1/inbox", get_inbox, methods=["GET"]),
+    Route("/v1/inbox/{message_id}/read", read_inbox_message, methods=["POST"]),
+    Route("/v1/inbox/{message_id}/dismiss", dismiss_inbox_message, methods=["POST"]),
+    Route("/v1/devices", post_device, methods=["POST"]),
+]

@@ -1,0 +1,115 @@
+"""The links inside emails: the open pixel and the click redirect come back as
+`email_open` / `email_click` events for the person (so a catalog rule can say
+"opened email E"), and the unsubscribe link withdraws consent for the channel
+and cancels everything queued on it at once. Every link was signed when the
+email was made; a changed one is a 400, so the redirect is never open."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from api.http import NO_STORE, json_response, services_of
+from engine.clock import now_ms
+from engine.errors import StoreUnavailable
+from engine.events import EMAIL_CLICK, EMAIL_OPEN, Event
+from engine.followups.channels.email import TrackingLinkInvalid
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+
+def _verified(request: Request) -> dict[str, str] | Response:
+    services = services_of(request)
+    tracker = services.tracker
+    if tracker is None:
+        return json_response({"error": "tracking links are off: set ATTIMO_TRACKING_SECRET"}, 404)
+    try:
+        return tracker.verify(str(request.url))
+    except TrackingLinkInvalid as exc:
+        return json_response({"error": str(exc)}, 400)
+
+
+async def _record(request: Request, event_id: str, event_type: str, person: str, properties: dict,
+                  kpi: str) -> None:
+    """The event for the person, and the open or click for the KPIs (counted here,
+    from the signed link, not from events: a client could send those)."""
+    services = services_of(request)
+    now = now_ms()
+    await services.apply([Event(event_id, event_type, person, now, properties)], now)
+    try:
+        pipe = services.redis.pipeline(transaction=False)
+        services.kpis.engagement(pipe, kpi, properties.get("journey"),
+                                                           properties["message_id"])
+        await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable(f"cannot count the {kpi}") from exc
+
+
+def _journey(link: dict) -> dict:
+    return {"journey": link["j"]} if link.get("j") else {}
+
+
+async def track_open(request: Request) -> Response:
+    """
+    summary: Open pixel of a follow-up email; records an email_open event.
+    responses: {200: {description: a 1x1 GIF}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    # One open per message counts: a mail client that loads the pixel again changes nothing.
+    await _record(request, f"open:{link['m']}", EMAIL_OPEN, link["p"],
+                  {"email": link["e"], "message_id": link["m"], **_journey(link)}, "opened")
+    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
+
+
+async def track_click(request: Request) -> Response:
+    """
+    summary: Click redirect of a follow-up email; records an email_click event.
+    responses: {302: {description: to the signed target}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    target = link["u"]
+    tag = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
+    await _record(request, f"click:{link['m']}:{tag}", EMAIL_CLICK, link["p"],
+                  {"email": link["e"], "message_id": link["m"], "url": target, **_journey(link)}, "clicked")
+    return RedirectResponse(target, 302, headers=NO_STORE)
+
+
+async def unsubscribe(request: Request) -> Response:
+    """
+    summary: 'Unsubscribe link (GET, or POST for List-Unsubscribe-Post one-click).'
+    description: Withdraws consent for the channel, every purpose, and cancels what is queued on it.
+    responses: {200: {description: done}, 400: {description: the link was changed}}
+    """
+    link = _verified(request)
+    if isinstance(link, Response):
+        return link
+    services = services_of(request)
+    person, channel = link["p"], link["c"]
+    try:
+        await services.contacts.set_consent(person, channel, "*", False)
+        cancelled = await services.queue.cancel(person, channel, now_ms())
+        pipe = services.redis.pipeline(transaction=False)
+        services.kpis.count(pipe, "c", channel, "unsubscribed", person)
+        await pipe.execute()
+    except RedisError as exc:
+        raise StoreUnavailable("cannot record the unsubscribe") from exc
+    if request.method == "POST":
+        return json_response({"unsubscribed": channel, "cancelled": cancelled})
+    return HTMLResponse(f"<!doctype html><title>Unsubscribed</title><p>You will get no more {channel} "
+                        "messages from us.</p>", headers=NO_STORE)
+
+
+ROUTES = [
+    Route("/v1/t/open", track_open, methods=["GET"]),
+    Route("/v1/t/click", track_click, methods=["GET"]),
+    Route("/v1/unsubscribe", unsubscribe, methods=["GET", "POST"]),
+]

@@ -1,0 +1,69 @@
+"""A person as the engine sees them, and erasing one (server token)."""
+
+from __future__ import annotations
+
+from redis.exceptions import RedisError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api.http import caller_of, json_response, services_of
+from engine.clock import now_ms
+from engine.decisions.person_view import journeys_view, person_view
+from engine.errors import StoreUnavailable
+from engine.followups.erase import erase_person
+from engine.ingest.identity import require_server
+from engine.policy import PERSONAL_CHANNELS
+
+
+async def get_person(request: Request) -> Response:
+    """
+    summary: A person's profile as the engine sees it now (server token).
+    responses:
+      200: {description: 'traits, windowed features, score, segments, impressions, messages: pending (queued or sending) and recent outcomes with their reasons, and journeys: in progress (step, waiting until) and last entries'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+    """
+    services = services_of(request)
+    require_server(caller_of(request))
+    person = request.path_params["person"]
+    try:
+        profile = await services.store.fetch(person)
+        pending = await services.queue.pending_for(person, sorted(PERSONAL_CHANNELS))
+        recent = await services.contacts.outcomes(person)
+        journeys = await services.pipeline.journeys.state(person)
+    except RedisError as exc:
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    view = person_view(services.holder.current, person, profile, now_ms())
+    view["messages"] = {"pending": pending, "recent": recent}
+    view["journeys"] = journeys_view(journeys)
+    return json_response(view)
+
+
+async def delete_person(request: Request) -> Response:
+    """
+    summary: Erase a person (server token).
+    description: 'Cancels every message queued for them on every channel (journey timers too), then removes
+      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
+      dead letters. Their suppressions stay: they keep them from being contacted again.'
+    responses:
+      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+    """
+
+    services = services_of(request)
+    require_server(caller_of(request))
+    try:
+        erased = await erase_person(services.redis, services.keys, services.queue,
+                                    request.path_params["person"], services.queued_channels(), now_ms())
+    except RedisError as exc:
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
+                          "dead_letters": erased["dead_letters"]})
+
+
+ROUTES = [
+    Route("/v1/people/{person}", get_person, methods=["GET"]),
+    Route("/v1/people/{person}", delete_person, methods=["DELETE"]),
+]

@@ -1,0 +1,161 @@
+"""The composition root: every store a process uses, built once from the
+settings and passed down. The API, `attimo worker`, `attimo scheduler` and the
+demo each build one Runtime at start and close it at the end; nothing else
+builds a store, and nothing builds one per request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from redis.exceptions import RedisError
+
+from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
+from engine.catalog.publish import CatalogStore
+from engine.errors import CatalogError
+from engine.followups.channels.email import Tracker, tracker_from_settings
+from engine.followups.channels.senders import senders_from_settings
+from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.inbox import DeviceStore, InboxStore
+from engine.followups.journey_runner import internal_senders
+from engine.followups.kpis import KpiStore
+from engine.followups.scheduler import Scheduler, SchedulerStats, policy_from_settings
+from engine.ingest.pipeline import Pipeline
+from engine.settings import Settings
+from engine.store.client import connect
+from engine.store.keys import Keys
+from engine.store.profiles import ProfileStore
+
+log = logging.getLogger("attimo")
+
+
+@dataclass
+class Runtime:
+    """One process's Redis client and stores, and the catalog in force."""
+
+    settings: Settings
+    redis: object  # redis.asyncio.Redis or RedisCluster
+    keys: Keys
+    holder: CatalogHolder
+    catalogs: CatalogStore
+    profiles: ProfileStore
+    queue: DueQueue
+    contacts: ContactStore
+    inbox: InboxStore
+    devices: DeviceStore
+    kpis: KpiStore
+    pipeline: Pipeline
+    tracker: Tracker | None  # signs and verifies email links; None without a secret
+
+    @classmethod
+    def build(cls, settings: Settings, holder: CatalogHolder | None = None, *,
+              pool_size: int | None = None, pool_timeout_s: float | None = None) -> Runtime:
+        """Connects lazily: nothing here waits for Redis."""
+        redis = connect(settings, pool_size=pool_size, pool_timeout_s=pool_timeout_s)
+        keys = Keys(settings.key_prefix)
+        holder = holder or CatalogHolder(empty_catalog())
+        profiles = ProfileStore(redis, keys, dedupe_ttl_s=settings.dedupe_ttl_s,
+                                profile_ttl_s=settings.profile_ttl_s)
+        queue = DueQueue(redis, keys)
+        contacts = ContactStore(redis, keys)
+        inbox = InboxStore(redis, keys)
+        kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
+        pipeline = Pipeline(profiles, holder, queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
+        return cls(
+            settings=settings, redis=redis, keys=keys, holder=holder,
+            catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
+            contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
+            pipeline=pipeline, tracker=tracker_from_settings(settings),
+        )
+
+    @classmethod
+    def from_catalog_file(cls, settings: Settings, **pool) -> tuple[Runtime, str | None]:
+        """With ATTIMO_CATALOG set, the file's catalog is in force from the start
+        (a file that does not compile raises CatalogError here, before serving)."""
+        file_text = None
+        if settings.catalog_path:
+            catalog, file_text = load_catalog_file(settings.catalog_path)
+            holder = CatalogHolder(catalog, file_text)
+        else:
+            holder = CatalogHolder(empty_catalog())
+        return cls.build(settings, holder, **pool), file_text
+
+    async def start(self, file_text: str | None = None) -> None:
+        """Load the scripts and the catalog in force; a Redis that is not there
+        yet leaves the local catalog serving (the poller catches up)."""
+        try:
+            await self.profiles.load_scripts()
+            await self.catalogs.start(file_text)
+        except RedisError as exc:
+            log.warning("Redis not reachable at start-up (%s); serving the local catalog", exc)
+
+    async def reload_file(self) -> None:
+        """SIGHUP: publish the catalog file again (kept as it is when it fails)."""
+        path = self.settings.catalog_path
+        if not path:
+            return
+        try:
+            await self.catalogs.publish(Path(path).read_text(), from_file=True)
+        except (CatalogError, OSError, RedisError) as exc:
+            log.error("catalog reload from %s failed, keeping the current one: %s", path, exc)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+
+def scheduler_runtime(settings: Settings, holder: CatalogHolder | None = None) -> Runtime:
+    """A scheduler's stores on a pool of their own, sized for its concurrent
+    sends: embedded in the API, its sends never take the connections decide
+    and ingest wait for."""
+    return Runtime.build(settings, holder, pool_size=max(8, settings.scheduler_concurrency + 4),
+                         pool_timeout_s=5)
+
+
+async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,
+                        handle_signals: bool = True, catalogs: CatalogHolder | None = None) -> SchedulerStats:
+    """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the
+    end. Embedded in `attimo serve`, the server owns the signals and sets `stop`
+    and shares its catalog (`catalogs`); alone, it follows the published catalog."""
+    runtime = scheduler_runtime(settings, catalogs)
+    senders, closeables = senders_from_settings(settings, runtime.redis, runtime.keys)
+    poller = None
+    if catalogs is None:
+        await runtime.catalogs.refresh()
+        poller = asyncio.create_task(runtime.catalogs.poll(settings.catalog_poll_s))
+    scheduler = Scheduler(runtime.queue, runtime.contacts, policy_from_settings(settings), senders,
+                          lease_ms=settings.scheduler_lease_ms, batch=settings.scheduler_batch,
+                          concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel,
+                          catalogs=runtime.holder, kpis=runtime.kpis)
+    senders.update(internal_senders(runtime.pipeline.journeys, scheduler.clock))
+    stop = stop or asyncio.Event()
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+    try:
+        await scheduler.run(stop, settings.scheduler_poll_ms)
+    finally:
+        if poller is not None:
+            poller.cancel()
+        for resource in closeables:
+            await resource.aclose()
+        await runtime.aclose()
+    return scheduler.stats
+
+
+async def run_embedded(settings: Settings, stop: asyncio.Event, catalogs: CatalogHolder | None = None) -> None:
+    """The scheduler inside `attimo serve`: restarted after any failure (Redis
+    down…) instead of dying with the error. Settings were checked at start, so a
+    bad value cannot make it restart for ever."""
+    while not stop.is_set():
+        try:
+            await run_scheduler(settings, stop, handle_signals=False, catalogs=catalogs)
+        except Exception:  # keep the API up; say why and try again
+            log.exception("embedded scheduler failed; restarting in 1 s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
