@@ -1,5 +1,17 @@
 """The few named errors Attimo raises, each carrying what a person needs to fix
-the cause. The API maps them to HTTP answers in one place (api/errors.py)."""
+the cause. The API maps them to HTTP answers in one place (api/errors.py).
+
+AttimoError
+├── SettingsError, CatalogError          fix the configuration or the catalog
+├── EventRejected (422)                  input breaks the schema or a limit
+│   ├── BodyTooLarge (413)
+│   └── MalformedBody (400)
+├── NotAuthenticated (401), NotAuthorized (403)
+├── StoreUnavailable (503)               Redis or Kafka not there, or too slow
+│   └── StoreContention                  a key kept changing under a transaction
+└── SendError                            a channel failed: retried through the queue
+    └── PermanentSendError               retrying cannot help: dead-lettered at once
+"""
 
 from __future__ import annotations
 
@@ -68,11 +80,11 @@ class StoreContention(StoreUnavailable):
     compare-and-set) past the bounded number of attempts: retry later."""
 
 
-class SendError(Exception):
+class SendError(AttimoError):
     """Raised by a sender (engine/followups/scheduler.py) for a failure worth retrying
     later through the queue; its text is the reason recorded (any other
     exception is retried too, with its type named in the reason)."""
 
 
-class PermanentSendError(Exception):
+class PermanentSendError(SendError):
     """Raised by a sender when retrying cannot help: dead-letter at once."""

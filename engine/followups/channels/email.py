@@ -194,19 +194,19 @@ class EmailChannel:
         try:
             email = build_email(message, values, self.tracker, self.config.sender)
         except EmailInvalid as exc:
-            raise PermanentSendError(str(exc)) from None
+            raise PermanentSendError(str(exc)) from exc
         try:
             await self._deliver(email)
         except aiosmtplib.SMTPRecipientsRefused as exc:  # every recipient refused, each with its answer
             refusals = exc.recipients or [aiosmtplib.SMTPRecipientRefused(450, "recipients refused", "")]
             reason = "; ".join(_smtp_reason(r) for r in refusals)
             if all(r.code >= 500 for r in refusals):
-                raise PermanentSendError(reason) from None
-            raise SendError(reason) from None
+                raise PermanentSendError(reason) from exc
+            raise SendError(reason) from exc
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:
-                raise PermanentSendError(_smtp_reason(exc)) from None
-            raise SendError(_smtp_reason(exc)) from None
+                raise PermanentSendError(_smtp_reason(exc)) from exc
+            raise SendError(_smtp_reason(exc)) from exc
 
     async def _deliver(self, email: EmailMessage) -> None:
         async with self._slots:

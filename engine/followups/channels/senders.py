@@ -48,7 +48,7 @@ def senders_from_settings(settings: Settings, redis=None, keys: Keys | None = No
         try:
             await webhooks.send(message, payload)
         except DeliveryFailed as exc:  # the channel already retried: dead-letter now
-            raise PermanentSendError(str(exc)) from None
+            raise PermanentSendError(str(exc)) from exc
 
     async def unsigned_email(message: Message, values: dict) -> None:
         raise PermanentSendError("email links cannot be signed: set ATTIMO_TRACKING_SECRET or ATTIMO_SITE_SECRET")
