@@ -32,15 +32,10 @@ from faust.types import TP, EventT
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from redis import exceptions as redis_errors
 
-from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
-from engine.catalog.publish import CatalogStore
 from engine.clock import now_ms
 from engine.events import Event
-from engine.ingest.pipeline import Pipeline
+from engine.runtime import Runtime
 from engine.settings import Settings
-from engine.store.client import connect
-from engine.store.keys import Keys
-from engine.store.profiles import ProfileStore
 from engine.stream.event_log import decode_record, ensure_topics
 
 log = logging.getLogger("attimo.worker")
@@ -126,15 +121,10 @@ class Applier:
 
     def __init__(self, settings: Settings, app: faust.App):
         self.app = app
-        catalog, text = (load_catalog_file(settings.catalog_path) if settings.catalog_path
-                         else (empty_catalog(), ""))
-        self.holder = CatalogHolder(catalog, text)
-        self.redis = connect(settings, pool_timeout_s=5)
-        keys = Keys(settings.key_prefix)
-        self.store = ProfileStore(self.redis, keys, dedupe_ttl_s=settings.dedupe_ttl_s,
-                                  profile_ttl_s=settings.profile_ttl_s)
-        self.pipeline = Pipeline(self.store, self.holder)
-        self.catalogs = CatalogStore(self.redis, keys, self.holder)
+        runtime, _ = Runtime.from_catalog_file(settings, pool_timeout_s=5)
+        self.runtime = runtime
+        self.pipeline = runtime.pipeline
+        self.catalogs = runtime.catalogs
 
     async def apply(self, events: list[Event]) -> None:
         """Until Redis has them; raises only what the pipeline rejects for good."""
