@@ -18,12 +18,11 @@ from benchmarks.loadgen import (
     LoadResult,
     SaturationResult,
     find_max_rps,
-    pin_current_process,
     run_open_loop,
     warm_up,
 )
-from benchmarks.processes import raise_on_sigterm
 from benchmarks.report import print_figures
+from engine.testing.processes import pin_current_process, raise_on_sigterm
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
 
