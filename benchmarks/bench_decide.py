@@ -31,13 +31,9 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-    run_open_loop,
-    warm_up,
-)
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import write_report
+from benchmarks.schedule import LoadOptions, run_open_loop, warm_up
 from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
 from engine.clock import now_ms
 from engine.testing.processes import RedisCluster, RedisServer, UvicornServer

@@ -28,11 +28,9 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-)
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import write_report
+from benchmarks.schedule import LoadOptions
 from benchmarks.workload import FreshBatches, catalog_yaml, month_of_activity, seed_people
 from engine.clock import now_ms
 from engine.testing.processes import RedisServer, UvicornServer

@@ -53,11 +53,9 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-)
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import RESULTS_DIR, print_figures, write_report
+from benchmarks.schedule import LoadOptions
 from benchmarks.workload import FreshBatches
 from engine.clock import now_ms
 from engine.events import Event

@@ -12,16 +12,11 @@ from dataclasses import replace
 
 import uvloop
 
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-    LoadResult,
-    SaturationResult,
-    find_max_rps,
-    run_open_loop,
-    warm_up,
-)
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import print_figures
+from benchmarks.results import LoadResult
+from benchmarks.saturation import SaturationResult, find_max_rps
+from benchmarks.schedule import LoadOptions, run_open_loop, warm_up
 from engine.testing.processes import pin_current_process, raise_on_sigterm
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
