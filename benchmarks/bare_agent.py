@@ -7,9 +7,10 @@ of the first and the last (epoch ms) and the count to BARE_OUT, and exits.
 from __future__ import annotations
 
 import os
-import time
 
 import faust
+
+from engine.clock import now_ms
 
 BROKER = os.environ["BARE_BROKER"]
 TOPIC = os.environ["BARE_TOPIC"]
@@ -26,7 +27,7 @@ seen = {"count": 0, "first": 0, "last": 0}
 @app.agent(topic)
 async def count(stream):
     async for _ in stream:
-        now = time.time_ns() // 1_000_000
+        now = now_ms()
         seen["first"] = seen["first"] or now
         seen["count"] += 1
         seen["last"] = now

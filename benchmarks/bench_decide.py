@@ -31,16 +31,12 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-    run_open_loop,
-    warm_up,
-)
-from benchmarks.processes import RedisServer, UvicornServer
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import write_report
+from benchmarks.schedule import LoadOptions, run_open_loop, warm_up
 from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
-from engine.store.local_server import LocalRedisCluster
+from engine.clock import now_ms
+from engine.testing.processes import RedisCluster, RedisServer, UvicornServer
 
 SITE_KEY, SITE_SECRET = "bench-site-key", "bench-site-secret"
 P1_RATE = 1000.0
@@ -101,7 +97,7 @@ async def measure(args: argparse.Namespace) -> dict:
     catalog = write_catalog(work, args.offers)
     with RedisServer(SERVER_CORE) as redis:
         started = time.monotonic()
-        await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
+        await seed_people(redis.url, catalog.read_text(), args.people, now_ms())
         await seed_floor(redis.url, args.people)
         log(f"seeded {args.people} people in {time.monotonic() - started:.1f} s")
         with api_server(redis.url, catalog) as api, \
@@ -115,11 +111,11 @@ async def measure(args: argparse.Namespace) -> dict:
         offers_5000 = await p99_with_offers(redis.url, work, 5000, args.people, args.duration, args.warmup, options)
     on_cluster = None
     if not args.quick:  # a cluster of its own would take --quick past a minute
-        with LocalRedisCluster(3) as cluster:
+        with RedisCluster(3) as cluster:
             for node in cluster.nodes:  # the cluster gets the core the single server had
                 subprocess.run(["taskset", "-pc", str(SERVER_CORE), str(node.process.pid)], check=True,
                                capture_output=True)
-            await seed_people(cluster.url, catalog.read_text(), args.people, int(time.time() * 1000))
+            await seed_people(cluster.url, catalog.read_text(), args.people, now_ms())
             on_cluster = await p99_with_offers(cluster.url, work, args.offers, args.people, args.duration,
                                                args.warmup, options, " on a 3-primary cluster")
 

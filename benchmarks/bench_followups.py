@@ -21,13 +21,13 @@ import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from benchmarks.harness import LOADGEN_CORE, SERVER_CORE
-from benchmarks.loadgen import pin_current_process, start_pinned
-from benchmarks.processes import RedisServer
 from benchmarks.report import RESULTS_DIR, print_figures
+from engine.clock import now_ms
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import DueQueue
 from engine.followups.message import Message
-from tests.followup_sinks import SmtpSink, WebhookReceiver
+from engine.testing.processes import RedisServer, pin_current_process, start_pinned
+from engine.testing.sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL_SHARE = 10  # one message in ten is an email, the rest push webhooks
@@ -69,7 +69,7 @@ def run_phase(phase: str, redis_url: str, receiver, smtp, count: int, rate: floa
     process = start_pinned([sys.executable, "-m", "engine.cli", "scheduler"], SCHEDULER_CORE, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # Everything is queued before the first message falls due (about 20k schedules/s here).
-    start_ms = int(time.time() * 1000) + 2000 + count // 10
+    start_ms = now_ms() + 2000 + count // 10
     due = asyncio.run(fill(phase, redis_url, count, start_ms, rate))
     lead_left_ms = start_ms - time.time() * 1000
     seen_at: dict[str, float] = {}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 from benchmarks.floor_app import seed_floor
@@ -29,13 +28,12 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-)
-from benchmarks.processes import RedisServer, UvicornServer
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import write_report
+from benchmarks.schedule import LoadOptions
 from benchmarks.workload import FreshBatches, catalog_yaml, month_of_activity, seed_people
+from engine.clock import now_ms
+from engine.testing.processes import RedisServer, UvicornServer
 
 TOKEN = "bench-server-token"
 BATCH = 20
@@ -54,7 +52,7 @@ async def bytes_per_person() -> float:
     """P7: INFO used_memory delta over P7_PEOPLE people after a month at 20 events a day."""
     with RedisServer(SERVER_CORE) as redis:
         before = redis.used_memory()
-        await month_of_activity(redis.url, P7_PEOPLE, int(time.time() * 1000))
+        await month_of_activity(redis.url, P7_PEOPLE, now_ms())
         return (redis.used_memory() - before) / P7_PEOPLE
 
 
@@ -64,7 +62,7 @@ async def measure(args: argparse.Namespace) -> dict:
     catalog = work / "catalog.yaml"
     catalog.write_text(catalog_yaml(200))
     with RedisServer(SERVER_CORE) as redis:
-        await seed_people(redis.url, catalog.read_text(), args.people, int(time.time() * 1000))
+        await seed_people(redis.url, catalog.read_text(), args.people, now_ms())
         await seed_floor(redis.url, args.people)
         api_env = {"ATTIMO_REDIS_URL": redis.url, "ATTIMO_CATALOG": str(catalog), "ATTIMO_SERVER_TOKEN": TOKEN,
                    "ATTIMO_SCHEDULER": "off"}

@@ -16,9 +16,7 @@ import gzip
 import json
 import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -105,46 +103,44 @@ def main() -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from benchmarks.processes import free_port
-    from engine.store.local_server import LocalRedis
+    from engine.testing.processes import RedisServer, ServerProcess
+
+    class SnippetServer(ServerProcess):
+        """This module's --serve child: the API and the pages, on a free port."""
+
+        name = "snippet"
+
+        def __init__(self, redis_url: str):
+            super().__init__(cwd=ROOT)
+            self.env = {k: v for k, v in os.environ.items() if not k.startswith("ATTIMO_")}
+            self.redis_url = redis_url
+
+        def command(self) -> list[str]:
+            return [sys.executable, "-m", "benchmarks.bench_snippet", "--serve", str(self.port), self.redis_url]
+
+        def is_ready(self) -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=0.5).status_code == 200
+            except httpx.TransportError:
+                return False
 
     snippet = (ROOT / "js-snippet" / "attimo.js").read_bytes()
     gzip_bytes = len(gzip.compress(snippet, 9))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    with LocalRedis() as redis:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.bench_snippet", "--serve", str(port), redis.url],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env={k: v for k, v in os.environ.items() if not k.startswith("ATTIMO_")},
-        )
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or child.poll() is not None:
-                    raise SystemExit("the benchmark server did not start")
-                time.sleep(0.1)
-            series: dict[str, list[float]] = {"snippet": [], "floor": [], "load_snippet": [], "load_plain": []}
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-                for name, mark in (("snippet", "attimo:filled:home_hero"), ("floor", "floor:filled"),
-                                   ("plain", None)):
-                    measure(browser, f"{base}/bench/{name}", mark)  # warm-up
-                for _ in range(loads):  # interleaved, so drifts hit all pages alike
-                    filled, load = measure(browser, f"{base}/bench/snippet", "attimo:filled:home_hero")
-                    series["snippet"].append(filled)
-                    series["load_snippet"].append(load)
-                    series["floor"].append(measure(browser, f"{base}/bench/floor", "floor:filled")[0])
-                    series["load_plain"].append(measure(browser, f"{base}/bench/plain", None)[1])
-                browser.close()
-        finally:
-            child.terminate()
-            child.wait(10)
+    with RedisServer() as redis, SnippetServer(redis.url) as child:
+        base = f"http://127.0.0.1:{child.port}"
+        series: dict[str, list[float]] = {"snippet": [], "floor": [], "load_snippet": [], "load_plain": []}
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            for name, mark in (("snippet", "attimo:filled:home_hero"), ("floor", "floor:filled"),
+                               ("plain", None)):
+                measure(browser, f"{base}/bench/{name}", mark)  # warm-up
+            for _ in range(loads):  # interleaved, so drifts hit all pages alike
+                filled, load = measure(browser, f"{base}/bench/snippet", "attimo:filled:home_hero")
+                series["snippet"].append(filled)
+                series["load_snippet"].append(load)
+                series["floor"].append(measure(browser, f"{base}/bench/floor", "floor:filled")[0])
+                series["load_plain"].append(measure(browser, f"{base}/bench/plain", None)[1])
+            browser.close()
 
     figures = {
         "gzip_bytes": gzip_bytes,

@@ -53,21 +53,27 @@ from benchmarks.harness import (
     saturate,
     settle,
 )
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-    pin_current_process,
-    start_pinned,
-    stop_process,
-)
-from benchmarks.processes import REPO_ROOT, RedisServer, UvicornServer, free_port, raise_on_sigterm
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import RESULTS_DIR, print_figures, write_report
+from benchmarks.schedule import LoadOptions
 from benchmarks.workload import FreshBatches
+from engine.clock import now_ms
 from engine.events import Event
 from engine.settings import Settings
 from engine.store.keys import Keys
 from engine.stream.event_log import ensure_topics, records
-from tests.kafka_broker import TansuBroker
+from engine.testing.kafka import TansuBroker
+from engine.testing.processes import (
+    REPO_ROOT,
+    RedisServer,
+    UvicornServer,
+    free_port,
+    pin_current_process,
+    raise_on_sigterm,
+    start_pinned,
+    stop_process,
+    wait_until,
+)
 
 TOKEN = "bench-token"
 PRICING = {"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}
@@ -132,11 +138,7 @@ def apply_times(client: redis_sync.Redis, keys: Keys, people: list[str]) -> np.n
 
 
 def wait_for(check, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.2)
+    wait_until(check, timeout_s, 0.2, what, error=TimeoutError)
 
 
 async def worker_throughput(broker, redis, work: Path, n_people: int, per_person: int,
@@ -147,7 +149,7 @@ async def worker_throughput(broker, redis, work: Path, n_people: int, per_person
         env["ATTIMO_CATALOG"] = str(catalog)
     settings = Settings.from_env(env)
     await ensure_topics(settings)
-    now = time.time_ns() // 1_000_000
+    now = now_ms()
     people = [f"u{p}" for p in range(n_people)]
     events = [Event(f"{name}-{p}-{n}", "page_view", person, now - n, PRICING)
               for p, person in enumerate(people) for n in range(per_person)]
@@ -326,9 +328,7 @@ def plot_freshness(rows: list[dict], path: Path) -> None:
 
 async def measure(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="attimo-bench-stream-"))
-    with TansuBroker() as broker, RedisServer(SERVER_CORE) as redis:
-        subprocess.run(["taskset", "-pc", str(SERVER_CORE), str(broker.process.pid)], check=True,
-                       capture_output=True)
+    with TansuBroker(SERVER_CORE) as broker, RedisServer(SERVER_CORE) as redis:
         n_people, per_person = (1_000, 10) if args.quick else (10_000, 10)
         worker_rate = await worker_throughput(broker, redis, work, n_people, per_person)
         log(f"worker, demo catalog: {worker_rate:.0f} events/s")

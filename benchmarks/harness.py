@@ -12,18 +12,12 @@ from dataclasses import replace
 
 import uvloop
 
-from benchmarks.loadgen import (
-    HttpTarget,
-    LoadOptions,
-    LoadResult,
-    SaturationResult,
-    find_max_rps,
-    pin_current_process,
-    run_open_loop,
-    warm_up,
-)
-from benchmarks.processes import raise_on_sigterm
+from benchmarks.http_client import HttpTarget
 from benchmarks.report import print_figures
+from benchmarks.results import LoadResult
+from benchmarks.saturation import SaturationResult, find_max_rps
+from benchmarks.schedule import LoadOptions, run_open_loop, warm_up
+from engine.testing.processes import pin_current_process, raise_on_sigterm
 
 SERVER_CORE, LOADGEN_CORE = 0, 1
 

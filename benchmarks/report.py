@@ -21,7 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from benchmarks.loadgen import LoadResult, SaturationResult  # noqa: E402
+from benchmarks.results import LoadResult  # noqa: E402
+from benchmarks.saturation import SaturationResult  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

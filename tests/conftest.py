@@ -1,58 +1,95 @@
-"""Real services for the tests: a redis-server on a free port (ours, so we may
-flush it), and `attimo serve` as a subprocess speaking HTTP on another."""
+"""Real services for the tests (started by engine.testing): a redis-server on a
+free port (ours, so we may flush it), a 3-primary Redis Cluster for the suites
+that run on both, and `attimo serve` as a subprocess speaking HTTP on another."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 import redis as redis_sync
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
 from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
 from engine.ingest.identity import sign_user_id
 from engine.ingest.pipeline import Pipeline
+from engine.settings import Settings
+from engine.store.client import connect
 from engine.store.keys import Keys
-from engine.store.local_server import LocalRedis, free_port
 from engine.store.profiles import ProfileStore
-from tests.followup_sinks import SmtpSink, WebhookReceiver
+from engine.testing.processes import (
+    SITE_SECRET,
+    RedisCluster,
+    RedisServer,
+    start_api,
+    stop_api,
+)
+from engine.testing.sinks import SmtpSink, WebhookReceiver
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-server-token"
-SITE_KEY = "test-site-key"
-SITE_SECRET = "test-site-secret"
-ORIGIN = "http://shop.example"
+
+# The suites that run twice, on a single redis-server and on a Redis Cluster
+# (where a CROSSSLOT error anywhere fails them): module -> the tests taking the
+# `redis` fixture that do, None for all of them. tests/test_cluster.py's own
+# tests run on the cluster only.
+ON_BOTH = {
+    "test_due_queue": None,
+    "test_pipeline": None,
+    "test_scheduler": {
+        "test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered",
+        "test_a_message_that_fails_for_good_alerts_the_operator_once",
+        "test_a_redis_that_forgot_its_scripts_still_gets_every_step",
+        "test_consent_withdrawn_while_a_message_waits_sends_nothing",
+        "test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two",
+        "test_unsubscribe_cancels_everything_queued_for_the_channel",
+    },
+}
+ON_THE_CLUSTER_ONLY = {"test_cluster"}
 
 
-def wait_until(check, timeout_s: float = 10.0, interval_s: float = 0.02, what: str = "condition"):
-    """Poll with a deadline instead of sleeping a fixed time."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(interval_s)
+def redis_backends(module: str, test: str) -> list[str]:
+    if module in ON_THE_CLUSTER_ONLY:
+        return ["cluster"]
+    if module in ON_BOTH and (ON_BOTH[module] is None or test in ON_BOTH[module]):
+        return ["single", "cluster"]
+    return ["single"]
+
+
+def pytest_generate_tests(metafunc):
+    if "redis" not in metafunc.fixturenames:
+        return
+    module = metafunc.module.__name__.rpartition(".")[2]
+    backends = redis_backends(module, metafunc.function.__name__)
+    if backends != ["single"]:
+        metafunc.parametrize("redis", backends, indirect=True)
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    with LocalRedis() as server:
+    with RedisServer() as server:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """Started the first time a test runs on the cluster."""
+    with RedisCluster(3) as cluster:
+        yield cluster
+
+
 @pytest.fixture
-async def redis(redis_server):
-    client = Redis.from_url(redis_server.url)
-    await client.flushdb()
+async def redis(request, redis_server):
+    """An empty Redis: the single server, or for the suites of ON_BOTH also the
+    cluster (the test's id then ends in [single] or [cluster])."""
+    if getattr(request, "param", "single") == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        client = connect(Settings(redis_url=cluster.url))
+        assert isinstance(client, AsyncRedisCluster)
+    else:
+        client = Redis.from_url(redis_server.url)
+        await client.flushdb()
     yield client
     await client.aclose()
 
@@ -69,74 +106,6 @@ def make_pipeline(redis, catalog_yaml: str, *, dedupe_ttl_s: int = 86_400) -> Pi
     catalog = compile_catalog(parse_catalog_text(catalog_yaml))
     store = ProfileStore(redis, Keys(), dedupe_ttl_s=dedupe_ttl_s, profile_ttl_s=400 * 86_400)
     return Pipeline(store, CatalogHolder(catalog, catalog_yaml))
-
-
-@dataclass
-class ApiServer:
-    base_url: str
-    redis_url: str
-    process: subprocess.Popen
-    log_path: Path
-
-    def client(self, **headers) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=10)
-
-    def server(self) -> httpx.Client:
-        return self.client(Authorization=f"Bearer {TOKEN}")
-
-    def browser(self, **headers) -> httpx.Client:
-        return self.client(**{"X-Attimo-Key": SITE_KEY, **headers})
-
-    def post_catalog(self, text: str) -> dict:
-        with self.server() as client:
-            answer = client.post("/v1/admin/catalog", content=text)
-        assert answer.status_code == 200, answer.text
-        return answer.json()
-
-
-def start_api(redis_url: str, tmp_dir: Path, **env) -> ApiServer:
-    port = free_port()
-    log_path = tmp_dir / f"api-{port}.log"
-    environment = {
-        **os.environ,
-        "ATTIMO_REDIS_URL": redis_url,
-        "ATTIMO_SERVER_TOKEN": TOKEN,
-        "ATTIMO_SITE_KEY": SITE_KEY,
-        "ATTIMO_SITE_SECRET": SITE_SECRET,
-        "ATTIMO_ALLOWED_ORIGINS": ORIGIN,
-        "ATTIMO_CATALOG": str(ROOT / "examples" / "catalog.yaml"),
-        "ATTIMO_CATALOG_POLL_S": "0.2",
-        "ATTIMO_SCHEDULER": "off",  # tests that send messages turn it on
-        **env,
-    }
-    log = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--port", str(port)],
-        env=environment, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
-    log.close()
-    server = ApiServer(f"http://127.0.0.1:{port}", redis_url, process, log_path)
-
-    def ready():
-        if process.poll() is not None:
-            raise AssertionError(f"attimo serve exited:\n{log_path.read_text()}")
-        try:
-            return httpx.get(f"{server.base_url}/healthz", timeout=0.5).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    wait_until(ready, 20, 0.05, "attimo serve to answer /healthz")
-    return server
-
-
-def stop_api(server: ApiServer) -> None:
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGINT)
-        try:
-            server.process.wait(10)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,8 @@ import pytest
 
 from api.app import create_app
 from engine.settings import Settings
-from tests.conftest import ORIGIN, ROOT, SITE_KEY, TOKEN, signed, start_api, stop_api, wait_until
+from engine.testing.processes import ORIGIN, SITE_KEY, TOKEN, start_api, stop_api, wait_until
+from tests.conftest import ROOT, signed
 
 CATALOG = """
 protected_traits: [vip]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from engine.store.local_server import LocalRedis
-from tests.conftest import SITE_KEY, TOKEN, start_api, stop_api, wait_until
+from engine.testing.processes import SITE_KEY, TOKEN, start_api, stop_api, wait_until
 
 BROWSER = {"X-Attimo-Key": SITE_KEY}
 SERVER = {"Authorization": f"Bearer {TOKEN}"}

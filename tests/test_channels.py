@@ -133,7 +133,7 @@ async def test_webhook_does_not_retry_a_permanent_refusal(receiver):
 
 
 async def test_unreachable_webhook_is_dead_lettered():
-    from engine.store.local_server import free_port
+    from engine.testing.processes import free_port
     channel = WebhookChannel(WebhookConfig({"push": f"http://127.0.0.1:{free_port()}"}, SECRET, attempts=2),
                              sleep=no_sleep)
     try:

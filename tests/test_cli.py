@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 
-from engine.store.local_server import free_port
-from tests.conftest import ROOT, wait_until
+from engine.testing.processes import free_port, wait_until
+from tests.conftest import ROOT
 
 
 def attimo(*args, **kwargs):

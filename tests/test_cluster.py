@@ -1,45 +1,21 @@
-"""The profile, pipeline, due-queue and scheduler suites again, on a real
-3-primary Redis Cluster started here, plus the API end to end on it. The tests
-are the same functions as in their own modules (imported below); only the
-`redis` fixture they receive is a cluster client. A CROSSSLOT error anywhere
-fails them."""
+"""On a real 3-primary Redis Cluster: people spread over every primary, and
+the API end to end. The profile, pipeline, due-queue and scheduler suites run
+on the cluster too, from their own modules: conftest's `redis` fixture is
+parametrised over the single server and the cluster for them (ON_BOTH), and
+every test here gets the cluster only. A CROSSSLOT error anywhere fails them."""
 
 from __future__ import annotations
 
 import pytest
 import redis as redis_sync
-from redis.asyncio.cluster import RedisCluster
 
-from engine.settings import Settings
-from engine.store.client import connect
-from engine.store.local_server import LocalRedisCluster
-from tests.conftest import ROOT, signed, start_api, stop_api
-from tests.test_due_queue import *  # noqa: F403 - the same tests, on the cluster
-from tests.test_pipeline import *  # noqa: F403
-from tests.test_scheduler import (  # noqa: F401 - the ones that take the `redis` fixture
-    test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered,
-    test_a_message_that_fails_for_good_alerts_the_operator_once,
-    test_a_redis_that_forgot_its_scripts_still_gets_every_step,
-    test_consent_withdrawn_while_a_message_waits_sends_nothing,
-    test_ten_concurrent_sends_against_a_cap_of_two_send_exactly_two,
-    test_unsubscribe_cancels_everything_queued_for_the_channel,
-)
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with LocalRedisCluster(3) as started:
-        yield started
+from engine.testing.processes import start_api, stop_api
+from tests.conftest import ROOT, signed
 
 
 @pytest.fixture
-async def redis(cluster):
-    """Overrides conftest's single-server client for every test in this module."""
-    cluster.flush()
-    client = connect(Settings(redis_url=cluster.url))
-    assert isinstance(client, RedisCluster)
-    yield client
-    await client.aclose()
+def cluster(redis_cluster):
+    return redis_cluster
 
 
 async def test_the_cluster_spreads_people_over_every_primary(redis, cluster):

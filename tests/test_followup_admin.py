@@ -21,7 +21,7 @@ from engine.followups.message import Message
 from engine.followups.scheduler import Scheduler, policy_from_settings
 from engine.settings import Settings
 from engine.store.keys import Keys
-from tests.conftest import SITE_SECRET, start_api, stop_api, wait_until
+from engine.testing.processes import SITE_SECRET, start_api, stop_api, wait_until
 
 PREFIX = "adm"
 KEYS = Keys(PREFIX)
@@ -32,7 +32,7 @@ CHANNELS = ["email", "inbox", "journey", "operator", "push", "sales", "sms", "we
 
 @pytest.fixture(scope="module")
 def sinks():
-    from tests.followup_sinks import SmtpSink, WebhookReceiver
+    from engine.testing.sinks import SmtpSink, WebhookReceiver
 
     smtp, push, failing = SmtpSink().start(), WebhookReceiver().start(), WebhookReceiver().start()
     failing.statuses = [500] * 1000  # an SMS gateway that is down for the whole module

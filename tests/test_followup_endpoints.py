@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from engine.followups.channels.webhook import verify_signature
-from tests.conftest import ROOT, SITE_KEY, signed, start_api, stop_api, wait_until
+from engine.testing.processes import SITE_KEY, start_api, stop_api, wait_until
+from tests.conftest import ROOT, signed
 
 PREFIX = "fu"
 WEBHOOK_SECRET = "endpoint-test-secret"
@@ -25,7 +26,7 @@ PUSH_JOURNEY = """
 
 @pytest.fixture(scope="module")
 def sinks():
-    from tests.followup_sinks import SmtpSink, WebhookReceiver
+    from engine.testing.sinks import SmtpSink, WebhookReceiver
 
     smtp, receiver = SmtpSink().start(), WebhookReceiver().start()
     yield smtp, receiver

@@ -17,7 +17,7 @@ from engine.followups.due_queue import DueQueue
 from engine.followups.message import Message
 from engine.policy import consent_given
 from engine.store.keys import Keys
-from tests.conftest import SITE_SECRET, start_api, stop_api
+from engine.testing.processes import SITE_SECRET, start_api, stop_api
 
 PREFIX = "links"
 
@@ -193,8 +193,8 @@ def test_a_persons_pending_and_recent_messages_with_their_reasons(links_api, red
 def test_attimo_serve_runs_the_scheduler_and_sends_what_is_due(redis_server, redis_sync_client, tmp_path):
     import time
 
-    from tests.conftest import wait_until
-    from tests.followup_sinks import WebhookReceiver
+    from engine.testing.processes import wait_until
+    from engine.testing.sinks import WebhookReceiver
 
     receiver = WebhookReceiver().start()
     server = start_api(redis_server.url, tmp_path, ATTIMO_SCHEDULER="embedded", ATTIMO_KEY_PREFIX="embedded",

@@ -19,7 +19,8 @@ from engine.followups.channels.webhook import verify_signature
 from engine.followups.inbox import InboxStore
 from engine.settings import Settings
 from engine.store.keys import DEVICES_MAX, INBOX_MAX, Keys
-from tests.conftest import signed, wait_until
+from engine.testing.processes import wait_until
+from tests.conftest import signed
 from tests.test_journeys import (
     DAY,
     MINUTE,

@@ -16,7 +16,7 @@ import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.followups.transitions import held_out
-from tests.conftest import start_api, stop_api, wait_until
+from engine.testing.processes import start_api, stop_api, wait_until
 
 CATALOG = """
 placements: [hero]
@@ -47,7 +47,7 @@ PEOPLE = [f"u-k{n}" for n in range(24)]
 
 @pytest.fixture(scope="module")
 def kpi_api(redis_server, tmp_path_factory):
-    from tests.followup_sinks import SmtpSink
+    from engine.testing.sinks import SmtpSink
 
     smtp = SmtpSink().start()
     server = start_api(redis_server.url, tmp_path_factory.mktemp("kpis"), ATTIMO_KEY_PREFIX="kpi",

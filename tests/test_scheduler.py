@@ -31,7 +31,8 @@ from engine.followups.scheduler import MAX_SEND_ATTEMPTS, PermanentSendError, Sc
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
 from engine.store.keys import DUE_SHARDS, Keys
-from tests.conftest import ROOT, wait_until
+from engine.testing.processes import wait_until
+from tests.conftest import ROOT
 
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
 MINUTE = 60_000

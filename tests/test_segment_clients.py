@@ -18,8 +18,7 @@ from rudderstack.analytics.request import APIError as RudderAPIError
 from segment.analytics.client import Client as SegmentClient
 from segment.analytics.request import APIError as SegmentAPIError
 
-from engine.store.local_server import free_port
-from tests.conftest import TOKEN, start_api, stop_api, wait_until
+from engine.testing.processes import TOKEN, free_port, start_api, stop_api, wait_until
 
 PRICING = {"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}
 PRICING_VIEWS = 'page_view where {"category":"crm","page_type":"pricing"} count within 7d'

@@ -24,7 +24,8 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from api.routes.web import LOADER_CSP_HASH, LOADER_STUB
-from tests.conftest import ROOT, SITE_KEY, signed, start_api, stop_api, wait_until
+from engine.testing.processes import SITE_KEY, start_api, stop_api, wait_until
+from tests.conftest import ROOT, signed
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
@@ -275,7 +276,7 @@ def test_storefront_fills_its_slots_and_screenshot(shop, page):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     """`attimo demo` itself (private Redis, demo people, storefront, demo-only endpoints)."""
-    from benchmarks.processes import free_port
+    from engine.testing.processes import free_port
 
     port = free_port()
     log = open(tmp_path_factory.mktemp("demo") / "demo.log", "wb")  # noqa: SIM115

@@ -27,8 +27,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from engine.settings import Settings
 from engine.stream.event_log import ensure_topics
-from tests.conftest import ROOT, start_api, stop_api, wait_until
-from tests.kafka_broker import TansuBroker
+from engine.testing.kafka import TansuBroker
+from engine.testing.processes import start_api, stop_api, wait_until
+from tests.conftest import ROOT
 
 NOW = time.time_ns() // 1_000_000
 PRICING = {"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}
@@ -118,7 +119,7 @@ def pricing_count(profile: dict) -> float:
 
 
 def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
-    from engine.store.local_server import free_port
+    from engine.testing.processes import free_port
 
     metrics_port = free_port()
     stream.env["ATTIMO_WORKER_METRICS_PORT"] = str(metrics_port)
@@ -265,7 +266,7 @@ def test_redis_down_is_retried_and_a_worker_stopped_meanwhile_commits_nothing(st
 
 
 def test_a_broker_that_is_down_is_a_503(redis_server, tmp_path):
-    from engine.store.local_server import free_port
+    from engine.testing.processes import free_port
 
     server = start_api(redis_server.url, tmp_path, ATTIMO_KAFKA_BROKERS=f"127.0.0.1:{free_port()}",
                        ATTIMO_APPLY_BUDGET_MS="1000")

@@ -1,5 +1,6 @@
-"""Real receivers for follow-up tests: an HTTP webhook receiver (plain asyncio,
-HTTP/1.1) and an SMTP server (aiosmtpd), each on a free port in a thread."""
+"""Real receivers for the follow-up tests and benchmarks: an HTTP webhook
+receiver (plain asyncio, HTTP/1.1) and an SMTP server (aiosmtpd), each on a
+free port in a thread of this process, keeping what they received."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from email import message_from_bytes, policy
 
 from aiosmtpd.controller import Controller
 
-from engine.store.local_server import free_port
+from engine.testing.processes import free_port
 
 
 @dataclass
