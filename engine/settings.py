@@ -286,39 +286,36 @@ def _quiet_hours(var: str, raw: str) -> tuple[int, int] | None:
     raise SettingsError(f"{var}={raw!r}: write START-END in whole hours 0-23 with START != END, e.g. 21-8")
 
 
-def _caps(var: str, raw: str | tuple) -> tuple[tuple[str, int | None, int | None], ...]:
+def _pairs(var: str, raw: str | tuple, parse_one) -> tuple:
+    """A comma-separated list (or a tuple of items, some already parsed): each
+    text item parsed by `parse_one(var, item)`."""
     items = _split_csv(raw) if isinstance(raw, str) else raw
-    caps = []
-    for item in items:
-        if not isinstance(item, str):
-            caps.append(item)
-            continue
-        channel, colon, limits = item.partition(":")
-        day, slash, week = limits.partition("/")
-        numbers = [n.strip() for n in (day, week)]
-        if not (colon and slash and channel.strip() and all(n == "" or n.isdigit() for n in numbers)):
-            raise SettingsError(f"{var}: {item!r} is not channel:DAY/WEEK (either number may be empty), "
-                                "e.g. email:1/3,total:4/10")
-        caps.append((channel.strip(), *(int(n) if n else None for n in numbers)))
-    return tuple(caps)
+    return tuple(parse_one(var, item) if isinstance(item, str) else item for item in items)
 
 
-def _webhooks(var: str, raw: str | tuple) -> tuple[tuple[str, str], ...]:
-    items = _split_csv(raw) if isinstance(raw, str) else raw
-    urls = []
-    for item in items:
-        if not isinstance(item, str):
-            urls.append(item)
-            continue
-        channel, eq, url = item.partition("=")
-        if not (eq and channel.strip() and _is_http_url(url.strip())):
-            raise SettingsError(f"{var}: {item!r} is not channel=URL with an absolute http(s) URL, "
-                                "e.g. push=https://push.example/send")
-        urls.append((channel.strip(), url.strip()))
-    return tuple(urls)
+def _cap(var: str, item: str) -> tuple[str, int | None, int | None]:
+    channel, colon, limits = item.partition(":")
+    day, slash, week = limits.partition("/")
+    numbers = [n.strip() for n in (day, week)]
+    if not (colon and slash and channel.strip() and all(n == "" or n.isdigit() for n in numbers)):
+        raise SettingsError(f"{var}: {item!r} is not channel:DAY/WEEK (either number may be empty), "
+                            "e.g. email:1/3,total:4/10")
+    return (channel.strip(), *(int(n) if n else None for n in numbers))
 
 
-_COMPOUND = {"quiet_hours": _quiet_hours, "contact_caps": _caps, "webhook_urls": _webhooks}
+def _webhook(var: str, item: str) -> tuple[str, str]:
+    channel, eq, url = item.partition("=")
+    if not (eq and channel.strip() and _is_http_url(url.strip())):
+        raise SettingsError(f"{var}: {item!r} is not channel=URL with an absolute http(s) URL, "
+                            "e.g. push=https://push.example/send")
+    return channel.strip(), url.strip()
+
+
+_COMPOUND = {
+    "quiet_hours": _quiet_hours,
+    "contact_caps": lambda var, raw: _pairs(var, raw, _cap),
+    "webhook_urls": lambda var, raw: _pairs(var, raw, _webhook),
+}
 _FORMAT = {
     "quiet_hours": lambda hours: f"{hours[0]}-{hours[1]}",
     "contact_caps": lambda caps: ",".join(f"{c}:{'' if d is None else d}/{'' if w is None else w}"

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The suites that run twice, on a single redis-server and on a Redis Cluster
 # (where a CROSSSLOT error anywhere fails them): module -> the tests taking the
-# `redis` fixture that do, None for all of them. tests/test_cluster.py's own
+# `redis` fixture that do, None for all of them. tests/store/test_cluster.py's own
 # tests run on the cluster only.
 ON_BOTH = {
     "test_due_queue": None,

@@ -125,11 +125,26 @@ def stop_process(process: subprocess.Popen, timeout: float = 5.0,
         process.wait()
 
 
+class Started:
+    """`with X() as x:` starts x and stops it on the way out, also when the
+    start itself fails half way."""
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
 class ServerFailed(RuntimeError):
     """A server did not come up; the message carries the end of its log."""
 
 
-class ServerProcess:
+class ServerProcess(Started):
     """A server in a subprocess on a free port (or `port`), optionally pinned to
     `core`, logging to a file; `start` returns once `is_ready`, `stop` ends it.
     Subclasses say what to run (`command`) and how to tell it answers."""
@@ -193,16 +208,6 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------
@@ -281,7 +286,7 @@ def _cluster_ok(info: object) -> bool:
     return "cluster_state:ok" in text
 
 
-class RedisCluster:
+class RedisCluster(Started):
     """A private Redis Cluster of `size` primaries (no replicas): redis-servers
     with `--cluster-enabled yes` on free ports, joined with `redis-cli --cluster
     create`. Its `url` is the redis+cluster:// form engine.store.client reads."""
@@ -324,16 +329,6 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 # --------------------------------------------------------------------------

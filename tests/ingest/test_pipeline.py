@@ -327,7 +327,7 @@ async def test_kpis_follow_entries_and_purchases_once(redis):
     """In the pipeline (inline or in the Kafka worker): entries and hold-outs,
     converters and revenue per group; a redelivered batch changes none of them.
     An email_open a client sends as an event counts no open: only the signed
-    pixel does (tests/test_kpis.py)."""
+    pixel does (tests/followups/test_kpis.py)."""
     pipeline = make_pipeline(redis, KPI_CATALOG)
     people = [f"k{n}" for n in range(12)]
     journey = pipeline.catalogs.current.journeys.by_id["promo"]

@@ -2,7 +2,7 @@
 real pipeline, the real scheduler with an injected clock, and what the SMTP
 sink and the webhook receiver got (webhooks checked against their HMAC
 signature), plus the journey state in Redis. The inbox and device caps go
-through the API. The demo catalog's scenarios: tests/test_demo_journeys.py."""
+through the API. The demo catalog's scenarios: tests/followups/test_demo_journeys.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from engine.settings import Settings
 from engine.store.keys import DEVICES_MAX, INBOX_MAX, Keys
 from engine.testing.processes import wait_until
 from tests.conftest import signed
-from tests.test_journeys import (
+from tests.followups.test_journeys import (
     DAY,
     MINUTE,
     T0,
@@ -155,7 +155,7 @@ journeys:
 
 @contextlib.asynccontextmanager
 async def _running(request, redis, receiver, catalog):
-    """The `world` of tests/test_journeys.py with `catalog` in force and a
+    """The `world` of tests/followups/test_journeys.py with `catalog` in force and a
     scheduler whose senders are built from settings as in production: email to
     the SMTP sink, push, sales and operator webhooks to the receiver. Yields
     (pipeline, clock, scheduler)."""

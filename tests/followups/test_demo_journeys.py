@@ -16,7 +16,7 @@ from engine.followups.contacts import ContactStore
 from engine.followups.inbox import DeviceStore, InboxStore
 from engine.policy import suppression_address
 from tests.conftest import ROOT
-from tests.test_journey_grammar import (
+from tests.followups.test_journey_grammar import (
     GRAMMAR,
     _running,
     active,
@@ -25,7 +25,7 @@ from tests.test_journey_grammar import (
     text_of,
     webhooks,
 )
-from tests.test_journeys import (
+from tests.followups.test_journeys import (
     DAY,
     MINUTE,
     apply,

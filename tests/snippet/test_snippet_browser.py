@@ -33,7 +33,7 @@ ARTIFACTS = Path(os.environ.get("ATTIMO_TEST_ARTIFACTS", ROOT / "tests" / "artif
 # Chromium, the test and the server share two cores: a decide's Redis read can
 # pass the production budget (50 ms) and fall back, or the snippet's (300 ms),
 # leaving a slot at its default. Budgets are tested on their own (slow_shop,
-# tests/test_api_faults.py); everywhere else they are generous.
+# tests/api/test_api_faults.py); everywhere else they are generous.
 UNHURRIED = {"ATTIMO_REDIS_BUDGET_MS": "2000", "ATTIMO_SNIPPET_BUDGET_MS": "5000"}
 STRICT_CSP = f"default-src 'self'; script-src 'self' {LOADER_CSP_HASH}; object-src 'none'; base-uri 'none'"
 

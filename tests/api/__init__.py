@@ -1,0 +1,1 @@
+"""The HTTP API end to end against a real attimo serve."""

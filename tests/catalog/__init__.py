@@ -1,0 +1,1 @@
+"""The catalog language: conditions and windows."""

@@ -1,0 +1,1 @@
+"""Deciding: eligibility, arbitration, explain."""

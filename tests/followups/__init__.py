@@ -1,0 +1,1 @@
+"""Follow-ups: journeys, due queue, contact policy, channels, scheduler, KPIs."""

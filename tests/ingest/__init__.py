@@ -1,0 +1,1 @@
+"""The write path: event validation, the pipeline, Segment ingest."""

@@ -1,0 +1,1 @@
+"""The website snippet in a real Chromium."""

@@ -1,0 +1,1 @@
+"""Redis Cluster: the same scripts and keys on a real 3-primary cluster."""

@@ -1,0 +1,1 @@
+"""Kafka mode: the event log and the worker, against a real Tansu broker."""
