@@ -16,6 +16,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import ERROR_HANDLERS
+from api.protocol import HeaderDeadlineProtocol
 from api.routes import catalog, decide, events, inbox, links, operators, ops, people, segment, web
 from api.services import Services
 from engine.runtime import Runtime, run_embedded
@@ -30,6 +31,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
     start-up here, before any request is served."""
     runtime, file_text = Runtime.from_catalog_file(settings)
     services = Services(runtime)
+    HeaderDeadlineProtocol.header_timeout_s = settings.read_timeout_ms / 1000
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

@@ -8,7 +8,7 @@ import logging
 
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from api import metrics
@@ -53,7 +53,15 @@ async def store_failed(request: Request, exc: Exception) -> Response:
     return json_response({"error": "store unavailable"}, 503, {"Retry-After": "1"})
 
 
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    """The client left while its body was being read: one quiet line, no
+    traceback (a storm of them must not fill the disk); nobody reads the answer."""
+    log.info("%s %s: the client disconnected before its body arrived", request.method, request.url.path)
+    return Response(status_code=400)
+
+
 ERROR_HANDLERS = {
+    ClientDisconnect: client_gone,
     EventRejected: rejected,
     NotAuthenticated: unauthenticated,
     NotAuthorized: forbidden,

@@ -3,6 +3,7 @@ behind the request's credentials, bounded body reading, JSON answers."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -10,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.services import Services
-from engine.errors import BodyTooLarge, EventRejected, MalformedBody
+from engine.errors import BodyTimeout, BodyTooLarge, EventRejected, MalformedBody
 from engine.ingest.identity import Caller, authenticate
 from engine.settings import MAX_BODY_BYTES
 
@@ -31,7 +32,16 @@ def json_response(body: Any, status: int = 200, headers: dict | None = None) -> 
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with 413 as soon as it passes the limit (never read whole)."""
+    """The body, refused with 413 as soon as it passes the limit (never read
+    whole) and with 408 when it has not all arrived within the read deadline."""
+    try:
+        async with asyncio.timeout(services_of(request).settings.read_timeout_ms / 1000):
+            return await _read_bounded(request, limit)
+    except TimeoutError as exc:
+        raise BodyTimeout("the request body did not arrive in time", "body") from exc
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -43,6 +43,7 @@ def render() -> tuple[bytes, str]:
     return generate_latest(), CONTENT_TYPE_LATEST
 
 
+UNKNOWN_PLACEMENT = "(unknown)"  # every placement the catalog does not name, under one label
 _decision_counters: dict[tuple[str, str], Counter] = {}
 
 

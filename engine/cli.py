@@ -121,10 +121,12 @@ def serve(settings: Settings, extra_routes: list | None = None) -> None:
     import uvicorn
 
     from api.app import create_app
+    from api.protocol import HeaderDeadlineProtocol
 
     common = dict(
-        host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        host=settings.host, port=settings.port, loop="uvloop", http=HeaderDeadlineProtocol,
         access_log=settings.access_log, log_level="info", timeout_graceful_shutdown=5,
+        limit_concurrency=settings.limit_concurrency,
     )
     if settings.workers == 1:
         app = create_app(settings, extra_routes)  # a bad catalog stops here, with its problems

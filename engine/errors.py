@@ -5,7 +5,8 @@ AttimoError
 ├── SettingsError, CatalogError          fix the configuration or the catalog
 ├── EventRejected (422)                  input breaks the schema or a limit
 │   ├── BodyTooLarge (413)
-│   └── MalformedBody (400)
+│   ├── MalformedBody (400)
+│   └── BodyTimeout (408)
 ├── NotAuthenticated (401), NotAuthorized (403)
 ├── StoreUnavailable (503)               Redis or Kafka not there, or too slow
 │   └── StoreContention                  a key kept changing under a transaction
@@ -61,6 +62,12 @@ class BodyTooLarge(EventRejected):
 
 class MalformedBody(EventRejected):
     status = 400
+
+
+class BodyTimeout(EventRejected):
+    """The body did not arrive within ATTIMO_READ_TIMEOUT_MS."""
+
+    status = 408
 
 
 class NotAuthenticated(AttimoError):

@@ -3,6 +3,7 @@ pipeline can apply, or raises an error that names the field and the limit."""
 
 from __future__ import annotations
 
+import math
 import re
 import zoneinfo
 from datetime import UTC, datetime
@@ -22,6 +23,8 @@ from engine.settings import (
 # Person ids end up inside a Redis hash tag: braces and whitespace would break it.
 PERSON_ID = re.compile(r"[^\s{}]{1,128}")
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+PLACEMENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 EVENT_ID_MAX = 128
 
 
@@ -68,6 +71,8 @@ def decode_batch(body: bytes) -> list[WireEvent]:
         raise EventRejected(*_split_msgspec_error(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("malformed JSON: nested too deep") from None
     events = batch.events
     if not events:
         raise EventRejected("a batch needs at least one event", "events")
@@ -139,8 +144,21 @@ def known_time_zone(name: Any) -> bool:
     return isinstance(name, str) and 0 < len(name) <= 64 and ".." not in name and _zone(name)
 
 
+def check_number(value: Any, path: str) -> None:
+    """Numbers a store and a comparison can hold: 64-bit integers, finite floats."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+        raise EventRejected("integer out of range (64-bit signed)", path)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EventRejected("number out of range (finite values only)", path)
+
+
 def check_value(value: Any, path: str, depth: int) -> None:
-    """Enforce depth, string length and size limits on free-form JSON."""
+    """Enforce depth, string length, size and number limits on free-form JSON."""
+    if isinstance(value, int | float):
+        check_number(value, path)
+        return
     if isinstance(value, str):
         if len(value) > MAX_STRING_LENGTH:
             raise EventRejected("string too long", path, MAX_STRING_LENGTH)

@@ -48,6 +48,12 @@ class Settings:
     profile_ttl_s: int = 400 * 86_400
     catalog_poll_s: float = 2.0
     access_log: bool = False
+    # A request's headers and its body must each arrive within this deadline;
+    # past it the connection is closed (headers) or the answer is 408 (body).
+    read_timeout_ms: float = 10_000.0
+    # Connections and requests one process takes at once; past it uvicorn
+    # answers 503 at once instead of running out of file descriptors.
+    limit_concurrency: int = 1000
     # Test-only: sleep this long in /v1/decide before answering (0 = off); the
     # browser tests use it to pass the snippet's time budget.
     decide_delay_ms: float = 0.0
@@ -132,6 +138,8 @@ class Settings:
         "profile_ttl_s": "ATTIMO_PROFILE_TTL_S",
         "catalog_poll_s": "ATTIMO_CATALOG_POLL_S",
         "access_log": "ATTIMO_ACCESS_LOG",
+        "read_timeout_ms": "ATTIMO_READ_TIMEOUT_MS",
+        "limit_concurrency": "ATTIMO_LIMIT_CONCURRENCY",
         "decide_delay_ms": "ATTIMO_DECIDE_DELAY_MS",
         "storefront": "ATTIMO_STOREFRONT",
         "snippet_budget_ms": "ATTIMO_SNIPPET_BUDGET_MS",
@@ -206,12 +214,12 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{self.ENV[name]} must be one of {', '.join(allowed)}, "
                                     f"not {getattr(self, name)!r}")
-        at_least_one = ("redis_pool_size", "kafka_partitions", "worker_batch", "webhook_attempts",
+        at_least_one = ("redis_pool_size", "limit_concurrency", "kafka_partitions", "worker_batch", "webhook_attempts",
                         "scheduler_batch", "scheduler_lease_ms", "scheduler_concurrency")
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.ENV[name]} must be at least 1, not {getattr(self, name)}")
-        positive = ("redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
+        positive = ("read_timeout_ms", "redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
                     "profile_ttl_s", "catalog_poll_s", "scheduler_poll_ms", "worker_session_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:

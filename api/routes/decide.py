@@ -17,7 +17,7 @@ from api.http import caller_of, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.decisions.decide import decide
 from engine.errors import EventRejected, MalformedBody
-from engine.events import PERSON_ID
+from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
 from engine.profile import decode_profile
 from engine.settings import MAX_PLACEMENTS_PER_DECIDE
 
@@ -76,7 +76,10 @@ async def post_decide(request: Request) -> Response:
         if decision.explain is not None:
             answer["explain"] = decision.explain
         for name, chosen in decision.placements.items():
-            metrics.count_decision(name, chosen["offer"] if chosen else "none")
+            # Labels only for the catalog's placements: a client naming others
+            # must not grow the metrics without bound.
+            label = name if name in catalog.placements else metrics.UNKNOWN_PLACEMENT
+            metrics.count_decision(label, chosen["offer"] if chosen else "none")
     DECIDE_SECONDS.observe(time.perf_counter() - started)
     return json_response(answer)
 
@@ -89,15 +92,23 @@ def decode_decide(body: bytes) -> DecideRequest:
         raise EventRejected(reason or str(exc), where.rstrip("`").removeprefix("$").lstrip(".")) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("malformed JSON: nested too deep") from None
     if not request.placements:
         raise EventRejected("ask for at least one placement", "placements")
     if len(request.placements) > MAX_PLACEMENTS_PER_DECIDE:
         raise EventRejected("too many placements", "placements", MAX_PLACEMENTS_PER_DECIDE)
+    for i, name in enumerate(request.placements):
+        if not PLACEMENT_NAME.fullmatch(name):
+            raise EventRejected("placement names are 1 to 64 letters, digits or _ . -", f"placements[{i}]", 64)
     if len(request.context) > 50:
         raise EventRejected("too many context fields", "context", 50)
     for name, value in request.context.items():
+        if len(name) > 64:
+            raise EventRejected("context field name too long", f"context.{name[:32]}…", 64)
         if isinstance(value, str) and len(value) > 1024:
             raise EventRejected("string too long", f"context.{name}", 1024)
+        check_number(value, f"context.{name}")
     for name in ("anonymous_id", "user_id"):
         value = getattr(request, name)
         if value is not None and not PERSON_ID.fullmatch(value):

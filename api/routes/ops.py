@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 import orjson
@@ -16,6 +17,8 @@ from api import metrics
 from api.http import json_response, services_of
 from api.routes.decide import DecideRequest
 from engine.events import WireBatch
+
+log = logging.getLogger("attimo.api")
 
 
 async def healthz(request: Request) -> Response:
@@ -36,7 +39,8 @@ async def readyz(request: Request) -> Response:
         async with asyncio.timeout(max(services.decide_budget_s, 0.5)):
             await services.redis.ping()
     except (TimeoutError, RedisError) as exc:
-        return json_response({"ready": False, "reason": f"redis: {exc or 'timeout'}"}, 503)
+        log.warning("readyz: Redis did not answer a PING: %s: %s", type(exc).__name__, exc)
+        return json_response({"ready": False, "reason": "store unavailable"}, 503)
     return json_response({"ready": True, "catalog": services.catalogs.digest})
 
 

@@ -42,7 +42,7 @@ class Caller:
         if not user_sig:
             raise NotAuthorized(f"{field}.user_sig: a user_id from a site key must be signed")
         expected = sign_user_id(self.site_secret or "", user_id)
-        if not hmac.compare_digest(expected, user_sig.lower()):
+        if not hmac.compare_digest(expected.encode(), user_sig.lower().encode()):
             raise NotAuthorized(f"{field}.user_sig: signature does not match user_id")
 
 

@@ -222,3 +222,5 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
         raise EventRejected(*_split_msgspec_error(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedBody("malformed JSON: nested too deep") from None

@@ -81,7 +81,7 @@ class Tracker:
         if kind != "unsubscribe" and "j" in query:
             fields = (*fields, "j")
         expected = self._sig(kind, *(query[f] for f in fields))
-        if not hmac.compare_digest(expected, query["s"]):
+        if not hmac.compare_digest(expected.encode(), query["s"].encode()):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
         return {"kind": kind, **{f: query[f] for f in fields}}
 

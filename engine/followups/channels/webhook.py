@@ -47,7 +47,7 @@ def verify_signature(secret: bytes, timestamp: str, body: bytes, signature: str)
         expected = sign_body(secret, int(timestamp), body)
     except ValueError:
         return False
-    return hmac.compare_digest(expected, signature)
+    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 @dataclass(frozen=True, slots=True)
