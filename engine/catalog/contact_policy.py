@@ -38,7 +38,7 @@ def contact_policy_fields(spec: Any, compiler: Compiler) -> dict[str, Any]:
 
 def _quiet_hours(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
     """{start: 21, end: 8, action: delay}: hours in the person's time zone."""
-    if spec is None or spec is False:  # `off`
+    if spec is None or spec is False or spec == "off":
         return {"quiet_start_hour": None, "quiet_end_hour": None}
     if not isinstance(spec, dict):
         compiler.problem(path, "{start: 21, end: 8, action: delay}, or off")
@@ -64,7 +64,7 @@ def _quiet_hours(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
 def _contact_caps(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
     """{email: {day: 1, week: 3}, total: {day: 3}}: messages per person per
     channel, and on every channel together (total)."""
-    if spec is None or spec is False:  # `off`
+    if spec is None or spec is False or spec == "off":
         return {"channel_caps": {}, "total_caps": Caps()}
     if not isinstance(spec, dict):
         compiler.problem(path, "a mapping channel → {day: n, week: n}, with total for every channel together")
@@ -97,7 +97,7 @@ def _contact_caps(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
 
 def _no_repeat(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
     """7d: the same template to the same person at most once in that window."""
-    if spec is None or spec is False or spec == 0:  # `off`
+    if spec is None or spec is False or spec == "off" or spec == 0:
         return {"repeat_window_ms": 0}
     try:
         window_ms = windows.parse_duration(spec)

@@ -282,9 +282,12 @@ class _JourneyCompiler:
         if kind == "event":
             journey.matcher = self._matcher(spec, path)
         elif kind == "segment":
-            if spec["segment"] not in c.segment_ids:
+            if not isinstance(spec["segment"], str):
+                c.problem(f"{path}.segment", "the id of a segment (text)")
+            elif spec["segment"] not in c.segment_ids:
                 c.problem(f"{path}.segment", f"no segment named {spec['segment']!r}")
-            journey.segment = spec["segment"]
+            else:
+                journey.segment = spec["segment"]
         elif kind == "score":
             if not isinstance(spec["score"], dict):
                 c.problem(f"{path}.score", "score takes a comparison, e.g. {at_least: 50}")
