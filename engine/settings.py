@@ -96,6 +96,7 @@ class Settings:
     smtp_from: str = "Attimo <noreply@localhost>"
     public_url: str = "http://127.0.0.1:8000"  # base of tracking and unsubscribe links
     tracking_secret: str | None = None
+    link_ttl_days: int = 90  # open and click links in emails stop working after this
     # channel=URL pairs, e.g. push=https://...,sms=https://... (absolute http(s) URLs)
     webhook_urls: tuple[tuple[str, str], ...] = ()
     webhook_secret: str | None = None
@@ -163,6 +164,7 @@ class Settings:
         "smtp_from": "ATTIMO_SMTP_FROM",
         "public_url": "ATTIMO_PUBLIC_URL",
         "tracking_secret": "ATTIMO_TRACKING_SECRET",
+        "link_ttl_days": "ATTIMO_LINK_TTL_DAYS",
         "webhook_urls": "ATTIMO_WEBHOOK_URLS",
         "webhook_secret": "ATTIMO_WEBHOOK_SECRET",
         "webhook_attempts": "ATTIMO_WEBHOOK_ATTEMPTS",
@@ -214,7 +216,7 @@ class Settings:
             if getattr(self, name) not in allowed:
                 raise SettingsError(f"{self.ENV[name]} must be one of {', '.join(allowed)}, "
                                     f"not {getattr(self, name)!r}")
-        at_least_one = ("redis_pool_size", "limit_concurrency", "kafka_partitions", "worker_batch", "webhook_attempts",
+        at_least_one = ("redis_pool_size", "limit_concurrency", "link_ttl_days", "kafka_partitions", "worker_batch", "webhook_attempts",
                         "scheduler_batch", "scheduler_lease_ms", "scheduler_concurrency")
         for name in at_least_one:
             if getattr(self, name) < 1:

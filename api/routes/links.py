@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -18,7 +19,7 @@ from api.http import NO_STORE, json_response, services_of
 from engine.clock import now_ms
 from engine.errors import StoreUnavailable
 from engine.events import EMAIL_CLICK, EMAIL_OPEN, Event
-from engine.followups.channels.email import TrackingLinkInvalid
+from engine.followups.channels.email import TrackingLinkExpired, TrackingLinkInvalid
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -30,6 +31,8 @@ def _verified(request: Request) -> dict[str, str] | Response:
         return json_response({"error": "tracking links are off: set ATTIMO_TRACKING_SECRET"}, 404)
     try:
         return tracker.verify(str(request.url))
+    except TrackingLinkExpired as exc:
+        return json_response({"error": str(exc)}, 410)
     except TrackingLinkInvalid as exc:
         return json_response({"error": str(exc)}, 400)
 
@@ -85,15 +88,20 @@ async def track_click(request: Request) -> Response:
 
 async def unsubscribe(request: Request) -> Response:
     """
-    summary: 'Unsubscribe link (GET, or POST for List-Unsubscribe-Post one-click).'
-    description: Withdraws consent for the channel, every purpose, and cancels what is queued on it.
-    responses: {200: {description: done}, 400: {description: the link was changed}}
+    summary: 'Unsubscribe link: GET shows a confirmation page, POST unsubscribes (its button, and RFC 8058 one-click).'
+    description: 'A GET changes nothing (mail scanners follow links). The POST withdraws consent for the
+      channel, every purpose, and cancels what is queued on it; it answers a page to a browser, JSON otherwise.'
+    responses: {200: {description: the page, or done}, 400: {description: the link was changed}}
     """
     link = _verified(request)
     if isinstance(link, Response):
         return link
+    channel = link["c"]
+    if request.method == "GET":
+        return HTMLResponse(CONFIRM_PAGE.format(channel=html.escape(channel), action=html.escape(f"{request.url.path}?{request.url.query}")),
+                            headers={**NO_STORE, "Content-Security-Policy": PAGE_CSP})
     services = services_of(request)
-    person, channel = link["p"], link["c"]
+    person = link["p"]
     try:
         await services.contacts.set_consent(person, channel, "*", False)
         cancelled = await services.queue.cancel(person, channel, now_ms())
@@ -102,10 +110,22 @@ async def unsubscribe(request: Request) -> Response:
         await pipe.execute()
     except RedisError as exc:
         raise StoreUnavailable("cannot record the unsubscribe") from exc
-    if request.method == "POST":
-        return json_response({"unsubscribed": channel, "cancelled": cancelled})
-    return HTMLResponse(f"<!doctype html><title>Unsubscribed</title><p>You will get no more {channel} "
-                        "messages from us.</p>", headers=NO_STORE)
+    if "text/html" in request.headers.get("accept", ""):
+        return HTMLResponse(DONE_PAGE.format(channel=html.escape(channel)),
+                            headers={**NO_STORE, "Content-Security-Policy": PAGE_CSP})
+    return json_response({"unsubscribed": channel, "cancelled": cancelled})
+
+
+PAGE_CSP = "default-src 'none'; form-action 'self'; style-src 'unsafe-inline'"
+CONFIRM_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Unsubscribe</title>
+<meta name="viewport" content="width=device-width, initial-scale=1"></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<p>Stop all {channel} messages from us?</p>
+<form method="post" action="{action}"><input type="hidden" name="List-Unsubscribe" value="One-Click">
+<button type="submit">Unsubscribe</button></form></body></html>"""
+DONE_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>Unsubscribed</title></head>
+<body style="font-family: sans-serif; max-width: 32em; margin: 3em auto">
+<p>You will get no more {channel} messages from us.</p></body></html>"""
 
 
 ROUTES = [

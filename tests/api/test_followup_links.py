@@ -104,7 +104,10 @@ def test_unsubscribe_withdraws_consent_and_cancels_what_is_queued(links_api, tra
         answer = client.post(tracker.unsubscribe_url("u-un", "email"))
         assert answer.status_code == 200
         assert answer.json() == {"unsubscribed": "email", "cancelled": 3}
-        assert "no more email" in client.get(tracker.unsubscribe_url("u-un", "email")).text
+        page = client.get(tracker.unsubscribe_url("u-un", "email")).text  # the link: a page, changes nothing
+        assert 'method="post"' in page and "Stop all email messages" in page
+        done = client.post(tracker.unsubscribe_url("u-un", "email"), headers={"Accept": "text/html"})
+        assert "no more email" in done.text
     consent, pending = asyncio.run(after())
     assert consent is False  # the earlier explicit opt-in no longer wins
     assert pending["due"] == 1  # the push message stays

@@ -10,12 +10,14 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiosmtplib
+import orjson
 
 from engine.catalog.templates import TemplateRenderError, render
 from engine.errors import AttimoError, PermanentSendError, SendError
@@ -43,54 +45,113 @@ class SmtpConfig:
     timeout_s: float = 10.0
 
 
+# The fields of each kind of link, in the order they are signed; optional ones
+# (the journey) are signed as "" when absent, so no field can be moved into another.
+LINK_FIELDS = {"click": ("m", "p", "e", "u", "j"), "open": ("m", "p", "e", "j"), "unsubscribe": ("p", "c")}
+REQUIRED_FIELDS = {"click": ("m", "p", "e", "u"), "open": ("m", "p", "e"), "unsubscribe": ("p", "c")}
+SIGNATURE_VERSION = "2."
+LINK_TTL_S = 90 * 86_400
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class TrackingLinkExpired(TrackingLinkInvalid):
+    """A genuine open or click link past its expiry (ATTIMO_LINK_TTL_DAYS)."""
+
+
+def is_redirect_target(url: str) -> bool:
+    """An absolute http(s) URL with a host and no control characters: the only
+    kind of target a click link is ever made for, or followed to."""
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc) and not _CONTROL.search(url)
+
+
 @dataclass(frozen=True, slots=True)
 class Tracker:
     """Signs and checks the links in an email. `public_url` is where the API
-    answers /v1/t/open, /v1/t/click and /v1/unsubscribe."""
+    answers /v1/t/open, /v1/t/click and /v1/unsubscribe. A signature covers the
+    JSON array of every field of its kind (the optional ones as ""), and the
+    expiry of open and click links; unsubscribe links do not expire, so a person
+    can always leave (all they can do is withdraw consent)."""
 
     secret: bytes
     public_url: str
+    ttl_s: int = LINK_TTL_S
+    clock: Callable[[], float] = time.time
 
-    def _sig(self, *parts: str) -> str:
-        return hmac.new(self.secret, "\x1f".join(parts).encode(), hashlib.sha256).hexdigest()[:32]
+    def _sig(self, kind: str, fields: dict[str, str], expires: str) -> str:
+        payload = orjson.dumps([kind, *(fields.get(f, "") for f in LINK_FIELDS[kind]), expires])
+        return SIGNATURE_VERSION + hmac.new(self.secret, payload, hashlib.sha256).hexdigest()[:32]
+
+    def _url(self, kind: str, path: str, fields: dict[str, str]) -> str:
+        fields = {k: v for k, v in fields.items() if v}
+        expires = "" if kind == "unsubscribe" else str(int(self.clock()) + self.ttl_s)
+        query = {**fields, **({"x": expires} if expires else {}), "s": self._sig(kind, fields, expires)}
+        return f"{self.public_url}/{path}?{urlencode(query)}"
 
     # `e` names the email (its template), so a catalog rule can say "opened email E";
     # `j`, when the email belongs to a journey, lets opens and clicks count for it.
     def click_url(self, message_id: str, person: str, target: str, email: str = "", journey: str = "") -> str:
-        query = {"m": message_id, "p": person, "e": email, "u": target, **({"j": journey} if journey else {})}
-        query["s"] = self._sig("click", message_id, person, email, target, *((journey,) if journey else ()))
-        return f"{self.public_url}/v1/t/click?{urlencode(query)}"
+        if not is_redirect_target(target):
+            raise EmailInvalid(f"a link to {target[:80]!r}: only absolute http(s) links are tracked")
+        return self._url("click", "v1/t/click", {"m": message_id, "p": person, "e": email, "u": target, "j": journey})
 
     def open_url(self, message_id: str, person: str, email: str = "", journey: str = "") -> str:
-        query = {"m": message_id, "p": person, "e": email, **({"j": journey} if journey else {})}
-        query["s"] = self._sig("open", message_id, person, email, *((journey,) if journey else ()))
-        return f"{self.public_url}/v1/t/open?{urlencode(query)}"
+        return self._url("open", "v1/t/open", {"m": message_id, "p": person, "e": email, "j": journey})
 
     def unsubscribe_url(self, person: str, channel: str) -> str:
-        query = {"p": person, "c": channel, "s": self._sig("unsubscribe", person, channel)}
-        return f"{self.public_url}/v1/unsubscribe?{urlencode(query)}"
+        return self._url("unsubscribe", "v1/unsubscribe", {"p": person, "c": channel})
 
     def verify(self, url: str) -> dict[str, str]:
-        """The fields of a tracking URL made here; TrackingLinkInvalid if tampered."""
+        """The fields of a link made here; TrackingLinkInvalid if it was changed
+        (or is not one), TrackingLinkExpired if it is past its expiry."""
         parts = urlsplit(url)
         query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items() if len(v) == 1}
         kind = parts.path.rsplit("/", 1)[-1]
-        fields = {"click": ("m", "p", "e", "u"), "open": ("m", "p", "e"), "unsubscribe": ("p", "c")}.get(kind)
-        if fields is None or any(f not in query for f in (*fields, "s")):
+        if kind not in LINK_FIELDS or "s" not in query:
             raise TrackingLinkInvalid(f"not a tracking URL: {parts.path}")
-        if kind != "unsubscribe" and "j" in query:
-            fields = (*fields, "j")
-        expected = self._sig(kind, *(query[f] for f in fields))
-        if not hmac.compare_digest(expected.encode(), query["s"].encode()):
+        if any(_CONTROL.search(value) for value in query.values()):
+            raise TrackingLinkInvalid("a link field holds control characters: the link was changed")
+        # Empty fields are left out of a link; the signature covers them as "".
+        fields = {f: query.get(f, "") for f in REQUIRED_FIELDS[kind]}
+        if query.get("j"):
+            fields["j"] = query["j"]
+        if query["s"].startswith(SIGNATURE_VERSION):
+            self._check(kind, fields, query)
+        elif all(f in query for f in REQUIRED_FIELDS[kind]):
+            self._check_legacy(kind, fields, query["s"])
+        else:
+            raise TrackingLinkInvalid(f"not a tracking URL: {parts.path}")
+        if kind == "click" and not is_redirect_target(fields["u"]):
+            raise TrackingLinkInvalid("the link's target is not an absolute http(s) URL")
+        return {"kind": kind, **fields}
+
+    def _check(self, kind: str, fields: dict[str, str], query: dict[str, str]) -> None:
+        expires = query.get("x", "")
+        if kind != "unsubscribe" and not (expires.isascii() and expires.isdigit()):
+            raise TrackingLinkInvalid("the link has no expiry: it was changed")
+        if not hmac.compare_digest(self._sig(kind, fields, expires).encode(), query["s"].encode()):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
-        return {"kind": kind, **{f: query[f] for f in fields}}
+        if expires and int(expires) < self.clock():
+            raise TrackingLinkExpired("this link has expired")
+
+    def _check_legacy(self, kind: str, fields: dict[str, str], signature: str) -> None:
+        """Links sent before signatures covered every field as JSON: fields were
+        joined with a separator (no field holds one: control characters are
+        refused above, so the join cannot be re-split); no expiry."""
+        parts = [fields[f] for f in REQUIRED_FIELDS[kind]] + ([fields["j"]] if "j" in fields else [])
+        expected = hmac.new(self.secret, "\x1f".join([kind, *parts]).encode(), hashlib.sha256).hexdigest()[:32]
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise TrackingLinkInvalid("signature does not match: the link was changed")
 
 
 def tracker_from_settings(settings) -> Tracker | None:
     """The link signer for these settings, or None when no secret is set (links
     signed with an empty key would be forgeable)."""
     secret = settings.tracking_secret or settings.site_secret
-    return Tracker(secret=secret.encode(), public_url=settings.public_url.rstrip("/")) if secret else None
+    if not secret:
+        return None
+    return Tracker(secret=secret.encode(), public_url=settings.public_url.rstrip("/"),
+                   ttl_s=settings.link_ttl_days * 86_400)
 
 
 _HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
@@ -141,6 +202,8 @@ def build_email(message: Message, values: dict, tracker: Tracker, sender: str) -
         def track(match: re.Match) -> str:
             # Jinja escaped & as &amp; inside attributes; sign the URL the reader meant.
             target = match.group(1).replace("&amp;", "&")
+            if not is_redirect_target(target):
+                return match.group(0)  # not a link the click redirect would ever follow: left untracked
             signed = tracker.click_url(message.id, message.person, target, message.template, journey)
             return f'href="{signed.replace("&", "&amp;")}"'
 
