@@ -20,6 +20,10 @@ from engine.settings import (
     MAX_STRING_LENGTH,
 )
 
+# A person is KNOWN + user id or ANONYMOUS + anonymous id (engine/ingest/identity.py
+# decides which); the two spaces never share a key.
+KNOWN = "u:"
+ANONYMOUS = "a:"
 # Person ids end up inside a Redis hash tag: braces and whitespace would break it.
 PERSON_ID = re.compile(r"[^\s{}]{1,128}")
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")

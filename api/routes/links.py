@@ -20,6 +20,7 @@ from engine.clock import now_ms
 from engine.errors import StoreUnavailable
 from engine.events import EMAIL_CLICK, EMAIL_OPEN, Event
 from engine.followups.channels.email import TrackingLinkExpired, TrackingLinkInvalid
+from engine.ingest.identity import person_of_path
 
 PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
 
@@ -66,7 +67,7 @@ async def track_open(request: Request) -> Response:
     if isinstance(link, Response):
         return link
     # One open per message counts: a mail client that loads the pixel again changes nothing.
-    await _record(request, f"open:{link['m']}", EMAIL_OPEN, link["p"],
+    await _record(request, f"open:{link['m']}", EMAIL_OPEN, person_of_path(link["p"]),
                   {"email": link["e"], "message_id": link["m"], **_journey(link)}, "opened")
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
@@ -81,7 +82,7 @@ async def track_click(request: Request) -> Response:
         return link
     target = link["u"]
     tag = hashlib.blake2b(target.encode(), digest_size=6).hexdigest()
-    await _record(request, f"click:{link['m']}:{tag}", EMAIL_CLICK, link["p"],
+    await _record(request, f"click:{link['m']}:{tag}", EMAIL_CLICK, person_of_path(link["p"]),
                   {"email": link["e"], "message_id": link["m"], "url": target, **_journey(link)}, "clicked")
     return RedirectResponse(target, 302, headers=NO_STORE)
 
@@ -101,7 +102,7 @@ async def unsubscribe(request: Request) -> Response:
         return HTMLResponse(CONFIRM_PAGE.format(channel=html.escape(channel), action=html.escape(f"{request.url.path}?{request.url.query}")),
                             headers={**NO_STORE, "Content-Security-Policy": PAGE_CSP})
     services = services_of(request)
-    person = link["p"]
+    person = person_of_path(link["p"])
     try:
         await services.contacts.set_consent(person, channel, "*", False)
         cancelled = await services.queue.cancel(person, channel, now_ms())

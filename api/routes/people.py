@@ -12,7 +12,7 @@ from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
 from engine.errors import StoreUnavailable
 from engine.followups.erase import erase_person
-from engine.ingest.identity import require_server
+from engine.ingest.identity import person_of_path, require_server
 from engine.policy import PERSONAL_CHANNELS
 
 
@@ -26,7 +26,7 @@ async def get_person(request: Request) -> Response:
     """
     services = services_of(request)
     require_server(caller_of(request))
-    person = request.path_params["person"]
+    person = person_of_path(request.path_params["person"])
     try:
         profile = await services.store.fetch(person)
         pending = await services.queue.pending_for(person, sorted(PERSONAL_CHANNELS))
@@ -56,7 +56,7 @@ async def delete_person(request: Request) -> Response:
     require_server(caller_of(request))
     try:
         erased = await erase_person(services.redis, services.keys, services.queue,
-                                    request.path_params["person"], services.queued_channels(), now_ms())
+                                    person_of_path(request.path_params["person"]), services.queued_channels(), now_ms())
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],

@@ -6,14 +6,14 @@ from __future__ import annotations
 from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.clock import now_ms
 from engine.events import Event
-from engine.ingest.identity import sign_user_id
+from engine.ingest.identity import known, sign_user_id
 from engine.runtime import Runtime
 from engine.settings import Settings
 
 
 def demo_events(now_ms: int) -> list[Event]:
     def event(eid, person, kind, ago_ms, properties=None, traits=None):
-        return Event(eid, kind, person, now_ms - ago_ms, properties or {}, traits)
+        return Event(eid, kind, known(person), now_ms - ago_ms, properties or {}, traits)
 
     return [
         # Dana came often, then not for 40 days: her next visit gets "welcome back".

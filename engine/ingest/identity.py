@@ -15,8 +15,24 @@ from dataclasses import dataclass
 
 from engine.catalog.compile import Catalog
 from engine.errors import NotAuthenticated, NotAuthorized
-from engine.events import LINK_EVENTS, Event, WireEvent, event_time_ms
+from engine.events import ANONYMOUS, KNOWN, LINK_EVENTS, Event, WireEvent, event_time_ms
 from engine.policy import CONTACT_TRAITS
+
+
+def known(user_id: str) -> str:
+    """A person the site vouches for: a signed user id, or the server's word."""
+    return KNOWN + user_id
+
+
+def anonymous(anonymous_id: str) -> str:
+    """A visitor known only by the id its browser or app made up."""
+    return ANONYMOUS + anonymous_id
+
+
+def person_of_path(text: str) -> str:
+    """A person named in a server URL: `u:<user id>`, `a:<anonymous id>`, or a
+    bare user id (the common case for a CRM)."""
+    return text if text.startswith((KNOWN, ANONYMOUS)) else known(text)
 
 
 def sign_user_id(secret: str, user_id: str) -> str:
@@ -29,14 +45,16 @@ class Caller:
     site_secret: str | None = None
 
     def person(self, anonymous_id: str | None, user_id: str | None, user_sig: str | None, field: str) -> str:
-        """The profile a request may read or write."""
+        """The person a request may read or write: `u:<user_id>` only with the
+        site's signature (or the server token), else `a:<anonymous_id>`, which
+        never names a known person's keys, whatever the id says."""
         if user_id is not None:
             if not self.is_server:
                 self._check_signature(user_id, user_sig, field)
-            return user_id
+            return known(user_id)
         if anonymous_id is None:
             raise NotAuthorized(f"{field}: anonymous_id or user_id is required")
-        return anonymous_id
+        return anonymous(anonymous_id)
 
     def _check_signature(self, user_id: str, user_sig: str | None, field: str) -> None:
         if not user_sig:
@@ -114,7 +132,9 @@ def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalo
             for name in wire.traits:
                 if name in protected:
                     raise NotAuthorized(f"{path}.traits.{name}: a protected trait; only the server token sets it")
-        merge_from = wire.anonymous_id if wire.user_id is not None else None
+        # Only ever an anonymous profile into the signed user: never one known
+        # person into another, whatever the anonymous id is made to say.
+        merge_from = anonymous(wire.anonymous_id) if wire.user_id is not None and wire.anonymous_id else None
         events.append(Event(
             id=wire.id,
             type=wire.type,

@@ -15,7 +15,7 @@ import msgspec
 from engine.catalog.compile import Catalog, CatalogHolder
 from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.rules import SESSION_GAP_MS
-from engine.events import CONSENT, TIMEZONE_TRAIT, Event
+from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event
 from engine.followups.journey_runner import JourneyRunner
 from engine.profile import decode_profile
 from engine.store.profiles import ProfileStore
@@ -80,7 +80,9 @@ class Pipeline:
         merges: dict[tuple[str, str], None] = {}
         for event in events:
             by_person[event.person].append(event)
-            if event.merge_from and event.merge_from != event.person:
+            # Only an anonymous profile into a known person (engine/ingest/identity.py
+            # builds no other; a record from elsewhere gets no more).
+            if event.merge_from and event.merge_from.startswith(ANONYMOUS) and event.person.startswith(KNOWN):
                 merges[(event.person, event.merge_from)] = None
 
         params = _encode([

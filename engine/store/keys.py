@@ -1,7 +1,10 @@
 """Every Redis key Attimo writes, on one screen: its shape, its type and its TTL.
 
-Per-person keys carry the hash tag {u:<person>} so one person's keys share a
-Redis Cluster slot and every script touches a single slot."""
+A person is `u:<user_id>` (known: the site signed the id, or the server said
+it) or `a:<anonymous_id>` (a visitor); the two never share a key. Per-person
+keys carry the person as their hash tag, {u:<user_id>} or {a:<anonymous_id>},
+so one person's keys share a Redis Cluster slot and every script touches a
+single slot."""
 
 from __future__ import annotations
 
@@ -15,17 +18,17 @@ class Keys:
     # STRING, msgpack map: traits, windowed counters, score, segments, last seen,
     # version. TTL: ATTIMO_PROFILE_TTL_S, renewed on every write.
     def profile(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:p"
+        return f"{self.prefix}:{{{person}}}:p"
 
     # ZSET, member = 8-byte hash of an applied event id, score = arrival second.
     # Trimmed to ATTIMO_DEDUPE_TTL_S on every write; the key expires with it.
     def dedupe(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:d"
+        return f"{self.prefix}:{{{person}}}:d"
 
     # STRING, msgpack [token, profile]: an anonymous profile taken out for a merge
     # into a known person, kept until the merge is confirmed. TTL: 30 days.
     def merge_staging(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:m"
+        return f"{self.prefix}:{{{person}}}:m"
 
     # STRING: the catalog source in force (YAML or JSON), written by reload/admin.
     # HASH fields `digest`, `file_digest`. No TTL. Global, read at start-up and
@@ -73,36 +76,36 @@ class Keys:
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
     # TTL: CONTACT_STATE_TTL_S, renewed on every write.
     def contact(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:c"
+        return f"{self.prefix}:{{{person}}}:c"
 
     # LIST, newest first, JSON outcomes of recent messages (sent, delayed,
     # dropped, dead-letter, each with its reason). Capped to
     # CONTACT_OUTCOMES_MAX entries; TTL: CONTACT_STATE_TTL_S.
     def contact_outcomes(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:o"
+        return f"{self.prefix}:{{{person}}}:o"
 
     # STRING, JSON journey state of a person (engine/followups/transitions.py): runs in progress
     # with their step and wait deadline, last entry per journey, recent run ids.
     # TTL: JOURNEY_STATE_TTL_S, renewed on every write.
     def journeys(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:j"
+        return f"{self.prefix}:{{{person}}}:j"
 
     # HASH, offer id -> ms the person last saw or clicked it (engine/followups/kpis.py:
     # a purchase within the attribution window counts for the offer).
     # TTL: the attribution window, renewed on every impression.
     def offers_seen(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:os"
+        return f"{self.prefix}:{{{person}}}:os"
 
     # STRING, JSON list of a person's in-app inbox messages (newest first, each
     # with its expiry, read and dismissed flags), capped to INBOX_MAX.
     # TTL: the latest message expiry.
     def inbox(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:i"
+        return f"{self.prefix}:{{{person}}}:i"
 
     # HASH, push token -> JSON {platform, at}: a person's devices, capped to
     # DEVICES_MAX. TTL: CONTACT_STATE_TTL_S, renewed on every registration.
     def devices(self, person: str) -> str:
-        return f"{self.prefix}:{{u:{person}}}:dv"
+        return f"{self.prefix}:{{{person}}}:dv"
 
     # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
     def suppressed(self) -> str:

@@ -99,7 +99,7 @@ def test_the_same_batch_sent_five_times_changes_the_profile_once(shop):
     answers = [send(shop, batch).json() for _ in range(5)]
     assert answers[0] == {"accepted": 3, "duplicates": 0}
     assert answers[1:] == [{"accepted": 0, "duplicates": 3}] * 4
-    profile = person(shop, "a-1")
+    profile = person(shop, "a:a-1")
     assert pricing_count(profile) == 3
     assert profile["version"] == 1
 
@@ -113,7 +113,7 @@ def test_event_times_as_epoch_ms_iso_absent_or_in_the_future(shop):
         pricing_view("t-none"),
         pricing_view("t-future", ts=int((now + timedelta(days=30)).timestamp() * 1000)),
     ])
-    profile = person(shop, "a-1")
+    profile = person(shop, "a:a-1")
     assert pricing_count(profile) == 4
     last_seen = datetime.fromisoformat(profile["last_seen"])
     assert last_seen <= datetime.now(UTC) + timedelta(seconds=1)  # the future stamp was clamped
@@ -148,14 +148,14 @@ def test_impressions_count_toward_the_cap(shop):
     assert offers(answer)["hero"] == "high_score"
     trial = next(row for row in answer["explain"]["hero"]["offers"] if row["offer"] == "trial")
     assert trial["reason"] == "impression cap 2 reached"
-    assert person(shop, "a-1")["impressions"]["trial"] == {"count": 2, "cap": 2}
+    assert person(shop, "a:a-1")["impressions"]["trial"] == {"count": 2, "cap": 2}
 
 
 def test_exclusions_by_trait_and_context_conditions(shop):
     send(shop, [pricing_view("x1"), pricing_view("x2")])
     with shop.server() as client:
         client.post("/v1/events", json={"events": [
-            {"id": "x3", "type": "identify", "user_id": "a-1", "traits": {"customer": True}}]})
+            {"id": "x3", "type": "identify", "anonymous_id": "a-1", "traits": {"customer": True}}]})
     answer = decide(shop, context={"device": "mobile"}, explain=True)
     assert offers(answer) == {"hero": "high_score", "side": "mobile_only"}
     trial = next(row for row in answer["explain"]["hero"]["offers"] if row["offer"] == "trial")
@@ -194,7 +194,7 @@ def test_a_browser_cannot_set_a_protected_trait_but_the_server_can(shop):
     answer = send(shop, [vip])
     assert answer.status_code == 403
     assert answer.json()["error"].endswith("a protected trait; only the server token sets it")
-    assert "vip" not in person(shop, "a-1")["traits"]
+    assert "vip" not in person(shop, "a:a-1")["traits"]
     with shop.server() as client:
         assert client.post("/v1/events", json={"events": [vip]}).status_code == 202
     assert offers(decide(shop, placements=("hero",)))["hero"] == "vip_gift"
@@ -206,10 +206,10 @@ def test_a_browser_cannot_send_what_an_emails_signed_links_record(shop, link_eve
     answer = send(shop, [pricing_view("f0", "a-9"), forged])
     assert answer.status_code == 403
     assert answer.json()["error"].startswith(f"events[1].type: {link_event} is recorded by the email's signed links")
-    assert not person(shop, "a-9")["exists"]  # the whole batch was refused
+    assert not person(shop, "a:a-9")["exists"]  # the whole batch was refused
     with shop.server() as client:  # an ESP's webhook forwarded by the site's backend
         assert client.post("/v1/events", json={"events": [forged]}).status_code == 202
-    assert person(shop, "a-9")["exists"]
+    assert person(shop, "a:a-9")["exists"]
 
 
 def test_only_a_signed_user_or_the_server_sets_a_contact_address(shop):
@@ -218,7 +218,7 @@ def test_only_a_signed_user_or_the_server_sets_a_contact_address(shop):
     answer = send(shop, [typed])
     assert answer.status_code == 403
     assert answer.json()["error"].startswith("events[0].traits.email: a contact address; only a signed user_id")
-    assert not person(shop, "a-mail")["exists"]
+    assert not person(shop, "a:a-mail")["exists"]
     mine = {**typed, "user_id": "u-mail", "user_sig": signed("u-mail")}
     assert send(shop, [mine]).status_code == 202
     assert person(shop, "u-mail")["traits"]["email"] == "victim@example.com"
@@ -236,7 +236,7 @@ def test_a_signed_user_arriving_with_an_anonymous_id_takes_its_history_once(shop
     login = {"id": "m3", "type": "login", "anonymous_id": "a-m", "user_id": "u-m", "user_sig": signed("u-m")}
     assert send(shop, [login]).json() == {"accepted": 1, "duplicates": 0}
     assert pricing_count(person(shop, "u-m")) == 2
-    assert not person(shop, "a-m")["exists"]
+    assert not person(shop, "a:a-m")["exists"]
     again = {**login, "id": "m4"}
     assert send(shop, [again]).status_code == 202
     assert pricing_count(person(shop, "u-m")) == 2
@@ -282,7 +282,7 @@ def test_limits_are_422_naming_the_field_and_the_limit(shop, events, field, limi
     assert answer.status_code == 422
     assert answer.json()["field"] == field
     assert answer.json()["limit"] == limit
-    assert not person(shop, "a-1")["exists"]  # the whole batch or nothing
+    assert not person(shop, "a:a-1")["exists"]  # the whole batch or nothing
 
 
 def test_a_missing_event_id_is_422(shop):
@@ -401,5 +401,5 @@ def test_metrics_count_requests_events_and_decisions(shop):
 def test_erasing_a_person_removes_the_profile(shop):
     send(shop, [pricing_view("er1")])
     with shop.server() as client:
-        assert client.delete("/v1/people/a-1").json()["erased"] >= 2
-    assert not person(shop, "a-1")["exists"]
+        assert client.delete("/v1/people/a:a-1").json()["erased"] >= 2
+    assert not person(shop, "a:a-1")["exists"]

@@ -25,7 +25,7 @@ def view(event_id: str) -> dict:
 
 
 def pricing_views(client: httpx.Client) -> float:
-    profile = client.get("/v1/people/a-f", headers=SERVER).json()
+    profile = client.get("/v1/people/a:a-f", headers=SERVER).json()
     (count,) = [value for label, value in profile["features"].items() if "pricing" in label and "crm" in label]
     return count
 
@@ -90,7 +90,7 @@ def test_a_stopped_redis_gives_fallback_decides_and_503_events(own_redis, api_on
         assert refused.status_code == 503
         assert "unavailable" in refused.json()["error"]
         assert client.get("/readyz").status_code == 503
-        assert client.get("/v1/people/a-f", headers=SERVER).status_code == 503
+        assert client.get("/v1/people/a:a-f", headers=SERVER).status_code == 503
         assert client.get("/healthz").status_code == 200
         metrics = client.get("/metrics").text
     assert 'attimo_decide_fallbacks_total{reason="ConnectionError"}' in metrics

@@ -19,6 +19,7 @@ from engine.followups.contacts import ContactStore, message_addresses
 from engine.followups.due_queue import DueQueue, shard_of
 from engine.followups.message import Message
 from engine.followups.scheduler import Scheduler, policy_from_settings
+from engine.ingest.identity import known
 from engine.settings import Settings
 from engine.store.keys import Keys
 from engine.testing.processes import SITE_SECRET, start_api, stop_api, wait_until
@@ -75,17 +76,17 @@ def opt_in(event_id: str, channel: str) -> dict:
 
 
 def email(message_id: str, person: str, to: str, due_ms: int) -> Message:
-    return Message(id=message_id, person=person, channel="email", due_ms=due_ms, template="cart_reminder",
+    return Message(id=message_id, person=known(person), channel="email", due_ms=due_ms, template="cart_reminder",
                    body={"to": to, "subject": "Your cart", "text": "Still thinking?", "values": {}})
 
 
 def push(message_id: str, person: str, due_ms: int) -> Message:
-    return Message(id=message_id, person=person, channel="push", due_ms=due_ms, template="cart_push",
+    return Message(id=message_id, person=known(person), channel="push", due_ms=due_ms, template="cart_push",
                    body={"title": "Your cart is waiting", "text": "Come back"})
 
 
 def sms(message_id: str, person: str) -> Message:
-    return Message(id=message_id, person=person, channel="sms", due_ms=now_ms(), template="code",
+    return Message(id=message_id, person=known(person), channel="sms", due_ms=now_ms(), template="code",
                    body={"text": "Your code is 1234"})
 
 
@@ -144,7 +145,7 @@ async def test_erasing_a_person_cancels_their_queued_messages_and_removes_what_f
                                email("e-stays", stays, "stays@example.com", later), push("p-stays", stays, later),
                                sms("sms-gone", gone)])
     wait_until(lambda: any(d["id"] == "sms-gone" for d in dead_letters(admin_api)), what="the dead letter")
-    queued = await queue.pending_for(gone, CHANNELS)
+    queued = await queue.pending_for(known(gone), CHANNELS)
     assert {"e-gone", "p-gone"} <= {m["id"] for m in queued}
     assert {m["channel"] for m in queued} == {"email", "push", "journey"}  # journey timers too
 
@@ -158,9 +159,9 @@ async def test_erasing_a_person_cancels_their_queued_messages_and_removes_what_f
     emails, pushes = len(smtp.messages), len(receiver.received)
     await scheduler_pass(store, sinks, later + 1)
     assert [rcpt for rcpt, _ in smtp.messages[emails:]] == [["stays@example.com"]]
-    assert [orjson.loads(r.body)["person"] for r in receiver.received[pushes:]] == [stays]
+    assert [orjson.loads(r.body)["person"] for r in receiver.received[pushes:]] == [known(stays)]
     assert [k async for k in store.scan_iter(match=f"{PREFIX}:*u-gone*")] == []
-    assert not any(b"u-gone" in raw for raw in await store.hvals(KEYS.due_messages(shard_of(gone))))
+    assert not any(b"u-gone" in raw for raw in await store.hvals(KEYS.due_messages(shard_of(known(gone)))))
     assert not any(b"u-gone" in raw for raw in await store.lrange(KEYS.dead_letters(), 0, -1))
     with admin_api.server() as client:
         view = client.get(f"/v1/people/{gone}").json()
@@ -280,7 +281,7 @@ async def test_a_webhook_that_always_fails_ends_in_the_dead_letters_with_its_rea
     [dead] = wait_until(lambda: [d for d in dead_letters(admin_api) if d["id"] == "dl-1"],
                         what="the scheduler to give up")
     assert dead["reason"] == "HTTP 500 after 2 attempt(s)"  # ATTIMO_WEBHOOK_ATTEMPTS=2
-    assert (dead["person"], dead["channel"], dead["template"]) == (person, "sms", "code")
+    assert (dead["person"], dead["channel"], dead["template"]) == (known(person), "sms", "code")
     assert before <= dead["at"] <= now_ms()
     assert [r.headers["idempotency-key"] for r in failing.received].count("dl-1") == 2
     assert dead_letters(admin_api, limit=1)[0]["id"] == "dl-1"  # newest first

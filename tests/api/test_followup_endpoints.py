@@ -123,7 +123,7 @@ def test_a_registered_device_receives_push_with_its_token(followup_api, sinks):
         assert client.post("/v1/devices", json={"user_id": person, "token": "x"}).status_code == 403
         assert client.post("/v1/devices", json={"user_id": person, "user_sig": signed(person)}).status_code == 422
     send(followup_api, person, {"id": "o1", "type": "app_open"})
-    [push] = wait_until(lambda: [r for r in receiver.received if b'"u-phone"' in r.body], what="the push webhook")
+    [push] = wait_until(lambda: [r for r in receiver.received if b'"u:u-phone"' in r.body], what="the push webhook")
     assert verify_signature(WEBHOOK_SECRET.encode(), push.headers["x-attimo-timestamp"], push.body,
                             push.headers["x-attimo-signature"])
     body = orjson.loads(push.body)

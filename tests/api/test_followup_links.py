@@ -84,17 +84,17 @@ def test_unsubscribe_withdraws_consent_and_cancels_what_is_queued(links_api, tra
     async def queue_and_opt_in() -> None:
         redis = Redis.from_url(redis_server.url)
         keys = Keys(PREFIX)
-        await ContactStore(redis, keys).set_consent("u-un", "email", "marketing", True)
+        await ContactStore(redis, keys).set_consent("u:u-un", "email", "marketing", True)
         queue = DueQueue(redis, keys)
         for n in range(3):
-            await queue.schedule(Message(id=f"later-{n}", person="u-un", channel="email", due_ms=10**13))
-        await queue.schedule(Message(id="push-1", person="u-un", channel="push", due_ms=10**13))
+            await queue.schedule(Message(id=f"later-{n}", person="u:u-un", channel="email", due_ms=10**13))
+        await queue.schedule(Message(id="push-1", person="u:u-un", channel="push", due_ms=10**13))
         await redis.aclose()
 
     async def after() -> tuple[bool | None, dict]:
         redis = Redis.from_url(redis_server.url)
         keys = Keys(PREFIX)
-        state = await ContactStore(redis, keys).load("u-un")
+        state = await ContactStore(redis, keys).load("u:u-un")
         pending = await DueQueue(redis, keys).pending()
         await redis.aclose()
         return consent_given(state, "email", "marketing"), pending
@@ -120,14 +120,14 @@ def test_consent_events_set_the_contact_state_and_an_unsubscribe_cancels_the_que
     async def queue_emails() -> None:
         redis = Redis.from_url(redis_server.url)
         for n in range(2):
-            await DueQueue(redis, keys).schedule(Message(id=f"c-{n}", person="a-c", channel="email", due_ms=10**13))
+            await DueQueue(redis, keys).schedule(Message(id=f"c-{n}", person="a:a-c", channel="email", due_ms=10**13))
         await redis.aclose()
 
     async def state() -> tuple[bool | None, bool | None, dict]:
         redis = Redis.from_url(redis_server.url)
-        contact = await ContactStore(redis, keys).load("a-c")
+        contact = await ContactStore(redis, keys).load("a:a-c")
         # Emails only: any activity also arms the demo catalog's inactivity timer.
-        pending = {"due": len(await DueQueue(redis, keys).pending_for("a-c", ["email"]))}
+        pending = {"due": len(await DueQueue(redis, keys).pending_for("a:a-c", ["email"]))}
         await redis.aclose()
         return consent_given(contact, "email", "marketing"), consent_given(contact, "push", "news"), pending
 
@@ -176,9 +176,9 @@ def test_a_persons_pending_and_recent_messages_with_their_reasons(links_api, red
     async def run() -> None:
         redis = Redis.from_url(redis_server.url)
         queue, contacts = DueQueue(redis, keys), ContactStore(redis, keys)
-        await queue.schedule(Message(id="now-1", person="u-m", channel="email", due_ms=now, template="welcome",
+        await queue.schedule(Message(id="now-1", person="u:u-m", channel="email", due_ms=now, template="welcome",
                                      body={"to": "m@example.com", "subject": "Hi", "text": "Hi"}))
-        await queue.schedule(Message(id="later-1", person="u-m", channel="push", due_ms=now + 3_600_000,
+        await queue.schedule(Message(id="later-1", person="u:u-m", channel="push", due_ms=now + 3_600_000,
                                      template="cart_reminder"))
         scheduler = Scheduler(queue, contacts, ContactPolicy(), {"email": never_sent}, clock=lambda: now)
         assert await scheduler.run_once() == 1
@@ -206,7 +206,7 @@ def test_attimo_serve_runs_the_scheduler_and_sends_what_is_due(redis_server, red
         async def schedule() -> None:
             redis = Redis.from_url(redis_server.url)
             await DueQueue(redis, Keys("embedded")).schedule(Message(
-                id="push-now", person="u-e", channel="push", due_ms=time.time_ns() // 1_000_000,
+                id="push-now", person="u:u-e", channel="push", due_ms=time.time_ns() // 1_000_000,
                 template="hello", body={"title": "Hello"}))
             await redis.aclose()
 

@@ -17,6 +17,7 @@ from engine.events import Event
 from engine.followups.channels.senders import senders_from_settings
 from engine.followups.channels.webhook import verify_signature
 from engine.followups.inbox import InboxStore
+from engine.ingest.identity import known
 from engine.settings import Settings
 from engine.store.keys import DEVICES_MAX, INBOX_MAX, Keys
 from engine.testing.processes import wait_until
@@ -460,7 +461,7 @@ async def test_the_inbox_keeps_the_newest_messages_up_to_its_cap(redis, api, gra
     pipeline, clock, scheduler = grammar
     clock.now = wall_ms()  # the API reads expiry against the wall clock
     for n in range(INBOX_MAX + 2):
-        await apply(pipeline, clock, "u-notes", "note", f"n{n}", {"n": n})
+        await apply(pipeline, clock, known("u-notes"), "note", f"n{n}", {"n": n})
         await drain(scheduler)
         clock.now += MINUTE
     with api.server() as client:
@@ -475,10 +476,10 @@ async def test_expired_inbox_messages_are_not_returned(redis, api, grammar):
     pipeline, clock, scheduler = grammar
     now = wall_ms()
     clock.now = now - 15 * DAY  # the template expires in 14 days: gone by now
-    await apply(pipeline, clock, "u-old", "note", "n1", {"n": "old"})
+    await apply(pipeline, clock, known("u-old"), "note", "n1", {"n": "old"})
     await drain(scheduler)
     clock.now = now - 2 * DAY  # while the old one is still there
-    await apply(pipeline, clock, "u-old", "note", "n2", {"n": "recent"})
+    await apply(pipeline, clock, known("u-old"), "note", "n2", {"n": "recent"})
     await drain(scheduler)
     query = {"user_id": "u-old", "user_sig": signed("u-old")}
     with api.browser() as client:
@@ -486,7 +487,7 @@ async def test_expired_inbox_messages_are_not_returned(redis, api, grammar):
         assert answer.status_code == 200, answer.text
         [message] = answer.json()["messages"]
         assert message["title"] == "Note recent" and message["expires"] == now + 12 * DAY
-        [old_id] = [m["id"] for m in orjson.loads(await redis.get(Keys().inbox("u-old")))
+        [old_id] = [m["id"] for m in orjson.loads(await redis.get(Keys().inbox(known("u-old"))))
                     if m["title"] == "Note old"]
         assert client.post(f"/v1/inbox/{old_id}/read", json=query).status_code == 404
 
@@ -509,7 +510,7 @@ async def test_a_person_keeps_at_most_ten_devices_the_least_recently_registered_
         assert register(f"tok-{n}") == {"devices": n + 1}
     assert register("tok-0") == {"devices": DEVICES_MAX}  # refreshed: now the newest
     assert register("tok-new") == {"devices": DEVICES_MAX}
-    await apply(pipeline, clock, person, "ping", "p1")
+    await apply(pipeline, clock, known(person), "ping", "p1")
     await drain(scheduler)
     [push] = webhooks(receiver, "push")
     tokens = {device["token"] for device in push["tokens"]}

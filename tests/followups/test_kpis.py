@@ -16,6 +16,7 @@ import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.followups.transitions import held_out
+from engine.ingest.identity import known
 from engine.testing.processes import start_api, stop_api, wait_until
 
 CATALOG = """
@@ -73,7 +74,7 @@ def local(url: str, base: str) -> str:
 def test_kpis_count_each_thing_once_and_measure_the_uplift(kpi_api):
     server, smtp = kpi_api
     journey = compile_catalog(parse_catalog_text(CATALOG)).journeys.by_id["spring_promo"]
-    control = [p for p in PEOPLE if held_out(p, journey)]
+    control = [p for p in PEOPLE if held_out(known(p), journey)]  # the engine's person: u:<user id>
     treated = [p for p in PEOPLE if p not in control]
     assert control and treated  # a 50 % hold-out of 24 people splits them
     with server.server() as client:

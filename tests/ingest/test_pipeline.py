@@ -194,49 +194,49 @@ async def test_every_key_has_a_ttl(redis):
 
 async def test_anonymous_history_merges_into_the_known_person_once(redis):
     pipeline = make_pipeline(redis, CATALOG)
-    await pipeline.apply([page_view(f"a{i}", person="anon-1") for i in range(2)]
-                         + [Event("at", "identify", "anon-1", NOW, {}, {"lang": "it", "age": 20})], NOW)
-    await pipeline.apply([Event("kt", "identify", "u-1", NOW, {}, {"age": 40})], NOW)
-    login = Event("login", "page_view", "u-1", NOW, {"category": "crm"}, merge_from="anon-1")
+    await pipeline.apply([page_view(f"a{i}", person="a:anon-1") for i in range(2)]
+                         + [Event("at", "identify", "a:anon-1", NOW, {}, {"lang": "it", "age": 20})], NOW)
+    await pipeline.apply([Event("kt", "identify", "u:u-1", NOW, {}, {"age": 40})], NOW)
+    login = Event("login", "page_view", "u:u-1", NOW, {"category": "crm"}, merge_from="a:anon-1")
     first = await pipeline.apply([login], NOW)
     assert first.merged == 1
-    profile = await profile_of(redis, "u-1")
+    profile = await profile_of(redis, "u:u-1")
     crm = feature(pipeline, "page_view", 7)
     assert profile.w[crm.fid][1:] == [3]  # 2 anonymous + the login page view
     assert profile.t == {"age": 40, "lang": "it"}  # the known person's traits win
-    assert await redis.exists(KEYS.profile("anon-1"), KEYS.merge_staging("anon-1")) == 0
-    again = await pipeline.apply([login, Event("next", "page_view", "u-1", NOW, {}, merge_from="anon-1")], NOW)
+    assert await redis.exists(KEYS.profile("a:anon-1"), KEYS.merge_staging("a:anon-1")) == 0
+    again = await pipeline.apply([login, Event("next", "page_view", "u:u-1", NOW, {}, merge_from="a:anon-1")], NOW)
     assert again.merged == 0
-    assert (await profile_of(redis, "u-1")).w[crm.fid][1:] == [3]
+    assert (await profile_of(redis, "u:u-1")).w[crm.fid][1:] == [3]
 
 
 async def test_segments_are_recorded_from_the_merged_history(redis):
     """Three CRM views as a visitor, then a login with an unrelated event: the
     known person is a crm_fan by the merged history, recorded in the same batch."""
     pipeline = make_pipeline(redis, CATALOG)
-    await pipeline.apply([page_view(f"v{i}", person="anon-7") for i in range(3)], NOW)
-    assert (await profile_of(redis, "anon-7")).g == ["crm_fan"]
-    login = Event("login", "identify", "u-7", NOW, {}, {"lang": "it"}, merge_from="anon-7")
+    await pipeline.apply([page_view(f"v{i}", person="a:anon-7") for i in range(3)], NOW)
+    assert (await profile_of(redis, "a:anon-7")).g == ["crm_fan"]
+    login = Event("login", "identify", "u:u-7", NOW, {}, {"lang": "it"}, merge_from="a:anon-7")
     result = await pipeline.apply([login], NOW)
-    assert result.merged == 1 and result.segment_changes == {"u-7": ([], ["crm_fan"])}
-    assert (await profile_of(redis, "u-7")).g == ["crm_fan"]
+    assert result.merged == 1 and result.segment_changes == {"u:u-7": ([], ["crm_fan"])}
+    assert (await profile_of(redis, "u:u-7")).g == ["crm_fan"]
 
 
 async def test_consent_given_before_logging_in_follows_the_person_once(redis):
     pipeline = make_pipeline(redis, CATALOG)
     contacts = ContactStore(redis)
-    consent = Event("c1", CONSENT, "anon-9", NOW, {"channel": "email", "purpose": "*", "granted": True})
-    await pipeline.apply([Event("v1", "page_view", "anon-9", NOW, {}), consent], NOW)
-    assert consent_given(await contacts.load("anon-9"), "email", "marketing") is True
-    login = Event("login", "identify", "u-9", NOW + 1, {}, {"email": "zoe@example.com"}, merge_from="anon-9")
+    consent = Event("c1", CONSENT, "a:anon-9", NOW, {"channel": "email", "purpose": "*", "granted": True})
+    await pipeline.apply([Event("v1", "page_view", "a:anon-9", NOW, {}), consent], NOW)
+    assert consent_given(await contacts.load("a:anon-9"), "email", "marketing") is True
+    login = Event("login", "identify", "u:u-9", NOW + 1, {}, {"email": "zoe@example.com"}, merge_from="a:anon-9")
     await pipeline.apply([login], NOW + 1)
-    assert consent_given(await contacts.load("u-9"), "email", "marketing") is True
-    assert await redis.exists(KEYS.contact("anon-9")) == 0
+    assert consent_given(await contacts.load("u:u-9"), "email", "marketing") is True
+    assert await redis.exists(KEYS.contact("a:anon-9")) == 0
     # Later the person unsubscribes; the next batch from the same browser still
     # names the visitor, but there is nothing left to fold in again.
-    await contacts.set_consent("u-9", "email", "*", False)
-    await pipeline.apply([Event("next", "page_view", "u-9", NOW + 2, {}, merge_from="anon-9")], NOW + 2)
-    assert consent_given(await contacts.load("u-9"), "email", "marketing") is False
+    await contacts.set_consent("u:u-9", "email", "*", False)
+    await pipeline.apply([Event("next", "page_view", "u:u-9", NOW + 2, {}, merge_from="a:anon-9")], NOW + 2)
+    assert consent_given(await contacts.load("u:u-9"), "email", "marketing") is False
 
 
 async def test_an_opt_in_replayed_after_an_unsubscribe_does_not_undo_it(redis):
@@ -266,18 +266,18 @@ async def test_an_opt_in_replayed_after_an_unsubscribe_does_not_undo_it(redis):
 async def test_a_merge_interrupted_after_staging_completes_once_on_retry(redis):
     pipeline = make_pipeline(redis, CATALOG)
     store = pipeline.store
-    await pipeline.apply([page_view("a1", person="anon-2")], NOW)
+    await pipeline.apply([page_view("a1", person="a:anon-2")], NOW)
     # The process died after taking the anonymous profile out, before merging it.
-    (staged,) = await store.run([store.stage_call("anon-2", "deadbeef")])
+    (staged,) = await store.run([store.stage_call("a:anon-2", "deadbeef")])
     assert staged.startswith(b"deadbeef|")
-    assert not await redis.exists(KEYS.profile("anon-2"))
-    login = Event("login", "identify", "u-2", NOW, {}, {"x": 1}, merge_from="anon-2")
+    assert not await redis.exists(KEYS.profile("a:anon-2"))
+    login = Event("login", "identify", "u:u-2", NOW, {}, {"x": 1}, merge_from="a:anon-2")
     assert (await pipeline.apply([login], NOW)).merged == 1
     # And if it died after merging but before forgetting the staged copy: merged once.
-    await redis.set(KEYS.merge_staging("anon-2"), staged)
-    assert (await pipeline.apply([Event("l2", "identify", "u-2", NOW, {}, merge_from="anon-2")], NOW)).merged == 0
+    await redis.set(KEYS.merge_staging("a:anon-2"), staged)
+    assert (await pipeline.apply([Event("l2", "identify", "u:u-2", NOW, {}, merge_from="a:anon-2")], NOW)).merged == 0
     crm = feature(pipeline, "page_view", 7)
-    assert (await profile_of(redis, "u-2")).w[crm.fid][1:] == [1]
+    assert (await profile_of(redis, "u:u-2")).w[crm.fid][1:] == [1]
 
 
 async def test_a_persons_keys_share_one_cluster_slot(redis):

@@ -91,12 +91,12 @@ def test_batch_context_is_the_default_for_each_message():
 def test_alias_merges_the_previous_id_into_the_user_id():
     events = mapped(msg(type="alias", previousId="a-old", userId="u1", anonymousId=None))
     (event,) = resolve_events(events, Caller(is_server=True), empty_catalog(), NOW)
-    assert (event.type, event.person, event.merge_from) == ("alias", "u1", "a-old")
+    assert (event.type, event.person, event.merge_from) == ("alias", "u:u1", "a:a-old")
 
 
 def test_a_known_user_with_an_anonymous_id_merges_it():
     (event,) = resolve_events(mapped(msg(userId="u1")), Caller(is_server=True), empty_catalog(), NOW)
-    assert (event.person, event.merge_from) == ("u1", "a1")
+    assert (event.person, event.merge_from) == ("u:u1", "a:a1")
 
 
 def test_group_traits_become_properties_not_person_traits():

@@ -103,7 +103,7 @@ def test_a_clients_calls_reach_the_profile_and_a_resend_changes_nothing(clean_ap
         assert profile["features"][NEWSLETTER_OPENS] == 1
         assert "registered" in profile["segments"]
         assert profile["score"] == pytest.approx(33, abs=0.1)  # 3 pricing views × 10 + an open × 3
-        assert not person(clean_api, anonymous)["exists"]  # merged into the known person
+        assert not person(clean_api, f"a:{anonymous}")["exists"]  # merged into the known person
 
         before = duplicates_counted(clean_api)
         send_visit(client, anonymous, user, ids)
@@ -124,20 +124,20 @@ def test_alias_merges_the_previous_id_history(clean_api, library):
         for n in range(2):
             client.page(anonymous_id=previous, properties=PRICING, message_id=f"{tag}-p{n}")
         client.flush()
-        wait_until(lambda: person(clean_api, previous)["features"][ALL_VIEWS] == 2, what="the device's views")
+        wait_until(lambda: person(clean_api, f"a:{previous}")["features"][ALL_VIEWS] == 2, what="the device's views")
         client.alias(previous_id=previous, user_id=user, message_id=f"{tag}-alias")
         client.flush()
         merged = wait_until(lambda: (p := person(clean_api, user))["features"][ALL_VIEWS] == 2 and p,
                             what="the alias merge")
         assert merged["features"][PRICING_VIEWS] == 2
-        assert not person(clean_api, previous)["exists"]
+        assert not person(clean_api, f"a:{previous}")["exists"]
 
         client.alias(previous_id=previous, user_id=user, message_id=f"{tag}-alias")
         client.page(anonymous_id=previous, properties=PRICING, message_id=f"{tag}-p0")
         client.flush()
         assert recorder.errors == []
         assert person(clean_api, user) == merged
-        assert not person(clean_api, previous)["exists"]
+        assert not person(clean_api, f"a:{previous}")["exists"]
     finally:
         client.shutdown()
 
@@ -155,7 +155,7 @@ def test_a_bad_write_key_is_a_401_the_client_gives_up_on(clean_api, library):
     assert isinstance(error, SegmentAPIError | RudderAPIError)
     assert (error.status, error.code) == (401, "unauthorized")
     assert "write key" in error.message
-    assert not person(clean_api, "a-intruder")["exists"]
+    assert not person(clean_api, "a:a-intruder")["exists"]
 
 
 def test_rudder_batches_past_512_kb_are_refused_with_413(clean_api):
@@ -170,7 +170,7 @@ def test_rudder_batches_past_512_kb_are_refused_with_413(clean_api):
         client.shutdown()
     (error,) = recorder.errors
     assert (error.status, error.code) == (413, "payload_too_large")
-    assert not person(clean_api, "a-bulky")["exists"]
+    assert not person(clean_api, "a:a-bulky")["exists"]
 
 
 def test_malformed_and_oversize_bodies_get_a_reason(clean_api):

@@ -161,7 +161,7 @@ def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page
     aid = page.evaluate("localStorage.getItem('attimo_aid')")
     decides = [u for u, _ in page.sent if "/v1/decide" in u]
     assert len(decides) == 1  # one decide for every slot on the page
-    wait_until(lambda: profile(shop, aid)["exists"], what="events in the profile")
+    wait_until(lambda: profile(shop, f"a:{aid}")["exists"], what="events in the profile")
     wait_page(page, lambda: events_sent(page, "impression"), what="impressions")
     # The queued call made before the script arrived was replayed.
     assert events_sent(page, "video_play")
@@ -169,10 +169,10 @@ def test_loader_queue_replay_fills_slots_and_events_reach_the_profile(shop, page
     for _ in range(2):
         page.reload()
         page.wait_for_selector("#side[data-attimo-offer]")
-    wait_until(lambda: profile(shop, aid)["score"] >= 30, what="pricing views scored")
+    wait_until(lambda: profile(shop, f"a:{aid}")["score"] >= 30, what="pricing views scored")
     page.reload()
     page.wait_for_selector("#hero[data-attimo-offer=crm_trial]")
-    person = profile(shop, aid)
+    person = profile(shop, f"a:{aid}")
     assert person["impressions"]["spring_sale"]["count"] >= 1
     # A click on a filled slot is an event with the decision id.
     page.click("#hero .attimo-offer strong")
