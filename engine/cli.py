@@ -44,10 +44,19 @@ def main(argv: list[str] | None = None) -> int:
 
     commands.add_parser("worker", help="apply events from Kafka (ATTIMO_KAFKA_BROKERS) with faust-streaming")
 
+    migrate = commands.add_parser("migrate", help="move data written before the two identity spaces into them "
+                                                  "(stop the API, workers and schedulers first)")
+    migrate.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
+    migrate.add_argument("--anonymous-pattern", default=None,
+                         help="ids that were anonymous (a regular expression, whole id); "
+                              "default: the snippet's 24 hex digits")
+    migrate.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
+
     args = parser.parse_args(argv)
     try:
         return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign,
-                "scheduler": run_scheduler_command, "worker": run_worker_command}[args.command](args)
+                "scheduler": run_scheduler_command, "worker": run_worker_command,
+                "migrate": run_migrate}[args.command](args)
     except AttimoError as exc:
         print(f"attimo: {exc}", file=sys.stderr)
         return 1
@@ -93,6 +102,33 @@ def run_check(args) -> int:
         f"{len(catalog.segments)} segments, {len(catalog.features)} windowed features, "
         f"{len(catalog.journeys.all)} journeys, {len(catalog.journeys.templates)} templates"
     )
+    return 0
+
+
+def run_migrate(args) -> int:
+    import json
+    import re
+
+    from engine.migrate import SNIPPET_ANONYMOUS_ID, Migration
+    from engine.store.client import connect
+    from engine.store.keys import Keys
+
+    settings = Settings.from_env(redis_url=args.redis_url)
+    pattern = args.anonymous_pattern or SNIPPET_ANONYMOUS_ID
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        print(f"attimo: --anonymous-pattern is not a regular expression: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> dict:
+        redis = connect(settings, pool_size=4, pool_timeout_s=5)
+        try:
+            return (await Migration(redis, Keys(settings.key_prefix), pattern, dry_run=args.dry_run).run()).as_dict()
+        finally:
+            await redis.aclose()
+
+    print(json.dumps({"dry_run": args.dry_run, **asyncio.run(run())}))
     return 0
 
 
