@@ -19,6 +19,9 @@ from engine.policy import PERSONAL_CHANNELS
 async def get_person(request: Request) -> Response:
     """
     summary: A person's profile as the engine sees it now (server token).
+    security: [{serverToken: []}]
+    parameters:
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
     responses:
       200: {description: 'traits, windowed features, score, segments, impressions, messages: pending (queued or sending) and recent outcomes with their reasons, and journeys: in progress (step, waiting until) and last entries'}
       401: {description: Missing token}
@@ -46,6 +49,9 @@ async def delete_person(request: Request) -> Response:
     description: 'Cancels every message queued for them on every channel (journey timers too), then removes
       their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
       dead letters. Their suppressions stay: they keep them from being contacted again.'
+    security: [{serverToken: []}]
+    parameters:
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
     responses:
       200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
       401: {description: Missing token}
