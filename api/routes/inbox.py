@@ -78,6 +78,7 @@ async def read_inbox_message(request: Request) -> Response:
       401: {description: Missing or unknown key}
       403: {description: Not a signed user}
       404: {description: No such message}
+      422: {description: The body is not a JSON object}
     """
     return await _mark(request, "read")
 
@@ -97,6 +98,7 @@ async def dismiss_inbox_message(request: Request) -> Response:
       401: {description: Missing or unknown key}
       403: {description: Not a signed user}
       404: {description: No such message}
+      422: {description: The body is not a JSON object}
     """
     return await _mark(request, "dismissed")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from redis.exceptions import RedisError
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -196,10 +197,16 @@ async def get_dead_letters(request: Request) -> Response:
     return json_response({"dead_letters": [_dead_letter_view(raw) for raw in entries], "total": total})
 
 
+class Suppression(HTTPEndpoint):
+    """One route for the path, so a 405's Allow header names both PUT and DELETE."""
+
+    put = staticmethod(put_suppression)
+    delete = staticmethod(delete_suppression)
+
+
 ROUTES = [
     Route("/v1/kpis", get_kpis, methods=["GET"]),
     Route("/v1/suppressions/{channel}", list_suppressions, methods=["GET"]),
-    Route("/v1/suppressions/{channel}/{address}", put_suppression, methods=["PUT"]),
-    Route("/v1/suppressions/{channel}/{address}", delete_suppression, methods=["DELETE"]),
+    Route("/v1/suppressions/{channel}/{address}", Suppression),
     Route("/v1/deadletters", get_dead_letters, methods=["GET"]),
 ]

@@ -107,3 +107,24 @@ def test_bodies_are_described_for_every_post_that_reads_one(document):
     assert set(paths["/v1/admin/catalog"]["post"]["requestBody"]["content"]) == {"application/yaml", "application/json"}
     batch = paths["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert resolve(document, batch["$ref"])["required"] == ["batch"]
+
+
+@pytest.mark.parametrize(("path", "allowed"), [
+    ("/v1/people/p-1", {"GET", "DELETE"}),
+    ("/v1/suppressions/email/ada@example.com", {"PUT", "DELETE"}),
+])
+def test_a_method_a_path_lacks_is_405_naming_every_method_it_has(api, path, allowed):
+    """Schemathesis found these paths answering 405 with an Allow header that
+    named one of their two methods: they were two routes."""
+    with api.server() as client:
+        answer = client.request("PATCH", path)
+    assert answer.status_code == 405
+    assert {m.strip() for m in answer.headers["allow"].split(",")} - {"HEAD"} == allowed
+
+
+def test_marking_an_inbox_message_with_a_body_not_an_object_is_the_documented_422(api, document):
+    responses = document["paths"]["/v1/inbox/{message_id}/read"]["post"]["responses"]
+    with api.server() as client:
+        answer = client.post("/v1/inbox/m-1/read", json=[None, None])
+    assert answer.status_code == 422 and answer.json()["field"] == "body"
+    assert "422" in responses
