@@ -16,8 +16,19 @@ from engine.settings import MAX_BODY_BYTES
 async def post_catalog(request: Request) -> Response:
     """
     summary: Replace the catalog in force (server token); YAML or JSON body.
+    description: The body is read as catalog text (YAML 1.2, of which JSON is a part) whatever its
+      Content-Type, and compiled before anything changes.
+    security: [{serverToken: []}]
+    requestBody:
+      required: true
+      content:
+        application/yaml: {schema: {type: string}}
+        application/json: {schema: {type: object}}
     responses:
       200: {description: '{"digest", "offers", "segments", "placements"}'}
+      401: {description: Missing token}
+      403: {description: Not the server token}
+      413: {description: Body over 2 MB}
       422: {description: 'The catalog has problems: {"problems": [{"path", "reason"}]}'}
     """
     services = services_of(request)

@@ -40,7 +40,10 @@ async def post_decide(request: Request) -> Response:
     summary: Choose an offer for each placement, for one person, now.
     description: Reads the person with one Redis round trip and writes nothing.
       A placement answered null keeps its default content. `?explain=1` adds why.
-    requestBody: {content: {application/json: {schema: {$ref: '#/components/schemas/DecideRequest'}}}}
+    security: [{siteKey: []}, {serverToken: []}]
+    parameters:
+      - {name: explain, in: query, schema: {type: string, enum: ['1', 'true']}, description: add why each offer was chosen}
+    requestBody: {required: true, content: {application/json: {schema: {$ref: '#/components/schemas/DecideRequest'}}}}
     responses:
       200: {description: '{"decision_id", "placements": {name: offer | null}, "fallback"?}'}
       400: {description: Malformed JSON}

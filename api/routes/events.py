@@ -20,7 +20,8 @@ EVENTS_SECONDS = metrics.REQUEST_SECONDS.labels("events")
 async def post_events(request: Request) -> Response:
     """
     summary: Send a batch of events (at most 500); answered after they are applied.
-    requestBody: {content: {application/json: {schema: {$ref: '#/components/schemas/EventBatch'}}}}
+    security: [{siteKey: []}, {serverToken: []}]
+    requestBody: {required: true, content: {application/json: {schema: {$ref: '#/components/schemas/WireBatch'}}}}
     responses:
       202: {description: 'Applied: {"accepted": N, "duplicates": M}'}
       400: {description: Malformed JSON}

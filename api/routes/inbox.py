@@ -30,6 +30,7 @@ async def _signed_person(request: Request, body: dict | None = None) -> str:
 async def get_inbox(request: Request) -> Response:
     """
     summary: The in-app inbox of a signed user, newest first (unexpired, not dismissed).
+    security: [{siteKey: []}, {serverToken: []}]
     parameters:
       - {name: user_id, in: query, required: true, schema: {type: string}}
       - {name: user_sig, in: query, schema: {type: string}, description: 'HMAC of user_id (site key callers)'}
@@ -65,15 +66,39 @@ async def _mark(request: Request, flag: str) -> Response:
 async def read_inbox_message(request: Request) -> Response:
     """
     summary: Mark an inbox message read (signed user in the JSON body or the query).
-    responses: {200: {description: marked}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    security: [{siteKey: []}, {serverToken: []}]
+    parameters:
+      - {name: message_id, in: path, required: true, schema: {type: string}}
+      - {name: user_id, in: query, schema: {type: string}, description: or in the JSON body}
+      - {name: user_sig, in: query, schema: {type: string}, description: or in the JSON body}
+    requestBody: {content: {application/json: {schema: {$ref: '#/components/schemas/SignedUser'}}}}
+    responses:
+      200: {description: marked}
+      400: {description: Malformed JSON}
+      401: {description: Missing or unknown key}
+      403: {description: Not a signed user}
+      404: {description: No such message}
+      422: {description: The body is not a JSON object}
     """
     return await _mark(request, "read")
 
 
 async def dismiss_inbox_message(request: Request) -> Response:
     """
-    summary: Dismiss an inbox message; it is not listed again.
-    responses: {200: {description: dismissed}, 403: {description: Not a signed user}, 404: {description: No such message}}
+    summary: Dismiss an inbox message; it is not listed again (signed user in the JSON body or the query).
+    security: [{siteKey: []}, {serverToken: []}]
+    parameters:
+      - {name: message_id, in: path, required: true, schema: {type: string}}
+      - {name: user_id, in: query, schema: {type: string}, description: or in the JSON body}
+      - {name: user_sig, in: query, schema: {type: string}, description: or in the JSON body}
+    requestBody: {content: {application/json: {schema: {$ref: '#/components/schemas/SignedUser'}}}}
+    responses:
+      200: {description: dismissed}
+      400: {description: Malformed JSON}
+      401: {description: Missing or unknown key}
+      403: {description: Not a signed user}
+      404: {description: No such message}
+      422: {description: The body is not a JSON object}
     """
     return await _mark(request, "dismissed")
 
@@ -81,9 +106,23 @@ async def dismiss_inbox_message(request: Request) -> Response:
 async def post_device(request: Request) -> Response:
     """
     summary: Register a push token for a signed user; push messages go to the push webhook with the person's tokens.
-    requestBody: {content: {application/json: {schema: {type: object, required: [user_id, token], properties: {user_id: {type: string}, user_sig: {type: string}, token: {type: string}, platform: {type: string}}}}}}
+    security: [{siteKey: []}, {serverToken: []}]
+    requestBody:
+      required: true
+      content:
+        application/json:
+          schema:
+            type: object
+            required: [user_id, token]
+            properties:
+              user_id: {type: string}
+              user_sig: {type: string, description: 'HMAC of user_id (site key callers)'}
+              token: {type: string, maxLength: 512}
+              platform: {type: string, maxLength: 32}
     responses:
       200: {description: '{"devices": number of tokens the person has}'}
+      400: {description: Malformed JSON}
+      401: {description: Missing or unknown key}
       403: {description: Not a signed user}
       422: {description: A missing or too long token}
     """

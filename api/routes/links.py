@@ -61,7 +61,19 @@ def _journey(link: dict) -> dict:
 async def track_open(request: Request) -> Response:
     """
     summary: Open pixel of a follow-up email; records an email_open event.
-    responses: {200: {description: a 1x1 GIF}, 400: {description: the link was changed}}
+    description: The query is the one the email was made with, signed; any change is a 400.
+    parameters:
+      - {name: m, in: query, required: true, schema: {type: string}, description: message id}
+      - {name: p, in: query, required: true, schema: {type: string}, description: person}
+      - {name: e, in: query, required: true, schema: {type: string}, description: email template}
+      - {name: j, in: query, schema: {type: string}, description: journey}
+      - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
+      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
+    responses:
+      200: {description: a 1x1 GIF}
+      400: {description: the link was changed}
+      404: {description: 'tracking links are off (no ATTIMO_TRACKING_SECRET)'}
+      410: {description: the link expired}
     """
     link = _verified(request)
     if isinstance(link, Response):
@@ -75,7 +87,20 @@ async def track_open(request: Request) -> Response:
 async def track_click(request: Request) -> Response:
     """
     summary: Click redirect of a follow-up email; records an email_click event.
-    responses: {302: {description: to the signed target}, 400: {description: the link was changed}}
+    description: The query is the one the email was made with, signed; any change is a 400.
+    parameters:
+      - {name: m, in: query, required: true, schema: {type: string}, description: message id}
+      - {name: p, in: query, required: true, schema: {type: string}, description: person}
+      - {name: e, in: query, required: true, schema: {type: string}, description: email template}
+      - {name: j, in: query, schema: {type: string}, description: journey}
+      - {name: u, in: query, required: true, schema: {type: string}, description: the target URL}
+      - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
+      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
+    responses:
+      302: {description: to the signed target}
+      400: {description: the link was changed}
+      404: {description: 'tracking links are off (no ATTIMO_TRACKING_SECRET)'}
+      410: {description: the link expired}
     """
     link = _verified(request)
     if isinstance(link, Response):
@@ -92,7 +117,19 @@ async def unsubscribe(request: Request) -> Response:
     summary: 'Unsubscribe link: GET shows a confirmation page, POST unsubscribes (its button, and RFC 8058 one-click).'
     description: 'A GET changes nothing (mail scanners follow links). The POST withdraws consent for the
       channel, every purpose, and cancels what is queued on it; it answers a page to a browser, JSON otherwise.'
-    responses: {200: {description: the page, or done}, 400: {description: the link was changed}}
+    parameters:
+      - {name: p, in: query, required: true, schema: {type: string}, description: person}
+      - {name: c, in: query, required: true, schema: {type: string}, description: channel}
+      - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
+      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
+    requestBody:
+      description: 'RFC 8058 one-click: List-Unsubscribe=One-Click (the body is not read)'
+      content: {application/x-www-form-urlencoded: {schema: {type: object, properties: {List-Unsubscribe: {type: string}}}}}
+    responses:
+      200: {description: 'the page, or done'}
+      400: {description: the link was changed}
+      404: {description: 'tracking links are off (no ATTIMO_TRACKING_SECRET)'}
+      410: {description: the link expired}
     """
     link = _verified(request)
     if isinstance(link, Response):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 from redis.exceptions import RedisError
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -23,6 +24,7 @@ from engine.store.keys import DEAD_LETTERS_MAX
 async def get_kpis(request: Request) -> Response:
     """
     summary: KPIs per journey, channel and offer (server token).
+    security: [{serverToken: []}]
     description: 'Per journey of the catalog in force: entered, held out, sends by channel, opens, clicks,
       their rates, converters and revenue for the treated and the hold-out group, and the uplift. Per channel:
       sent, dropped, dead letters, opens, clicks, unsubscribes and their rates. Per offer: impressions,
@@ -79,6 +81,7 @@ def _suppressible(request: Request) -> tuple[str, str | None]:
 async def put_suppression(request: Request) -> Response:
     """
     summary: Suppress an address on a channel (server token); nothing more is sent to it there.
+    security: [{serverToken: []}]
     description: 'The address is normalised (email: lower case; phone: digits and a leading +), as the check
       at send time normalises a message''s `to`. A message it stops is dropped with the reason "suppressed".
       Putting it again changes nothing.'
@@ -89,7 +92,7 @@ async def put_suppression(request: Request) -> Response:
       200: {description: '{"channel", "address" (normalised), "suppressed": true, "added": false if it already was}'}
       401: {description: Missing token}
       403: {description: Not the server token}
-      422: {description: Not a channel with addresses, or not an address of the channel}
+      422: {description: 'Not a channel with addresses, or not an address of the channel'}
     """
     services = services_of(request)
     require_server(caller_of(request))
@@ -104,6 +107,7 @@ async def put_suppression(request: Request) -> Response:
 async def delete_suppression(request: Request) -> Response:
     """
     summary: Lift an address's suppression on a channel (server token).
+    security: [{serverToken: []}]
     parameters:
       - {name: channel, in: path, required: true, schema: {type: string, enum: [email, sms]}}
       - {name: address, in: path, required: true, schema: {type: string, maxLength: 254}}
@@ -112,7 +116,7 @@ async def delete_suppression(request: Request) -> Response:
       401: {description: Missing token}
       403: {description: Not the server token}
       404: {description: The address was not suppressed on this channel}
-      422: {description: Not a channel with addresses, or not an address of the channel}
+      422: {description: 'Not a channel with addresses, or not an address of the channel'}
     """
     services = services_of(request)
     require_server(caller_of(request))
@@ -129,6 +133,7 @@ async def delete_suppression(request: Request) -> Response:
 async def list_suppressions(request: Request) -> Response:
     """
     summary: A channel's suppressed addresses in order, a page at a time (server token).
+    security: [{serverToken: []}]
     parameters:
       - {name: channel, in: path, required: true, schema: {type: string, enum: [email, sms]}}
       - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 100}}
@@ -137,7 +142,7 @@ async def list_suppressions(request: Request) -> Response:
       200: {description: '{"channel", "addresses": [...], "total": n, "next": the value for `after`, null on the last page}'}
       401: {description: Missing token}
       403: {description: Not the server token}
-      422: {description: Not a channel with addresses, or a limit out of range}
+      422: {description: 'Not a channel with addresses, or a limit out of range'}
     """
     services = services_of(request)
     require_server(caller_of(request))
@@ -168,6 +173,7 @@ def _dead_letter_view(raw: bytes) -> dict:
 async def get_dead_letters(request: Request) -> Response:
     """
     summary: The most recent dead-lettered messages, newest first, with the reason each failed (server token).
+    security: [{serverToken: []}]
     description: A message is dead-lettered when its channel refused it for good or it ran out of attempts.
       Its body (address, traits) is not shown.
     parameters:
@@ -191,10 +197,16 @@ async def get_dead_letters(request: Request) -> Response:
     return json_response({"dead_letters": [_dead_letter_view(raw) for raw in entries], "total": total})
 
 
+class Suppression(HTTPEndpoint):
+    """One route for the path, so a 405's Allow header names both PUT and DELETE."""
+
+    put = staticmethod(put_suppression)
+    delete = staticmethod(delete_suppression)
+
+
 ROUTES = [
     Route("/v1/kpis", get_kpis, methods=["GET"]),
     Route("/v1/suppressions/{channel}", list_suppressions, methods=["GET"]),
-    Route("/v1/suppressions/{channel}/{address}", put_suppression, methods=["PUT"]),
-    Route("/v1/suppressions/{channel}/{address}", delete_suppression, methods=["DELETE"]),
+    Route("/v1/suppressions/{channel}/{address}", Suppression),
     Route("/v1/deadletters", get_dead_letters, methods=["GET"]),
 ]

@@ -17,6 +17,7 @@ from api import metrics
 from api.http import json_response, services_of
 from api.routes.decide import DecideRequest
 from engine.events import WireBatch
+from engine.ingest.segment import SegmentBatch, SegmentMessage
 
 log = logging.getLogger("attimo.api")
 
@@ -53,18 +54,33 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, headers={"Content-Type": content_type})
 
 
+# msgspec writes nested definitions as `#/$defs/...`; schema_components puts
+# every struct the bodies use under components/schemas, where such refs resolve.
+_, BODY_SCHEMAS = msgspec.json.schema_components(
+    [WireBatch, DecideRequest, SegmentBatch, SegmentMessage],
+    ref_template="#/components/schemas/{name}",
+)
+
 SCHEMA_BASE = {
-    "openapi": "3.0.3",
+    "openapi": "3.1.0",
     "info": {"title": "Attimo", "version": "0.1.0",
              "description": "Real-time personalization: events in, decisions out."},
     "components": {
         "securitySchemes": {
-            "siteKey": {"type": "apiKey", "in": "header", "name": "X-Attimo-Key"},
-            "serverToken": {"type": "http", "scheme": "bearer"},
+            "siteKey": {"type": "apiKey", "in": "header", "name": "X-Attimo-Key",
+                        "description": "The site key: browsers and apps"},
+            "serverToken": {"type": "http", "scheme": "bearer",
+                            "description": "The server token: your servers and operators"},
+            "writeKey": {"type": "http", "scheme": "basic",
+                         "description": "Segment clients: the server token as the user, empty password"},
         },
         "schemas": {
-            "EventBatch": msgspec.json.schema(WireBatch),
-            "DecideRequest": msgspec.json.schema(DecideRequest),
+            **BODY_SCHEMAS,
+            "SignedUser": {
+                "type": "object",
+                "properties": {"user_id": {"type": "string"},
+                               "user_sig": {"type": "string", "description": "HMAC of user_id (site key callers)"}},
+            },
         },
     },
 }
@@ -73,10 +89,20 @@ SCHEMA_BASE = {
 schemas = SchemaGenerator(SCHEMA_BASE)
 
 
+def openapi_document(routes: list) -> dict:
+    """The OpenAPI 3.1 document of `routes` (those in the schema), from their
+    docstrings. The docstrings write status codes as YAML integers for
+    readability; OpenAPI wants them as strings."""
+    document = schemas.get_schema(routes=routes)
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            if "responses" in operation:
+                operation["responses"] = {str(code): answer for code, answer in operation["responses"].items()}
+    return document
+
+
 async def openapi(request: Request) -> Response:
-    # Status codes in the route docstrings are YAML integers: JSON wants strings.
-    body = orjson.dumps(schemas.get_schema(routes=request.app.routes), option=orjson.OPT_NON_STR_KEYS)
-    return Response(body, media_type="application/json")
+    return Response(orjson.dumps(openapi_document(request.app.routes)), media_type="application/json")
 
 
 ROUTES = [

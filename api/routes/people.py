@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from redis.exceptions import RedisError
+from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -19,6 +20,9 @@ from engine.policy import PERSONAL_CHANNELS
 async def get_person(request: Request) -> Response:
     """
     summary: A person's profile as the engine sees it now (server token).
+    security: [{serverToken: []}]
+    parameters:
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
     responses:
       200: {description: 'traits, windowed features, score, segments, impressions, messages: pending (queued or sending) and recent outcomes with their reasons, and journeys: in progress (step, waiting until) and last entries'}
       401: {description: Missing token}
@@ -46,6 +50,9 @@ async def delete_person(request: Request) -> Response:
     description: 'Cancels every message queued for them on every channel (journey timers too), then removes
       their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
       dead letters. Their suppressions stay: they keep them from being contacted again.'
+    security: [{serverToken: []}]
+    parameters:
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
     responses:
       200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
       401: {description: Missing token}
@@ -63,7 +70,12 @@ async def delete_person(request: Request) -> Response:
                           "dead_letters": erased["dead_letters"]})
 
 
-ROUTES = [
-    Route("/v1/people/{person}", get_person, methods=["GET"]),
-    Route("/v1/people/{person}", delete_person, methods=["DELETE"]),
-]
+class Person(HTTPEndpoint):
+    """One route for the path, so a method it lacks is a 405 whose Allow header
+    names both GET and DELETE (two routes would each name only their own)."""
+
+    get = staticmethod(get_person)
+    delete = staticmethod(delete_person)
+
+
+ROUTES = [Route("/v1/people/{person}", Person)]

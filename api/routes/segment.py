@@ -113,11 +113,13 @@ async def post_batch(request: Request) -> Response:
       password (or writeKey in the body). Body may be gzip (Content-Encoding), 512 KB
       inflated at most. Mapped onto Attimo events as docs/segment.md says, then
       validated, deduplicated by messageId and applied like POST /v1/events.
+    security: [{writeKey: []}, {serverToken: []}]
+    requestBody: {required: true, content: {application/json: {schema: {$ref: '#/components/schemas/SegmentBatch'}}}}
     responses:
       200: {description: 'Applied: {"success": true, "accepted": N, "duplicates": M}'}
       400: {description: Malformed JSON or gzip}
       401: {description: Missing or unknown write key}
-      413: {description: Body over 512 KB, before or after inflating}
+      413: {description: 'Body over 512 KB, before or after inflating'}
       415: {description: Content-Encoding other than gzip}
       422: {description: A field breaks the schema or a limit; the answer names it}
       503: {description: Redis unavailable; retry after Retry-After seconds}
@@ -132,11 +134,14 @@ def single_call(kind: str):
     endpoint.__name__ = f"post_{kind}"
     endpoint.__doc__ = f"""
     summary: Segment-compatible single {kind} call; answers as POST /v1/batch.
+    security: [{{writeKey: []}}, {{serverToken: []}}]
+    requestBody: {{required: true, content: {{application/json: {{schema: {{$ref: '#/components/schemas/SegmentMessage'}}}}}}}}
     responses:
       200: {{description: 'Applied: {{"success": true, "accepted": N, "duplicates": M}}'}}
       400: {{description: Malformed JSON or gzip}}
       401: {{description: Missing or unknown write key}}
       413: {{description: Body over 512 KB}}
+      415: {{description: Content-Encoding other than gzip}}
       422: {{description: A field breaks the schema or a limit}}
       503: {{description: Redis unavailable; retry after Retry-After seconds}}
     """

@@ -66,6 +66,8 @@ def snippet_asset() -> Asset:
 async def get_snippet(request: Request) -> Response:
     """
     summary: The website snippet (plain JS, ETag and Cache-Control; If-None-Match gives 304).
+    parameters:
+      - {name: If-None-Match, in: header, schema: {type: string}}
     responses:
       200: {description: The script}
       304: {description: Not modified}
