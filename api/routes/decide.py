@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import metrics
-from api.http import caller_of, json_response, read_body, services_of
+from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.decisions.decide import decide
 from engine.errors import EventRejected, MalformedBody
@@ -47,10 +47,12 @@ async def post_decide(request: Request) -> Response:
       401: {description: Missing or unknown key}
       403: {description: Bad user signature}
       422: {description: A field breaks the schema or a limit}
+      429: {description: Past the rate limit of a site key; retry after Retry-After seconds}
     """
     started = time.perf_counter()
     services = services_of(request)
     caller = caller_of(request)
+    await check_rate(request, caller)
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
