@@ -1,4 +1,5 @@
-"""POST /v1/decide: the hot path. One Redis read for the person, then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
+"""POST /v1/decide: the hot path. One Redis read for the person (with a public
+caller's rate-limit hit beside it), then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ async def post_decide(request: Request) -> Response:
     started = time.perf_counter()
     services = services_of(request)
     caller = caller_of(request)
-    await check_rate(request, caller)
+    limited = services.rate_limits.enabled and not caller.is_server
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
@@ -60,7 +61,14 @@ async def post_decide(request: Request) -> Response:
     fallback = None
     try:
         async with asyncio.timeout(services.decide_budget_s):
-            raw = await services.redis.get(services.keys.profile(person))
+            read = services.redis.get(services.keys.profile(person))
+            if limited:  # the limiter's hit goes out with the read: one round trip's wait
+                rate, raw = await asyncio.gather(check_rate(request, caller), read, return_exceptions=True)
+                for outcome in (rate, raw):
+                    if isinstance(outcome, BaseException):
+                        raise outcome  # RateLimited: 429; a Redis failure: the fallback
+            else:
+                raw = await read
     except TimeoutError:
         fallback = "timeout"
     except RedisError as exc:
