@@ -18,6 +18,7 @@ from engine.errors import (
     EventRejected,
     NotAuthenticated,
     NotAuthorized,
+    RateLimited,
     StoreUnavailable,
 )
 
@@ -35,6 +36,10 @@ async def unauthenticated(request: Request, exc: NotAuthenticated) -> Response:
 
 async def forbidden(request: Request, exc: NotAuthorized) -> Response:
     return json_response({"error": str(exc)}, 403)
+
+
+async def rate_limited(request: Request, exc: RateLimited) -> Response:
+    return json_response({"error": str(exc)}, 429, {"Retry-After": str(exc.retry_after)})
 
 
 async def unavailable(request: Request, exc: StoreUnavailable) -> Response:
@@ -65,6 +70,7 @@ ERROR_HANDLERS = {
     EventRejected: rejected,
     NotAuthenticated: unauthenticated,
     NotAuthorized: forbidden,
+    RateLimited: rate_limited,
     StoreUnavailable: unavailable,
     CatalogError: bad_catalog,
     RedisError: store_failed,

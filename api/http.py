@@ -27,6 +27,19 @@ def caller_of(request: Request) -> Caller:
     return authenticate(request.headers, request.query_params, services_of(request).settings)
 
 
+async def check_rate(request: Request, caller: Caller, anonymous_ids: set[str] | None = None) -> None:
+    """Rate limits of a public caller (api/ratelimit.py): RateLimited (429)
+    past them. With `anonymous_ids` (an events batch) the new-profile limit too."""
+    rate_limits = services_of(request).rate_limits
+    if caller.is_server or not rate_limits.enabled:
+        return
+    ip = rate_limits.client(request.scope)
+    if anonymous_ids is None:
+        await rate_limits.check_request(ip)
+    else:
+        await rate_limits.check_events(ip, anonymous_ids)
+
+
 def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(body), status, headers, media_type="application/json")
 

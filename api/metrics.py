@@ -32,6 +32,7 @@ DECISIONS = Counter(
 )
 FALLBACKS = Counter("attimo_decide_fallbacks_total", "Decides answered without the profile", ["reason"])
 REDIS_ERRORS = Counter("attimo_redis_errors_total", "Redis failures and budget overruns", ["op", "kind"])
+RATE_LIMITED = Counter("attimo_rate_limited_total", "Public requests answered 429", ["limit"])
 MERGES = Counter("attimo_profile_merges_total", "Anonymous profiles merged into known people")
 
 

@@ -9,6 +9,7 @@ import asyncio
 from redis.exceptions import RedisError
 
 from api import metrics
+from api.ratelimit import RateLimits
 from engine.catalog.journeys import JOURNEY_CHANNEL
 from engine.errors import StoreUnavailable
 from engine.events import Event
@@ -39,6 +40,7 @@ class Services:
         self.event_log = EventLog(settings) if settings.kafka_brokers else None
         self.decide_budget_s = settings.redis_budget_ms / 1000
         self.apply_budget_s = settings.apply_budget_ms / 1000
+        self.rate_limits = RateLimits(settings, runtime.redis, runtime.keys)
 
     async def apply(self, events: list[Event], now: int) -> ApplyResult:
         """Apply resolved events before answering (every ingest route comes here):

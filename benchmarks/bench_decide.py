@@ -49,6 +49,9 @@ def api_server(redis_url: str, catalog_path: Path) -> UvicornServer:
         "ATTIMO_SITE_KEY": SITE_KEY,
         "ATTIMO_SITE_SECRET": SITE_SECRET,
         "ATTIMO_SCHEDULER": "off",  # measure decide, not an idle scheduler's polls
+        # One load generator on 127.0.0.1 plays thousands of visitors.
+        "ATTIMO_RATE_LIMIT": "off",
+        "ATTIMO_NEW_PROFILE_LIMIT": "off",
     }
     # A 5000-offer catalog takes seconds to compile before the port opens.
     return UvicornServer("api.app:create_app_from_env", SERVER_CORE, env=env, extra_args=["--factory"],

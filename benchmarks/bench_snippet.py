@@ -68,6 +68,7 @@ def serve_child(port: int, redis_url: str) -> None:
     settings = Settings.from_env(
         {}, port=port, redis_url=redis_url, catalog_path=str(ROOT / "examples" / "catalog.yaml"),
         server_token=TOKEN, site_key=SITE_KEY, site_secret=SITE_SECRET,
+        rate_limit="off", new_profile_limit="off",  # one browser on 127.0.0.1 plays many visitors
     )
     serve(settings, bench_routes(settings))
 

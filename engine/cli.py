@@ -163,6 +163,9 @@ def serve(settings: Settings, extra_routes: list | None = None) -> None:
         host=settings.host, port=settings.port, loop="uvloop", http=HeaderDeadlineProtocol,
         access_log=settings.access_log, log_level="info", timeout_graceful_shutdown=5,
         limit_concurrency=settings.limit_concurrency,
+        # Never rewrite the client address from X-Forwarded-For (uvicorn trusts
+        # 127.0.0.1 by default): api/ratelimit.py reads it from ATTIMO_TRUSTED_PROXIES only.
+        proxy_headers=False,
     )
     if settings.workers == 1:
         app = create_app(settings, extra_routes)  # a bad catalog stops here, with its problems

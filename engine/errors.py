@@ -8,6 +8,7 @@ AttimoError
 │   ├── MalformedBody (400)
 │   └── BodyTimeout (408)
 ├── NotAuthenticated (401), NotAuthorized (403)
+├── RateLimited (429)                    a client past its rate limit: retry_after s
 ├── StoreUnavailable (503)               Redis or Kafka not there, or too slow
 │   └── StoreContention                  a key kept changing under a transaction
 └── SendError                            a channel failed: retried through the queue
@@ -76,6 +77,15 @@ class NotAuthenticated(AttimoError):
 
 class NotAuthorized(AttimoError):
     """Known credentials that may not do this (403)."""
+
+
+class RateLimited(AttimoError):
+    """A public client past a rate limit (ATTIMO_RATE_LIMIT, ATTIMO_NEW_PROFILE_LIMIT):
+    429, to be retried after `retry_after` whole seconds."""
+
+    def __init__(self, reason: str, retry_after: int):
+        self.retry_after = max(1, retry_after)
+        super().__init__(reason)
 
 
 class StoreUnavailable(AttimoError):

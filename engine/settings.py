@@ -5,11 +5,14 @@ environment."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
+
+import limits
 
 from engine.errors import SettingsError
 
@@ -54,6 +57,13 @@ class Settings:
     # Connections and requests one process takes at once; past it uvicorn
     # answers 503 at once instead of running out of file descriptors.
     limit_concurrency: int = 1000
+    # Rate limits of public (site-key) calls, shared by every process through
+    # Redis (api/ratelimit.py): POST /v1/events and /v1/decide together per
+    # client IP, and the anonymous profiles one IP may create. "off" turns one off.
+    rate_limit: str = "600/minute"
+    new_profile_limit: str = "60/minute"
+    # Peers whose X-Forwarded-For names the client (IPs or CIDRs); none by default.
+    trusted_proxies: tuple[str, ...] = ()
     # Test-only: sleep this long in /v1/decide before answering (0 = off); the
     # browser tests use it to pass the snippet's time budget.
     decide_delay_ms: float = 0.0
@@ -141,6 +151,9 @@ class Settings:
         "access_log": "ATTIMO_ACCESS_LOG",
         "read_timeout_ms": "ATTIMO_READ_TIMEOUT_MS",
         "limit_concurrency": "ATTIMO_LIMIT_CONCURRENCY",
+        "rate_limit": "ATTIMO_RATE_LIMIT",
+        "new_profile_limit": "ATTIMO_NEW_PROFILE_LIMIT",
+        "trusted_proxies": "ATTIMO_TRUSTED_PROXIES",
         "decide_delay_ms": "ATTIMO_DECIDE_DELAY_MS",
         "storefront": "ATTIMO_STOREFRONT",
         "snippet_budget_ms": "ATTIMO_SNIPPET_BUDGET_MS",
@@ -321,7 +334,33 @@ def _webhook(var: str, item: str) -> tuple[str, str]:
     return channel.strip(), url.strip()
 
 
+def _rate(var: str, raw: str) -> str:
+    """A rate such as 600/minute or 10 per second (limits' notation), or off."""
+    text = raw.strip()
+    if text.lower() == "off":
+        return "off"
+    try:
+        item = limits.parse(text)
+    except ValueError:
+        item = None
+    if item is None or item.amount < 1:
+        raise SettingsError(f"{var}={raw!r}: write a rate such as 600/minute (at least 1 per "
+                            "second, minute, hour or day), or off")
+    return text
+
+
+def _network(var: str, item: str) -> str:
+    try:
+        return str(ipaddress.ip_network(item.strip(), strict=False))
+    except ValueError:
+        raise SettingsError(f"{var}: {item!r} is not an IP address or CIDR network, "
+                            "e.g. 10.0.0.0/8,127.0.0.1") from None
+
+
 _COMPOUND = {
+    "rate_limit": _rate,
+    "new_profile_limit": _rate,
+    "trusted_proxies": lambda var, raw: _pairs(var, raw, _network),
     "quiet_hours": _quiet_hours,
     "contact_caps": lambda var, raw: _pairs(var, raw, _cap),
     "webhook_urls": lambda var, raw: _pairs(var, raw, _webhook),

@@ -1,4 +1,5 @@
-"""POST /v1/decide: the hot path. One Redis read for the person, then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
+"""POST /v1/decide: the hot path. One Redis read for the person (with a public
+caller's rate-limit hit beside it), then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import metrics
-from api.http import caller_of, json_response, read_body, services_of
+from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.decisions.decide import decide
 from engine.errors import EventRejected, MalformedBody
@@ -50,10 +51,12 @@ async def post_decide(request: Request) -> Response:
       401: {description: Missing or unknown key}
       403: {description: Bad user signature}
       422: {description: A field breaks the schema or a limit}
+      429: {description: Past the rate limit of a site key; retry after Retry-After seconds}
     """
     started = time.perf_counter()
     services = services_of(request)
     caller = caller_of(request)
+    limited = services.rate_limits.enabled and not caller.is_server
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
@@ -61,7 +64,14 @@ async def post_decide(request: Request) -> Response:
     fallback = None
     try:
         async with asyncio.timeout(services.decide_budget_s):
-            raw = await services.redis.get(services.keys.profile(person))
+            read = services.redis.get(services.keys.profile(person))
+            if limited:  # the limiter's hit goes out with the read: one round trip's wait
+                rate, raw = await asyncio.gather(check_rate(request, caller), read, return_exceptions=True)
+                for outcome in (rate, raw):
+                    if isinstance(outcome, BaseException):
+                        raise outcome  # RateLimited: 429; a Redis failure: the fallback
+            else:
+                raw = await read
     except TimeoutError:
         fallback = "timeout"
     except RedisError as exc:

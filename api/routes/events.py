@@ -9,7 +9,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api import metrics
-from api.http import caller_of, json_response, read_body, services_of
+from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.events import decode_batch
 from engine.ingest.identity import resolve_events
@@ -29,6 +29,7 @@ async def post_events(request: Request) -> Response:
       403: {description: Bad user signature or protected trait}
       413: {description: Body over 512 KB}
       422: {description: A field breaks the schema or a limit; the answer names it}
+      429: {description: Past a rate limit of a site key (requests, or new profiles); retry after Retry-After seconds}
       503: {description: Redis unavailable; retry after Retry-After seconds}
     """
     started = time.perf_counter()
@@ -37,6 +38,7 @@ async def post_events(request: Request) -> Response:
     wire_events = decode_batch(await read_body(request))
     now = now_ms()
     events = resolve_events(wire_events, caller, services.holder.current, now)
+    await check_rate(request, caller, {w.anonymous_id for w in wire_events if w.user_id is None and w.anonymous_id})
     result = await services.apply(events, now)
     EVENTS_SECONDS.observe(time.perf_counter() - started)
     if services.event_log is not None:

@@ -30,7 +30,7 @@ SEGMENT_SECONDS = metrics.REQUEST_SECONDS.labels("segment")
 # a 4xx it should have given up on.
 ERROR_CODES = {
     400: "bad_request", 401: "unauthorized", 403: "forbidden", 413: "payload_too_large",
-    415: "unsupported_encoding", 422: "invalid_event", 503: "unavailable",
+    415: "unsupported_encoding", 422: "invalid_event", 429: "rate_limited", 503: "unavailable",
 }
 
 

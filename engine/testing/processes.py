@@ -342,7 +342,8 @@ ORIGIN = "http://shop.example"
 
 class ApiServer(ServerProcess):
     """`attimo serve` against `redis_url`, with the test credentials above, the
-    demo catalog and the scheduler off unless `env` says otherwise; its log in
+    demo catalog, rate limits never reached and the scheduler off unless `env`
+    says otherwise; its log in
     `log_dir`. Stopped with SIGINT, as an operator's Ctrl-C."""
 
     name = "api"
@@ -359,6 +360,11 @@ class ApiServer(ServerProcess):
             "ATTIMO_CATALOG": str(REPO_ROOT / "examples" / "catalog.yaml"),
             "ATTIMO_CATALOG_POLL_S": "0.2",
             "ATTIMO_SCHEDULER": "off",  # tests that send messages turn it on
+            # Every test speaks from 127.0.0.1, most with new anonymous ids: limits
+            # this high are never reached but still run on every public call.
+            # tests/security/test_rate_limits.py starts servers with low ones.
+            "ATTIMO_RATE_LIMIT": "1000000/minute",
+            "ATTIMO_NEW_PROFILE_LIMIT": "1000000/minute",
             **env,
         }, log_dir=log_dir)
         self.redis_url = redis_url
