@@ -137,7 +137,7 @@ class RateLimits:
 
     async def check_events(self, ip: str, anonymous_ids: set[str]) -> None:
         """A public events batch: the request limit, and one new-profile hit per
-        anonymous id whose profile does not exist yet."""
+        anonymous person (`a:<id>`) whose profile does not exist yet."""
         if self.new_profiles is None or not anonymous_ids:
             await self.check_request(ip)
             return

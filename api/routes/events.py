@@ -11,7 +11,7 @@ from starlette.routing import Route
 from api import metrics
 from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
-from engine.events import decode_batch
+from engine.events import ANONYMOUS, decode_batch
 from engine.ingest.identity import resolve_events
 
 EVENTS_SECONDS = metrics.REQUEST_SECONDS.labels("events")
@@ -38,7 +38,7 @@ async def post_events(request: Request) -> Response:
     wire_events = decode_batch(await read_body(request))
     now = now_ms()
     events = resolve_events(wire_events, caller, services.holder.current, now)
-    await check_rate(request, caller, {w.anonymous_id for w in wire_events if w.user_id is None and w.anonymous_id})
+    await check_rate(request, caller, {e.person for e in events if e.person.startswith(ANONYMOUS)})
     result = await services.apply(events, now)
     EVENTS_SECONDS.observe(time.perf_counter() - started)
     if services.event_log is not None:

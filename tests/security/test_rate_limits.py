@@ -18,6 +18,7 @@ import pytest
 from api.ratelimit import client_ip
 from engine.errors import SettingsError
 from engine.settings import Settings
+from engine.store.keys import Keys
 from engine.testing.processes import start_api, stop_api
 
 REQUESTS = 20
@@ -48,8 +49,9 @@ def decide(anonymous_id: str = "a-visitor") -> dict:
     return {"anonymous_id": anonymous_id, "placements": ["home_hero"]}
 
 
-def profile_exists(redis_sync_client, person: str) -> bool:
-    return bool(redis_sync_client.exists(f"attimo:{{u:{person}}}:p"))
+def profile_exists(redis_sync_client, anonymous_id: str) -> bool:
+    """Whether the visitor with this anonymous id has a profile (person a:<id>)."""
+    return bool(redis_sync_client.exists(Keys().profile(f"a:{anonymous_id}")))
 
 
 def assert_limited(answer, reason: str) -> None:

@@ -53,9 +53,9 @@ async def test_data_of_the_old_layout_lands_in_the_two_spaces(redis, redis_serve
     await write_the_old_layout(redis)
     old_alice = await redis.get(KEYS.profile("u:u-alice"))
 
-    dry = migrate(redis_server.url, "--dry-run", "--anonymous-pattern", rf"[0-9a-f]{{24}}|ios-[0-9a-f]+")
+    dry = migrate(redis_server.url, "--dry-run", "--anonymous-pattern", r"[0-9a-f]{24}|ios-[0-9a-f]+")
     assert dry["keys_moved"] == 4 and await redis.exists(KEYS.profile(f"u:{VISITOR}"))  # nothing changed
-    report = migrate(redis_server.url, "--anonymous-pattern", rf"[0-9a-f]{{24}}|ios-[0-9a-f]+")
+    report = migrate(redis_server.url, "--anonymous-pattern", r"[0-9a-f]{24}|ios-[0-9a-f]+")
     assert report == {"dry_run": False, "keys_moved": 4, "keys_taken": 0, "messages_moved": 1,
                       "messages_in_flight": 0, "dead_letters_renamed": 1}
 
@@ -75,7 +75,7 @@ async def test_data_of_the_old_layout_lands_in_the_two_spaces(redis, redis_serve
     [dead] = await redis.lrange(KEYS.dead_letters(), 0, -1)
     assert orjson.loads(dead)["message"]["person"] == "u:u-alice"
 
-    again = migrate(redis_server.url, "--anonymous-pattern", rf"[0-9a-f]{{24}}|ios-[0-9a-f]+")
+    again = migrate(redis_server.url, "--anonymous-pattern", r"[0-9a-f]{24}|ios-[0-9a-f]+")
     assert again == {"dry_run": False, "keys_moved": 0, "keys_taken": 0, "messages_moved": 0,
                      "messages_in_flight": 0, "dead_letters_renamed": 0}
 
