@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from engine.errors import AttimoError, CatalogError
@@ -38,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     sign = commands.add_parser("sign", help="print user_sig for a user id (ATTIMO_SITE_SECRET)")
     sign.add_argument("user_id")
     sign.add_argument("--secret", help="site secret [ATTIMO_SITE_SECRET]")
+    sign.add_argument("--timestamped", action="store_true",
+                      help="the <unix seconds>.<hex> form, which expires after ATTIMO_SIGNATURE_MAX_AGE_S")
 
     scheduler = commands.add_parser("scheduler", help="send due follow-up messages (contact policy at send time)")
     scheduler.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
@@ -139,7 +142,7 @@ def run_sign(args) -> int:
     if not secret:
         print("attimo: set ATTIMO_SITE_SECRET or pass --secret", file=sys.stderr)
         return 1
-    print(sign_user_id(secret, args.user_id))
+    print(sign_user_id(secret, args.user_id, int(time.time()) if args.timestamped else None))
     return 0
 
 

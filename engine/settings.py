@@ -36,6 +36,14 @@ class Settings:
     server_token: str | None = None
     site_key: str | None = None
     site_secret: str | None = None
+    # While the site secret is rotated: signatures made with this one still count.
+    site_secret_previous: str | None = None
+    # A timestamped user_sig (<unix seconds>.<hex>) is refused once this old.
+    signature_max_age_s: int = 7 * 86_400
+    # Server tokens of one scope each; ATTIMO_SERVER_TOKEN has all three.
+    ingest_token: str | None = None
+    read_token: str | None = None
+    admin_token: str | None = None
     allowed_origins: tuple[str, ...] = ()
     host: str = "127.0.0.1"
     port: int = 8000
@@ -136,6 +144,11 @@ class Settings:
         "server_token": "ATTIMO_SERVER_TOKEN",
         "site_key": "ATTIMO_SITE_KEY",
         "site_secret": "ATTIMO_SITE_SECRET",
+        "site_secret_previous": "ATTIMO_SITE_SECRET_PREVIOUS",
+        "signature_max_age_s": "ATTIMO_SIGNATURE_MAX_AGE_S",
+        "ingest_token": "ATTIMO_INGEST_TOKEN",
+        "read_token": "ATTIMO_READ_TOKEN",
+        "admin_token": "ATTIMO_ADMIN_TOKEN",
         "allowed_origins": "ATTIMO_ALLOWED_ORIGINS",
         "host": "ATTIMO_HOST",
         "port": "ATTIMO_PORT",
@@ -223,6 +236,11 @@ class Settings:
             raise SettingsError("ATTIMO_WORKERS must be at least 1")
         if self.site_key and not self.site_secret:
             raise SettingsError("ATTIMO_SITE_KEY needs ATTIMO_SITE_SECRET to verify signed user ids")
+        tokens = [getattr(self, name) for name in ("server_token", "ingest_token", "read_token", "admin_token")]
+        given = [token for token in tokens if token]
+        if len(set(given)) != len(given):
+            raise SettingsError("ATTIMO_SERVER_TOKEN, ATTIMO_INGEST_TOKEN, ATTIMO_READ_TOKEN and "
+                                "ATTIMO_ADMIN_TOKEN must differ from each other")
         choices = {"smtp_tls": ("none", "starttls", "implicit"), "scheduler": ("embedded", "off"),
                    "quiet_action": ("delay", "drop")}
         for name, allowed in choices.items():
@@ -234,7 +252,7 @@ class Settings:
         for name in at_least_one:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.ENV[name]} must be at least 1, not {getattr(self, name)}")
-        positive = ("read_timeout_ms", "redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
+        positive = ("signature_max_age_s", "read_timeout_ms", "redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
                     "profile_ttl_s", "catalog_poll_s", "scheduler_poll_ms", "worker_session_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:

@@ -9,7 +9,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, read_body, services_of
 from engine.errors import StoreUnavailable
-from engine.ingest.identity import require_server
+from engine.ingest.identity import ADMIN, require
 from engine.settings import MAX_BODY_BYTES
 
 
@@ -32,7 +32,7 @@ async def post_catalog(request: Request) -> Response:
       422: {description: 'The catalog has problems: {"problems": [{"path", "reason"}]}'}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), ADMIN)
     text = (await read_body(request, 4 * MAX_BODY_BYTES)).decode("utf-8", "replace")
     try:
         catalog = await services.catalogs.publish(text)

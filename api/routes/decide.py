@@ -17,8 +17,9 @@ from api import metrics
 from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.decisions.decide import decide
-from engine.errors import EventRejected, MalformedBody
+from engine.errors import EventRejected, MalformedBody, NotAuthorized
 from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
+from engine.ingest.identity import ADMIN, READ
 from engine.profile import decode_profile
 from engine.settings import MAX_PLACEMENTS_PER_DECIDE
 
@@ -60,6 +61,9 @@ async def post_decide(request: Request) -> Response:
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
+    if explain and not (caller.may(READ) or caller.may(ADMIN)):
+        # The reasons name upcoming offers and betray protected traits: not for a browser.
+        raise NotAuthorized("explain needs a server token with the read or admin scope")
     catalog = services.holder.current
     fallback = None
     try:

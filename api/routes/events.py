@@ -12,7 +12,7 @@ from api import metrics
 from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.events import ANONYMOUS, decode_batch
-from engine.ingest.identity import resolve_events
+from engine.ingest.identity import INGEST, require, resolve_events
 
 EVENTS_SECONDS = metrics.REQUEST_SECONDS.labels("events")
 
@@ -29,12 +29,14 @@ async def post_events(request: Request) -> Response:
       403: {description: Bad user signature or protected trait}
       413: {description: Body over 512 KB}
       422: {description: A field breaks the schema or a limit; the answer names it}
-      429: {description: Past a rate limit of a site key (requests, or new profiles); retry after Retry-After seconds}
+      429: {description: 'Past a rate limit of a site key (requests, or new profiles); retry after Retry-After seconds'}
       503: {description: Redis unavailable; retry after Retry-After seconds}
     """
     started = time.perf_counter()
     services = services_of(request)
     caller = caller_of(request)
+    if caller.is_server:
+        require(caller, INGEST)  # acting for anyone, setting any trait
     wire_events = decode_batch(await read_body(request))
     now = now_ms()
     events = resolve_events(wire_events, caller, services.holder.current, now)

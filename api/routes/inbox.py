@@ -11,17 +11,24 @@ from api.http import NO_STORE, caller_of, json_object_body, json_response, servi
 from engine.clock import now_ms
 from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
 from engine.events import PERSON_ID
+from engine.ingest.identity import INGEST, READ, require
 
 MAX_TOKEN_LENGTH = 512
 
 
-async def _signed_person(request: Request, body: dict | None = None) -> str:
-    """A signed user id (site key + user_sig), or any user id with the server token:
-    only a signed id may read an inbox or receive messages. From the query, or the
-    JSON body for POSTs."""
+async def _signed_person(request: Request, scope: str, body: dict | None = None) -> str:
+    """A signed user id (site key + user_sig), or any user id with a server token
+    of `scope`: only a signed id may read an inbox or receive messages. From the
+    headers X-Attimo-User and X-Attimo-User-Sig (kept out of URLs and access
+    logs), else the JSON body for POSTs, else the query (older apps)."""
     caller = caller_of(request)
-    source = body if body is not None else request.query_params
-    user_id, user_sig = source.get("user_id"), source.get("user_sig")
+    if caller.is_server:
+        require(caller, scope)
+    if "x-attimo-user" in request.headers:
+        user_id, user_sig = request.headers["x-attimo-user"], request.headers.get("x-attimo-user-sig")
+    else:
+        source = body if body is not None else request.query_params
+        user_id, user_sig = source.get("user_id"), source.get("user_sig")
     if not isinstance(user_id, str) or not PERSON_ID.fullmatch(user_id):
         raise NotAuthorized("user_id (signed) is required: an inbox belongs to a known person")
     return caller.person(None, user_id, user_sig if isinstance(user_sig, str) else None, "user")
@@ -40,7 +47,7 @@ async def get_inbox(request: Request) -> Response:
       403: {description: Not a signed user}
     """
     services = services_of(request)
-    person = await _signed_person(request)
+    person = await _signed_person(request, READ)
     try:
         messages = await services.inbox.messages(person, now_ms())
     except RedisError as exc:
@@ -52,7 +59,7 @@ async def get_inbox(request: Request) -> Response:
 async def _mark(request: Request, flag: str) -> Response:
     services = services_of(request)
     body = await json_object_body(request) if not request.query_params.get("user_id") else None
-    person = await _signed_person(request, body)
+    person = await _signed_person(request, INGEST, body)
     message_id = request.path_params["message_id"]
     try:
         found = await services.inbox.mark(person, message_id, flag, now_ms())
@@ -128,7 +135,7 @@ async def post_device(request: Request) -> Response:
     """
     services = services_of(request)
     body = await json_object_body(request)
-    person = await _signed_person(request, body)
+    person = await _signed_person(request, INGEST, body)
     token, platform = body.get("token"), body.get("platform", "unknown")
     if not isinstance(token, str) or not 0 < len(token) <= MAX_TOKEN_LENGTH:
         raise EventRejected("token: the push token, 1 to 512 characters", "token", MAX_TOKEN_LENGTH)

@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
 from engine.errors import EventRejected, StoreUnavailable
-from engine.ingest.identity import require_server
+from engine.ingest.identity import ADMIN, READ, require
 from engine.policy import (
     EMAIL_MAX_LENGTH,
     PERSONAL_CHANNELS,
@@ -36,7 +36,7 @@ async def get_kpis(request: Request) -> Response:
       403: {description: Not the server token}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), READ)
     channels = sorted(PERSONAL_CHANNELS | services.webhook_channels())
     try:
         catalog = services.holder.current
@@ -95,7 +95,7 @@ async def put_suppression(request: Request) -> Response:
       422: {description: 'Not a channel with addresses, or not an address of the channel'}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), ADMIN)
     channel, address = _suppressible(request)
     try:
         added = await services.contacts.suppress_address(channel, address)
@@ -119,7 +119,7 @@ async def delete_suppression(request: Request) -> Response:
       422: {description: 'Not a channel with addresses, or not an address of the channel'}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), ADMIN)
     channel, address = _suppressible(request)
     try:
         removed = await services.contacts.unsuppress_address(channel, address)
@@ -145,7 +145,7 @@ async def list_suppressions(request: Request) -> Response:
       422: {description: 'Not a channel with addresses, or a limit out of range'}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), READ)
     channel, _ = _suppressible(request)
     limit = _limit(request, 100, MAX_PAGE)
     after = request.query_params.get("after", "")
@@ -185,7 +185,7 @@ async def get_dead_letters(request: Request) -> Response:
       422: {description: A limit out of range}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), READ)
     limit = _limit(request, 50, min(MAX_PAGE, DEAD_LETTERS_MAX))
     try:
         pipe = services.redis.pipeline(transaction=False)

@@ -13,7 +13,7 @@ from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
 from engine.errors import StoreUnavailable
 from engine.followups.erase import erase_person
-from engine.ingest.identity import person_of_path, require_server
+from engine.ingest.identity import ADMIN, READ, person_of_path, require
 from engine.policy import PERSONAL_CHANNELS
 
 
@@ -29,7 +29,7 @@ async def get_person(request: Request) -> Response:
       403: {description: Not the server token}
     """
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), READ)
     person = person_of_path(request.path_params["person"])
     try:
         profile = await services.store.fetch(person)
@@ -60,7 +60,7 @@ async def delete_person(request: Request) -> Response:
     """
 
     services = services_of(request)
-    require_server(caller_of(request))
+    require(caller_of(request), ADMIN)
     try:
         erased = await erase_person(services.redis, services.keys, services.queue,
                                     person_of_path(request.path_params["person"]), services.queued_channels(), now_ms())

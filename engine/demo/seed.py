@@ -60,7 +60,7 @@ curl -s {base}/v1/events {key} -d '{{"events": [
   {{"id": "e1", "type": "page_view", "anonymous_id": "a-new", "properties": {{"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}}}},
   {{"id": "e2", "type": "page_view", "anonymous_id": "a-new", "properties": {{"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}}}},
   {{"id": "e3", "type": "page_view", "anonymous_id": "a-new", "properties": {{"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}}}}]}}'
-#    ... and the trial banner now wins the hero (add ?explain=1 to see why):
+#    ... and the trial banner now wins the hero (ask with the server token and ?explain=1 to see why):
 curl -s {base}/v1/decide {key} -d '{{"anonymous_id": "a-new", "placements": ["home_hero", "sidebar"]}}'
 
 # 3. Dana comes back after 40 days (scenario 3): a signed user id, then "welcome back".

@@ -11,6 +11,8 @@ import base64
 import binascii
 import hashlib
 import hmac
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.catalog.compile import Catalog
@@ -35,14 +37,40 @@ def person_of_path(text: str) -> str:
     return text if text.startswith((KNOWN, ANONYMOUS)) else known(text)
 
 
-def sign_user_id(secret: str, user_id: str) -> str:
-    return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+# What a server token may do. ATTIMO_SERVER_TOKEN holds them all (as before
+# scopes existed); ATTIMO_INGEST_TOKEN, ATTIMO_READ_TOKEN and ATTIMO_ADMIN_TOKEN
+# one each, so a leaked ingest token cannot read people or erase them.
+INGEST, READ, ADMIN = "ingest", "read", "admin"
+ALL_SCOPES = frozenset({INGEST, READ, ADMIN})
+CLOCK_SKEW_S = 300  # a timestamped signature may come from a clock this far ahead
+
+
+def sign_user_id(secret: str, user_id: str, timestamp: int | None = None) -> str:
+    """The user_sig of a user id: hex HMAC-SHA256 of the id under the site
+    secret (never expires), or with `timestamp` (unix seconds) the form
+    `<timestamp>.<hex>`, HMAC of "<timestamp>.<user id>", which expires after
+    ATTIMO_SIGNATURE_MAX_AGE_S."""
+    if timestamp is None:
+        return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
+    payload = f"{timestamp}.{user_id}".encode()
+    return f"{timestamp}." + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
+    """Who is asking: a public site key (`is_server` False), or a server token
+    with its scopes. `site_secrets` verify user signatures: the current secret
+    and, while one is being rotated out, the previous one."""
+
     is_server: bool
     site_secret: str | None = None
+    scopes: frozenset = frozenset()
+    previous_secret: str | None = None
+    max_age_s: int = 7 * 86_400
+    clock: Callable[[], float] = time.time
+
+    def may(self, scope: str) -> bool:
+        return self.is_server and (scope in self.scopes or not self.scopes)
 
     def person(self, anonymous_id: str | None, user_id: str | None, user_sig: str | None, field: str) -> str:
         """The person a request may read or write: `u:<user_id>` only with the
@@ -59,36 +87,64 @@ class Caller:
     def _check_signature(self, user_id: str, user_sig: str | None, field: str) -> None:
         if not user_sig:
             raise NotAuthorized(f"{field}.user_sig: a user_id from a site key must be signed")
-        expected = sign_user_id(self.site_secret or "", user_id)
-        if not hmac.compare_digest(expected.encode(), user_sig.lower().encode()):
-            raise NotAuthorized(f"{field}.user_sig: signature does not match user_id")
+        stamp, dot, _ = user_sig.partition(".")
+        timestamp = None
+        if dot:
+            if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
+                raise NotAuthorized(f"{field}.user_sig: not <unix seconds>.<hex>")
+            timestamp = int(stamp)
+            age = self.clock() - timestamp
+            if age > self.max_age_s:
+                raise NotAuthorized(f"{field}.user_sig: expired (older than {self.max_age_s} s): sign it again")
+            if age < -CLOCK_SKEW_S:
+                raise NotAuthorized(f"{field}.user_sig: signed in the future")
+        given = user_sig.lower().encode()
+        for secret in (self.site_secret, self.previous_secret):
+            if secret and hmac.compare_digest(sign_user_id(secret, user_id, timestamp).encode(), given):
+                return
+        raise NotAuthorized(f"{field}.user_sig: signature does not match user_id")
+
+
+def _server_scopes(token: str, settings) -> frozenset | None:
+    """The scopes of a bearer token, or None if it is none of ours."""
+    found = None
+    for name, scopes in (("server_token", ALL_SCOPES), ("ingest_token", frozenset({INGEST})),
+                         ("read_token", frozenset({READ})), ("admin_token", frozenset({ADMIN}))):
+        secret = getattr(settings, name)
+        # Every configured token is compared (no early exit): the time taken
+        # does not tell which one a guess came close to.
+        if secret and hmac.compare_digest(token.encode(), secret.encode()):
+            found = scopes
+    return found
+
+
+def server_caller(scopes: frozenset) -> Caller:
+    return Caller(is_server=True, scopes=scopes)
 
 
 def authenticate(headers, query, settings) -> Caller:
-    """Bearer server token, or a public site key in X-Attimo-Key (or ?key= for
-    sendBeacon, which cannot set headers)."""
+    """A bearer token (server, with its scopes), or a public site key in
+    X-Attimo-Key (or ?key= for sendBeacon, which cannot set headers)."""
     auth = headers.get("authorization")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
-        if (
-            scheme.lower() == "bearer"
-            and settings.server_token
-            and hmac.compare_digest(token.strip().encode(), settings.server_token.encode())
-        ):
-            return Caller(is_server=True)
-        raise NotAuthenticated("the Authorization bearer token is not valid")
+        scopes = _server_scopes(token.strip(), settings) if scheme.lower() == "bearer" else None
+        if scopes is None:
+            raise NotAuthenticated("the Authorization bearer token is not valid")
+        return server_caller(scopes)
     key = headers.get("x-attimo-key") or query.get("key")
     if key is None:
         raise NotAuthenticated("send X-Attimo-Key (site key) or Authorization: Bearer (server token)")
     if not settings.site_key or not hmac.compare_digest(key.encode(), settings.site_key.encode()):
         raise NotAuthenticated("unknown site key")
-    return Caller(is_server=False, site_secret=settings.site_secret)
+    return Caller(is_server=False, site_secret=settings.site_secret, previous_secret=settings.site_secret_previous,
+                  max_age_s=settings.signature_max_age_s)
 
 
 def authenticate_write_key(authorization: str | None, body_write_key: str | None, settings) -> Caller:
     """Segment-style clients: the write key is the HTTP Basic user with an empty
-    password (or `writeKey` in the body, or a Bearer token). Only the server
-    token is a write key here, so these are server calls."""
+    password (or `writeKey` in the body, or a Bearer token). A write key is a
+    server token with the ingest scope (or the all-scopes server token)."""
     if authorization is not None:
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() == "basic":
@@ -104,9 +160,20 @@ def authenticate_write_key(authorization: str | None, body_write_key: str | None
         key = body_write_key
     else:
         raise NotAuthenticated("send the write key as the HTTP Basic user (empty password) or as writeKey")
-    if settings.server_token and hmac.compare_digest(key.encode(), settings.server_token.encode()):
-        return Caller(is_server=True)
-    raise NotAuthenticated("unknown write key (the write key is the server token)")
+    scopes = _server_scopes(key, settings)
+    if scopes is None:
+        raise NotAuthenticated("unknown write key (a server token with the ingest scope)")
+    caller = server_caller(scopes)
+    require(caller, INGEST)
+    return caller
+
+
+def require(caller: Caller, scope: str) -> None:
+    """403 unless a server token with `scope` (the all-scopes token has every one)."""
+    if not caller.is_server:
+        raise NotAuthorized(f"this endpoint needs a server token with the {scope} scope")
+    if not caller.may(scope):
+        raise NotAuthorized(f"this token may not {scope}: it needs the {scope} scope")
 
 
 def require_server(caller: Caller) -> None:
