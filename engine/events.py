@@ -53,7 +53,8 @@ class Event(msgspec.Struct, array_like=True, gc=False):
     """A validated event with its person resolved: what the pipeline applies.
 
     `merge_from` names an anonymous profile to fold into `person` (set when a
-    signed user id arrives together with an anonymous id)."""
+    signed user id arrives together with an anonymous id). `trusted`: a server
+    token sent it (or Attimo made it), so its amounts may count as money."""
 
     id: str
     type: str
@@ -62,6 +63,7 @@ class Event(msgspec.Struct, array_like=True, gc=False):
     properties: dict[str, Any] = {}
     traits: dict[str, Any] | None = None
     merge_from: str | None = None
+    trusted: bool = False
 
 
 _batch_decoder = msgspec.json.Decoder(WireBatch)

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
 from engine.catalog.publish import CatalogStore
+from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError
 from engine.followups.channels.email import Tracker, tracker_from_settings
 from engine.followups.channels.senders import senders_from_settings
@@ -52,6 +53,10 @@ class Runtime:
     pipeline: Pipeline
     tracker: Tracker | None  # signs and verifies email links; None without a secret
 
+    @property
+    def decisions(self) -> DecisionSigner | None:
+        return self.pipeline.decisions
+
     @classmethod
     def build(cls, settings: Settings, holder: CatalogHolder | None = None, *,
               pool_size: int | None = None, pool_timeout_s: float | None = None) -> Runtime:
@@ -65,7 +70,8 @@ class Runtime:
         contacts = ContactStore(redis, keys)
         inbox = InboxStore(redis, keys)
         kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
-        pipeline = Pipeline(profiles, holder, queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
+        pipeline = Pipeline(profiles, holder, decision_signer(settings), queue=queue, contacts=contacts,
+                            kpis=kpis, inbox=inbox)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
@@ -106,6 +112,17 @@ class Runtime:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+
+
+def decision_signer(settings: Settings) -> DecisionSigner | None:
+    """Signs decision ids and checks the ones impressions and clicks bring back;
+    every process derives the same key from the site (or tracking) secret."""
+    secret = settings.site_secret or settings.tracking_secret or settings.server_token
+    if secret is None:
+        log.warning("no ATTIMO_SITE_SECRET: decision ids cannot be checked, so only impressions and clicks "
+                    "a server sends count in the KPIs")
+        return None
+    return DecisionSigner.from_secret(secret)
 
 
 def scheduler_runtime(settings: Settings, holder: CatalogHolder | None = None) -> Runtime:

@@ -80,16 +80,17 @@ async def post_decide(request: Request) -> Response:
         fallback = "timeout"
     except RedisError as exc:
         fallback = type(exc).__name__
-    decision_id = os.urandom(8).hex()
+    now = now_ms()
     if fallback is not None:
         metrics.FALLBACKS.labels(fallback).inc()
         metrics.REDIS_ERRORS.labels("decide", fallback).inc()
-        answer = {"decision_id": decision_id, "placements": dict.fromkeys(body.placements), "fallback": True}
+        answer = {"decision_id": decision_id_for(services, person, [], now), "placements": dict.fromkeys(body.placements),
+                  "fallback": True}
     else:
-        decision = decide(
-            catalog, decode_profile(raw), person, body.placements, body.context, now_ms(), explain
-        )
-        answer = {"decision_id": decision_id, "placements": decision.placements}
+        decision = decide(catalog, decode_profile(raw), person, body.placements, body.context, now, explain)
+        chosen_offers = [chosen["offer"] for chosen in decision.placements.values() if chosen]
+        answer = {"decision_id": decision_id_for(services, person, chosen_offers, now),
+                  "placements": decision.placements}
         if decision.explain is not None:
             answer["explain"] = decision.explain
         for name, chosen in decision.placements.items():
@@ -99,6 +100,13 @@ async def post_decide(request: Request) -> Response:
             metrics.count_decision(label, chosen["offer"] if chosen else "none")
     DECIDE_SECONDS.observe(time.perf_counter() - started)
     return json_response(answer)
+
+
+def decision_id_for(services, person: str, offers: list[str], now: int) -> str:
+    """Signed for this person and these offers (engine/decisions/ids.py): only
+    then do the impressions and clicks that bring it back count."""
+    signer = services.runtime.decisions
+    return signer.issue(person, offers, now // 1000) if signer is not None else os.urandom(8).hex()
 
 
 def decode_decide(body: bytes) -> DecideRequest:

@@ -13,6 +13,7 @@ lives as long as the event dedupe). Every KPI key is under one hash tag,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.followups.transitions import decode_state
@@ -47,11 +48,14 @@ IMPRESSION, CLICK = "impression", "click"  # what the snippet sends for a filled
 COUPON_PROPERTIES = ("code", "coupon")  # a purchase that names an offer's code used its discount
 
 
+MAX_AMOUNT = 1e9  # one purchase's revenue above this (or negative) counts as 0
+
+
 def revenue_of(properties: dict) -> float:
     for name in REVENUE_PROPERTIES:
         value = properties.get(name)
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            return float(value) if 0 <= value <= MAX_AMOUNT else 0.0
     return 0.0
 
 
@@ -108,22 +112,33 @@ class KpiStore:
         return (self._add_once, [self.keys.kpi_once(f"{journey}|{event_id}"), self.keys.kpi("j", journey, "revenue")],
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
-    async def record_batch(self, by_person: dict[str, list], offers: dict) -> None:
+    async def record_batch(self, by_person: dict[str, list], offers: dict,
+                           earned: Callable[[str, object], bool] = lambda person, event: True) -> None:
         """After a batch is applied: impressions and clicks of the catalog's
         offers (`offers`: id -> Offer; others are ignored, so a client cannot
         mint KPI keys), then purchases. A purchase counts for every journey the
         person entered (or was held out of) and every offer they saw or clicked
         in the ATTRIBUTION_MS before it, and for a discount offer whose code it
         names. A redelivered batch changes nothing. A batch without impressions,
-        clicks or purchases costs nothing."""
+        clicks or purchases costs nothing.
+
+        Numbers are earned, not sent: an impression or click counts only when
+        `earned(person, event)` (a decision id issued to this person for this
+        offer, engine/decisions/ids.py, or a server's event); a purchase adds
+        revenue and conversions only when a server sent it (`event.trusted`).
+        A browser's purchase is counted apart, as unverified."""
         pipe = self.redis.pipeline(transaction=False)
         buyers: dict[str, list] = {}
         for person, events in by_person.items():
             seen: dict[str, int] = {}
             for event in events:
                 if event.type == PURCHASE:
-                    buyers.setdefault(person, []).append(event)
-                elif event.type in (IMPRESSION, CLICK) and event.properties.get("offer") in offers:
+                    if event.trusted:
+                        buyers.setdefault(person, []).append(event)
+                    else:
+                        self.count(pipe, "g", "purchases", "unverified", event.id)
+                elif (event.type in (IMPRESSION, CLICK) and event.properties.get("offer") in offers
+                      and earned(person, event)):
                     offer = event.properties["offer"]
                     who = ("impressions", "viewers") if event.type == IMPRESSION else ("clicks", "clickers")
                     self.count(pipe, "o", offer, who[0], event.id)
@@ -186,6 +201,7 @@ class KpiStore:
         for offer in offers:
             count_keys += [self.keys.kpi("o", offer, metric) for metric in OFFER_COUNTS]
             money_keys.append(self.keys.kpi("o", offer, "money"))
+        count_keys.append(self.keys.kpi("g", "purchases", "unverified"))
         pipe = self.redis.pipeline(transaction=False)
         for key in money_keys:
             pipe.hgetall(key)
@@ -204,6 +220,8 @@ class KpiStore:
         for offer in offers:
             found = {metric: next(counts) for metric in OFFER_COUNTS}
             out["offers"][offer] = _offer_report(found, _money(next(sums)))
+        # Purchases a browser sent: kept apart, never in revenue, conversions or ROI.
+        out["unverified_purchases"] = next(counts)
         return out
 
 

@@ -210,5 +210,6 @@ def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalo
             properties=wire.properties,
             traits=wire.traits,
             merge_from=merge_from,
+            trusted=caller.is_server,
         ))
     return events

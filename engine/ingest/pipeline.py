@@ -15,6 +15,7 @@ import msgspec
 from engine.catalog.compile import Catalog, CatalogHolder
 from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.rules import SESSION_GAP_MS
+from engine.decisions.ids import DecisionSigner
 from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event
 from engine.followups.journey_runner import JourneyRunner
 from engine.profile import decode_profile
@@ -65,11 +66,15 @@ def event_ops(catalog: Catalog, event: Event) -> list:
 
 
 class Pipeline:
-    def __init__(self, store: ProfileStore, catalogs: CatalogHolder, **followup_stores):
+    def __init__(self, store: ProfileStore, catalogs: CatalogHolder, decisions: DecisionSigner | None = None,
+                 **followup_stores):
         """`followup_stores` (queue, contacts, kpis, inbox): the process's own,
-        from engine/runtime.py; without them the journey runner makes its own."""
+        from engine/runtime.py; without them the journey runner makes its own.
+        `decisions` checks the decision ids impressions and clicks carry; without
+        it only a server's count."""
         self.store = store
         self.catalogs = catalogs
+        self.decisions = decisions
         self.journeys = JourneyRunner(self, **followup_stores)
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
@@ -160,8 +165,16 @@ class Pipeline:
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
         if depth == 0:
-            await self.journeys.kpis.record_batch(by_person, catalog.offers_by_id)
+            await self.journeys.kpis.record_batch(by_person, catalog.offers_by_id, self._earned)
         return result
+
+    def _earned(self, person: str, event: Event) -> bool:
+        """An impression or click a server sent, or one carrying a decision id
+        issued to this person for this offer (engine/decisions/ids.py)."""
+        if event.trusted:
+            return True
+        return self.decisions is not None and self.decisions.verify(
+            event.properties.get("decision_id"), person, event.properties.get("offer"), event.ts / 1000)
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
         """Consent events set the contact state the scheduler judges at send time

@@ -15,9 +15,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.decisions.ids import DecisionSigner
 from engine.followups.transitions import held_out
 from engine.ingest.identity import known
-from engine.testing.processes import start_api, stop_api, wait_until
+from engine.testing.processes import SITE_SECRET, start_api, stop_api, wait_until
 
 CATALOG = """
 placements: [hero]
@@ -44,6 +45,7 @@ journeys:
       - send: {channel: email, template: promo}
 """
 PEOPLE = [f"u-k{n}" for n in range(24)]
+SIGNER = DecisionSigner.from_secret(SITE_SECRET)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +143,11 @@ def test_offer_kpis_count_views_clicks_conversions_and_the_discounts_roi(kpi_api
     now = int(time.time() * 1000)  # the server's clock is the wall clock
 
     def slot(eid: str, kind: str, person: str, offer: str, ts: int = now) -> dict:
+        # The decision id the API gave this visitor for this offer (what the
+        # snippet sends back); minted here with the server's secret.
+        decision = SIGNER.issue(f"a:{person}", [offer], ts // 1000)
         return {"id": eid, "type": kind, "anonymous_id": person, "ts": ts,
-                "properties": {"offer": offer, "placement": "hero", "decision_id": f"d-{eid}"}}
+                "properties": {"offer": offer, "placement": "hero", "decision_id": decision}}
 
     def buy(eid: str, person: str, revenue: float, **extra) -> dict:
         return {"id": eid, "type": "purchase", "anonymous_id": person, "ts": now + 1,

@@ -336,9 +336,11 @@ async def test_kpis_follow_entries_and_purchases_once(redis):
     signups = [Event(f"{p}-s", "signup", p, NOW, {}) for p in people]
     engagement = [Event(f"open:m-{p}", "email_open", p, NOW, {"message_id": f"m-{p}", "journey": "promo"})
                   for p in treated[:2]]
-    engagement.append(Event("imp-1", "impression", treated[0], NOW, {"offer": "deal"}))
-    purchases = [Event(f"{treated[0]}-b", "purchase", treated[0], NOW + 1, {"revenue": 40}),
-                 Event(f"{control[0]}-b", "purchase", control[0], NOW + 1, {"total": 10, "code": "DEAL20"})]
+    # As a server sends them (trusted): a browser's purchase would be counted apart.
+    engagement.append(Event("imp-1", "impression", treated[0], NOW, {"offer": "deal"}, trusted=True))
+    purchases = [Event(f"{treated[0]}-b", "purchase", treated[0], NOW + 1, {"revenue": 40}, trusted=True),
+                 Event(f"{control[0]}-b", "purchase", control[0], NOW + 1, {"total": 10, "code": "DEAL20"},
+                       trusted=True)]
     for _ in range(2):  # the second time as a redelivery
         await pipeline.apply(signups, NOW)
         await pipeline.apply(engagement + purchases, NOW + 1)
