@@ -65,10 +65,10 @@ async def track_open(request: Request) -> Response:
     parameters:
       - {name: m, in: query, required: true, schema: {type: string}, description: message id}
       - {name: p, in: query, required: true, schema: {type: string}, description: person}
-      - {name: e, in: query, required: true, schema: {type: string}, description: email template}
+      - {name: e, in: query, schema: {type: string}, description: email template}
       - {name: j, in: query, schema: {type: string}, description: journey}
       - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
-      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
+      - {name: x, in: query, schema: {type: string}, description: expiry (unix seconds)}
     responses:
       200: {description: a 1x1 GIF}
       400: {description: the link was changed}
@@ -91,11 +91,11 @@ async def track_click(request: Request) -> Response:
     parameters:
       - {name: m, in: query, required: true, schema: {type: string}, description: message id}
       - {name: p, in: query, required: true, schema: {type: string}, description: person}
-      - {name: e, in: query, required: true, schema: {type: string}, description: email template}
+      - {name: e, in: query, schema: {type: string}, description: email template}
       - {name: j, in: query, schema: {type: string}, description: journey}
       - {name: u, in: query, required: true, schema: {type: string}, description: the target URL}
       - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
-      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
+      - {name: x, in: query, schema: {type: string}, description: expiry (unix seconds)}
     responses:
       302: {description: to the signed target}
       400: {description: the link was changed}
@@ -121,7 +121,6 @@ async def unsubscribe(request: Request) -> Response:
       - {name: p, in: query, required: true, schema: {type: string}, description: person}
       - {name: c, in: query, required: true, schema: {type: string}, description: channel}
       - {name: s, in: query, required: true, schema: {type: string}, description: the signature}
-      - {name: x, in: query, schema: {type: string}, description: expiry (ms since the epoch)}
     requestBody:
       description: 'RFC 8058 one-click: List-Unsubscribe=One-Click (the body is not read)'
       content: {application/x-www-form-urlencoded: {schema: {type: object, properties: {List-Unsubscribe: {type: string}}}}}
