@@ -133,6 +133,10 @@ class Keys:
         return f"{self.prefix}:{{kpi}}:once:{token}"
 
 
+# Not built here: the rate limiter's counters (api/ratelimit.py), which the
+# `limits` library names under "<prefix>:limits" (two integers a client IP and
+# window, expiring with the window).
+
 MERGE_STAGING_TTL_S = 30 * 86_400
 DUE_SHARDS = 16
 DUE_DONE_KEEP_MS = 7 * 86_400_000
