@@ -31,7 +31,8 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
     start-up here, before any request is served."""
     runtime, file_text = Runtime.from_catalog_file(settings)
     services = Services(runtime)
-    HeaderDeadlineProtocol.header_timeout_s = settings.read_timeout_ms / 1000
+    # A second longer than the body's deadline, so a route reading the body answers 408 first.
+    HeaderDeadlineProtocol.header_timeout_s = settings.read_timeout_ms / 1000 + 1.0
 
     @asynccontextmanager
     async def lifespan(app: Starlette):

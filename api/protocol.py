@@ -1,8 +1,12 @@
-"""The HTTP protocol uvicorn runs, with a deadline on request headers: a client
-that opens a connection and sends its headers slowly (or never) is cut off
-after ATTIMO_READ_TIMEOUT_MS instead of holding a file descriptor for ever.
-uvicorn has a keep-alive timeout between requests but none for a request's
-headers; the body's deadline is api/http.py's."""
+"""The HTTP protocol uvicorn runs, with a deadline on each request message: a
+client that opens a connection and sends its headers or its body slowly (or
+never) is cut off after ATTIMO_READ_TIMEOUT_MS instead of holding a file
+descriptor for ever. uvicorn has a keep-alive timeout between requests but none
+within one; and a route that answers without reading the body (a 401, say)
+would leave the rest of that body with no timer at all. The deadline runs from
+the connection (or the next request's first byte) until the whole message,
+body included, has arrived. api/http.py's body deadline answers 408 first when
+a route is reading it."""
 
 from __future__ import annotations
 
@@ -25,9 +29,9 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._arm_header_deadline()  # a new request on a kept-alive connection
 
-    def on_headers_complete(self) -> None:
+    def on_message_complete(self) -> None:
         self._disarm_header_deadline()
-        super().on_headers_complete()
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()

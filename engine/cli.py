@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     migrate = commands.add_parser("migrate", help="move data written before the two identity spaces into them "
                                                   "(stop the API, workers and schedulers first)")
     migrate.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
-    migrate.add_argument("--anonymous-pattern", default=None,
-                         help="ids that were anonymous (a regular expression, whole id); "
-                              "default: the snippet's 24 hex digits")
+    migrate.add_argument("--anonymous-pattern", required=True,
+                         help="ids that were anonymous (a regular expression over the whole id); the "
+                              "snippet's are '[0-9a-f]{24}' (so are MongoDB ObjectIds: check your user ids)")
     migrate.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
 
     args = parser.parse_args(argv)
@@ -112,12 +112,12 @@ def run_migrate(args) -> int:
     import json
     import re
 
-    from engine.migrate import SNIPPET_ANONYMOUS_ID, Migration
+    from engine.migrate import Migration
     from engine.store.client import connect
     from engine.store.keys import Keys
 
     settings = Settings.from_env(redis_url=args.redis_url)
-    pattern = args.anonymous_pattern or SNIPPET_ANONYMOUS_ID
+    pattern = args.anonymous_pattern
     try:
         re.compile(pattern)
     except re.error as exc:

@@ -5,8 +5,11 @@ person is `u:<user_id>` or `a:<anonymous_id>` (engine/ingest/identity.py).
 - Known people's per-person keys already have their final name (`{u:<id>}`).
 - An anonymous visitor's keys move from `{u:<id>}` to `{a:<id>}`. Which old ids
   were anonymous cannot be read from the data: an id is anonymous when it
-  matches `anonymous_pattern` (default: the snippet's 24 hex digits). A key
-  whose new name is already taken is left where it is and reported.
+  matches `anonymous_pattern`, which the operator must give (the snippet's ids
+  are 24 hex digits, SNIPPET_ANONYMOUS_ID, but so are MongoDB ObjectIds: a
+  guess could move known people). A key whose new name is already taken by
+  other data is left where it is and reported; by the same data (a run that
+  crashed between copy and delete), the old one is deleted.
 - Queued follow-ups named their person bare; each moves to the due-queue shard
   of its new person, with its attempts. Messages in flight are left for a run
   after the schedulers have stopped. Dead letters are renamed in place.
@@ -22,10 +25,11 @@ from dataclasses import asdict, dataclass, replace
 
 import orjson
 
+from engine.clock import now_ms
 from engine.events import ANONYMOUS, KNOWN
 from engine.followups.due_queue import DueQueue, shard_of
 from engine.followups.message import Message
-from engine.store.keys import DUE_SHARDS, Keys
+from engine.store.keys import DUE_DONE_KEEP_MS, DUE_SHARDS, Keys
 
 SNIPPET_ANONYMOUS_ID = r"[0-9a-f]{24}"
 PERSON_KEY = re.compile(r"^(?P<prefix>.+):\{u:(?P<id>[^{}]+)\}:(?P<suffix>[a-z]+)$")
@@ -70,12 +74,17 @@ class Migration:
             if found is None or found["prefix"] != self.keys.prefix or not self.anonymous.fullmatch(found["id"]):
                 continue
             target = f"{self.keys.prefix}:{{{ANONYMOUS}{found['id']}}}:{found['suffix']}"
-            if await self.redis.exists(target):
-                self.report.keys_taken += 1
-                continue
             payload, ttl_ms = await self.redis.dump(name), await self.redis.pttl(name)
             if payload is None:
                 continue  # expired or moved meanwhile
+            if await self.redis.exists(target):
+                if await self.redis.dump(target) == payload:  # a run that crashed after its copy
+                    if not self.dry_run:
+                        await self.redis.delete(name)
+                    self.report.keys_moved += 1
+                else:
+                    self.report.keys_taken += 1
+                continue
             if not self.dry_run:
                 # Two slots on a Redis Cluster: copy, then delete. A crash in
                 # between leaves both; the next run finds the copy and skips.
@@ -99,6 +108,17 @@ class Migration:
             attempts = await self.redis.hget(keys.due_attempts(shard), message_id)
             self.report.messages_moved += 1
             if self.dry_run:
+                continue
+            if shard_of(moved.person) == shard:
+                # Same shard: the id is already queued here, so scheduling would
+                # be a no-op; rename the person in place (one slot, one transaction).
+                new_index = keys.due_person_channel(shard, moved.person, moved.channel)
+                pipe = self.redis.pipeline(transaction=True)
+                pipe.hset(keys.due_messages(shard), message_id, moved.encode())
+                pipe.srem(keys.due_person_channel(shard, message.person, message.channel), message_id)
+                pipe.sadd(new_index, message_id)
+                pipe.pexpireat(new_index, max(moved.due_ms, now_ms()) + DUE_DONE_KEEP_MS)  # as the queue does
+                await pipe.execute()
                 continue
             await self.queue.schedule(moved)  # a no-op when a crashed run already did it
             if attempts is not None:

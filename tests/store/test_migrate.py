@@ -23,7 +23,9 @@ from engine.store.profiles import ProfileStore
 NOW = 1_780_000_000_000
 VISITOR = "0123456789abcdef01234567"  # the snippet's kind of anonymous id
 APP_VISITOR = "ios-5f2c"  # an app's, named by --anonymous-pattern
+LONG_USER = "u-" + "x" * 36  # 38 characters: bare and u:-prefixed, it hashes to the same shard
 KEYS = Keys("mig")
+SNIPPET = r"[0-9a-f]{24}"
 CATALOG = "placements: [hero]\noffers: []\n"
 
 
@@ -38,6 +40,7 @@ async def write_the_old_layout(redis) -> None:
     queue = DueQueue(redis, KEYS)
     await queue.schedule(Message(id="m-alice", person="u-alice", channel="email", due_ms=NOW + 60_000,
                                  body={"to": "alice@example.com"}))
+    await queue.schedule(Message(id="m-long", person=LONG_USER, channel="push", due_ms=NOW + 60_000))
     await redis.lpush(KEYS.dead_letters(), orjson.dumps(
         {"message": {"id": "d1", "person": "u-alice", "channel": "sms"}, "reason": "refused", "at": NOW}))
 
@@ -56,7 +59,7 @@ async def test_data_of_the_old_layout_lands_in_the_two_spaces(redis, redis_serve
     dry = migrate(redis_server.url, "--dry-run", "--anonymous-pattern", r"[0-9a-f]{24}|ios-[0-9a-f]+")
     assert dry["keys_moved"] == 4 and await redis.exists(KEYS.profile(f"u:{VISITOR}"))  # nothing changed
     report = migrate(redis_server.url, "--anonymous-pattern", r"[0-9a-f]{24}|ios-[0-9a-f]+")
-    assert report == {"dry_run": False, "keys_moved": 4, "keys_taken": 0, "messages_moved": 1,
+    assert report == {"dry_run": False, "keys_moved": 4, "keys_taken": 0, "messages_moved": 2,
                       "messages_in_flight": 0, "dead_letters_renamed": 1}
 
     for visitor in (VISITOR, APP_VISITOR):  # profile and dedupe ids, now in the anonymous space
@@ -70,8 +73,11 @@ async def test_data_of_the_old_layout_lands_in_the_two_spaces(redis, redis_serve
     assert (pending["id"], pending["due_ms"]) == ("m-alice", NOW + 60_000)
     if shard_of("u-alice") != shard_of("u:u-alice"):
         assert not await redis.hexists(KEYS.due_messages(shard_of("u-alice")), "m-alice")
-    [claimed] = await queue.claim(NOW + 60_000, 10, 1000)
-    assert claimed.message.person == "u:u-alice"
+    assert shard_of(LONG_USER) == shard_of(f"u:{LONG_USER}")
+    [long] = await queue.pending_for(f"u:{LONG_USER}", ["push"])  # renamed in place, not lost
+    assert long["id"] == "m-long"
+    claimed = await queue.claim(NOW + 60_000, 10, 1000)
+    assert sorted(c.message.person for c in claimed) == sorted(["u:u-alice", f"u:{LONG_USER}"])
     [dead] = await redis.lrange(KEYS.dead_letters(), 0, -1)
     assert orjson.loads(dead)["message"]["person"] == "u:u-alice"
 
@@ -83,8 +89,23 @@ async def test_data_of_the_old_layout_lands_in_the_two_spaces(redis, redis_serve
 async def test_an_anonymous_key_whose_new_name_is_taken_is_left_and_reported(redis, redis_server):
     await write_the_old_layout(redis)
     await redis.set(KEYS.profile(f"a:{VISITOR}"), b"written since the upgrade")
-    report = migrate(redis_server.url)
+    report = migrate(redis_server.url, "--anonymous-pattern", SNIPPET)
     assert report["keys_taken"] == 1
     assert await redis.get(KEYS.profile(f"a:{VISITOR}")) == b"written since the upgrade"
     assert await redis.exists(KEYS.profile(f"u:{VISITOR}"))  # kept for the operator to decide
     assert await redis.exists(KEYS.profile(f"u:{APP_VISITOR}"))  # not anonymous by the default pattern
+
+
+async def test_a_run_that_crashed_between_copy_and_delete_is_finished(redis, redis_server):
+    await write_the_old_layout(redis)
+    old, new = KEYS.profile(f"u:{VISITOR}"), KEYS.profile(f"a:{VISITOR}")
+    await redis.restore(new, 0, await redis.dump(old))  # the copy was made, the delete was not
+    report = migrate(redis_server.url, "--anonymous-pattern", SNIPPET)
+    assert report["keys_taken"] == 0
+    assert not await redis.exists(old) and await redis.exists(new)
+
+
+def test_the_pattern_of_anonymous_ids_must_be_given(redis_server):
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "migrate", "--redis-url", redis_server.url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--anonymous-pattern" in done.stderr
