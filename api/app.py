@@ -72,7 +72,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "X-Attimo-Key", "Authorization"],
+            allow_headers=["Content-Type", "X-Attimo-Key", "Authorization", "X-Attimo-User", "X-Attimo-User-Sig"],
             expose_headers=["Retry-After"],  # so the snippet can read a 429's
             max_age=600,
         ))

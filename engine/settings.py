@@ -61,7 +61,7 @@ class Settings:
     access_log: bool = False
     # A request's headers and its body must each arrive within this deadline;
     # past it the connection is closed (headers) or the answer is 408 (body).
-    read_timeout_ms: float = 10_000.0
+    read_timeout_ms: float = 5_000.0
     # Connections and requests one process takes at once; past it uvicorn
     # answers 503 at once instead of running out of file descriptors.
     limit_concurrency: int = 1000

@@ -19,7 +19,7 @@ from engine.clock import now_ms
 from engine.decisions.decide import decide
 from engine.errors import EventRejected, MalformedBody, NotAuthorized
 from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
-from engine.ingest.identity import ADMIN, READ
+from engine.ingest.identity import ADMIN, READ, require
 from engine.profile import decode_profile
 from engine.settings import MAX_PLACEMENTS_PER_DECIDE
 
@@ -61,6 +61,8 @@ async def post_decide(request: Request) -> Response:
     body = decode_decide(await read_body(request))
     person = caller.person(body.anonymous_id, body.user_id, body.user_sig, "body")
     explain = bool(request.scope["query_string"]) and request.query_params.get("explain") in ("1", "true")
+    if caller.is_server and not explain:
+        require(caller, READ)  # a decision for anyone shows what is known of them
     if explain and not (caller.may(READ) or caller.may(ADMIN)):
         # The reasons name upcoming offers and betray protected traits: not for a browser.
         raise NotAuthorized("explain needs a server token with the read or admin scope")

@@ -22,11 +22,12 @@ async def get_person(request: Request) -> Response:
     summary: A person's profile as the engine sees it now (server token).
     security: [{serverToken: []}]
     parameters:
-      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person: u:<user id>, a:<anonymous id>, or a bare user id'}
     responses:
       200: {description: 'traits, windowed features, score, segments, impressions, messages: pending (queued or sending) and recent outcomes with their reasons, and journeys: in progress (step, waiting until) and last entries'}
       401: {description: Missing token}
-      403: {description: Not the server token}
+      403: {description: Not a token with the read scope}
+      422: {description: Not a person id}
     """
     services = services_of(request)
     require(caller_of(request), READ)
@@ -52,11 +53,12 @@ async def delete_person(request: Request) -> Response:
       dead letters. Their suppressions stay: they keep them from being contacted again.'
     security: [{serverToken: []}]
     parameters:
-      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person id: a user id or an anonymous id'}
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person: u:<user id>, a:<anonymous id>, or a bare user id'}
     responses:
       200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
       401: {description: Missing token}
-      403: {description: Not the server token}
+      403: {description: Not a token with the admin scope}
+      422: {description: Not a person id}
     """
 
     services = services_of(request)

@@ -394,8 +394,8 @@ def _scoring(spec: Any, compiler: Compiler) -> Scoring:
 
 
 def _number(value: Any, path: str, compiler: Compiler) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        compiler.problem(path, "a number")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) <= 1e15:
+        compiler.problem(path, "a number (finite, at most 10^15 either way)")
         return 0.0
     return float(value)
 

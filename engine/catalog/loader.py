@@ -9,6 +9,7 @@ with its line or path, never a traceback."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from typing import Any
 
@@ -63,16 +64,18 @@ def parse_catalog_text(text: str | bytes, source: str = "catalog") -> dict:
                 raise CatalogError(source, [(f"line {mark.line + 1}, column {mark.column + 1}",
                                              f"YAML aliases (*{event.anchor}) are not allowed: write the value out")])
         spec = yaml.load(text, Loader=CatalogLoader)  # noqa: S506 - a safe loader, aliases refused above
+        if not isinstance(spec, dict):
+            raise CatalogError(source, [("(document)", "a catalog is a mapping with placements, offers, …")])
+        problems: list[tuple[str, str]] = []
+        _check_keys(spec, "", problems)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
         raise CatalogError(source, [(where, f"not valid YAML/JSON: {getattr(exc, 'problem', exc)}")]) from None
+    except (ValueError, OverflowError) as exc:  # a date that does not exist: 2024-02-30
+        raise CatalogError(source, [("(document)", f"a value YAML cannot read: {exc}")]) from None
     except RecursionError:
         raise CatalogError(source, [("(document)", "nested too deep")]) from None
-    if not isinstance(spec, dict):
-        raise CatalogError(source, [("(document)", "a catalog is a mapping with placements, offers, …")])
-    problems: list[tuple[str, str]] = []
-    _check_keys(spec, "", problems)
     if problems:
         raise CatalogError(source, problems[:50])
     return spec
@@ -96,8 +99,12 @@ def plain_json_problem(value: Any) -> str | None:
     def walk(item: Any, depth: int) -> str | None:
         if depth > MAX_CONTENT_DEPTH:
             return f"nested deeper than {MAX_CONTENT_DEPTH} levels"
-        if item is None or isinstance(item, bool | int | float | str):
+        if item is None or isinstance(item, bool | str):
             return None
+        if isinstance(item, int):
+            return None if -(2**63) <= item < 2**63 else f"{item} is past 64 bits"
+        if isinstance(item, float):
+            return None if math.isfinite(item) else f"{item} is not a finite number"
         if isinstance(item, dt.date):
             return f"{item.isoformat()} was read as a date: quote it"
         if isinstance(item, list):

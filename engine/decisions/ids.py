@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from engine.signing import DECISION_IDS, derived_key
+
 DECISION_TTL_S = 86_400  # an impression or click must come within a day of its decision
 
 
@@ -35,7 +37,7 @@ class DecisionSigner:
     @classmethod
     def from_secret(cls, secret: str) -> DecisionSigner:
         # Its own key: a decision id is never a valid user or link signature.
-        return cls(hmac.new(secret.encode(), b"attimo decision ids", hashlib.sha256).digest())
+        return cls(derived_key(secret, DECISION_IDS))
 
     def _signature(self, nonce: str, payload: str, person: str) -> str:
         message = f"{nonce}.{payload}.{person}".encode()

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
 from engine.errors import StoreContention
+from engine.events import KNOWN
 from engine.followups.message import Message
 from engine.policy import (
     PERSONAL_CHANNELS,
@@ -37,6 +38,12 @@ def message_addresses(message: Message) -> tuple[str, ...]:
     if normal is None:
         return (to,)
     return tuple(dict.fromkeys((to, normal, f"{message.channel}:{normal}")))
+
+
+def person_names(person: str) -> tuple[str, ...]:
+    """How the suppression list may name a person: as now (`u:<id>`) and, for a
+    known person, bare, as entries made before the two identity spaces did."""
+    return (person, person[2:]) if person.startswith(KNOWN) else (person,)
 
 
 class ContactStore:
@@ -130,7 +137,7 @@ class ContactStore:
                                 addresses: tuple[str, ...] = ()) -> Verdict:
         """Judge a message and, if allowed, count it as sent, in one transaction."""
         key = self.keys.contact(person)
-        candidates = (person, *addresses)
+        candidates = (*person_names(person), *addresses)
         flags = await self.redis.smismember(self.keys.suppressed(), candidates)
         suppressed = any(flags)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -166,7 +173,8 @@ class ContactStore:
             return []
         people = list(dict.fromkeys(m.person for m in messages))
         addresses = {m.id: message_addresses(m) for m in messages}
-        candidates = list(dict.fromkeys([*people, *(a for found in addresses.values() for a in found)]))
+        candidates = list(dict.fromkeys([*(n for p in people for n in person_names(p)),
+                                         *(a for found in addresses.values() for a in found)]))
         pipe = self.redis.pipeline(transaction=False)
         pipe.smismember(self.keys.suppressed(), candidates)
         for person in people:
@@ -180,7 +188,7 @@ class ContactStore:
             state = states[m.person]
             verdict = judge(policy, state, channel=m.channel, purpose=m.purpose, template=m.template,
                             now_ms=now_ms, message_id=m.id,
-                            suppressed=m.person in suppressed or any(a in suppressed for a in addresses[m.id]))
+                            suppressed=any(n in suppressed for n in (*person_names(m.person), *addresses[m.id])))
             if verdict.action == "allow" and m.channel in PERSONAL_CHANNELS:
                 record_send(state, channel=m.channel, template=m.template, now_ms=now_ms, message_id=m.id)
                 changed[m.person] = state

@@ -113,7 +113,7 @@ class KpiStore:
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
     async def record_batch(self, by_person: dict[str, list], offers: dict,
-                           earned: Callable[[str, object], bool] = lambda person, event: True) -> None:
+                           earned: Callable[[str, object], str | None] = lambda person, event: event.id) -> None:
         """After a batch is applied: impressions and clicks of the catalog's
         offers (`offers`: id -> Offer; others are ignored, so a client cannot
         mint KPI keys), then purchases. A purchase counts for every journey the
@@ -123,8 +123,10 @@ class KpiStore:
         clicks or purchases costs nothing.
 
         Numbers are earned, not sent: an impression or click counts only when
-        `earned(person, event)` (a decision id issued to this person for this
-        offer, engine/decisions/ids.py, or a server's event); a purchase adds
+        `earned(person, event)` names what it counts as: one per decision id
+        issued to this person for this offer (engine/decisions/ids.py), so a
+        replayed id adds nothing, or the event itself when a server sent it;
+        None, nothing. A purchase adds
         revenue and conversions only when a server sent it (`event.trusted`).
         A browser's purchase is counted apart, as unverified."""
         pipe = self.redis.pipeline(transaction=False)
@@ -137,11 +139,10 @@ class KpiStore:
                         buyers.setdefault(person, []).append(event)
                     else:
                         self.count(pipe, "g", "purchases", "unverified", event.id)
-                elif (event.type in (IMPRESSION, CLICK) and event.properties.get("offer") in offers
-                      and earned(person, event)):
-                    offer = event.properties["offer"]
+                elif (event.type in (IMPRESSION, CLICK) and isinstance(offer := event.properties.get("offer"), str)
+                      and offer in offers and (counted := earned(person, event)) is not None):
                     who = ("impressions", "viewers") if event.type == IMPRESSION else ("clicks", "clickers")
-                    self.count(pipe, "o", offer, who[0], event.id)
+                    self.count(pipe, "o", offer, who[0], counted)
                     self.count(pipe, "o", offer, who[1], person)
                     seen[offer] = max(seen.get(offer, 0), event.ts)
             if seen:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.catalog.compile import Catalog
-from engine.errors import NotAuthenticated, NotAuthorized
-from engine.events import ANONYMOUS, KNOWN, LINK_EVENTS, Event, WireEvent, event_time_ms
+from engine.errors import EventRejected, NotAuthenticated, NotAuthorized
+from engine.events import ANONYMOUS, KNOWN, LINK_EVENTS, PERSON_ID, Event, WireEvent, event_time_ms
 from engine.policy import CONTACT_TRAITS
+from engine.signing import TIMESTAMPED_USER_SIG, derived_key
 
 
 def known(user_id: str) -> str:
@@ -32,9 +33,12 @@ def anonymous(anonymous_id: str) -> str:
 
 
 def person_of_path(text: str) -> str:
-    """A person named in a server URL: `u:<user id>`, `a:<anonymous id>`, or a
-    bare user id (the common case for a CRM)."""
-    return text if text.startswith((KNOWN, ANONYMOUS)) else known(text)
+    """A person named in a server URL or link: `u:<user id>`, `a:<anonymous
+    id>`, or a bare user id (the common case for a CRM); 422 if not an id."""
+    person = text if text.startswith((KNOWN, ANONYMOUS)) else known(text)
+    if not PERSON_ID.fullmatch(person[2:]):
+        raise EventRejected("person ids are 1 to 128 characters without spaces or braces", "person", 128)
+    return person
 
 
 # What a server token may do. ATTIMO_SERVER_TOKEN holds them all (as before
@@ -48,12 +52,14 @@ CLOCK_SKEW_S = 300  # a timestamped signature may come from a clock this far ahe
 def sign_user_id(secret: str, user_id: str, timestamp: int | None = None) -> str:
     """The user_sig of a user id: hex HMAC-SHA256 of the id under the site
     secret (never expires), or with `timestamp` (unix seconds) the form
-    `<timestamp>.<hex>`, HMAC of "<timestamp>.<user id>", which expires after
-    ATTIMO_SIGNATURE_MAX_AGE_S."""
+    `<timestamp>.<hex>`: HMAC of "<timestamp>.<user id>" under a key of its own,
+    derived from the secret (engine/signing.py), so a plain signature of an id
+    that looks like "<timestamp>.<id>" is never a timestamped one for <id>. It
+    expires after ATTIMO_SIGNATURE_MAX_AGE_S."""
     if timestamp is None:
         return hmac.new(secret.encode(), user_id.encode(), hashlib.sha256).hexdigest()
-    payload = f"{timestamp}.{user_id}".encode()
-    return f"{timestamp}." + hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()
+    key = derived_key(secret, TIMESTAMPED_USER_SIG)
+    return f"{timestamp}." + hmac.new(key, f"{timestamp}.{user_id}".encode(), hashlib.sha256).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +76,7 @@ class Caller:
     clock: Callable[[], float] = time.time
 
     def may(self, scope: str) -> bool:
-        return self.is_server and (scope in self.scopes or not self.scopes)
+        return self.is_server and scope in self.scopes
 
     def person(self, anonymous_id: str | None, user_id: str | None, user_sig: str | None, field: str) -> str:
         """The person a request may read or write: `u:<user_id>` only with the

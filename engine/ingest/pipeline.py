@@ -165,16 +165,21 @@ class Pipeline:
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
         if depth == 0:
-            await self.journeys.kpis.record_batch(by_person, catalog.offers_by_id, self._earned)
+            await self.journeys.kpis.record_batch(
+                by_person, catalog.offers_by_id, lambda person, event: self._earned(person, event, now_ms))
         return result
 
-    def _earned(self, person: str, event: Event) -> bool:
-        """An impression or click a server sent, or one carrying a decision id
-        issued to this person for this offer (engine/decisions/ids.py)."""
+    def _earned(self, person: str, event: Event, now_ms: int) -> str | None:
+        """What an impression or click counts as: the event, when a server sent
+        it; else its decision and offer, when the decision id was issued to this
+        person for this offer, judged by the server's clock (a client's `ts`
+        could make an old id look fresh), so a replayed id counts once."""
         if event.trusted:
-            return True
-        return self.decisions is not None and self.decisions.verify(
-            event.properties.get("decision_id"), person, event.properties.get("offer"), event.ts / 1000)
+            return event.id
+        decision_id, offer = event.properties.get("decision_id"), event.properties.get("offer")
+        if self.decisions is None or not self.decisions.verify(decision_id, person, offer, now_ms / 1000):
+            return None
+        return f"{decision_id.partition('.')[0]}:{offer}"
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
         """Consent events set the contact state the scheduler judges at send time

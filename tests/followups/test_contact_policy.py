@@ -13,6 +13,7 @@ import pytest
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.errors import CatalogError, StoreContention
 from engine.followups.contacts import ContactStore
+from engine.followups.message import Message
 from engine.policy import (
     DAY_MS,
     Caps,
@@ -234,3 +235,13 @@ async def test_a_contact_state_that_keeps_changing_gives_up_with_a_named_error(r
     with pytest.raises(StoreContention):
         await ContactStore(redis).update("u-busy", change)
     assert len(attempts) == MAX_OPTIMISTIC_ATTEMPTS
+
+
+async def test_a_person_suppressed_by_bare_id_before_the_two_spaces_stays_suppressed(redis):
+    contacts = ContactStore(redis)
+    await contacts.suppress("u-old")  # an entry made when people were named bare
+    verdict = await contacts.check_and_reserve(ContactPolicy(), person="u:u-old", channel="email",
+                                               purpose="transactional", template="t", now_ms=0, message_id="m1")
+    [batched] = await contacts.check_and_reserve_many(
+        ContactPolicy(), [Message(id="m2", person="u:u-old", channel="email", due_ms=0, purpose="transactional")], 0)
+    assert (verdict.action, batched.action) == ("drop", "drop")

@@ -142,10 +142,13 @@ def test_offer_kpis_count_views_clicks_conversions_and_the_discounts_roi(kpi_api
     server, _ = kpi_api
     now = int(time.time() * 1000)  # the server's clock is the wall clock
 
+    decisions: dict[str, str] = {}
+
     def slot(eid: str, kind: str, person: str, offer: str, ts: int = now) -> dict:
         # The decision id the API gave this visitor for this offer (what the
-        # snippet sends back); minted here with the server's secret.
-        decision = SIGNER.issue(f"a:{person}", [offer], ts // 1000)
+        # snippet sends back, the same again when it resends); minted here with
+        # the server's secret, decided now (ts is the client's).
+        decision = decisions.setdefault(eid, SIGNER.issue(f"a:{person}", [offer], now // 1000))
         return {"id": eid, "type": kind, "anonymous_id": person, "ts": ts,
                 "properties": {"offer": offer, "placement": "hero", "decision_id": decision}}
 

@@ -95,3 +95,16 @@ def test_yaml_1_1_words_stay_text():
 
     spec = parse_catalog_text("on: yes\noff: no\nflag: true\ny: n\n")
     assert spec == {"on": "yes", "off": "no", "flag": True, "y": "n"}
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    ("placements: " + "[" * 1000 + "]" * 1000 + "\n", "nested too deep"),
+    ("placements: [hero]\noffers:\n  - {id: o, kind: content, placements: [hero], start: 2024-02-30}\n", "cannot read"),
+    ("placements: [hero]\noffers:\n  - {id: o, kind: content, placements: [hero], content: {x: 99999999999999999999999}}\n",
+     "past 64 bits"),
+    ("placements: [hero]\noffers:\n  - {id: o, kind: content, placements: [hero], priority: .nan}\n", "finite"),
+])
+def test_what_yaml_itself_chokes_on_is_a_problem_too(clean_api, text, reason):
+    answer, _ = publish(clean_api, text)
+    assert answer.status_code == 422, answer.text
+    assert any(reason in p["reason"] for p in answer.json()["problems"]), answer.text

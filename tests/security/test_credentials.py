@@ -105,3 +105,25 @@ def test_the_inbox_takes_the_signature_in_headers_not_the_url(api):
         answer = client.get("/v1/inbox", headers={"X-Attimo-User": "u-app", "X-Attimo-User-Sig": sig})
         assert answer.status_code == 200 and answer.json() == {"messages": [], "unread": 0}
         assert client.get("/v1/inbox", headers={"X-Attimo-User": "u-app", "X-Attimo-User-Sig": "0" * 64}).status_code == 403
+
+
+def test_a_plain_signature_never_passes_for_a_timestamped_one(api):
+    """Plain: HMAC of the id. A site letting users pick ids could sign
+    "<now>.u-ada"; that must not make a fresh timestamped signature for u-ada."""
+    now = int(time.time())
+    plain_of_lookalike = sign_user_id(NEW_SECRET, f"{now}.u-ada")
+    assert decide(api, f"{now}.{plain_of_lookalike}") == 403
+    assert decide(api, sign_user_id(NEW_SECRET, "u-ada", now)) == 200
+
+
+def test_a_decision_for_anyone_needs_the_read_scope(api):
+    for scope, status in (("ingest", 403), ("admin", 403), ("read", 200)):
+        with bearer(api, scope) as client:
+            answer = client.post("/v1/decide", json={"user_id": "u-ada", "placements": ["home_hero"]})
+        assert answer.status_code == status, scope
+
+
+def test_a_person_in_a_server_url_must_be_an_id(api):
+    with api.server() as client:
+        assert client.get("/v1/people/a}b").status_code == 422
+        assert client.get("/v1/people/a:a%20b").status_code == 422

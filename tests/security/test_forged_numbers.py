@@ -5,9 +5,12 @@ ROI); amounts are bounded. Through a real `attimo serve`."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from engine.testing.processes import start_api, stop_api
+from engine.decisions.ids import DecisionSigner
+from engine.testing.processes import SITE_SECRET, start_api, stop_api
 
 CATALOG = """
 placements: [hero, side]
@@ -68,6 +71,25 @@ def test_a_decision_counts_for_its_visitor_and_its_offers_only(shop):
              slot("r4", "impression", "a-real", "spring_sale", decision_id))  # an offer it did not choose
     deal = kpis(shop)["offers"]["deal"]
     assert (deal["impressions"], deal["viewers"], deal["clicks"]) == (1, 1, 1)
+
+
+def test_a_decision_id_replayed_or_stale_counts_once_or_not_at_all(shop):
+    issued = decision(shop, "a-replay")["decision_id"]
+    stale = DecisionSigner.from_secret(SITE_SECRET).issue("a:a-old", ["deal"], int(time.time()) - 2 * 86_400)
+    old_ts = (int(time.time()) - 2 * 86_400 + 1) * 1000
+    with shop.browser() as browser:
+        send(browser, *[slot(f"p{n}", "impression", "a-replay", "deal", issued) for n in range(5)])
+        send(browser, {**slot("s1", "impression", "a-old", "deal", stale), "ts": old_ts})  # ts claims it fresh
+    deal = kpis(shop)["offers"]["deal"]
+    assert (deal["impressions"], deal["viewers"]) == (1, 1)
+
+
+def test_an_offer_that_is_not_text_is_ignored_not_a_500(shop):
+    with shop.browser() as browser:
+        answer = browser.post("/v1/events", json={"events": [
+            {"id": "l1", "type": "impression", "anonymous_id": "a-list", "properties": {"offer": ["deal"]}}]})
+    assert answer.status_code == 202
+    assert kpis(shop)["offers"]["deal"]["impressions"] == 0
 
 
 def test_only_server_purchases_count_and_amounts_are_bounded(shop):

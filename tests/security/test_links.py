@@ -96,3 +96,13 @@ def test_a_mail_scanner_following_the_unsubscribe_link_unsubscribes_nobody(links
             "unsubscribed": "email", "cancelled": 0}
         with links_api.server() as server:
             assert server.get("/v1/kpis").json()["channels"]["email"]["unsubscribed"] == 1
+
+
+def test_links_signed_with_the_previous_secret_verify_during_a_rotation():
+    before = Tracker(SECRET, "http://attimo.test")
+    after = Tracker(b"the-new-secret", "http://attimo.test", previous=SECRET)
+    link = before.unsubscribe_url("u:u-1", "email")
+    assert after.verify(link)["p"] == "u:u-1"
+    assert after.verify(legacy_link("open", {"m": "m1", "p": "u-1", "e": "news"}))["m"] == "m1"
+    with pytest.raises(TrackingLinkInvalid):
+        Tracker(b"the-new-secret", "http://attimo.test").verify(link)

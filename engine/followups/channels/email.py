@@ -23,6 +23,7 @@ from engine.catalog.templates import TemplateRenderError, render
 from engine.errors import AttimoError, PermanentSendError, SendError
 from engine.followups.kpis import message_journey
 from engine.followups.message import Message
+from engine.signing import EMAIL_LINKS, derived_key
 
 
 class TrackingLinkInvalid(AttimoError):
@@ -77,10 +78,15 @@ class Tracker:
     public_url: str
     ttl_s: int = LINK_TTL_S
     clock: Callable[[], float] = time.time
+    previous: bytes | None = None  # the secret being rotated out: its links still verify
 
-    def _sig(self, kind: str, fields: dict[str, str], expires: str) -> str:
+    def _sig(self, kind: str, fields: dict[str, str], expires: str, secret: bytes | None = None) -> str:
         payload = orjson.dumps([kind, *(fields.get(f, "") for f in LINK_FIELDS[kind]), expires])
-        return SIGNATURE_VERSION + hmac.new(self.secret, payload, hashlib.sha256).hexdigest()[:32]
+        key = derived_key(secret or self.secret, EMAIL_LINKS)
+        return SIGNATURE_VERSION + hmac.new(key, payload, hashlib.sha256).hexdigest()[:32]
+
+    def _secrets(self) -> tuple[bytes, ...]:
+        return (self.secret, self.previous) if self.previous else (self.secret,)
 
     def _url(self, kind: str, path: str, fields: dict[str, str]) -> str:
         fields = {k: v for k, v in fields.items() if v}
@@ -129,7 +135,9 @@ class Tracker:
         expires = query.get("x", "")
         if kind != "unsubscribe" and not (expires.isascii() and expires.isdigit()):
             raise TrackingLinkInvalid("the link has no expiry: it was changed")
-        if not hmac.compare_digest(self._sig(kind, fields, expires).encode(), query["s"].encode()):
+        given = query["s"].encode()
+        if not any(hmac.compare_digest(self._sig(kind, fields, expires, secret).encode(), given)
+                   for secret in self._secrets()):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
         if expires and int(expires) < self.clock():
             raise TrackingLinkExpired("this link has expired")
@@ -139,8 +147,9 @@ class Tracker:
         joined with a separator (no field holds one: control characters are
         refused above, so the join cannot be re-split); no expiry."""
         parts = [fields[f] for f in REQUIRED_FIELDS[kind]] + ([fields["j"]] if "j" in fields else [])
-        expected = hmac.new(self.secret, "\x1f".join([kind, *parts]).encode(), hashlib.sha256).hexdigest()[:32]
-        if not hmac.compare_digest(expected.encode(), signature.encode()):
+        message = "\x1f".join([kind, *parts]).encode()
+        if not any(hmac.compare_digest(hmac.new(secret, message, hashlib.sha256).hexdigest()[:32].encode(),
+                                       signature.encode()) for secret in self._secrets()):
             raise TrackingLinkInvalid("signature does not match: the link was changed")
 
 
@@ -150,8 +159,10 @@ def tracker_from_settings(settings) -> Tracker | None:
     secret = settings.tracking_secret or settings.site_secret
     if not secret:
         return None
+    # Links signed with the site secret keep verifying while it is rotated out.
+    previous = settings.site_secret_previous if not settings.tracking_secret else None
     return Tracker(secret=secret.encode(), public_url=settings.public_url.rstrip("/"),
-                   ttl_s=settings.link_ttl_days * 86_400)
+                   ttl_s=settings.link_ttl_days * 86_400, previous=previous.encode() if previous else None)
 
 
 _HREF = re.compile(r'href="(https?://[^"]+)"', re.IGNORECASE)
