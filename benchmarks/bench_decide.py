@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from benchmarks.floor_app import seed_floor
 from benchmarks.harness import (
     LOADGEN_CORE,
@@ -38,7 +40,7 @@ from benchmarks.workload import PLACEMENTS, catalog_yaml, person_id, seed_people
 from engine.clock import now_ms
 from engine.testing.processes import RedisCluster, RedisServer, UvicornServer
 
-SITE_KEY, SITE_SECRET = "bench-site-key", "bench-site-secret"
+SITE_KEY, SITE_SECRET, SERVER_TOKEN = "bench-site-key", "bench-site-secret", "bench-server-token"
 P1_RATE = 1000.0
 
 
@@ -48,6 +50,7 @@ def api_server(redis_url: str, catalog_path: Path) -> UvicornServer:
         "ATTIMO_CATALOG": str(catalog_path),
         "ATTIMO_SITE_KEY": SITE_KEY,
         "ATTIMO_SITE_SECRET": SITE_SECRET,
+        "ATTIMO_SERVER_TOKEN": SERVER_TOKEN,
         "ATTIMO_SCHEDULER": "off",  # measure decide, not an idle scheduler's polls
         # One load generator on 127.0.0.1 plays thousands of visitors.
         "ATTIMO_RATE_LIMIT": "off",
@@ -67,6 +70,15 @@ def decide_target(port: int, n_people: int) -> HttpTarget:
             "context": {"path": f"/c{i % 10}/page", "category": f"c{i % 10}", "device": "mobile"},
         }
     return HttpTarget("127.0.0.1", port, "/v1/decide", bodies=body, headers={"X-Attimo-Key": SITE_KEY})
+
+
+def check_seeded(port: int) -> None:
+    """The API must find the people the load asks for (as visitors, a:<id>):
+    otherwise every decide would read an empty profile and measure nothing."""
+    answer = httpx.get(f"http://127.0.0.1:{port}/v1/people/a:{person_id(0)}", timeout=10,
+                       headers={"Authorization": f"Bearer {SERVER_TOKEN}"})
+    if not answer.json().get("exists"):
+        raise SystemExit(f"the API does not see the seeded people: {answer.text[:200]}")
 
 
 def floor_target(port: int, n_people: int) -> HttpTarget:
@@ -105,6 +117,7 @@ async def measure(args: argparse.Namespace) -> dict:
         log(f"seeded {args.people} people in {time.monotonic() - started:.1f} s")
         with api_server(redis.url, catalog) as api, \
                 UvicornServer("benchmarks.floor_app:app", SERVER_CORE, env={"ATTIMO_REDIS_URL": redis.url}) as floor:
+            check_seeded(api.port)
             targets = {"decide": decide_target(api.port, args.people), "floor": floor_target(floor.port, args.people)}
             series = await alternate(targets, args, P1_RATE, lambda name, rate, r: (
                 f"{name:6} {rate:6.0f} req/s: p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} p999 {r.p999_ms:.2f} ms, "

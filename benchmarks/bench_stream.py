@@ -217,7 +217,7 @@ async def freshness(broker, redis, work: Path, rates: list[float], seconds: floa
             # The worker must have joined its group before the clock starts.
             warm = [{"id": f"{name}-warm", "type": "page_view", "user_id": "warm", "properties": PRICING}]
             await http.post("/v1/events", json={"events": warm})
-            wait_for(lambda: client.zcard(keys.dedupe("warm")) == 1, 60, "the worker to start")
+            wait_for(lambda: client.zcard(keys.dedupe("u:warm")) == 1, 60, "the worker to start")  # a user id: u:
             return [await one_rate(http, client, keys, f"{name}-{rate:.0f}", rate, seconds) for rate in rates]
     finally:
         stop_process(api)
@@ -261,9 +261,10 @@ async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys
         tasks.append(asyncio.create_task(send(index)))
     await asyncio.gather(*tasks)
     people = list(acked)
-    wait_for(lambda: len(apply_times(client, keys, people)) >= BATCH * len(people), 120, "every batch applied")
+    stored = [f"u:{person}" for person in people]  # sent as user ids: the engine's person is u:<id>
+    wait_for(lambda: len(apply_times(client, keys, stored)) >= BATCH * len(people), 120, "every batch applied")
     pipe = client.pipeline(transaction=False)
-    for person in people:
+    for person in stored:
         pipe.zrange(keys.dedupe(person), -1, -1, withscores=True)
     lags = np.array([members[0][1] - acked[person] for person, members in zip(people, pipe.execute(), strict=True)])
     lags = np.maximum(lags, 0.0)
