@@ -16,7 +16,8 @@ import orjson
 import yaml
 from redis.asyncio import Redis
 
-from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.catalog.model import CatalogHolder
 from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.events import Event
 from engine.ingest.pipeline import Pipeline

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
-from engine.catalog.compile import CatalogHolder, empty_catalog, load_catalog_file
+from engine.catalog.compile import empty_catalog, load_catalog_file
+from engine.catalog.model import CatalogHolder
 from engine.catalog.publish import CatalogStore
 from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError

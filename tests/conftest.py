@@ -11,7 +11,8 @@ import redis as redis_sync
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 
-from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.catalog.model import CatalogHolder
 from engine.ingest.identity import sign_user_id
 from engine.ingest.pipeline import Pipeline
 from engine.settings import Settings

@@ -1,6 +1,6 @@
-"""The catalog: loading YAML or JSON, validating it (every problem at once, with
-its path), compiling it to closures, index tables and numpy arrays, and holding
-the compiled catalog in force so a reload swaps it atomically."""
+"""The catalog compiler: the text read safely (engine/catalog/loader.py),
+validated (every problem at once, with its path) and compiled to closures,
+index tables and numpy arrays (engine/catalog/model.py holds the result)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,16 @@ import numpy as np
 
 from engine.catalog import windows
 from engine.catalog.contact_policy import contact_policy_fields
-from engine.catalog.journeys import Journeys, compile_journeys
+from engine.catalog.journeys import compile_journeys
 from engine.catalog.loader import parse_catalog_text, plain_json_problem
-from engine.catalog.rules import Compiler, Facts, Predicate, always, normalized
+from engine.catalog.model import (
+    Catalog,
+    Offer,
+    Placement,
+    Scoring,
+    offer_for_templates,
+)
+from engine.catalog.rules import Compiler, always, normalized
 from engine.catalog.windows import Feature
 from engine.errors import CatalogError
 
@@ -35,147 +41,6 @@ OFFER_FIELDS = (
 )  # fmt: skip
 LIFETIME_CAP_WINDOW = "366d"
 IMPRESSION = "impression"
-
-
-@dataclass(slots=True)
-class Offer:
-    rank: int  # position in arbitration order: priority desc, score desc, id
-    id: str
-    kind: str
-    placements: tuple[str, ...]
-    content: Any
-    product_line: str | None
-    value: float | None
-    priority: float
-    score: float
-    start_ms: int | None
-    end_ms: int | None
-    when: Predicate
-    exclude: Predicate | None
-    holdout_pct: float
-    group: str | None
-    cap_limit: int | None = None
-    cap_feature: Feature | None = None
-    cap_buckets: int = 0
-    atoms: frozenset | None = None
-
-    def answer(self) -> dict:
-        """What decide returns for this offer (built once, shared read-only)."""
-        body = {"offer": self.id, "kind": self.kind, "content": self.content}
-        if self.product_line is not None:
-            body["product_line"] = self.product_line
-        if self.value is not None:
-            body["value"] = self.value
-        return body
-
-
-@dataclass(slots=True)
-class Placement:
-    name: str
-    description: str = ""
-    always: list[int] = field(default_factory=list)  # ranks of offers no index narrows
-    by_atom: dict[tuple, list[int]] = field(default_factory=dict)
-    ranks: list[int] = field(default_factory=list)  # every offer that can show here
-
-
-def _for_templates(answer: dict) -> dict:
-    """An offer as templates see it: a whole number reads as one ("25% off", not
-    "25.0% off")."""
-    return {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in answer.items()}
-
-
-@dataclass(slots=True)
-class Scoring:
-    """Lead score = behavioural points (stored, decaying with a half-life) +
-    trait points (computed from the traits as they are now)."""
-
-    half_life_ms: int = 0
-    event_rules: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)
-    trait_rules: list[tuple[str, Any, float]] = field(default_factory=list)
-
-    def event_points(self, event_type: str, properties: dict) -> float:
-        points = 0.0
-        for rules in (self.event_rules.get(event_type), self.event_rules.get("*")):
-            for matches, value in rules or ():
-                if matches is None or matches(properties):
-                    points += value
-        return points
-
-    def behaviour_points(self, stored: list, now_ms: int) -> float:
-        if not stored:
-            return 0.0
-        value, at_ms = stored
-        if self.half_life_ms and now_ms > at_ms:
-            value *= 0.5 ** ((now_ms - at_ms) / self.half_life_ms)
-        return value
-
-    def score(self, profile, now_ms: int) -> float:
-        total = self.behaviour_points(profile.s, now_ms)
-        traits = profile.t
-        for name, test, points in self.trait_rules:
-            if test(traits.get(name)):
-                total += points
-        return round(total, 4)
-
-
-@dataclass
-class Catalog:
-    digest: str
-    placements: dict[str, Placement]
-    offers: list[Offer]  # in rank order
-    offers_by_id: dict[str, Offer]
-    segments: dict[str, Predicate]
-    features: dict[str, Feature]
-    features_by_type: dict[str, list[Feature]]
-    scoring: Scoring
-    protected_traits: frozenset[str]
-    rules: dict[str, Predicate]
-    window_uses: dict[str, tuple[Feature, int]] = field(default_factory=dict)
-    # msgpack {fid: [resolution_ms, length]}: the rings the Lua script may keep.
-    feature_table: bytes = b""
-    # Trait and context names some offer is indexed under: the only atoms worth
-    # building for a request.
-    indexed_traits: frozenset[str] = frozenset()
-    indexed_context: frozenset[str] = frozenset()
-    # Journeys and their message templates (engine/catalog/journeys.py).
-    journeys: Journeys = field(default_factory=Journeys)
-    # The ContactPolicy fields (engine/followups/contacts.py) the catalog's
-    # contact_policy section sets; the scheduler takes the others from settings.
-    contact_policy: dict[str, Any] = field(default_factory=dict)
-
-    # event type → (features whose filter must run, {property: {value: features}}):
-    # a filter that is one equality is a dict lookup instead of a test per feature.
-    feature_index: dict[str, tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]] = field(
-        default_factory=dict)
-
-    def counted(self, event_type: str, properties: dict) -> list[tuple[Feature, float | int]]:
-        """Every windowed feature one event counts for, with what it adds."""
-        found = []
-        for kind in (event_type, "*"):
-            entry = self.feature_index.get(kind)
-            if entry is None:
-                continue
-            scanned, by_property = entry
-            for feature in scanned:
-                amount = feature.amount(properties)
-                if amount is not None:
-                    found.append((feature, amount))
-            for name, by_value in by_property.items():
-                value = properties.get(name)
-                if value is None:
-                    continue
-                for feature in by_value.get(normalized(value), ()):
-                    amount = feature.measure(properties)
-                    if amount is not None:
-                        found.append((feature, amount))
-        return found
-
-    def facts(self, profile, context: dict, now_ms: int) -> Facts:
-        return Facts(self, profile, context, now_ms)
-
-    def segments_of(self, profile, now_ms: int) -> list[str]:
-        facts = Facts(self, profile, {}, now_ms)
-        return [sid for sid in self.segments if facts.in_segment(sid)]
 
 
 # -- loading ---------------------------------------------------------------------
@@ -237,7 +102,7 @@ def _compile(spec: dict, source: str) -> Catalog:
     scoring = _scoring(spec.get("scoring"), compiler)
     offers = _offers(spec.get("offers"), placements, compiler)
     journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
-                                {o.id: _for_templates(o.answer()) for o in offers})
+                                {o.id: offer_for_templates(o.answer()) for o in offers})
     contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
 
     if compiler.problems:
@@ -514,40 +379,6 @@ def _rank(offers: list[Offer]) -> list[Offer]:
     for rank, offer in enumerate(ranked):
         offer.rank = rank
     return ranked
-
-
-def atoms_of(catalog: Catalog, profile, context: dict) -> list[tuple]:
-    """Index atoms a person and a request present: the value (each element of a
-    list) of every trait and context field some offer is indexed under."""
-    atoms = []
-    traits = profile.t
-    for name in catalog.indexed_traits:
-        value = traits.get(name)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            atoms.extend(("t", name, normalized(item)) for item in value)
-        else:
-            atoms.append(("t", name, normalized(value)))
-    for name in catalog.indexed_context:
-        value = context.get(name)
-        if value is not None:
-            atoms.append(("c", name, normalized(value)))
-    return atoms
-
-
-class CatalogHolder:
-    """The compiled catalog in force. Readers take `.current` once per request;
-    a reload builds a new Catalog and swaps one reference, so a request never
-    sees half of two catalogs."""
-
-    def __init__(self, catalog: Catalog, source_text: str = ""):
-        self.current = catalog
-        self.source_text = source_text
-
-    def swap(self, catalog: Catalog, source_text: str) -> None:
-        self.current = catalog
-        self.source_text = source_text
 
 
 def empty_catalog() -> Catalog:

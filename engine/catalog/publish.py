@@ -10,7 +10,8 @@ import asyncio
 import hashlib
 import logging
 
-from engine.catalog.compile import Catalog, CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.catalog.model import Catalog, CatalogHolder
 from engine.errors import CatalogError
 from engine.store.keys import Keys
 

@@ -10,7 +10,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from engine.catalog.compile import Catalog, Offer, atoms_of
+from engine.catalog.model import Catalog, Offer, atoms_of
 from engine.catalog.rules import Facts
 from engine.profile import Profile
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from engine.catalog.compile import Catalog
+from engine.catalog.model import Catalog
 from engine.catalog.rules import Facts
 from engine.profile import Profile
 

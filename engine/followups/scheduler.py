@@ -26,7 +26,7 @@ from engine.settings import Settings
 from engine.store.keys import DEAD_LETTERS_MAX
 
 if TYPE_CHECKING:
-    from engine.catalog.compile import Catalog, CatalogHolder
+    from engine.catalog.model import Catalog, CatalogHolder
 
 log = logging.getLogger("attimo.scheduler")
 

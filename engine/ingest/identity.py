@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.catalog.compile import Catalog
+from engine.catalog.model import Catalog
 from engine.errors import EventRejected, NotAuthenticated, NotAuthorized
 from engine.events import ANONYMOUS, KNOWN, LINK_EVENTS, PERSON_ID, Event, WireEvent, event_time_ms
 from engine.policy import CONTACT_TRAITS

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from engine.catalog.compile import Catalog, CatalogHolder
 from engine.catalog.journeys import TRAIT_EVENT
+from engine.catalog.model import Catalog, CatalogHolder
 from engine.catalog.rules import SESSION_GAP_MS
 from engine.decisions.ids import DecisionSigner
 from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event

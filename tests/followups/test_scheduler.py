@@ -15,7 +15,8 @@ import orjson
 import pytest
 import redis as redis_sync
 
-from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.catalog.model import CatalogHolder
 from engine.followups.channels.email import EmailChannel, SmtpConfig, Tracker
 from engine.followups.channels.senders import senders_from_settings
 from engine.followups.channels.webhook import (

@@ -12,7 +12,8 @@ import sys
 
 import orjson
 
-from engine.catalog.compile import CatalogHolder, compile_catalog, parse_catalog_text
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.catalog.model import CatalogHolder
 from engine.events import Event
 from engine.followups.due_queue import DueQueue, shard_of
 from engine.followups.message import Message
