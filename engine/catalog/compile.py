@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 
 from engine.catalog import windows
+from engine.catalog.arbitration import offer_economics, placement_arbitration
 from engine.catalog.contact_policy import contact_policy_fields
 from engine.catalog.journeys import compile_journeys
 from engine.catalog.loader import parse_catalog_text, plain_json_problem
@@ -37,7 +38,7 @@ TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", 
              "journeys", "templates", "contact_policy")
 OFFER_FIELDS = (
     "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
-    "cap", "start", "end", "when", "exclude", "holdout", "group", "description",
+    "cap", "start", "end", "when", "exclude", "holdout", "group", "description", "worth", "propensity", "lever",
 )  # fmt: skip
 LIFETIME_CAP_WINDOW = "366d"
 IMPRESSION = "impression"
@@ -220,7 +221,8 @@ def _placements(spec: Any, compiler: Compiler) -> dict[str, Placement]:
         out = {}
         for name, body in spec.items():
             description = body.get("description", "") if isinstance(body, dict) else ""
-            out[str(name)] = Placement(str(name), description)
+            out[str(name)] = Placement(str(name), description,
+                                       arbitration=placement_arbitration(body, f"placements.{name}", compiler))
         return out
     compiler.problem("placements", "a list of placement names, or a mapping name → {description}")
     return {}
@@ -319,6 +321,7 @@ def _offers(spec: Any, placements: dict[str, Placement], compiler: Compiler) -> 
             holdout_pct=float(holdout),
             group=item.get("group") if isinstance(item.get("group"), str) else None,
             atoms=when.atoms if when else None,
+            economics=offer_economics(item, path, compiler, _moment),
         )
         if offer.start_ms and offer.end_ms and offer.start_ms > offer.end_ms:
             compiler.problem(f"{path}.end", "ends before it starts")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.catalog.arbitration import NO_ECONOMICS, Economics
 from engine.catalog.journeys import Journeys
 from engine.catalog.rules import Facts, Predicate, normalized
 from engine.catalog.windows import Feature
@@ -30,6 +31,7 @@ class Offer:
     exclude: Predicate | None
     holdout_pct: float
     group: str | None
+    economics: Economics = NO_ECONOMICS  # worth, propensity, lever: expected-value arbitration
     cap_limit: int | None = None
     cap_feature: Feature | None = None
     cap_buckets: int = 0
@@ -53,6 +55,7 @@ class Placement:
     always: list[int] = field(default_factory=list)  # ranks of offers no index narrows
     by_atom: dict[tuple, list[int]] = field(default_factory=dict)
     ranks: list[int] = field(default_factory=list)  # every offer that can show here
+    arbitration: str = "priority"  # or expected_value (engine/catalog/arbitration.py)
 
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from engine.catalog.model import Catalog, Offer, atoms_of
 from engine.catalog.rules import Facts
+from engine.decisions.arbitration import Candidate, assign
 from engine.profile import Profile
 
 
@@ -67,12 +68,17 @@ def decide(
     chosen: dict[str, dict | None] = {}
     explanation: dict | None = {} if explain else None
 
+    by_value = []  # expected-value placements: filled together, after the others
     for name in placements:
         placement = catalog.placements.get(name)
         if placement is None:
             chosen[name] = None
             if explanation is not None:
                 explanation[name] = {"error": "no such placement in the catalog"}
+            continue
+        if placement.arbitration == "expected_value":
+            chosen[name] = None  # keeps the request's order in the answer
+            by_value.append(placement)
             continue
         candidates = placement.ranks if explanation is not None else _candidates(placement, atoms)
         pick = None
@@ -100,11 +106,58 @@ def decide(
         chosen[name] = pick.answer() if pick is not None else None
         if explanation is not None:
             explanation[name] = {"offers": report}
+    if by_value:
+        _fill_by_value(by_value, offers, facts, person, atoms, taken_offers, taken_groups, now_ms, chosen,
+                       explanation)
     if explanation is not None:
         explanation["_person"] = {"score": facts.score(), "segments": [
             sid for sid in catalog.segments if facts.in_segment(sid)
         ]}
     return Decision(chosen, explanation)
+
+
+def _fill_by_value(placements: list, offers: list[Offer], facts: Facts, person: str, atoms: list[tuple],
+                   taken_offers: set, taken_groups: set, now_ms: int, chosen: dict,
+                   explanation: dict | None) -> None:
+    """Expected-value placements: in each, the eligible offers of the highest
+    priority tier, ranked by propensity × worth × lever; then one assignment of
+    offers to all of them that earns the most in total (engine/decisions/arbitration.py)."""
+    slots: dict[str, list[Candidate]] = {}
+    reports: dict[str, list[tuple[Offer, dict]]] = {}
+    for placement in placements:
+        ranks = placement.ranks if explanation is not None else _candidates(placement, atoms)
+        eligible, report = [], []
+        for rank in ranks:
+            offer = offers[rank]
+            reason = why_not(offer, facts, person, taken_offers, taken_groups)
+            if reason is None:
+                eligible.append(offer)
+            if explanation is not None:
+                report.append((offer, {"offer": offer.id, "priority": offer.priority, "eligible": reason is None,
+                                       **({"reason": reason} if reason else {})}))
+        top = max((offer.priority for offer in eligible), default=None)
+        candidates = [Candidate(offer, offer.economics.factors(now_ms)["expected_value"])
+                      for offer in eligible if offer.priority == top]
+        candidates.sort(key=lambda c: (-c.value, c.offer.rank))
+        slots[placement.name] = candidates
+        reports[placement.name] = report
+    for name, pick in assign(slots).items():
+        chosen[name] = pick.offer.answer() if pick is not None else None
+        if pick is not None:
+            taken_offers.add(pick.offer.id)
+            if pick.offer.group is not None:
+                taken_groups.add(pick.offer.group)
+        if explanation is not None:
+            considered = {c.offer.id for c in slots[name]}
+            for offer, row in reports[name]:
+                if offer.id in considered:
+                    row.update(offer.economics.factors(now_ms))
+                elif row["eligible"]:
+                    row.update(eligible=False, reason="a higher priority tier is eligible")
+                if pick is not None and offer is pick.offer:
+                    # Chosen for certain: nothing is sampled until propensities are learnt.
+                    row.update(chosen=True, probability=1.0)
+            explanation[name] = {"arbitration": "expected_value", "offers": [row for _, row in reports[name]]}
 
 
 def _candidates(placement, atoms: list[tuple]) -> Iterable[int]:
