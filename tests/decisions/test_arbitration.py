@@ -5,6 +5,8 @@ explain shows every factor."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
@@ -74,11 +76,12 @@ def test_explain_shows_each_factor_and_the_chosen_offers_probability():
 
 
 def test_the_assignment_search_beats_greedy_and_never_reuses_an_offer_or_group():
-    class O:
-        def __init__(self, id, group=None):
-            self.id, self.group = id, group
+    @dataclass(frozen=True)
+    class Item:  # what the search reads of an offer: its id and group
+        id: str
+        group: str | None = None
 
-    a, b, c, d = O("a"), O("b", "g"), O("c", "g"), O("d")
+    a, b, c, d = Item("a"), Item("b", "g"), Item("c", "g"), Item("d")
     slots = {"one": [Candidate(a, 5.0), Candidate(b, 4.0)],
              "two": [Candidate(a, 6.0), Candidate(c, 3.0)],
              "three": [Candidate(b, 2.0), Candidate(d, 0.5)]}
