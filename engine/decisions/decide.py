@@ -1,7 +1,8 @@
 """Deciding, as a pure function of (catalog, profile, context, now): eligibility
-(dates, caps, hold-out, exclusions, conditions), then arbitration (the catalog's
-rank order: priority, then declared score), one offer per placement, no offer
-or offer group twice in one answer. Nothing here touches Redis."""
+(dates, caps, hold-out, exclusions, conditions), then arbitration: the catalog's
+rank order (priority, then declared score) for most placements, or expected
+value for those that ask for it (engine/decisions/arbitration.py); one offer per
+placement, no offer or offer group twice in one answer. Nothing here touches Redis."""
 
 from __future__ import annotations
 
