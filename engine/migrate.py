@@ -48,7 +48,7 @@ class MigrationReport:
 
 
 class Migration:
-    def __init__(self, redis, keys: Keys, anonymous_pattern: str = SNIPPET_ANONYMOUS_ID, *, dry_run: bool = False):
+    def __init__(self, redis, keys: Keys, anonymous_pattern: str, *, dry_run: bool = False):
         self.redis = redis
         self.keys = keys
         self.anonymous = re.compile(anonymous_pattern)

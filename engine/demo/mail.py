@@ -5,10 +5,10 @@ GET /demo/outbox lists both, newest first."""
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from email import message_from_bytes, policy
 
+from engine.clock import now_ms
 from engine.store.local_server import free_port
 
 OUTBOX_MAX = 200
@@ -26,7 +26,7 @@ class DemoOutbox:
         text = message.get_body(("plain",))
         html = message.get_body(("html",))
         self.items.appendleft({
-            "kind": "email", "at": int(time.time() * 1000), "to": list(envelope.rcpt_tos),
+            "kind": "email", "at": now_ms(), "to": list(envelope.rcpt_tos),
             "subject": message["Subject"], "message_id": message["X-Attimo-Message-Id"],
             "list_unsubscribe": message["List-Unsubscribe"],
             "text": text.get_content() if text is not None else "",
@@ -35,7 +35,7 @@ class DemoOutbox:
         return "250 OK"
 
     def webhook(self, channel: str, headers: dict, body: object) -> None:
-        self.items.appendleft({"kind": "webhook", "channel": channel, "at": int(time.time() * 1000),
+        self.items.appendleft({"kind": "webhook", "channel": channel, "at": now_ms(),
                                "idempotency_key": headers.get("idempotency-key"), "body": body})
 
     def start_smtp(self) -> DemoOutbox:

@@ -113,7 +113,7 @@ class KpiStore:
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
     async def record_batch(self, by_person: dict[str, list], offers: dict,
-                           earned: Callable[[str, object], str | None] = lambda person, event: event.id) -> None:
+                           earned: Callable[[str, object], str | None]) -> None:
         """After a batch is applied: impressions and clicks of the catalog's
         offers (`offers`: id -> Offer; others are ignored, so a client cannot
         mint KPI keys), then purchases. A purchase counts for every journey the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from engine.catalog.journeys import JOURNEY_CHANNEL
+from engine.clock import now_ms
 from engine.errors import PermanentSendError, SendError
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import LEASE_LOST, NOT_IN_FLIGHT, Claimed, Delay, DueQueue
@@ -35,10 +35,6 @@ Sender = Callable[[Message, dict], Awaitable[object]]
 
 RETRY_BASE_MS = 30_000  # a failed send is retried through the queue, doubling each time
 MAX_SEND_ATTEMPTS = 5
-
-
-def wall_clock_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -121,7 +117,7 @@ class Scheduler:
     batch while earlier ones are still sending."""
 
     def __init__(self, queue: DueQueue, contacts: ContactStore, policy: ContactPolicy,
-                 senders: dict[str, Sender], *, clock: Clock = wall_clock_ms,
+                 senders: dict[str, Sender], *, clock: Clock = now_ms,
                  lease_ms: int = 60_000, batch: int = 100, concurrency: int = 32, overlap: int = 3,
                  alert_channel: str = "", catalogs: CatalogHolder | None = None,
                  kpis: KpiStore | None = None):

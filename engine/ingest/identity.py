@@ -182,11 +182,6 @@ def require(caller: Caller, scope: str) -> None:
         raise NotAuthorized(f"this token may not {scope}: it needs the {scope} scope")
 
 
-def require_server(caller: Caller) -> None:
-    if not caller.is_server:
-        raise NotAuthorized("this endpoint needs the server token")
-
-
 def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalog, now_ms: int) -> list[Event]:
     """Authorize each event and pin it to a person; the whole batch or nothing."""
     events = []

@@ -7,13 +7,13 @@ webhook that always fails ends in the dead letters the API lists."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import quote
 
 import orjson
 import pytest
 from redis.asyncio import Redis
 
+from engine.clock import now_ms
 from engine.followups.channels.senders import senders_from_settings
 from engine.followups.contacts import ContactStore, message_addresses
 from engine.followups.due_queue import DueQueue, shard_of
@@ -59,10 +59,6 @@ async def store(redis_server):
     client = Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def send(server, person: str, *events: dict) -> None:

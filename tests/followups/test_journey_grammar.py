@@ -7,12 +7,12 @@ through the API. The demo catalog's scenarios: tests/followups/test_demo_journey
 from __future__ import annotations
 
 import contextlib
-import time
 
 import orjson
 import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.clock import now_ms
 from engine.events import Event
 from engine.followups.channels.senders import senders_from_settings
 from engine.followups.channels.webhook import verify_signature
@@ -453,13 +453,9 @@ async def test_a_send_with_an_offer_renders_the_offer_fields(redis, smtp, gramma
 # -- the app's side: inbox and devices through the API ------------------------------------------
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 async def test_the_inbox_keeps_the_newest_messages_up_to_its_cap(redis, api, grammar):
     pipeline, clock, scheduler = grammar
-    clock.now = wall_ms()  # the API reads expiry against the wall clock
+    clock.now = now_ms()  # the API reads expiry against the wall clock
     for n in range(INBOX_MAX + 2):
         await apply(pipeline, clock, known("u-notes"), "note", f"n{n}", {"n": n})
         await drain(scheduler)
@@ -474,7 +470,7 @@ async def test_the_inbox_keeps_the_newest_messages_up_to_its_cap(redis, api, gra
 
 async def test_expired_inbox_messages_are_not_returned(redis, api, grammar):
     pipeline, clock, scheduler = grammar
-    now = wall_ms()
+    now = now_ms()
     clock.now = now - 15 * DAY  # the template expires in 14 days: gone by now
     await apply(pipeline, clock, known("u-old"), "note", "n1", {"n": "old"})
     await drain(scheduler)
@@ -498,8 +494,8 @@ async def test_a_person_keeps_at_most_ten_devices_the_least_recently_registered_
     person = "u-devices"
 
     def register(token: str) -> dict:
-        before = wall_ms()
-        wait_until(lambda: wall_ms() > before, 1, 0.0005, "the next millisecond")  # distinct registration times
+        before = now_ms()
+        wait_until(lambda: now_ms() > before, 1, 0.0005, "the next millisecond")  # distinct registration times
         with api.browser() as client:
             answer = client.post("/v1/devices", json={"user_id": person, "user_sig": signed(person),
                                                       "token": token, "platform": "ios"})

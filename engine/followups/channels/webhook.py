@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
+from engine.clock import now_ms
 from engine.errors import AttimoError
 from engine.followups.message import Message
 
@@ -70,7 +70,7 @@ class WebhookChannel:
         self.config = config
         self.connections = connections
         self.sleep = sleep
-        self.clock_ms = clock_ms or (lambda: int(time.time() * 1000))
+        self.clock_ms = clock_ms or now_ms
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
