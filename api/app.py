@@ -19,6 +19,7 @@ from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import catalog, decide, events, inbox, links, operators, ops, people, segment, web
 from api.services import Services
+from engine.clock import now_ms
 from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
@@ -57,7 +58,8 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         gc.collect()
         gc.freeze()
         try:
-            yield
+            async with runtime.models.running(), runtime.decision_log.running(now_ms):
+                yield
         finally:
             poller.cancel()
             if scheduler is not None:

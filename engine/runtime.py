@@ -28,6 +28,9 @@ from engine.followups.journey_runner import internal_senders
 from engine.followups.kpis import KpiStore
 from engine.followups.scheduler import Scheduler, SchedulerStats, policy_from_settings
 from engine.ingest.pipeline import Pipeline
+from engine.outcomes.exposures import ExposureStore
+from engine.outcomes.learning import LearningStore, ModelHolder
+from engine.outcomes.log import DecisionLog
 from engine.settings import Settings
 from engine.store.client import connect
 from engine.store.keys import Keys
@@ -53,6 +56,8 @@ class Runtime:
     kpis: KpiStore
     pipeline: Pipeline
     tracker: Tracker | None  # signs and verifies email links; None without a secret
+    models: ModelHolder  # the learned propensities decide reads (refreshed by the API)
+    decision_log: DecisionLog  # decisions and their exposures, written off the request path
 
     @property
     def decisions(self) -> DecisionSigner | None:
@@ -71,13 +76,16 @@ class Runtime:
         contacts = ContactStore(redis, keys)
         inbox = InboxStore(redis, keys)
         kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
-        pipeline = Pipeline(profiles, holder, decision_signer(settings), queue=queue, contacts=contacts,
-                            kpis=kpis, inbox=inbox)
+        learning = LearningStore(redis, keys)
+        decision_log = DecisionLog(redis, keys, ExposureStore(redis, keys), max_len=settings.decision_log_max)
+        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, queue=queue,
+                            contacts=contacts, kpis=kpis, inbox=inbox)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
             contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
             pipeline=pipeline, tracker=tracker_from_settings(settings),
+            models=ModelHolder(learning, holder), decision_log=decision_log,
         )
 
     @classmethod

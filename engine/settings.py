@@ -58,6 +58,9 @@ class Settings:
     dedupe_ttl_s: int = 86_400
     profile_ttl_s: int = 400 * 86_400
     catalog_poll_s: float = 2.0
+    # Entries kept per shard of the decision log (8 shards): what `attimo
+    # evaluate` can replay. About 150 bytes an entry.
+    decision_log_max: int = 1_000_000
     access_log: bool = False
     # A request's headers and its body must each arrive within this deadline;
     # past it the connection is closed (headers) or the answer is 408 (body).
@@ -161,6 +164,7 @@ class Settings:
         "dedupe_ttl_s": "ATTIMO_DEDUPE_TTL_S",
         "profile_ttl_s": "ATTIMO_PROFILE_TTL_S",
         "catalog_poll_s": "ATTIMO_CATALOG_POLL_S",
+        "decision_log_max": "ATTIMO_DECISION_LOG_MAX",
         "access_log": "ATTIMO_ACCESS_LOG",
         "read_timeout_ms": "ATTIMO_READ_TIMEOUT_MS",
         "limit_concurrency": "ATTIMO_LIMIT_CONCURRENCY",
@@ -253,7 +257,7 @@ class Settings:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{self.ENV[name]} must be at least 1, not {getattr(self, name)}")
         positive = ("signature_max_age_s", "read_timeout_ms", "redis_budget_ms", "apply_budget_ms", "redis_pool_timeout_ms", "dedupe_ttl_s",
-                    "profile_ttl_s", "catalog_poll_s", "scheduler_poll_ms", "worker_session_timeout_s")
+                    "profile_ttl_s", "catalog_poll_s", "decision_log_max", "scheduler_poll_ms", "worker_session_timeout_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{self.ENV[name]} must be more than 0, not {getattr(self, name)}")

@@ -4,7 +4,6 @@ caller's rate-limit hit beside it), then the pure decide (engine/decisions/decid
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import msgspec
@@ -17,6 +16,7 @@ from api import metrics
 from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.decisions.decide import decide
+from engine.decisions.ids import new_nonce
 from engine.errors import EventRejected, MalformedBody, NotAuthorized
 from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
 from engine.ingest.identity import ADMIN, READ, require
@@ -86,13 +86,18 @@ async def post_decide(request: Request) -> Response:
     if fallback is not None:
         metrics.FALLBACKS.labels(fallback).inc()
         metrics.REDIS_ERRORS.labels("decide", fallback).inc()
-        answer = {"decision_id": decision_id_for(services, person, [], now), "placements": dict.fromkeys(body.placements),
-                  "fallback": True}
+        answer = {"decision_id": decision_id_for(services, person, [], now, "*", new_nonce()),
+                  "placements": dict.fromkeys(body.placements), "fallback": True}
     else:
-        decision = decide(catalog, decode_profile(raw), person, body.placements, body.context, now, explain)
+        runtime = services.runtime
+        decision = decide(catalog, decode_profile(raw), person, body.placements, body.context, now, explain,
+                          runtime.models.for_catalog(catalog))
         chosen_offers = [chosen["offer"] for chosen in decision.placements.values() if chosen]
-        answer = {"decision_id": decision_id_for(services, person, chosen_offers, now),
+        nonce = new_nonce()
+        answer = {"decision_id": decision_id_for(services, person, chosen_offers, now, decision.bucket, nonce),
                   "placements": decision.placements}
+        if not explain:  # an explained decide is a question, not a showing: never logged nor exposed
+            runtime.decision_log.record(person, nonce, now, decision)
         if decision.explain is not None:
             answer["explain"] = decision.explain
         for name, chosen in decision.placements.items():
@@ -104,11 +109,12 @@ async def post_decide(request: Request) -> Response:
     return json_response(answer)
 
 
-def decision_id_for(services, person: str, offers: list[str], now: int) -> str:
-    """Signed for this person and these offers (engine/decisions/ids.py): only
-    then do the impressions and clicks that bring it back count."""
+def decision_id_for(services, person: str, offers: list[str], now: int, bucket: str, nonce: str) -> str:
+    """Signed for this person, these offers and the bucket learning saw
+    (engine/decisions/ids.py): only then do the impressions and clicks that
+    bring it back count, and teach that bucket."""
     signer = services.runtime.decisions
-    return signer.issue(person, offers, now // 1000) if signer is not None else os.urandom(8).hex()
+    return signer.issue(person, offers, now // 1000, bucket, nonce) if signer is not None else nonce
 
 
 def decode_decide(body: bytes) -> DecideRequest:

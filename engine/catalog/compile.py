@@ -18,7 +18,9 @@ import numpy as np
 from engine.catalog import windows
 from engine.catalog.arbitration import offer_economics, placement_arbitration
 from engine.catalog.contact_policy import contact_policy_fields
+from engine.catalog.experiments import compile_experiments
 from engine.catalog.journeys import compile_journeys
+from engine.catalog.learning import compile_learning
 from engine.catalog.loader import parse_catalog_text, plain_json_problem
 from engine.catalog.model import (
     Catalog,
@@ -35,7 +37,8 @@ log = logging.getLogger("attimo.catalog")
 
 OFFER_KINDS = ("content", "banner", "discount")
 TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits",
-             "journeys", "templates", "contact_policy")
+             "journeys", "templates", "contact_policy", "learning",
+             "experiments")
 OFFER_FIELDS = (
     "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
     "cap", "start", "end", "when", "exclude", "holdout", "group", "description", "worth", "propensity", "lever",
@@ -105,6 +108,8 @@ def _compile(spec: dict, source: str) -> Catalog:
     journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
                                 {o.id: offer_for_templates(o.answer()) for o in offers})
     contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
+    learning = compile_learning(spec.get("learning"), compiler)
+    experiments = compile_experiments(spec.get("experiments"), compiler, placements, {o.id for o in offers})
 
     if compiler.problems:
         raise CatalogError(source, compiler.problems)
@@ -144,6 +149,8 @@ def _compile(spec: dict, source: str) -> Catalog:
         indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
         journeys=journeys,
         contact_policy=contact_policy,
+        learning=learning,
+        experiments=experiments,
     )
 
 

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog.arbitration import NO_ECONOMICS, Economics
+from engine.catalog.experiments import Experiment
 from engine.catalog.journeys import Journeys
+from engine.catalog.learning import Learning
 from engine.catalog.rules import Facts, Predicate, normalized
 from engine.catalog.windows import Feature
 
@@ -125,6 +127,13 @@ class Catalog:
     # The ContactPolicy fields (engine/followups/contacts.py) the catalog's
     # contact_policy section sets; the scheduler takes the others from settings.
     contact_policy: dict[str, Any] = field(default_factory=dict)
+    # How expected-value placements learn propensities (engine/catalog/learning.py); None: they do not.
+    learning: Learning | None = None
+    # Experiments by the placement they run on (engine/catalog/experiments.py).
+    experiments: dict[str, Experiment] = field(default_factory=dict)
+
+    def experiment(self, experiment_id: str) -> Experiment | None:
+        return next((e for e in self.experiments.values() if e.id == experiment_id), None)
 
     # event type → (features whose filter must run, {property: {value: features}}):
     # a filter that is one equality is a dict lookup instead of a test per feature.

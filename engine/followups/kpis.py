@@ -230,6 +230,15 @@ def _money(raw: dict) -> dict[str, float]:
     return {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
 
 
+def discount_cost_of(offers: dict, properties: dict) -> float:
+    """What a purchase's discounts cost: for each discount offer whose code it
+    names, its percentage of the revenue."""
+    if not any(properties.get(name) for name in COUPON_PROPERTIES):
+        return 0.0
+    revenue = revenue_of(properties)
+    return sum(revenue * (offer.value or 0) / 100 for offer in offers.values() if _used_code(offer, properties))
+
+
 def _used_code(offer, properties: dict) -> bool:
     code = offer.content.get("code") if isinstance(offer.content, dict) else None
     return (offer.kind == "discount" and isinstance(code, str) and code != ""

@@ -15,9 +15,14 @@ import msgspec
 from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.model import Catalog, CatalogHolder
 from engine.catalog.rules import SESSION_GAP_MS
-from engine.decisions.ids import DecisionSigner
+from engine.decisions.ids import DecisionSigner, Ticket
+from engine.decisions.learning import learnable_offers
 from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event
 from engine.followups.journey_runner import JourneyRunner
+from engine.followups.kpis import CLICK, IMPRESSION, PURCHASE, discount_cost_of, revenue_of
+from engine.outcomes.exposures import EXPERIMENT, Credit, ExposureStore
+from engine.outcomes.learning import LearningStore, Lesson
+from engine.outcomes.log import DecisionLog
 from engine.profile import decode_profile
 from engine.store.profiles import ProfileStore
 
@@ -67,15 +72,18 @@ def event_ops(catalog: Catalog, event: Event) -> list:
 
 class Pipeline:
     def __init__(self, store: ProfileStore, catalogs: CatalogHolder, decisions: DecisionSigner | None = None,
+                 learning: LearningStore | None = None, decision_log: DecisionLog | None = None,
                  **followup_stores):
         """`followup_stores` (queue, contacts, kpis, inbox): the process's own,
-        from engine/runtime.py; without them the journey runner makes its own.
-        `decisions` checks the decision ids impressions and clicks carry; without
-        it only a server's count."""
+        from engine/runtime.py; without them the journey runner makes its own,
+        and so for `learning` and `decision_log`. `decisions` checks the
+        decision ids impressions and clicks carry; without it only a server's count."""
         self.store = store
         self.catalogs = catalogs
         self.decisions = decisions
         self.journeys = JourneyRunner(self, **followup_stores)
+        self.learning = learning or LearningStore(store.redis, store.keys)
+        self.decision_log = decision_log or DecisionLog(store.redis, store.keys, ExposureStore(store.redis, store.keys))
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
         """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
@@ -165,21 +173,56 @@ class Pipeline:
             result.journey_actions = await self.journeys.after_apply(
                 catalog, by_person, profiles, entered, now_ms, depth)
         if depth == 0:
+            tickets = self._tickets(by_person, now_ms)
             await self.journeys.kpis.record_batch(
-                by_person, catalog.offers_by_id, lambda person, event: self._earned(person, event, now_ms))
+                by_person, catalog.offers_by_id, lambda person, event: _earned(event, tickets.get(event.id)))
+            await self._outcomes(catalog, by_person, tickets, now_ms)
         return result
 
-    def _earned(self, person: str, event: Event, now_ms: int) -> str | None:
-        """What an impression or click counts as: the event, when a server sent
-        it; else its decision and offer, when the decision id was issued to this
-        person for this offer, judged by the server's clock (a client's `ts`
-        could make an old id look fresh), so a replayed id counts once."""
-        if event.trusted:
-            return event.id
-        decision_id, offer = event.properties.get("decision_id"), event.properties.get("offer")
-        if self.decisions is None or not self.decisions.verify(decision_id, person, offer, now_ms / 1000):
-            return None
-        return f"{decision_id.partition('.')[0]}:{offer}"
+    def _tickets(self, by_person: dict[str, list[Event]], now_ms: int) -> dict[str, Ticket]:
+        """The verified decision behind each impression and click that names its
+        offer: issued to this person, for this offer, judged by the server's
+        clock (a client's `ts` could make an old id look fresh)."""
+        tickets = {}
+        if self.decisions is None:
+            return tickets
+        for person, events in by_person.items():
+            for event in events:
+                if event.type in (IMPRESSION, CLICK):
+                    ticket = self.decisions.read(event.properties.get("decision_id"), person, now_ms / 1000)
+                    if ticket is not None and event.properties.get("offer") in ticket.offers:
+                        tickets[event.id] = ticket
+        return tickets
+
+    async def _outcomes(self, catalog: Catalog, by_person: dict[str, list[Event]], tickets: dict[str, Ticket],
+                        now_ms: int) -> None:
+        """What decisions earned: the model's lessons (verified impressions and
+        clicks, server purchases), the rewards in the decision log, and the
+        conversions, clicks and unsubscribes of hold-out and experiment exposures."""
+        lessons, credits = [], []
+        for person, events in by_person.items():
+            for event in events:
+                ticket = tickets.get(event.id)
+                if ticket is not None:
+                    offer = event.properties["offer"]
+                    kind = "i" if event.type == IMPRESSION else "c"
+                    lessons.append(Lesson(person, kind, f"{ticket.nonce}:{offer}", offer, ticket.bucket, ticket.nonce))
+                    if kind == "c":
+                        credits.append(Credit(person, now_ms, ("k",), prefix=EXPERIMENT))
+                elif event.type == PURCHASE and event.trusted:
+                    lessons.append(Lesson(person, "p", event.id))
+                    credits.append(Credit(person, event.ts, ("c", f"r:{event.id}"), revenue_of(event.properties),
+                                          discount_cost_of(catalog.offers_by_id, event.properties)))
+                elif event.type == CONSENT and event.properties.get("granted") is False:
+                    credits.append(Credit(person, event.ts, ("u",), prefix=EXPERIMENT))
+        if lessons and catalog.learning is not None:
+            learnable = {offer.id for offer in learnable_offers(catalog)}
+            rewards = await self.learning.teach(catalog.learning, lessons, learnable, now_ms)
+            if rewards:
+                pipe = self.store.redis.pipeline(transaction=False)
+                self.decision_log.rewards(pipe, rewards, now_ms)
+                await pipe.execute()
+        await self.decision_log.exposures.credit(credits)
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
         """Consent events set the contact state the scheduler judges at send time
@@ -197,3 +240,14 @@ class Pipeline:
             if applied and purpose == "*" and not granted:
                 cancelled += await queue.cancel(event.person, channel, now_ms)
         return cancelled
+
+
+def _earned(event: Event, ticket: Ticket | None) -> str | None:
+    """What an impression or click counts as in the KPIs: the event, when a
+    server sent it; else its decision and offer, when verified, so a replayed
+    id counts once."""
+    if event.trusted:
+        return event.id
+    if ticket is None:
+        return None
+    return f"{ticket.nonce}:{event.properties['offer']}"

@@ -96,6 +96,36 @@ class Keys:
     def offers_seen(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:os"
 
+    # HASH of what decisions did to a person (engine/decisions/learning.py and
+    # outcomes.py): `s:<offer>` -> "<ms>|<bucket>" of their last verified
+    # impression (a conversion teaches that bucket), `h:<offer>` -> "t|<ms>" or
+    # "c|<ms>" (treated, or held out when decide would have shown it), `e:<experiment>`
+    # -> "<arm>|<ms>", and once-markers `<field>:c`, `<field>:k` (converted,
+    # clicked). TTL: EXPOSURE_TTL_S, renewed on every write.
+    def exposures(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:x"
+
+    # ZSET, member "<kind>:<decision nonce>:<offer>", score ms: the impressions
+    # and clicks that already taught the model, so a replayed decision id
+    # teaches nothing. The newest LEARNED_KEEP; TTL: a decision id's lifetime.
+    def learned(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:l"
+
+    # HASH, context bucket -> "<impressions> <rewards> <ms>", both counts faded
+    # to <ms> with the catalog's half-life: the learned propensity of one offer.
+    # Its own tag per offer, so offers spread over a cluster's slots. No TTL
+    # (offers x at most 64 buckets); `attimo` never writes one for an offer not
+    # in an expected-value placement.
+    def model(self, offer: str) -> str:
+        return f"{self.prefix}:{{m:{offer}}}:m"
+
+    # STREAM, the decision log (engine/decisions/log.py): one entry per decision
+    # of an expected-value placement and per reward it earned, for off-policy
+    # evaluation. DECISION_LOG_SHARDS shards, a person's entries in one;
+    # trimmed to about ATTIMO_DECISION_LOG_MAX entries per shard.
+    def decision_log(self, shard: int) -> str:
+        return f"{self.prefix}:{{dlog:{shard}}}:s"
+
     # STRING, JSON list of a person's in-app inbox messages (newest first, each
     # with its expiry, read and dismissed flags), capped to INBOX_MAX.
     # TTL: the latest message expiry.
@@ -146,3 +176,6 @@ DEAD_LETTERS_MAX = 10_000
 JOURNEY_STATE_TTL_S = 400 * 86_400
 INBOX_MAX = 50
 DEVICES_MAX = 10
+EXPOSURE_TTL_S = 30 * 86_400
+LEARNED_KEEP = 64
+DECISION_LOG_SHARDS = 8

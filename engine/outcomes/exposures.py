@@ -1,0 +1,215 @@
+"""Who was exposed to what, and what they did after: the counts behind each
+hold-out offer's uplift and each experiment's arms.
+
+An exposure is what decide did (intent to treat): a hold-out offer chosen
+("t"), or one it would have chosen but held out ("c", logged as would-have-
+shown), or a person's arm of an experiment that ran on a placement they asked
+for. The first exposure of a person is kept in their exposures hash
+(Keys.exposures) and counted once; a conversion (a server purchase within the
+attribution window after it), a click or an unsubscribe is credited once per
+person and exposure by a marker beside it, and revenue once per purchase. The
+counters are HASHes under the {kpi} tag: exact, and read in one round trip.
+
+Two steps, not one script: a person's hash and the counters live in different
+Cluster slots. The first (per person, atomic) decides what is new; the second
+adds it. A crash between them loses that count, never doubles one."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from engine.catalog.model import Catalog
+from engine.outcomes.stats import mean_effect, proportion_effect, sample_ratio, uplift_interval
+from engine.store.client import run_scripts
+from engine.store.keys import EXPOSURE_TTL_S, Keys
+
+ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the exposures of the week before it
+HOLDOUT, EXPERIMENT = "h:", "e:"
+
+# KEYS[1] a person's exposures; ARGV[1] now ms, [2] TTL s, then pairs: field, group.
+# Keeps the first exposure of each field; returns, flat, field and group of the new ones.
+RECORD = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[1]) == 1 then
+    out[#out + 1] = ARGV[i]
+    out[#out + 1] = ARGV[i + 1]
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return out
+"""
+
+# KEYS[1] a person's exposures; ARGV[1] event ms, [2] window ms, [3] prefix of the
+# exposures it may credit (h:, e: or empty for both), then tags (c, k, u, r:<event id>).
+# Each exposure made before the event within the window gets each tag once
+# (a marker field "<tag>><field>"). Returns, flat, tag, field, group per credit.
+CREDIT = """
+local at, window, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local out = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local name = fields[i]
+  local kind = string.sub(name, 1, 2)
+  if (kind == 'h:' or kind == 'e:') and (prefix == '' or kind == prefix) then
+    local bar = string.find(fields[i + 1], '|', 1, true)
+    local group, since = string.sub(fields[i + 1], 1, bar - 1), tonumber(string.sub(fields[i + 1], bar + 1))
+    if at >= since - 60000 and at - since <= window then
+      for t = 4, #ARGV do
+        if redis.call('HSETNX', KEYS[1], ARGV[t] .. '>' .. name, '1') == 1 then
+          out[#out + 1] = ARGV[t]
+          out[#out + 1] = name
+          out[#out + 1] = group
+        end
+      end
+    end
+  end
+end
+return out
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """What one event credits: a purchase (tags c and r:<id>, with its revenue
+    and discount cost), a click (k) or an unsubscribe (u)."""
+
+    person: str
+    at_ms: int
+    tags: tuple[str, ...]
+    revenue: float = 0.0
+    discount_cost: float = 0.0
+    prefix: str = ""
+
+
+class ExposureStore:
+    def __init__(self, redis, keys: Keys):
+        self.redis = redis
+        self.keys = keys
+        self._record = redis.register_script(RECORD)
+        self._credit = redis.register_script(CREDIT)
+
+    def _counter(self, field: str) -> str:
+        kind, name = field[:2], field[2:]
+        return self.keys.kpi("h" if kind == HOLDOUT else "e", name, "itt" if kind == HOLDOUT else "arms")
+
+    async def expose(self, exposures: dict[str, list[tuple[str, str]]], now: int) -> None:
+        """`exposures`: per person, (field, group) pairs from decide."""
+        calls = []
+        for person, pairs in exposures.items():
+            args = [now, EXPOSURE_TTL_S]
+            for field, group in dict(pairs).items():
+                args += [field, group]
+            calls.append((self._record, [self.keys.exposures(person)], args))
+        pipe = self.redis.pipeline(transaction=False)
+        for fresh in await run_scripts(self.redis, calls):
+            for i in range(0, len(fresh), 2):
+                field, group = _text(fresh[i]), _text(fresh[i + 1])
+                pipe.hincrby(self._counter(field), f"{group}|exposed", 1)
+        if len(pipe):
+            await pipe.execute()
+
+    async def credit(self, credits: list[Credit]) -> None:
+        if not credits:
+            return
+        calls = [(self._credit, [self.keys.exposures(c.person)], [c.at_ms, ATTRIBUTION_MS, c.prefix, *c.tags])
+                 for c in credits]
+        pipe = self.redis.pipeline(transaction=False)
+        for credit, fresh in zip(credits, await run_scripts(self.redis, calls), strict=True):
+            for i in range(0, len(fresh), 3):
+                tag, field, group = _text(fresh[i]), _text(fresh[i + 1]), _text(fresh[i + 2])
+                counter = self._counter(field)
+                if tag.startswith("r:"):
+                    pipe.hincrbyfloat(counter, f"{group}|revenue", credit.revenue)
+                    pipe.hincrbyfloat(counter, f"{group}|revenue2", credit.revenue ** 2)
+                    if credit.discount_cost:
+                        pipe.hincrbyfloat(counter, f"{group}|discount_cost", credit.discount_cost)
+                else:
+                    pipe.hincrby(counter, f"{group}|{CREDITED[tag]}", 1)
+        if len(pipe):
+            await pipe.execute()
+
+    # -- reading ----------------------------------------------------------------
+
+    async def uplifts(self, offers: list[str]) -> dict[str, dict]:
+        """Each hold-out offer's uplift over its hold-out, with its interval."""
+        pipe = self.redis.pipeline(transaction=False)
+        for offer in offers:
+            pipe.hgetall(self.keys.kpi("h", offer, "itt"))
+        out = {}
+        for offer, raw in zip(offers, await pipe.execute(), strict=True):
+            n = {k: int(float(v)) for k, v in _decoded(raw).items()}
+            out[offer] = uplift_interval(n.get("t|converted", 0), n.get("t|exposed", 0),
+                                         n.get("c|converted", 0), n.get("c|exposed", 0))
+        return out
+
+    async def experiment(self, catalog: Catalog, experiment_id: str) -> dict | None:
+        """Per arm: exposures, conversions (or clicks), rate, revenue; each arm's
+        effect on the primary metric against the control, always valid; the
+        guardrails; and the sample-ratio check."""
+        experiment = catalog.experiment(experiment_id)
+        if experiment is None:
+            return None
+        raw = _decoded(await self.redis.hgetall(self.keys.kpi("e", experiment_id, "arms")))
+        sums: dict[str, dict[str, float]] = defaultdict(dict)
+        for name, value in raw.items():
+            arm, _, metric = name.partition("|")
+            sums[arm][metric] = float(value)
+        arms = {}
+        for arm in experiment.arms:
+            got = sums.get(arm.id, {})
+            exposed = int(got.get("exposed", 0))
+            successes = int(got.get("clicked" if experiment.metric == "click" else "converted", 0))
+            arms[arm.id] = {
+                "exposures": exposed, "conversions": int(got.get("converted", 0)),
+                "clicks": int(got.get("clicked", 0)),
+                "rate": None if not exposed else round(successes / exposed, 6),
+                "revenue": round(got.get("revenue", 0.0), 2),
+                "revenue_per_exposure": None if not exposed else round(got.get("revenue", 0.0) / exposed, 4),
+                "unsubscribes": int(got.get("unsubscribed", 0)),
+                "discount_cost": round(got.get("discount_cost", 0.0), 2),
+            }
+        control = sums.get(experiment.control, {})
+        effects = {}
+        for arm in experiment.arms:
+            if arm.id == experiment.control:
+                continue
+            effects[arm.id] = {"vs": experiment.control, **_effect(experiment.metric, sums.get(arm.id, {}), control)}
+            for guardrail in experiment.guardrails:
+                effects[arm.id][guardrail] = _guardrail(guardrail, sums.get(arm.id, {}), control)
+        exposures = {arm: figures["exposures"] for arm, figures in arms.items()}
+        return {"id": experiment.id, "placement": experiment.placement, "metric": experiment.metric,
+                "control": experiment.control, "shares": experiment.shares(), "arms": arms, "effects": effects,
+                "srm": sample_ratio(exposures, experiment.shares())}
+
+
+CREDITED = {"c": "converted", "k": "clicked", "u": "unsubscribed"}
+
+
+def _effect(metric: str, arm: dict, control: dict) -> dict:
+    n, n0 = int(arm.get("exposed", 0)), int(control.get("exposed", 0))
+    if metric == "revenue":
+        return mean_effect(arm.get("revenue", 0.0), arm.get("revenue2", 0.0), n,
+                           control.get("revenue", 0.0), control.get("revenue2", 0.0), n0)
+    success = "clicked" if metric == "click" else "converted"
+    return proportion_effect(int(arm.get(success, 0)), n, int(control.get(success, 0)), n0)
+
+
+def _guardrail(name: str, arm: dict, control: dict) -> dict:
+    n, n0 = int(arm.get("exposed", 0)), int(control.get("exposed", 0))
+    if name == "unsubscribes":
+        return proportion_effect(int(arm.get("unsubscribed", 0)), n, int(control.get("unsubscribed", 0)), n0)
+    # discount cost per exposure; its variance is not kept, so the figure alone
+    per, per0 = (arm.get("discount_cost", 0.0) / n if n else None), (
+        control.get("discount_cost", 0.0) / n0 if n0 else None)
+    return {"per_exposure": None if per is None else round(per, 4),
+            "per_exposure_control": None if per0 is None else round(per0, 4)}
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _decoded(raw: dict) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
