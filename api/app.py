@@ -17,14 +17,26 @@ from starlette.middleware.cors import CORSMiddleware
 
 from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
-from api.routes import catalog, decide, events, inbox, links, operators, ops, people, segment, web
+from api.routes import (
+    catalog,
+    decide,
+    events,
+    inbox,
+    links,
+    operators,
+    ops,
+    outcomes,
+    people,
+    segment,
+    web,
+)
 from api.services import Services
 from engine.clock import now_ms
 from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
-          + operators.ROUTES + inbox.ROUTES + links.ROUTES)
+          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:

@@ -55,11 +55,17 @@ def main(argv: list[str] | None = None) -> int:
                               "snippet's are '[0-9a-f]{24}' (so are MongoDB ObjectIds: check your user ids)")
     migrate.add_argument("--dry-run", action="store_true", help="count what would move, change nothing")
 
+    evaluate = commands.add_parser("evaluate", help="estimate what another catalog's arbitration would have "
+                                                    "earned on the logged decisions (IPS and doubly robust)")
+    evaluate.add_argument("--catalog", required=True, help="the catalog to evaluate (YAML or JSON)")
+    evaluate.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON document")
+
     args = parser.parse_args(argv)
     try:
         return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign,
                 "scheduler": run_scheduler_command, "worker": run_worker_command,
-                "migrate": run_migrate}[args.command](args)
+                "migrate": run_migrate, "evaluate": run_evaluate}[args.command](args)
     except AttimoError as exc:
         print(f"attimo: {exc}", file=sys.stderr)
         return 1
@@ -132,6 +138,43 @@ def run_migrate(args) -> int:
             await redis.aclose()
 
     print(json.dumps({"dry_run": args.dry_run, **asyncio.run(run())}))
+    return 0
+
+
+def run_evaluate(args) -> int:
+    import json
+
+    from engine.catalog.compile import load_catalog_file
+    from engine.clock import now_ms
+    from engine.outcomes.evaluate import evaluate
+    from engine.outcomes.learning import LearningStore
+    from engine.store.client import connect
+    from engine.store.keys import Keys
+
+    settings = Settings.from_env(redis_url=args.redis_url)
+    target, _ = load_catalog_file(args.catalog)
+
+    async def run() -> dict:
+        redis = connect(settings, pool_size=4, pool_timeout_s=5)
+        keys = Keys(settings.key_prefix)
+        try:
+            return await evaluate(redis, keys, target, LearningStore(redis, keys), now_ms())
+        finally:
+            await redis.aclose()
+
+    result = asyncio.run(run())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    logged = result["logged"]
+    print(f"logged decisions: {logged['decisions']}, reward per decision: {logged['reward_rate']}")
+    for name in ("ips", "dr"):
+        figure = result[name]
+        if figure is not None:
+            low, high = figure["ci95"]
+            print(f"{args.catalog} by {name.upper()}: {figure['value']} per decision (95 % interval {low} to {high})")
+    if result["match_rate"] is not None:
+        print(f"it would have chosen the logged offer in {result['match_rate']:.1%} of decisions")
     return 0
 
 

@@ -29,7 +29,9 @@ async def get_kpis(request: Request) -> Response:
       their rates, converters and revenue for the treated and the hold-out group, and the uplift. Per channel:
       sent, dropped, dead letters, opens, clicks, unsubscribes and their rates. Per offer: impressions,
       viewers, clicks, clickers, click-through rate, converters, conversion rate, revenue, discount cost and
-      ROI. Counts are of distinct ids (HyperLogLog, standard error 0.81 %).'
+      ROI; for an offer with a hold-out, `uplift`: people decide chose it for (treated) or would have but
+      held out (control), converters of each, their rates, the difference and its 95 % interval (exact counts).
+      Counts are of distinct ids (HyperLogLog, standard error 0.81 %).'
     responses:
       200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}}}'}
       401: {description: Missing token}
@@ -42,6 +44,9 @@ async def get_kpis(request: Request) -> Response:
         catalog = services.holder.current
         report = await services.kpis.report(
             list(catalog.journeys.by_id), channels, list(catalog.offers_by_id))
+        held = [offer.id for offer in catalog.offers if offer.holdout_pct]
+        for offer, uplift in (await services.runtime.decision_log.exposures.uplifts(held)).items():
+            report["offers"][offer]["uplift"] = uplift
     except RedisError as exc:
         raise StoreUnavailable("the KPI store is unavailable") from exc
     return json_response(report)

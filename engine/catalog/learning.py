@@ -121,8 +121,8 @@ def _buckets(spec: Any, compiler: Compiler) -> tuple[BucketFeature, ...]:
             continue
         values = item.get("values")
         if (not isinstance(values, list) or not values or len(values) > MAX_VALUES
-                or not all(isinstance(v, str | int | bool) for v in values)):
-            compiler.problem(f"{path}.values", f"a list of 1 to {MAX_VALUES} values (others count as {OTHER!r})")
+                or not all(isinstance(v, str | int | bool) and "|" not in str(v) for v in values)):
+            compiler.problem(f"{path}.values", f"a list of 1 to {MAX_VALUES} values without | (others count as {OTHER!r})")
             continue
         features.append(BucketFeature(source, name, tuple(label(v) for v in values)))
         count *= len(values) + 1
