@@ -36,6 +36,13 @@ class Offer:
     cap_feature: Feature | None = None
     cap_buckets: int = 0
     atoms: frozenset | None = None
+    # Discount guardrails (docs/catalog.md): what the offer may cost, per UTC day
+    # or for its whole life ("campaign"), counted from verified redemptions;
+    # a pool of unique codes instead of one static code; promotional offers
+    # count against the person's on-site pressure cap.
+    budget: Budget | None = None
+    code_pool: str | None = None
+    promotional: bool = False
 
     def answer(self) -> dict:
         """What decide returns for this offer (built once, shared read-only)."""
@@ -46,6 +53,25 @@ class Offer:
             body["value"] = self.value
         return body
 
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    amount: float  # money, as the discount's cost is counted: revenue x value / 100
+    per: str  # "day" (UTC) or "campaign" (every redemption the offer ever had)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLimit:
+    """A hidden per-person counter of impressions and the count that stops
+    more: the catalog's discounts per person and on-site pressure caps."""
+
+    feature: Feature
+    buckets: int
+    limit: int
+
+    def reached(self, facts: Facts) -> bool:
+        return facts.window(self.feature, self.buckets) >= self.limit
 
 
 @dataclass(slots=True)
@@ -125,6 +151,15 @@ class Catalog:
     # The ContactPolicy fields (engine/followups/contacts.py) the catalog's
     # contact_policy section sets; the scheduler takes the others from settings.
     contact_policy: dict[str, Any] = field(default_factory=dict)
+    # Guardrails read by decide's eligibility: impressions of any discount per
+    # person in a window (`discounts`), promotional impressions per person per
+    # day and week (`contact_policy.caps.onsite`).
+    discount_limit: WindowLimit | None = None
+    onsite_limits: tuple[WindowLimit, ...] = ()
+    # Offers the budget snapshot (engine/decisions/budgets.py) watches: those
+    # with a budget, and the code pools named by offers (pool -> offer id).
+    budgeted: tuple[Offer, ...] = ()
+    code_pools: dict[str, str] = field(default_factory=dict)
 
     # event type → (features whose filter must run, {property: {value: features}}):
     # a filter that is one equality is a dict lookup instead of a test per feature.
