@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from engine.catalog.compile import empty_catalog, load_catalog_file
 from engine.catalog.model import CatalogHolder
 from engine.catalog.publish import CatalogStore
+from engine.decisions.budgets import BudgetBook
 from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError
 from engine.followups.channels.email import Tracker, tracker_from_settings
@@ -30,6 +31,7 @@ from engine.followups.scheduler import Scheduler, SchedulerStats, policy_from_se
 from engine.ingest.pipeline import Pipeline
 from engine.settings import Settings
 from engine.store.client import connect
+from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
 from engine.store.profiles import ProfileStore
 
@@ -53,6 +55,8 @@ class Runtime:
     kpis: KpiStore
     pipeline: Pipeline
     tracker: Tracker | None  # signs and verifies email links; None without a secret
+    budgets: BudgetBook  # what budgeted discounts spent, which code pools are empty: decide's snapshot
+    codes: CodePools
 
     @property
     def decisions(self) -> DecisionSigner | None:
@@ -78,6 +82,7 @@ class Runtime:
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
             contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
             pipeline=pipeline, tracker=tracker_from_settings(settings),
+            budgets=BudgetBook(redis, keys, holder), codes=CodePools(redis, keys),
         )
 
     @classmethod
