@@ -63,6 +63,18 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 return 'redeemed'
 """
 
+# KEYS[1] given HASH (person -> code), KEYS[2] owners HASH (code -> person)
+# ARGV[1] the person
+# Erasure: forgets who got a code. The code stays out of the pool, owned by
+# nobody, so it is never given again nor redeemed. Returns 1 if they had one.
+FORGET = """
+local code = redis.call('HGET', KEYS[1], ARGV[1])
+if not code then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], code, '')
+return 1
+"""
+
 REDEEMED = "redeemed"  # first time: counts
 AGAIN = "again"  # the same order redeemed it before: nothing changes
 USED = "used"  # another order redeemed it before
@@ -88,6 +100,7 @@ class CodePools:
         self._upload = self.redis.register_script(UPLOAD)
         self._give = self.redis.register_script(GIVE)
         self._redeem = self.redis.register_script(REDEEM)
+        self._forget = self.redis.register_script(FORGET)
 
     async def upload(self, pool: str, codes: Iterable[str]) -> dict:
         distinct = list(dict.fromkeys(codes))
@@ -133,3 +146,11 @@ class CodePools:
             keys=[keys.pool_owners(pool), keys.pool_redeemed(pool), keys.pool_available(pool)],
             args=[code, person, order_id])
         return outcome.decode() if isinstance(outcome, bytes) else outcome
+
+    async def forget(self, person: str, pools: Iterable[str]) -> int:
+        """Erasure: `person` no longer named in any of `pools`; how many codes they had."""
+        forgotten = 0
+        for pool in pools:
+            forgotten += await self._forget(keys=[self.keys.pool_given(pool), self.keys.pool_owners(pool)],
+                                            args=[person])
+        return forgotten

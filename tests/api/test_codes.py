@@ -183,3 +183,14 @@ def test_codes_need_the_right_token_and_scope(api):
     both = redeem(api, code="A1", user_id="ada", anonymous_id="x", order_id="o")
     assert (both.status_code, both.json()["field"]) == (422, "user_id")
     assert redeem(api, code="A1", user_id="ada", order_id="o", amount=-5).status_code == 422
+
+
+def test_erasing_a_person_forgets_their_code_which_stays_used(api):
+    upload(api, "spring", ["E-1", "E-2"])
+    code = wait_until(lambda: (offer_of(api, "ada") or {}).get("content", {}).get("code"), what="a code for ada")
+    with api.server() as client:
+        answer = client.delete("/v1/people/ada")
+    assert answer.status_code == 200 and answer.json()["codes"] == 1
+    assert redeem(api, code=code, user_id="ada", order_id="o1").status_code == 409  # nobody's now
+    assert offer_of(api, "ada")["content"]["code"] != code  # a new person to the pool: the other code
+    assert status(api, "spring")["available"] == 0
