@@ -5,8 +5,15 @@ spent by verified redemptions that makes its offer ineligible with the reason.""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from api.routes.decide import give_codes
+from engine.catalog.compile import compile_catalog
+from engine.decisions.budgets import Budgets
+from engine.decisions.decide import decide as decide_now
+from engine.profile import Profile
 from engine.testing.processes import TOKEN, start_api, stop_api, wait_until
 
 READ_TOKEN, INGEST_TOKEN = "read-only-token", "ingest-only-token"
@@ -194,3 +201,19 @@ def test_erasing_a_person_forgets_their_code_which_stays_used(api):
     assert redeem(api, code=code, user_id="ada", order_id="o1").status_code == 409  # nobody's now
     assert offer_of(api, "ada")["content"]["code"] != code  # a new person to the pool: the other code
     assert status(api, "spring")["available"] == 0
+
+
+async def test_the_code_goes_into_a_copy_of_the_answer_never_the_offers_own_content():
+    catalog = compile_catalog({"placements": ["hero"], "offers": [
+        {"id": "spring", "kind": "discount", "placements": ["hero"], "content": {"title": "S", "code_pool": "p"}}]})
+
+    async def give(pool, person):
+        return f"{pool}-{person}"
+
+    services = SimpleNamespace(budgets=SimpleNamespace(current=Budgets()), decide_budget_s=1.0,
+                               codes=SimpleNamespace(give=give))
+    for person in ("u:ada", "u:bob"):
+        decision = decide_now(catalog, Profile(), person, ["hero"], {}, 0, budgets=Budgets())
+        decision = await give_codes(services, catalog, decision, person, None)
+        assert decision.placements["hero"]["content"] == {"title": "S", "code": f"p-{person}"}
+    assert catalog.offers_by_id["spring"].content == {"title": "S"}
