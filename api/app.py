@@ -1,7 +1,7 @@
 """The API application: `create_app(settings)` builds the process's runtime
 (engine/runtime.py), mounts every resource's routes (api/routes/) with the error
-answers of api/errors.py, and runs the catalog poller and the embedded
-scheduler for as long as it serves. Imported by the CLI only."""
+answers of api/errors.py, and runs the catalog poller, the budget snapshot's
+refresh and the embedded scheduler for as long as it serves. Imported by the CLI only."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import gc
 import signal
 from contextlib import asynccontextmanager
 
+from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -19,6 +20,7 @@ from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import (
     catalog,
+    codes,
     decide,
     events,
     inbox,
@@ -36,7 +38,7 @@ from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
-          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES)
+          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:
@@ -51,6 +53,10 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
     async def lifespan(app: Starlette):
         await runtime.start(file_text)
         poller = asyncio.create_task(runtime.catalogs.poll(settings.catalog_poll_s))
+        # Budgets and code pools: the first snapshot before serving, then every second.
+        with contextlib.suppress(RedisError):  # Redis not there yet: run() says so and retries
+            await runtime.budgets.refresh()
+        budgets = asyncio.create_task(runtime.budgets.run())
         scheduler_stop = asyncio.Event()
         scheduler = None
         if settings.scheduler == "embedded":
@@ -74,6 +80,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
                 yield
         finally:
             poller.cancel()
+            budgets.cancel()
             if scheduler is not None:
                 scheduler_stop.set()
                 await scheduler

@@ -36,6 +36,8 @@ class Services:
         self.devices = runtime.devices
         self.kpis = runtime.kpis
         self.tracker = runtime.tracker
+        self.budgets = runtime.budgets
+        self.codes = runtime.codes
         # Kafka mode: accepted events go to the log; `attimo worker` applies them.
         self.event_log = EventLog(settings) if settings.kafka_brokers else None
         self.decide_budget_s = settings.redis_budget_ms / 1000

@@ -28,6 +28,9 @@ ANONYMOUS = "a:"
 PERSON_ID = re.compile(r"[^\s{}]{1,128}")
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 PLACEMENT_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+# A pool of single-use discount codes (offer content `code_pool`), and one code in it.
+CODE_POOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+DISCOUNT_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 EVENT_ID_MAX = 128
 

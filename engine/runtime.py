@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from engine.catalog.compile import empty_catalog, load_catalog_file
 from engine.catalog.model import CatalogHolder
 from engine.catalog.publish import CatalogStore
+from engine.decisions.budgets import BudgetBook
 from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError
 from engine.followups.channels.email import Tracker, tracker_from_settings
@@ -33,6 +34,7 @@ from engine.outcomes.learning import LearningStore, ModelHolder
 from engine.outcomes.log import DecisionLog
 from engine.settings import Settings
 from engine.store.client import connect
+from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
 from engine.store.profiles import ProfileStore
 
@@ -58,6 +60,8 @@ class Runtime:
     tracker: Tracker | None  # signs and verifies email links; None without a secret
     models: ModelHolder  # the learned propensities decide reads (refreshed by the API)
     decision_log: DecisionLog  # decisions and their exposures, written off the request path
+    budgets: BudgetBook  # what budgeted discounts spent, which code pools are empty: decide's snapshot
+    codes: CodePools
 
     @property
     def decisions(self) -> DecisionSigner | None:
@@ -86,6 +90,7 @@ class Runtime:
             contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
             pipeline=pipeline, tracker=tracker_from_settings(settings),
             models=ModelHolder(learning, holder), decision_log=decision_log,
+            budgets=BudgetBook(redis, keys, holder), codes=CodePools(redis, keys),
         )
 
     @classmethod

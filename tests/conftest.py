@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # `redis` fixture that do, None for all of them. tests/store/test_cluster.py's own
 # tests run on the cluster only.
 ON_BOTH = {
+    "test_budgets": None,
     "test_due_queue": None,
     "test_pipeline": None,
     "test_scheduler": {

@@ -1,5 +1,7 @@
 """POST /v1/decide: the hot path. One Redis read for the person (with a public
-caller's rate-limit hit beside it), then the pure decide (engine/decisions/decide.py) against the catalog in memory; nothing written."""
+caller's rate-limit hit beside it), then the pure decide (engine/decisions/decide.py) against the catalog in memory and
+the process's budget snapshot; nothing written, except a single-use code handed to the person when a pooled
+discount is chosen (one more round trip, then only)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from starlette.routing import Route
 from api import metrics
 from api.http import caller_of, check_rate, json_response, read_body, services_of
 from engine.clock import now_ms
-from engine.decisions.decide import decide
+from engine.decisions.budgets import Budgets
+from engine.decisions.decide import Decision, decide
 from engine.decisions.ids import new_nonce
 from engine.errors import EventRejected, MalformedBody, NotAuthorized
 from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
@@ -90,8 +93,13 @@ async def post_decide(request: Request) -> Response:
                   "placements": dict.fromkeys(body.placements), "fallback": True}
     else:
         runtime = services.runtime
-        decision = decide(catalog, decode_profile(raw), person, body.placements, body.context, now, explain,
-                          runtime.models.for_catalog(catalog))
+        profile = decode_profile(raw)
+        model = runtime.models.for_catalog(catalog)
+        decision = decide(catalog, profile, person, body.placements, body.context, now, explain, model,
+                          budgets=services.budgets.current)
+        if catalog.code_pools:
+            decision = await give_codes(services, catalog, decision, person, lambda budgets: decide(
+                catalog, profile, person, body.placements, body.context, now, explain, model, budgets=budgets))
         chosen_offers = [chosen["offer"] for chosen in decision.placements.values() if chosen]
         nonce = new_nonce()
         answer = {"decision_id": decision_id_for(services, person, chosen_offers, now, decision.bucket, nonce),
@@ -107,6 +115,41 @@ async def post_decide(request: Request) -> Response:
             metrics.count_decision(label, chosen["offer"] if chosen else "none")
     DECIDE_SECONDS.observe(time.perf_counter() - started)
     return json_response(answer)
+
+
+async def give_codes(services, catalog, decision: Decision, person: str, decide_with) -> Decision:
+    """Each chosen offer with a code pool gets the person's own code, in a copy
+    of its answer (the offer's own stays untouched): one script per pool, so the
+    extra round trip is paid only when such an offer is chosen. A pool found
+    empty since the last snapshot: decide again with it marked empty (bounded:
+    each pass empties at least one more). Redis failing or too slow: those
+    placements stay empty; a discount never shows without its code."""
+    snapshot = services.budgets.current
+    empty = set(snapshot.empty_pools)
+    for _ in range(len(catalog.code_pools) + 1):
+        pooled = {name: catalog.offers_by_id[answer["offer"]].code_pool
+                  for name, answer in decision.placements.items() if answer is not None}
+        pooled = {name: pool for name, pool in pooled.items() if pool is not None}
+        if not pooled:
+            return decision
+        try:
+            async with asyncio.timeout(services.decide_budget_s):
+                codes = await asyncio.gather(*(services.codes.give(pool, person) for pool in pooled.values()))
+        except (TimeoutError, RedisError) as exc:
+            kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+            metrics.REDIS_ERRORS.labels("decide_codes", kind).inc()
+            for name in pooled:
+                decision.placements[name] = None
+            return decision
+        ran_out = {pool for pool, code in zip(pooled.values(), codes, strict=True) if code is None}
+        if not ran_out:
+            for name, code in zip(pooled, codes, strict=True):
+                answer = decision.placements[name]
+                decision.placements[name] = {**answer, "content": {**answer["content"], "code": code}}
+            return decision
+        empty |= ran_out
+        decision = decide_with(Budgets(snapshot.spent, frozenset(empty), snapshot.read_at_ms))
+    return decision
 
 
 def decision_id_for(services, person: str, offers: list[str], now: int, bucket: str, nonce: str) -> str:

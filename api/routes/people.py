@@ -55,7 +55,7 @@ async def delete_person(request: Request) -> Response:
     parameters:
       - {name: person, in: path, required: true, schema: {type: string}, description: 'the person: u:<user id>, a:<anonymous id>, or a bare user id'}
     responses:
-      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed}'}
+      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed, "codes": discount codes no longer kept for them}'}
       401: {description: Missing token}
       403: {description: Not a token with the admin scope}
       422: {description: Not a person id}
@@ -65,11 +65,12 @@ async def delete_person(request: Request) -> Response:
     require(caller_of(request), ADMIN)
     try:
         erased = await erase_person(services.redis, services.keys, services.queue,
-                                    person_of_path(request.path_params["person"]), services.queued_channels(), now_ms())
+                                    person_of_path(request.path_params["person"]), services.queued_channels(), now_ms(),
+                                    services.codes, list(services.holder.current.code_pools))
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
-                          "dead_letters": erased["dead_letters"]})
+                          "dead_letters": erased["dead_letters"], "codes": erased["codes"]})
 
 
 class Person(HTTPEndpoint):

@@ -17,34 +17,40 @@ import numpy as np
 
 from engine.catalog import windows
 from engine.catalog.arbitration import offer_economics, placement_arbitration
-from engine.catalog.contact_policy import contact_policy_fields
+from engine.catalog.contact_policy import contact_policy_fields, onsite_caps
 from engine.catalog.experiments import compile_experiments
 from engine.catalog.journeys import compile_journeys
 from engine.catalog.learning import compile_learning
 from engine.catalog.loader import parse_catalog_text, plain_json_problem
 from engine.catalog.model import (
+    Budget,
     Catalog,
     Offer,
     Placement,
     Scoring,
+    WindowLimit,
     offer_for_templates,
 )
 from engine.catalog.rules import Compiler, always, normalized
 from engine.catalog.windows import Feature
 from engine.errors import CatalogError
+from engine.events import CODE_POOL_NAME
 
 log = logging.getLogger("attimo.catalog")
 
 OFFER_KINDS = ("content", "banner", "discount")
 TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits",
              "journeys", "templates", "contact_policy", "learning",
-             "experiments")
+             "experiments", "discounts")
 OFFER_FIELDS = (
     "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
     "cap", "start", "end", "when", "exclude", "holdout", "group", "description", "worth", "propensity", "lever",
+    "budget", "promotional",
 )  # fmt: skip
 LIFETIME_CAP_WINDOW = "366d"
 IMPRESSION = "impression"
+BUDGET_PERIODS = ("day", "campaign")
+PROMOTIONAL_KINDS = ("discount", "banner")  # promotional unless the offer says promotional: false
 
 
 # -- loading ---------------------------------------------------------------------
@@ -110,6 +116,8 @@ def _compile(spec: dict, source: str) -> Catalog:
     contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
     learning = compile_learning(spec.get("learning"), compiler)
     experiments = compile_experiments(spec.get("experiments"), compiler, placements, {o.id for o in offers})
+    discount_limit = _discount_limit(spec.get("discounts"), offers, compiler)
+    onsite_limits = _onsite_limits(spec.get("contact_policy"), offers, compiler)
 
     if compiler.problems:
         raise CatalogError(source, compiler.problems)
@@ -151,6 +159,10 @@ def _compile(spec: dict, source: str) -> Catalog:
         contact_policy=contact_policy,
         learning=learning,
         experiments=experiments,
+        discount_limit=discount_limit,
+        onsite_limits=onsite_limits,
+        budgeted=tuple(o for o in offers if o.budget is not None),
+        code_pools={o.code_pool: o.id for o in offers if o.code_pool is not None},
     )
 
 
@@ -276,6 +288,7 @@ def _number(value: Any, path: str, compiler: Compiler) -> float:
 
 def _offers(spec: Any, placements: dict[str, Placement], compiler: Compiler) -> list[Offer]:
     offers = []
+    pool_owners: dict[str, str] = {}
     for path, item in _named_list(spec, "offers", compiler):
         for key in item:
             if key not in OFFER_FIELDS:
@@ -334,8 +347,104 @@ def _offers(spec: Any, placements: dict[str, Placement], compiler: Compiler) -> 
             compiler.problem(f"{path}.end", "ends before it starts")
         if "cap" in item:
             _cap(offer, item["cap"], f"{path}.cap", compiler)
+        _guardrail_fields(offer, item, path, compiler)
+        if offer.code_pool is not None:
+            # A redeemed code names its pool, and the pool its offer: one offer per pool.
+            owner = pool_owners.setdefault(offer.code_pool, offer.id)
+            if owner != offer.id:
+                compiler.problem(f"{path}.content.code_pool", f"pool {offer.code_pool!r} already belongs to offer "
+                                                               f"{owner!r}")
         offers.append(offer)
     return offers
+
+
+def _guardrail_fields(offer: Offer, item: dict, path: str, compiler: Compiler) -> None:
+    """budget: {amount: 500, per: day}, content.code_pool, promotional: true."""
+    promotional = item.get("promotional", offer.kind in PROMOTIONAL_KINDS)
+    if not isinstance(promotional, bool):
+        compiler.problem(f"{path}.promotional", "true or false")
+        promotional = False
+    offer.promotional = promotional
+    if "budget" in item:
+        offer.budget = _budget(item["budget"], f"{path}.budget", compiler)
+        if offer.kind != "discount":
+            compiler.problem(f"{path}.budget", "only a discount has a budget: its cost is counted from redemptions")
+    content = offer.content
+    if isinstance(content, dict) and "code_pool" in content:
+        pool = content["code_pool"]
+        where = f"{path}.content.code_pool"
+        if offer.kind != "discount":
+            compiler.problem(where, "only a discount gives codes")
+        elif not isinstance(pool, str) or not CODE_POOL_NAME.fullmatch(pool):
+            compiler.problem(where, "a pool name: 1 to 64 letters, digits or _ . -")
+        elif "code" in content:
+            compiler.problem(where, "a static code or a code pool, not both")
+        else:
+            offer.code_pool = pool
+            # The person's own code takes the pool's place in every answer.
+            offer.content = {k: v for k, v in content.items() if k != "code_pool"}
+
+
+def _budget(spec: Any, path: str, compiler: Compiler) -> Budget | None:
+    if not isinstance(spec, dict) or set(spec) - {"amount", "per"} or "amount" not in spec:
+        compiler.problem(path, "{amount: 500, per: day} (per: day or campaign)")
+        return None
+    amount = _number(spec["amount"], f"{path}.amount", compiler)
+    if amount < 0:
+        compiler.problem(f"{path}.amount", "0 or more")
+    per = spec.get("per", "campaign")
+    if per not in BUDGET_PERIODS:
+        compiler.problem(f"{path}.per", "day (each UTC day) or campaign (the offer's whole life)")
+        return None
+    return Budget(amount, per)
+
+
+def _discount_limit(spec: Any, offers: list[Offer], compiler: Compiler) -> WindowLimit | None:
+    """discounts: {per_person: 2, within: 30d}: impressions of any discount offer."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or set(spec) - {"per_person", "within"}:
+        compiler.problem("discounts", "{per_person: 2, within: 30d}")
+        return None
+    limit = spec.get("per_person")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        compiler.problem("discounts.per_person", "a whole number of discounts shown, 0 or more")
+        return None
+    try:
+        window_ms = windows.parse_duration(spec.get("within", "30d"))
+    except ValueError as exc:
+        compiler.problem("discounts.within", str(exc))
+        return None
+    if window_ms > windows.MAX_WINDOW_MS:
+        compiler.problem("discounts.within", "at most 366d")
+        return None
+    ids = [o.id for o in offers if o.kind == "discount"]
+    return WindowLimit(*_impressions_of_set("discount", ids, window_ms, compiler), limit)
+
+
+def _onsite_limits(spec: Any, offers: list[Offer], compiler: Compiler) -> tuple[WindowLimit, ...]:
+    """contact_policy.caps.onsite: {day: 5, week: 20}: promotional impressions."""
+    caps = onsite_caps(spec, compiler)
+    ids = [o.id for o in offers if o.promotional]
+    return tuple(WindowLimit(*_impressions_of_set("promotional", ids, window_ms, compiler), limit)
+                 for window_ms, limit in caps)
+
+
+def _impressions_of_set(name: str, offer_ids: list[str], window_ms: int, compiler: Compiler) -> tuple[Feature, int]:
+    """A hidden counter of impressions of any offer in a set the catalog derives
+    (every discount, every promotional offer). Its id comes from the set's name,
+    not its members, so a person's count goes on when offers join or leave."""
+    resolution = windows.resolution_for(window_ms)
+    where_spec = {"offer": {"of_set": name}}  # never parsed: the id's source only
+    fid = windows.feature_id(IMPRESSION, where_spec, None, resolution)
+    feature = compiler.features.get(fid)
+    if feature is None:
+        feature = compiler.features[fid] = Feature(fid, IMPRESSION, where_spec, None, resolution)
+    members = frozenset(offer_ids)
+    feature.matches = lambda props: isinstance(offer := props.get("offer"), str) and offer in members
+    buckets = windows.buckets_for(window_ms, resolution)
+    feature.length = max(feature.length, buckets)
+    return feature, buckets
 
 
 def _cap(offer: Offer, spec: Any, path: str, compiler: Compiler) -> None:

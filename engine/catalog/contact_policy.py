@@ -1,6 +1,8 @@
 """The catalog's `contact_policy` section: quiet hours, frequency caps and the
 no-repeat window, checked (every problem with its path) into the ContactPolicy
-fields they set; engine/followups/scheduler.py lays them over the ATTIMO_* settings."""
+fields they set; engine/followups/scheduler.py lays them over the ATTIMO_* settings.
+Its on-site cap (`caps.onsite`: promotional offers shown per person) is the
+same pressure budget seen from the site: decide enforces it, not the scheduler."""
 
 from __future__ import annotations
 
@@ -8,10 +10,11 @@ from typing import Any
 
 from engine.catalog import windows
 from engine.catalog.rules import Compiler
-from engine.policy import PERSONAL_CHANNELS, WEEK_MS, Caps
+from engine.policy import DAY_MS, PERSONAL_CHANNELS, WEEK_MS, Caps
 
 CONTACT_POLICY_FIELDS = ("quiet_hours", "caps", "no_repeat")
 QUIET_ACTIONS = ("delay", "drop")
+ONSITE = "onsite"  # caps.onsite: promotional impressions on the site, not messages
 
 
 def contact_policy_fields(spec: Any, compiler: Compiler) -> dict[str, Any]:
@@ -73,8 +76,10 @@ def _contact_caps(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
     total = Caps()
     for channel, limits in spec.items():
         where = f"{path}.{channel}"
+        if channel == ONSITE:
+            continue  # onsite_caps: decide's, not the scheduler's
         if channel != "total" and channel not in PERSONAL_CHANNELS:
-            compiler.problem(where, f"caps apply to {', '.join(sorted(PERSONAL_CHANNELS))} or total")
+            compiler.problem(where, f"caps apply to {', '.join(sorted(PERSONAL_CHANNELS))}, total or {ONSITE}")
             continue
         if not isinstance(limits, dict) or not limits:
             compiler.problem(where, "{day: n, week: n}, either or both")
@@ -93,6 +98,28 @@ def _contact_caps(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:
         else:
             channels[channel] = caps
     return {"channel_caps": channels, "total_caps": total}
+
+
+def onsite_caps(spec: Any, compiler: Compiler) -> list[tuple[int, int]]:
+    """contact_policy.caps.onsite: {day: 5, week: 20}: promotional offers shown
+    to one person on the site, as (window ms, limit): rolling 24 hours, 7 days."""
+    caps = spec.get("caps") if isinstance(spec, dict) else None
+    limits = caps.get(ONSITE) if isinstance(caps, dict) else None
+    if limits is None:
+        return []
+    path = f"contact_policy.caps.{ONSITE}"
+    if not isinstance(limits, dict) or not limits:
+        compiler.problem(path, "{day: n, week: n}, either or both: promotional offers shown per person")
+        return []
+    found = []
+    for key, value in limits.items():
+        if key not in ("day", "week"):
+            compiler.problem(f"{path}.{key}", "unknown field; expected day, week")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            compiler.problem(f"{path}.{key}", "a whole number of promotional impressions, 0 or more")
+        else:
+            found.append((DAY_MS if key == "day" else WEEK_MS, value))
+    return found
 
 
 def _no_repeat(spec: Any, path: str, compiler: Compiler) -> dict[str, Any]:

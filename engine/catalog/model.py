@@ -38,6 +38,13 @@ class Offer:
     cap_feature: Feature | None = None
     cap_buckets: int = 0
     atoms: frozenset | None = None
+    # Discount guardrails (docs/catalog.md): what the offer may cost, per UTC day
+    # or for its whole life ("campaign"), counted from verified redemptions;
+    # a pool of unique codes instead of one static code; promotional offers
+    # count against the person's on-site pressure cap.
+    budget: Budget | None = None
+    code_pool: str | None = None
+    promotional: bool = False
 
     def answer(self) -> dict:
         """What decide returns for this offer (built once, shared read-only)."""
@@ -48,6 +55,25 @@ class Offer:
             body["value"] = self.value
         return body
 
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    amount: float  # money, as the discount's cost is counted: revenue x value / 100
+    per: str  # "day" (UTC) or "campaign" (every redemption the offer ever had)
+
+
+@dataclass(frozen=True, slots=True)
+class WindowLimit:
+    """A hidden per-person counter of impressions and the count that stops
+    more: the catalog's discounts per person and on-site pressure caps."""
+
+    feature: Feature
+    buckets: int
+    limit: int
+
+    def reached(self, facts: Facts) -> bool:
+        return facts.window(self.feature, self.buckets) >= self.limit
 
 
 @dataclass(slots=True)
@@ -131,14 +157,23 @@ class Catalog:
     learning: Learning | None = None
     # Experiments by the placement they run on (engine/catalog/experiments.py).
     experiments: dict[str, Experiment] = field(default_factory=dict)
-
-    def experiment(self, experiment_id: str) -> Experiment | None:
-        return next((e for e in self.experiments.values() if e.id == experiment_id), None)
+    # Guardrails read by decide's eligibility: impressions of any discount per
+    # person in a window (`discounts`), promotional impressions per person per
+    # day and week (`contact_policy.caps.onsite`).
+    discount_limit: WindowLimit | None = None
+    onsite_limits: tuple[WindowLimit, ...] = ()
+    # Offers the budget snapshot (engine/decisions/budgets.py) watches: those
+    # with a budget, and the code pools named by offers (pool -> offer id).
+    budgeted: tuple[Offer, ...] = ()
+    code_pools: dict[str, str] = field(default_factory=dict)
 
     # event type → (features whose filter must run, {property: {value: features}}):
     # a filter that is one equality is a dict lookup instead of a test per feature.
     feature_index: dict[str, tuple[list[Feature], dict[str, dict[tuple, list[Feature]]]]] = field(
         default_factory=dict)
+
+    def experiment(self, experiment_id: str) -> Experiment | None:
+        return next((e for e in self.experiments.values() if e.id == experiment_id), None)
 
     def counted(self, event_type: str, properties: dict) -> list[tuple[Feature, float | int]]:
         """Every windowed feature one event counts for, with what it adds."""

@@ -59,9 +59,9 @@ class Facts:
     """What conditions read about one person at one moment: traits, rings of
     windowed counters, score, segments and the request context."""
 
-    __slots__ = ("catalog", "profile", "context", "now_ms", "contact", "_score", "_segments")
+    __slots__ = ("catalog", "profile", "context", "now_ms", "contact", "budgets", "_score", "_segments")
 
-    def __init__(self, catalog, profile, context: dict, now_ms: int, contact=None):
+    def __init__(self, catalog, profile, context: dict, now_ms: int, contact=None, budgets=None):
         self.catalog = catalog
         self.profile = profile
         self.context = context
@@ -69,6 +69,9 @@ class Facts:
         # The contact state (engine/followups/contacts.py) where journeys read it:
         # `consent` conditions; None elsewhere.
         self.contact = contact
+        # What the offers have spent and which code pools are empty
+        # (engine/decisions/budgets.py) where decide reads them; None: no budgets.
+        self.budgets = budgets
         self._score: float | None = None
         self._segments: dict[str, bool] = {}
 

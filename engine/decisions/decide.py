@@ -1,5 +1,5 @@
 """Deciding, as a pure function of (catalog, profile, context, now): eligibility
-(dates, caps, hold-out, exclusions, conditions), then arbitration: the catalog's
+(dates, caps, budgets and discount guardrails, hold-out, exclusions, conditions), then arbitration: the catalog's
 rank order (priority, then declared score) for most placements, or expected
 value for those that ask for it (engine/decisions/arbitration.py); one offer per
 placement, no offer or offer group twice in one answer. Nothing here touches Redis."""
@@ -18,6 +18,7 @@ from engine.catalog.learning import ALL
 from engine.catalog.model import Catalog, Offer, atoms_of
 from engine.catalog.rules import Facts
 from engine.decisions.arbitration import Candidate, assign
+from engine.decisions.budgets import Budgets
 from engine.decisions.learning import SAMPLES, Model, beta_interval
 from engine.profile import Profile
 
@@ -60,6 +61,16 @@ def why_not(offer: Offer, facts: Facts, person: str, taken_offers: set, taken_gr
         return f"group {offer.group!r} already chosen"
     if offer.cap_feature is not None and facts.window(offer.cap_feature, offer.cap_buckets) >= offer.cap_limit:
         return f"impression cap {offer.cap_limit} reached"
+    if (budgets := facts.budgets) is not None:
+        if offer.budget is not None and budgets.spent.get(offer.id, 0.0) >= offer.budget.amount:
+            return "budget spent"
+        if offer.code_pool is not None and offer.code_pool in budgets.empty_pools:
+            return "code pool empty"
+    catalog = facts.catalog
+    if offer.kind == "discount" and catalog.discount_limit is not None and catalog.discount_limit.reached(facts):
+        return "discount limit reached"
+    if offer.promotional and any(limit.reached(facts) for limit in catalog.onsite_limits):
+        return "on-site pressure cap reached"
     if offer.exclude is not None and offer.exclude(facts):
         return "excluded"
     if not offer.when(facts):
@@ -79,11 +90,15 @@ def decide(
     explain: bool = False,
     model: Model | None = None,
     rng: random.Random | None = None,
+    *,
+    budgets: Budgets | None = None,
 ) -> Decision:
     """`model`: the learned propensities for this catalog (engine/decisions/learning.py);
     without it expected-value placements use the declared ones. `rng` draws
-    Thompson samples and explorations (tests give a seeded one)."""
-    facts = Facts(catalog, profile, context, now_ms)
+    Thompson samples and explorations (tests give a seeded one). `budgets`: the
+    process's snapshot of what budgeted offers have spent and which code pools
+    are empty (engine/decisions/budgets.py); None, no budgets."""
+    facts = Facts(catalog, profile, context, now_ms, budgets=budgets)
     atoms = atoms_of(catalog, profile, context)
     offers = catalog.offers
     taken_offers: set[str] = set()

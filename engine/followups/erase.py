@@ -8,26 +8,30 @@ from collections.abc import Sequence
 import msgspec
 
 from engine.followups.due_queue import DueQueue
+from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
 
 
 async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels: Sequence[str],
-                       now_ms: int) -> dict[str, int]:
+                       now_ms: int, codes: CodePools | None = None, pools: Sequence[str] = ()) -> dict[str, int]:
     """Everything kept about one person: first what is queued for them on each
     of `channels` (the due queue finds a person's messages by channel only, so
     the caller names every channel one may wait on: personal ones, journey
     timers, operator webhooks), so no send of theirs starts after; then their
     keys (profile, dedupe ids, staging, contact state and outcomes, journeys,
-    inbox, devices); then their dead letters. Their suppressions stay: those
-    keep them from being contacted again. Returns how many of each."""
+    inbox, devices) and the discount codes kept for them in `pools` (the code
+    stays used); then their dead letters. Their suppressions stay: those keep
+    them from being contacted again. Returns how many of each."""
     cancelled = 0
     for channel in channels:
         cancelled += await queue.cancel(person, channel, now_ms)
     removed = await redis.delete(
         keys.profile(person), keys.dedupe(person), keys.merge_staging(person),
         keys.contact(person), keys.contact_outcomes(person), keys.journeys(person),
-        keys.inbox(person), keys.devices(person), keys.offers_seen(person),
+        keys.inbox(person), keys.devices(person), keys.offers_seen(person), keys.exposures(person),
+        keys.learned(person),
     )
+    forgotten = await codes.forget(person, pools) if codes is not None else 0
     # A dead letter holds the whole message (address, traits). Removed by
     # value: entries pushed or trimmed meanwhile are left alone.
     dead = []
@@ -42,4 +46,4 @@ async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels
         for raw in dead:
             pipe.lrem(keys.dead_letters(), 0, raw)
         await pipe.execute()
-    return {"keys": removed, "cancelled": cancelled, "dead_letters": len(dead)}
+    return {"keys": removed, "cancelled": cancelled, "dead_letters": len(dead), "codes": forgotten}

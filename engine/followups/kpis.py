@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.decisions.budgets import utc_day
 from engine.followups.transitions import decode_state
 from engine.store.client import run_scripts
-from engine.store.keys import Keys
+from engine.store.keys import SPENT_DAY_TTL_S, Keys
 
 PURCHASE = "purchase"
 REVENUE_PROPERTIES = ("revenue", "value", "total")  # the first numeric one is the purchase's revenue
@@ -30,6 +31,19 @@ ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the journeys entered in
 ADD_ONCE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
 for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS[1] once-marker of the redemption, KEYS[2] the offer's money hash,
+# KEYS[3] the offer's spend of the day (engine/decisions/budgets.py reads it)
+# ARGV[1] marker TTL s, ARGV[2] day key TTL s, ARGV[3] the discount's cost,
+# then pairs for KEYS[2]: field, amount
+# A redeemed discount: its cost to the day's spend and the money, once. Returns 1 if added.
+SPEND_ONCE = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
+for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+redis.call('INCRBYFLOAT', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
 return 1
 """
 
@@ -49,6 +63,9 @@ COUPON_PROPERTIES = ("code", "coupon")  # a purchase that names an offer's code 
 
 
 MAX_AMOUNT = 1e9  # one purchase's revenue above this (or negative) counts as 0
+# A pooled code is single-use for ever: its redemption's marker outlives any
+# retry of the same order, so the cost is never counted twice.
+REDEEMED_ONCE_TTL_S = 400 * 86_400
 
 
 def revenue_of(properties: dict) -> float:
@@ -79,6 +96,7 @@ class KpiStore:
     def __post_init__(self) -> None:
         self._add_once = self.redis.register_script(ADD_ONCE)
         self._count_all = self.redis.register_script(COUNT_ALL)
+        self._spend_once = self.redis.register_script(SPEND_ONCE)
 
     # -- writing: each method queues commands into a pipeline the caller runs ----
 
@@ -182,12 +200,28 @@ class KpiStore:
         if saw:
             self.count(pipe, "o", offer.id, "converted", person)
         revenue = revenue_of(event.properties)
-        money = ["revenue", repr(revenue)]
+        once, money = self.keys.kpi_once(f"o:{offer.id}|{event.id}"), self.keys.kpi("o", offer.id, "money")
         if _used_code(offer, event.properties):
             self.count(pipe, "o", offer.id, "redeemed", event.id)
-            money += ["discount_cost", repr(revenue * (offer.value or 0) / 100)]
-        return (self._add_once, [self.keys.kpi_once(f"o:{offer.id}|{event.id}"), self.keys.kpi("o", offer.id, "money")],
-                [self.once_ttl_s, *money])
+            cost = discount_cost(offer, revenue)
+            return (self._spend_once, [once, money, self.keys.offer_spent_on(offer.id, utc_day(event.ts))],
+                    [self.once_ttl_s, SPENT_DAY_TTL_S, repr(cost), "revenue", repr(revenue), "discount_cost", repr(cost)])
+        return (self._add_once, [once, money], [self.once_ttl_s, "revenue", repr(revenue)])
+
+    async def record_redemption(self, offer, pool: str, code: str, amount: float, now_ms: int) -> None:
+        """A pooled code redeemed through the API (POST /v1/codes/redeem): the
+        discount's cost on `amount` (the order's revenue) to the offer's spend
+        and KPIs, once per code, however often the same order is retried. The
+        revenue itself comes with the server's purchase event, not from here."""
+        cost = discount_cost(offer, amount)
+        pipe = self.redis.pipeline(transaction=False)
+        self.count(pipe, "o", offer.id, "redeemed", f"code:{pool}:{code}")
+        await pipe.execute()
+        if cost > 0:
+            await self._spend_once(
+                keys=[self.keys.kpi_once(f"o:{offer.id}|code:{pool}:{code}"), self.keys.kpi("o", offer.id, "money"),
+                      self.keys.offer_spent_on(offer.id, utc_day(now_ms))],
+                args=[REDEEMED_ONCE_TTL_S, SPENT_DAY_TTL_S, repr(cost), "discount_cost", repr(cost)])
 
     # -- reading ----------------------------------------------------------------
 
@@ -236,7 +270,12 @@ def discount_cost_of(offers: dict, properties: dict) -> float:
     if not any(properties.get(name) for name in COUPON_PROPERTIES):
         return 0.0
     revenue = revenue_of(properties)
-    return sum(revenue * (offer.value or 0) / 100 for offer in offers.values() if _used_code(offer, properties))
+    return sum(discount_cost(offer, revenue) for offer in offers.values() if _used_code(offer, properties))
+
+
+def discount_cost(offer, revenue: float) -> float:
+    """What a discount gave away on a purchase: its value is a percentage."""
+    return revenue * (offer.value or 0) / 100
 
 
 def _used_code(offer, properties: dict) -> bool:

@@ -157,10 +157,36 @@ class Keys:
     def kpi(self, scope: str, name: str, metric: str) -> str:
         return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
 
+    # STRING, a float: what a discount offer's verified redemptions cost on one
+    # UTC day (YYYY-MM-DD): the spend its `budget: {per: day}` is held to. The
+    # whole-life spend (`per: campaign`) is the `discount_cost` field of
+    # kpi("o", offer, "money"). TTL: SPENT_DAY_TTL_S from the last redemption.
+    def offer_spent_on(self, offer: str, day: str) -> str:
+        return f"{self.prefix}:{{kpi}}:o:{offer}:spent:{day}"
+
     # STRING marker: this purchase's revenue was added to this journey.
     # TTL: the event dedupe TTL (a retried event comes within it).
     def kpi_once(self, token: str) -> str:
         return f"{self.prefix}:{{kpi}}:once:{token}"
+
+    # --- Code pools (engine/store/code_pools.py): single-use discount codes, one
+    # hash tag per pool, {codes:<pool>}, so one script hands out or redeems a
+    # code atomically. No TTL: a pool lives as long as its codes may be redeemed.
+    # SET of codes uploaded and not given to anyone yet.
+    def pool_available(self, pool: str) -> str:
+        return f"{self.prefix}:{{codes:{pool}}}:available"
+
+    # HASH, person -> the code kept for them (the same on every decide).
+    def pool_given(self, pool: str) -> str:
+        return f"{self.prefix}:{{codes:{pool}}}:given"
+
+    # HASH, code -> the person it was given to.
+    def pool_owners(self, pool: str) -> str:
+        return f"{self.prefix}:{{codes:{pool}}}:owners"
+
+    # HASH, code -> the order id that redeemed it (once).
+    def pool_redeemed(self, pool: str) -> str:
+        return f"{self.prefix}:{{codes:{pool}}}:redeemed"
 
 
 # Not built here: the rate limiter's counters (api/ratelimit.py), which the
@@ -179,3 +205,4 @@ DEVICES_MAX = 10
 EXPOSURE_TTL_S = 30 * 86_400
 LEARNED_KEEP = 64
 DECISION_LOG_SHARDS = 8
+SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back

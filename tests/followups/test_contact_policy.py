@@ -211,7 +211,7 @@ def test_every_problem_in_the_catalogs_contact_policy_is_named_with_its_path():
         "contact_policy.quiet_hours.action": "delay (to the end of the quiet hours) or drop",
         "contact_policy.caps.email.day": "a whole number of messages, 0 or more",
         "contact_policy.caps.email.month": "unknown field; expected day, week",
-        "contact_policy.caps.operator": "caps apply to email, inbox, push, sms, webhook or total",
+        "contact_policy.caps.operator": "caps apply to email, inbox, push, sms, webhook, total or onsite",
         "contact_policy.caps.push": "{day: n, week: n}, either or both",
         "contact_policy.no_repeat": "at most 7d: messages are judged against the sends of the last week",
     }

@@ -1,0 +1,81 @@
+"""What budgeted discounts have spent and which code pools are empty, as one
+snapshot per API process: decide reads it in memory (no Redis on the request
+path), and a background task of the API refreshes it from Redis every second,
+so a budget is held to within a second's redemptions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from engine.catalog.model import CatalogHolder
+from engine.clock import now_ms
+from engine.store.keys import Keys
+
+log = logging.getLogger("attimo.budgets")
+
+REFRESH_S = 1.0
+
+
+def utc_day(ms: int) -> str:
+    """The UTC day a spend counts for: YYYY-MM-DD."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    """Offer id -> what it spent against its budget (today's spend for `per:
+    day`, every redemption's for `per: campaign`); the code pools with no code
+    left to give; when it was read (ms)."""
+
+    spent: dict[str, float] = field(default_factory=dict)
+    empty_pools: frozenset[str] = frozenset()
+    read_at_ms: int = 0
+
+
+class BudgetBook:
+    """The process's snapshot (`current`), swapped whole on each refresh. A
+    catalog without budgets or code pools costs no Redis call at all."""
+
+    def __init__(self, redis, keys: Keys, holder: CatalogHolder, clock=now_ms):
+        self.redis = redis  # redis.asyncio.Redis or RedisCluster (not imported: the decisions stay pure)
+        self.keys = keys
+        self.holder = holder
+        self.clock = clock
+        self.current = Budgets()
+
+    async def refresh(self) -> Budgets:
+        """One pipelined read: each budgeted offer's spend (all under {kpi}) and
+        each pool's count of codes left (one slot per pool)."""
+        catalog = self.holder.current
+        now = self.clock()
+        if not catalog.budgeted and not catalog.code_pools:
+            self.current = Budgets(read_at_ms=now)
+            return self.current
+        day, keys = utc_day(now), self.keys
+        pipe = self.redis.pipeline(transaction=False)
+        for offer in catalog.budgeted:
+            if offer.budget.per == "day":
+                pipe.get(keys.offer_spent_on(offer.id, day))
+            else:
+                pipe.hget(keys.kpi("o", offer.id, "money"), "discount_cost")
+        pools = list(catalog.code_pools)
+        for pool in pools:
+            pipe.scard(keys.pool_available(pool))
+        answers = await pipe.execute()
+        spent = {offer.id: float(raw or 0) for offer, raw in zip(catalog.budgeted, answers, strict=False)}
+        left = answers[len(catalog.budgeted):]
+        self.current = Budgets(spent, frozenset(pool for pool, n in zip(pools, left, strict=True) if not n), now)
+        return self.current
+
+    async def run(self, interval_s: float = REFRESH_S) -> None:
+        """Refresh for ever (the API's lifespan cancels it). A failed read keeps
+        the last snapshot and says so; decide goes on."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception as exc:  # Redis down or slow: the last snapshot holds until it is back
+                log.warning("budget snapshot not refreshed: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(interval_s)
