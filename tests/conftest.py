@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests run on the cluster only.
 ON_BOTH = {
     "test_budgets": None,
+    "test_outcome_stores": None,
     "test_due_queue": None,
     "test_pipeline": None,
     "test_scheduler": {

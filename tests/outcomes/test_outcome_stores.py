@@ -1,0 +1,106 @@
+"""What decisions earned, in Redis, on a single server and on a Cluster (where
+a key crossing slots fails): the pipeline teaches the model from verified
+impressions, clicks and purchases once each; exposures are counted once per
+person and credited once; the decision log is written off the request path,
+read back and evaluated."""
+
+from __future__ import annotations
+
+from engine.catalog.compile import compile_catalog, parse_catalog_text
+from engine.decisions.decide import decide
+from engine.decisions.ids import DecisionSigner, new_nonce
+from engine.events import Event
+from engine.outcomes import log as log_module
+from engine.outcomes.evaluate import evaluate, logged_decisions
+from engine.outcomes.exposures import Credit, ExposureStore
+from engine.outcomes.learning import LearningStore, ModelHolder
+from engine.outcomes.log import DecisionLog
+from engine.profile import Profile
+from engine.store.keys import Keys
+from tests.conftest import make_pipeline
+
+NOW = 1_780_000_000_000
+CATALOG = """
+placements: {hero: {arbitration: expected_value}}
+learning: {reward: conversion, buckets: [{context: device, values: [mobile]}]}
+offers:
+  - {id: one, kind: content, placements: [hero], worth: 2, propensity: 0.2, holdout: 50}
+  - {id: two, kind: content, placements: [hero], worth: 1, propensity: 0.1}
+"""
+SECRET = "outcome-secret"
+
+
+def event(event_id: str, person: str, kind: str, ts: int, trusted: bool = False, **properties) -> Event:
+    return Event(id=event_id, type=kind, person=person, ts=ts, properties=properties, trusted=trusted)
+
+
+async def test_the_pipeline_teaches_each_verified_outcome_once_and_logs_its_reward(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    pipeline.decisions = DecisionSigner.from_secret(SECRET)
+    catalog = pipeline.catalogs.current
+    log = pipeline.decision_log
+    person = "u:buyer"
+    decision = None
+    for seed in range(50):  # someone treated (not held out of `one`, or shown `two`)
+        decision = decide(catalog, Profile(), f"u:buyer{seed}", ["hero"], {"device": "mobile"}, NOW)
+        if decision.placements["hero"] is not None:
+            person = f"u:buyer{seed}"
+            break
+    offer = decision.placements["hero"]["offer"]
+    nonce = new_nonce()
+    decision_id = pipeline.decisions.issue(person, [offer], NOW // 1000, decision.bucket, nonce)
+    log.record(person, nonce, NOW, decision)
+    assert await log.flush(NOW) == 1
+    events = [
+        event("i1", person, "impression", NOW + 1, offer=offer, decision_id=decision_id),
+        event("p1", person, "purchase", NOW + 2, trusted=True, revenue=30),
+    ]
+    for _ in range(2):  # redelivered: nothing twice
+        await pipeline.apply(events, NOW + 10)
+    counts = await pipeline.learning.counts([offer], NOW + 10, catalog.learning.half_life_ms)
+    shown, rewards = counts[offer]["mobile"]
+    assert round(shown, 3) == 1 and round(rewards, 3) == 1
+
+    rows = await logged_decisions(redis, Keys())
+    assert [(r.placement, r.chosen, r.reward) for r in rows] == [("hero", offer, 1.0)]
+    result = await evaluate(redis, Keys(), catalog, pipeline.learning, NOW + 10)
+    assert result["logged"] == {"decisions": 1, "reward_rate": 1.0}
+
+
+async def test_exposures_count_each_person_once_and_credit_once(redis):
+    keys = Keys()
+    store = ExposureStore(redis, keys)
+    await store.expose({"u:a": [("h:one", "t")], "u:b": [("h:one", "c")], "u:c": [("h:one", "t")]}, NOW)
+    await store.expose({"u:a": [("h:one", "t")]}, NOW + 5)  # seen again: one person, once
+    purchase = Credit("u:a", NOW + 100, ("c", "r:buy-1"), revenue=10.0)
+    await store.credit([purchase, purchase, Credit("u:b", NOW + 100, ("c", "r:buy-2"), revenue=5.0)])
+    uplift = (await store.uplifts(["one"]))["one"]
+    assert (uplift["treated"], uplift["control"]) == (2, 1)
+    assert (uplift["converted_treated"], uplift["converted_control"]) == (1, 1)
+    assert uplift["uplift"] == -0.5
+
+
+async def test_the_model_snapshot_reads_every_offer_across_slots(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    learning = LearningStore(redis, Keys())
+    holder = ModelHolder(learning, pipeline.catalogs)
+    model = await holder.refresh()
+    assert model is not None and model.digest == pipeline.catalogs.current.digest
+    assert holder.for_catalog(pipeline.catalogs.current) is model
+    other = compile_catalog(parse_catalog_text(CATALOG.replace("worth: 1", "worth: 3")))
+    assert holder.for_catalog(other) is None  # a snapshot of another catalog is never used
+
+
+async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis):
+    log = DecisionLog(redis, Keys(), ExposureStore(redis, Keys()))
+    catalog = compile_catalog(parse_catalog_text(CATALOG))
+    decision = decide(catalog, Profile(), "u:z", ["hero"], {}, NOW)
+    original, log_module.BUFFER_MAX = log_module.BUFFER_MAX, 3
+    try:
+        small = DecisionLog(redis, Keys(), ExposureStore(redis, Keys()))
+        for _ in range(5):
+            small.record("u:z", new_nonce(), NOW, decision)
+    finally:
+        log_module.BUFFER_MAX = original
+    assert small.dropped == 2 and await small.flush(NOW) == 3
+    assert await log.flush(NOW) == 0
