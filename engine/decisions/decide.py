@@ -297,6 +297,12 @@ def _explain_values(explanation: dict, name: str, report: list, candidates: list
                 row.update(propensity=round(mean, 6), propensity_ci95=[round(low, 6), round(high, 6)],
                            expected_value=mean * row["worth"] * row["lever"],
                            sampled_value=considered[offer.id].value)
+                increment = model.incremental.get((offer.id, bucket))
+                if increment is not None:  # a discount: valued at the conversions it adds
+                    treated, held = increment
+                    row.update(conversion_rate=round(treated, 6), conversion_rate_held_out=round(held, 6),
+                               incremental_propensity=round(treated - held, 6),
+                               expected_value=(treated - held) * row["worth"] * row["lever"])
         elif row["eligible"]:
             row.update(eligible=False, reason="a higher priority tier is eligible")
         if pick is not None and offer is pick.offer:

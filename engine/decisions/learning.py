@@ -34,10 +34,16 @@ class Model:
     draws: dict[str, np.ndarray]  # bucket -> (rows, SAMPLES)
     prior_draws: np.ndarray = field(default=None)
     counts: dict = field(default_factory=dict)
+    # (offer, bucket) -> (treated rate, hold-out rate): discounts ranked by the
+    # conversions they add, not the ones they get.
+    incremental: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, catalog, counts: dict[str, dict[str, tuple]], taken_ms: int,
-              rng: np.random.Generator | None = None) -> Model:
+              rng: np.random.Generator | None = None, holdouts: dict[str, dict[str, float]] | None = None) -> Model:
+        """`counts`: per offer and bucket, faded (impressions, rewards).
+        `holdouts`: per discount offer with a hold-out, its exposure counters
+        (engine/outcomes/exposures.py) when the catalog learns conversions."""
         rng = rng or np.random.default_rng()
         learning = catalog.learning
         offers = learnable_offers(catalog)
@@ -57,8 +63,35 @@ class Model:
             draws[bucket] = rng.beta(alpha[:, None], beta[:, None], size=(len(offers), SAMPLES))
         prior_draws = rng.beta(prior_a[:, None], prior_b[:, None], size=(len(offers), SAMPLES)) if offers \
             else np.zeros((0, SAMPLES))
-        return cls(catalog.digest, taken_ms, learning, index, (prior_a, prior_b), posteriors, draws,
-                   prior_draws, counts)
+        model = cls(catalog.digest, taken_ms, learning, index, (prior_a, prior_b), posteriors, draws,
+                    prior_draws, counts)
+        if learning.reward == "conversion" and holdouts:
+            model._rank_discounts_by_increment(offers, holdouts, rng)
+        return model
+
+    def _rank_discounts_by_increment(self, offers: list, holdouts: dict, rng: np.random.Generator) -> None:
+        """A discount with a hold-out is valued, in each bucket where both its
+        treated and its held-out people have been seen, at the conversion rate
+        it adds: a draw of the treated rate minus a draw of the hold-out's
+        (each a Beta of conversions per decide-time exposure). Who buys anyway
+        is worth nothing to a discount."""
+        for offer in offers:
+            raw = holdouts.get(offer.id)
+            if offer.kind != "discount" or not offer.holdout_pct or not raw:
+                continue
+            row = self.index[offer.id]
+            buckets = {name.split("|", 2)[2] for name in raw if name.count("|") >= 2}
+            for bucket in buckets:
+                t_n, t_c = raw.get(f"t|exposed|{bucket}", 0.0), raw.get(f"t|converted|{bucket}", 0.0)
+                c_n, c_c = raw.get(f"c|exposed|{bucket}", 0.0), raw.get(f"c|converted|{bucket}", 0.0)
+                if not t_n or not c_n:
+                    continue
+                if bucket not in self.draws:
+                    self.draws[bucket] = self.prior_draws.copy()
+                treated = rng.beta(1 + t_c, 1 + max(t_n - t_c, 0.0), SAMPLES)
+                control = rng.beta(1 + c_c, 1 + max(c_n - c_c, 0.0), SAMPLES)
+                self.draws[bucket][row] = treated - control
+                self.incremental[(offer.id, bucket)] = ((1 + t_c) / (2 + t_n), (1 + c_c) / (2 + c_n))
 
     def draws_of(self, bucket: str) -> np.ndarray:
         return self.draws.get(bucket, self.prior_draws)

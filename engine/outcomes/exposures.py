@@ -27,12 +27,13 @@ from engine.store.keys import EXPOSURE_TTL_S, Keys
 ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the exposures of the week before it
 HOLDOUT, EXPERIMENT = "h:", "e:"
 
-# KEYS[1] a person's exposures; ARGV[1] now ms, [2] TTL s, then pairs: field, group.
-# Keeps the first exposure of each field; returns, flat, field and group of the new ones.
+# KEYS[1] a person's exposures; ARGV[1] now ms, [2] TTL s, [3] the decision's
+# context bucket, then pairs: field, group. Keeps the first exposure of each
+# field ("<group>|<ms>|<bucket>"); returns, flat, field and group of the new ones.
 RECORD = """
 local out = {}
-for i = 3, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[1]) == 1 then
+for i = 4, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[1] .. '|' .. ARGV[3]) == 1 then
     out[#out + 1] = ARGV[i]
     out[#out + 1] = ARGV[i + 1]
   end
@@ -44,7 +45,7 @@ return out
 # KEYS[1] a person's exposures; ARGV[1] event ms, [2] window ms, [3] prefix of the
 # exposures it may credit (h:, e: or empty for both), then tags (c, k, u, r:<event id>).
 # Each exposure made before the event within the window gets each tag once
-# (a marker field "<tag>><field>"). Returns, flat, tag, field, group per credit.
+# (a marker field "<tag>><field>"). Returns, flat, tag, field, group, bucket per credit.
 CREDIT = """
 local at, window, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local out = {}
@@ -53,14 +54,15 @@ for i = 1, #fields, 2 do
   local name = fields[i]
   local kind = string.sub(name, 1, 2)
   if (kind == 'h:' or kind == 'e:') and (prefix == '' or kind == prefix) then
-    local bar = string.find(fields[i + 1], '|', 1, true)
-    local group, since = string.sub(fields[i + 1], 1, bar - 1), tonumber(string.sub(fields[i + 1], bar + 1))
-    if at >= since - 60000 and at - since <= window then
+    local group, since, bucket = string.match(fields[i + 1], '^([^|]*)|(%d+)|?(.*)$')
+    since = tonumber(since)
+    if since and at >= since - 60000 and at - since <= window then
       for t = 4, #ARGV do
         if redis.call('HSETNX', KEYS[1], ARGV[t] .. '>' .. name, '1') == 1 then
           out[#out + 1] = ARGV[t]
           out[#out + 1] = name
           out[#out + 1] = group
+          out[#out + 1] = bucket
         end
       end
     end
@@ -94,19 +96,23 @@ class ExposureStore:
         kind, name = field[:2], field[2:]
         return self.keys.kpi("h" if kind == HOLDOUT else "e", name, "itt" if kind == HOLDOUT else "arms")
 
-    async def expose(self, exposures: dict[str, list[tuple[str, str]]], now: int) -> None:
-        """`exposures`: per person, (field, group) pairs from decide."""
+    async def expose(self, exposures: dict[str, tuple[str, list[tuple[str, str]]]], now: int) -> None:
+        """`exposures`: per person, the decision's bucket and its (field, group)
+        pairs. A hold-out offer's counts are kept per bucket too: what ranks a
+        discount by the conversions it adds (engine/decisions/learning.py)."""
         calls = []
-        for person, pairs in exposures.items():
-            args = [now, EXPOSURE_TTL_S]
+        for person, (bucket, pairs) in exposures.items():
+            args = [now, EXPOSURE_TTL_S, bucket]
             for field, group in dict(pairs).items():
                 args += [field, group]
             calls.append((self._record, [self.keys.exposures(person)], args))
         pipe = self.redis.pipeline(transaction=False)
-        for fresh in await run_scripts(self.redis, calls):
+        for (bucket, _), fresh in zip(exposures.values(), await run_scripts(self.redis, calls), strict=True):
             for i in range(0, len(fresh), 2):
                 field, group = _text(fresh[i]), _text(fresh[i + 1])
                 pipe.hincrby(self._counter(field), f"{group}|exposed", 1)
+                if field.startswith(HOLDOUT):
+                    pipe.hincrby(self._counter(field), f"{group}|exposed|{bucket}", 1)
         if len(pipe):
             await pipe.execute()
 
@@ -117,8 +123,8 @@ class ExposureStore:
                  for c in credits]
         pipe = self.redis.pipeline(transaction=False)
         for credit, fresh in zip(credits, await run_scripts(self.redis, calls), strict=True):
-            for i in range(0, len(fresh), 3):
-                tag, field, group = _text(fresh[i]), _text(fresh[i + 1]), _text(fresh[i + 2])
+            for i in range(0, len(fresh), 4):
+                tag, field, group, bucket = (_text(v) for v in fresh[i:i + 4])
                 counter = self._counter(field)
                 if tag.startswith("r:"):
                     pipe.hincrbyfloat(counter, f"{group}|revenue", credit.revenue)
@@ -127,6 +133,8 @@ class ExposureStore:
                         pipe.hincrbyfloat(counter, f"{group}|discount_cost", credit.discount_cost)
                 else:
                     pipe.hincrby(counter, f"{group}|{CREDITED[tag]}", 1)
+                    if field.startswith(HOLDOUT) and tag == "c" and bucket:
+                        pipe.hincrby(counter, f"{group}|converted|{bucket}", 1)
         if len(pipe):
             await pipe.execute()
 

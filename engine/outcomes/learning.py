@@ -155,6 +155,16 @@ class LearningStore:
         await run_scripts(self.redis, adds)
         return rewards
 
+    async def holdout_counts(self, offers: list[str]) -> dict[str, dict[str, float]]:
+        """Each hold-out offer's exposure counters (engine/outcomes/exposures.py)."""
+        if not offers:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for offer in offers:
+            pipe.hgetall(self.keys.kpi("h", offer, "itt"))
+        return {offer: {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in raw.items()}
+                for offer, raw in zip(offers, await pipe.execute(), strict=True)}
+
     async def counts(self, offers: list[str], now: int, half_life_ms: int) -> dict[str, dict[str, tuple]]:
         """Every offer's (impressions, rewards) per bucket, faded to now."""
         if not offers:
@@ -190,9 +200,11 @@ class ModelHolder:
             self.current = None
             return None
         taken = now_ms()
-        offers = [o.id for o in learnable_offers(catalog)]
-        counts = await self.store.counts(offers, taken, catalog.learning.half_life_ms)
-        self.current = Model.build(catalog, counts, taken)
+        learnable = learnable_offers(catalog)
+        counts = await self.store.counts([o.id for o in learnable], taken, catalog.learning.half_life_ms)
+        discounts = [o.id for o in learnable if o.kind == "discount" and o.holdout_pct]
+        holdouts = await self.store.holdout_counts(discounts) if catalog.learning.reward == "conversion" else None
+        self.current = Model.build(catalog, counts, taken, holdouts=holdouts)
         return self.current
 
     def for_catalog(self, catalog) -> Model | None:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import zlib
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 
 import msgspec
@@ -57,7 +57,7 @@ class DecisionLog:
                 self.dropped += 1
             self._decisions.append((person, [now, person, nonce, decision.bucket, decision.logged]))
         if decision.exposures:
-            self._exposed.append((person, decision.exposures))
+            self._exposed.append((person, decision.bucket, decision.exposures))
 
     async def flush(self, now: int) -> int:
         """Write what is waiting; returns how many decisions were written."""
@@ -70,9 +70,9 @@ class DecisionLog:
                           maxlen=self.max_len, approximate=True)
             await pipe.execute()
         if exposed:
-            by_person: dict[str, list] = defaultdict(list)
-            for person, pairs in exposed:
-                by_person[person].extend(pairs)
+            by_person: dict[str, tuple[str, list]] = {}
+            for person, bucket, pairs in exposed:
+                by_person.setdefault(person, (bucket, []))[1].extend(pairs)
             await self.exposures.expose(by_person, now)
         return len(decisions)
 

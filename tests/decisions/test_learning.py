@@ -126,3 +126,38 @@ experiments:
         again = decide(shop, Profile(), person, ["side"], {}, NOW)
         assert dict(again.exposures)["e:side_test"] == arm
     assert 120 <= arms["plain_only"] <= 180
+
+
+DISCOUNTS = """
+placements: {checkout: {arbitration: expected_value}}
+learning: {reward: conversion, exploration: 0.0, buckets: [{context: device, values: [mobile]}]}
+offers:
+  - {id: buy_anyway, kind: discount, placements: [checkout], worth: 10, propensity: 0.1, holdout: 10, value: 10}
+  - {id: persuades, kind: discount, placements: [checkout], worth: 10, propensity: 0.05, holdout: 10, value: 10}
+"""
+
+
+def test_discounts_go_to_people_they_change_not_to_those_who_buy_anyway():
+    shop = catalog(DISCOUNTS)
+    counts = {"buy_anyway": {"mobile": (9000.0, 900.0)}, "persuades": {"mobile": (9000.0, 720.0)}}
+    holdouts = {  # conversions per decide-time exposure, treated (t) and held out (c)
+        "buy_anyway": {"t|exposed|mobile": 9000, "t|converted|mobile": 900,
+                       "c|exposed|mobile": 1000, "c|converted|mobile": 95},
+        "persuades": {"t|exposed|mobile": 9000, "t|converted|mobile": 720,
+                      "c|exposed|mobile": 1000, "c|converted|mobile": 20},
+    }
+    plain = Model.build(shop, counts, NOW)
+    incremental = Model.build(shop, counts, NOW, holdouts=holdouts)
+
+    def shown(model, seed):
+        return decide(shop, Profile(t={}), f"a:{seed}", ["checkout"], {"device": "mobile"}, NOW, model=model,
+                      rng=random.Random(seed)).placements["checkout"]
+
+    by_rate = Counter((shown(plain, s) or {}).get("offer") for s in range(300))
+    by_increment = Counter((shown(incremental, s) or {}).get("offer") for s in range(300))
+    assert by_rate.most_common(1)[0][0] == "buy_anyway"  # the higher conversion rate
+    assert by_increment.most_common(1)[0][0] == "persuades"  # adds 6 points, not 0.5
+    explained = decide(shop, Profile(), "a:1", ["checkout"], {"device": "mobile"}, NOW, explain=True,
+                       model=incremental)
+    rows = {row["offer"]: row for row in explained.explain["checkout"]["offers"]}
+    assert rows["persuades"]["incremental_propensity"] == pytest.approx(0.06, abs=0.01)

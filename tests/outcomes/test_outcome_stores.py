@@ -70,8 +70,8 @@ async def test_the_pipeline_teaches_each_verified_outcome_once_and_logs_its_rewa
 async def test_exposures_count_each_person_once_and_credit_once(redis):
     keys = Keys()
     store = ExposureStore(redis, keys)
-    await store.expose({"u:a": [("h:one", "t")], "u:b": [("h:one", "c")], "u:c": [("h:one", "t")]}, NOW)
-    await store.expose({"u:a": [("h:one", "t")]}, NOW + 5)  # seen again: one person, once
+    await store.expose({"u:a": ("*", [("h:one", "t")]), "u:b": ("*", [("h:one", "c")]), "u:c": ("*", [("h:one", "t")])}, NOW)
+    await store.expose({"u:a": ("*", [("h:one", "t")])}, NOW + 5)  # seen again: one person, once
     purchase = Credit("u:a", NOW + 100, ("c", "r:buy-1"), revenue=10.0)
     await store.credit([purchase, purchase, Credit("u:b", NOW + 100, ("c", "r:buy-2"), revenue=5.0)])
     uplift = (await store.uplifts(["one"]))["one"]
