@@ -166,15 +166,15 @@ def run_evaluate(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    logged = result["logged"]
+    logged, target = result["logged"], result["target"]
     print(f"logged decisions: {logged['decisions']}, reward per decision: {logged['reward_rate']}")
     for name in ("ips", "dr"):
-        figure = result[name]
+        figure = target[name]
         if figure is not None:
             low, high = figure["ci95"]
             print(f"{args.catalog} by {name.upper()}: {figure['value']} per decision (95 % interval {low} to {high})")
-    if result["match_rate"] is not None:
-        print(f"it would have chosen the logged offer in {result['match_rate']:.1%} of decisions")
+    if target["match_rate"] is not None:
+        print(f"it would have chosen the logged offer in {target['match_rate']:.1%} of decisions")
     return 0
 
 

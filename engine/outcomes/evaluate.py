@@ -119,7 +119,8 @@ async def evaluate(redis, keys, target: Catalog, learning_store=None, now: int =
     if target.learning is not None and learning_store is not None:
         offers = [o.id for o in learnable_offers(target)]
         model = Model.build(target, await learning_store.counts(offers, now, target.learning.half_life_ms), now)
-    return {"target": target.digest, **estimate(rows, target, model)}
+    found = estimate(rows, target, model)
+    return {"logged": found.pop("logged"), "target": {"digest": target.digest, **found}}
 
 
 def _mean_interval(values: list[float]) -> dict:

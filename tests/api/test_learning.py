@@ -228,8 +228,9 @@ def test_another_catalog_is_evaluated_on_the_logged_decisions(learning_api, redi
     result = json.loads(done.stdout)
     assert result["logged"]["decisions"] == 120
     # Static always shows beta (priority 5): its true reward per decision is 0.1.
-    assert result["match_rate"] < 0.5
+    target = result["target"]
+    assert target["match_rate"] < 0.5
     for estimate in ("ips", "dr"):
-        low, high = result[estimate]["ci95"]
-        assert low <= result[estimate]["value"] <= high
+        low, high = target[estimate]["ci95"]
+        assert low <= target[estimate]["value"] <= high
         assert low >= -0.05 and high <= 0.6
