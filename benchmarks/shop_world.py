@@ -92,7 +92,8 @@ class World:
         buy[:, :, HOLDOUT_OFFER] = self.checkout_base + np.where(
             PRICE_SENSITIVE[:, None], rng.uniform(0.015, 0.02, self.checkout_base.shape),
             rng.uniform(0.005, 0.01, self.checkout_base.shape))
-        click = np.clip(0.004 * np.sqrt(buy / 0.008) * rng.lognormal(0, 0.3, buy.shape), 0.002, 0.05)
+        # Clicks follow purchases loosely, around a banner log's 0.4 %.
+        click = np.clip(0.004 * np.sqrt(buy / np.median(buy)) * rng.lognormal(0, 0.3, buy.shape), 0.002, 0.05)
         self.drift_pair = self._drifting_offers(buy)
         self.buy = np.stack([buy, self._swapped(buy)])
         self.click = np.stack([click, self._swapped(click)])
