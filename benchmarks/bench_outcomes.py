@@ -195,7 +195,8 @@ async def uplift_seed(args: argparse.Namespace, world: World, seed: int, catalog
             shop = ShopApi(api.base_url, session)
             people = Population.named(f"s{seed}", len(visits.plan))
             await shop.identify(people, visits.plan)
-            await drive(shop, world, visits, people, args.checkout_rate)
+            driven = await drive(shop, world, visits, people, args.checkout_rate)
+            log(f"seed {seed}: {len(visits)} checkout visits in {driven.seconds:.1f} s, {driven.errors} failed decides")
             status, answer = await shop.read(f"/v1/kpis?offers={offer}")
     uplift = ((answer or {}).get("offers") or {}).get(offer, {}).get("uplift") if status == 200 else None
     if not isinstance(uplift, dict) or not isinstance(uplift.get("uplift"), int | float):
