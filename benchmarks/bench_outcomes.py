@@ -133,6 +133,12 @@ async def decide_latency(args: argparse.Namespace, targets: dict[str, HttpTarget
     return {name: sorted(runs, key=lambda result: result.p99_ms)[len(runs) // 2] for name, runs in series.items()}
 
 
+def check_errors(name: str, result: Drive, n_visits: int) -> None:
+    log(f"{name}: {n_visits} visits in {result.seconds:.1f} s, {result.errors} failed decides")
+    if result.errors > MAX_ERROR_SHARE * n_visits:
+        raise SystemExit(f"{name}: {result.errors} of {n_visits} decides failed")
+
+
 def off_policy_estimate(redis_url: str, catalog: Path) -> tuple[dict | None, str | None]:
     """`attimo evaluate --json` of `catalog` over the decision log in `redis_url`:
     its answer, or why there is none."""
@@ -174,9 +180,7 @@ async def main_run(args: argparse.Namespace, world: World, visits: Visits, work:
             stop.set()
             staleness_reason = await sampler
         for name, result in (("static", static), ("learning", learning)):
-            log(f"{name}: {len(visits)} visits in {result.seconds:.1f} s, {result.errors} failed decides")
-            if result.errors > MAX_ERROR_SHARE * len(visits):
-                raise SystemExit(f"{name}: {result.errors} of {len(visits)} decides failed")
+            check_errors(name, result, len(visits))
         latency = await decide_latency(args, {"learning": decide_target(learn_api.port, people["learning"]),
                                               "priority": decide_target(static_api.port, people["static"])})
         ope, ope_reason = off_policy_estimate(redis["learning"].url, work / "static-evaluate.yaml")
@@ -195,8 +199,7 @@ async def uplift_seed(args: argparse.Namespace, world: World, seed: int, catalog
             shop = ShopApi(api.base_url, session)
             people = Population.named(f"s{seed}", len(visits.plan))
             await shop.identify(people, visits.plan)
-            driven = await drive(shop, world, visits, people, args.checkout_rate)
-            log(f"seed {seed}: {len(visits)} checkout visits in {driven.seconds:.1f} s, {driven.errors} failed decides")
+            check_errors(f"seed {seed}", await drive(shop, world, visits, people, args.checkout_rate), len(visits))
             status, answer = await shop.read(f"/v1/kpis?offers={offer}")
     uplift = ((answer or {}).get("offers") or {}).get(offer, {}).get("uplift") if status == 200 else None
     if not isinstance(uplift, dict) or not isinstance(uplift.get("uplift"), int | float):
