@@ -72,6 +72,8 @@ class Nulls(dict):
 
 @dataclass
 class MainRun:
+    """What the side-by-side run leaves for the figures."""
+
     static: Drive
     learning: Drive
     refused: str | None  # why the API refused the learning section, if it did
