@@ -185,7 +185,7 @@ def write_report(
         f"# {title}",
         "",
         f"- when: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
-        f"- command: `{_command_line()}`",
+        f"- command: `{command_line()}`",
         f"- machine: {os.cpu_count()} cores, {platform.machine()}, "
         f"Python {platform.python_version()}, {platform.platform(terse=True)}",
         *(f"- {note}" for note in notes),
@@ -214,7 +214,7 @@ def write_report(
     return path
 
 
-def _command_line() -> str:
+def command_line() -> str:
     """How this benchmark was started, as someone would type it again."""
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     start = ["python", "-m", spec.name] if spec is not None else ["python", sys.argv[0]]
