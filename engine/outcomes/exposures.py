@@ -27,15 +27,59 @@ from engine.store.keys import EXPOSURE_TTL_S, Keys
 ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the exposures of the week before it
 HOLDOUT, EXPERIMENT = "h:", "e:"
 
-# KEYS[1] a person's exposures; ARGV[1] now ms, [2] TTL s, [3] the decision's
-# context bucket, then pairs: field, group. Keeps the first exposure of each
-# field ("<group>|<ms>|<bucket>"); returns, flat, field and group of the new ones.
-RECORD = """
+# Both scripts answer, flat, quintuples: what (x exposed, c converted, k clicked,
+# u unsubscribed, r revenue), the exposure's field, its group, its bucket, and
+# for r "<revenue>|<discount cost>".
+#
+# A person's recent purchases are kept too ("p><event id>" -> "<ms>|<revenue>|
+# <cost>", for PENDING_MS): an exposure is written a moment after its decide (the
+# decision log flushes every 0.2 s) and a purchase may be applied before that;
+# the exposure then credits the purchase when it is written.
+_CREDIT_ONE = """
+local function credit(out, field, group, bucket, id, amounts, tags)
+  for _, tag in ipairs(tags) do
+    local marker = (tag == 'r' and ('r:' .. id) or tag) .. '>' .. field
+    if redis.call('HSETNX', KEYS[1], marker, '1') == 1 then
+      out[#out + 1] = tag
+      out[#out + 1] = field
+      out[#out + 1] = group
+      out[#out + 1] = bucket
+      out[#out + 1] = tag == 'r' and amounts or ''
+    end
+  end
+end
+"""
+
+# KEYS[1] a person's exposures; ARGV[1] decide ms, [2] TTL s, [3] the decision's
+# context bucket, [4] attribution window ms, [5] pending ms, then pairs: field,
+# group. Keeps the first exposure of each field ("<group>|<ms>|<bucket>").
+RECORD = _CREDIT_ONE + """
+local now, window, pending = tonumber(ARGV[1]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
-for i = 4, #ARGV, 2 do
-  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1] .. '|' .. ARGV[1] .. '|' .. ARGV[3]) == 1 then
-    out[#out + 1] = ARGV[i]
-    out[#out + 1] = ARGV[i + 1]
+local purchases = nil
+for i = 6, #ARGV, 2 do
+  local field, group = ARGV[i], ARGV[i + 1]
+  if redis.call('HSETNX', KEYS[1], field, group .. '|' .. now .. '|' .. ARGV[3]) == 1 then
+    out[#out + 1] = 'x'
+    out[#out + 1] = field
+    out[#out + 1] = group
+    out[#out + 1] = ARGV[3]
+    out[#out + 1] = ''
+    if purchases == nil then
+      purchases = {}
+      local fields = redis.call('HGETALL', KEYS[1])
+      for j = 1, #fields, 2 do
+        if string.sub(fields[j], 1, 2) == 'p>' then
+          local at, amounts = string.match(fields[j + 1], '^(%d+)|(.*)$')
+          purchases[#purchases + 1] = {string.sub(fields[j], 3), tonumber(at), amounts}
+        end
+      end
+    end
+    for _, bought in ipairs(purchases) do
+      if bought[2] >= now - 60000 and bought[2] - now <= window and bought[2] - now <= pending then
+        credit(out, field, group, ARGV[3], bought[1], bought[3], {'c', 'r'})
+      end
+    end
   end
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
@@ -43,11 +87,14 @@ return out
 """
 
 # KEYS[1] a person's exposures; ARGV[1] event ms, [2] window ms, [3] prefix of the
-# exposures it may credit (h:, e: or empty for both), then tags (c, k, u, r:<event id>).
-# Each exposure made before the event within the window gets each tag once
-# (a marker field "<tag>><field>"). Returns, flat, tag, field, group, bucket per credit.
-CREDIT = """
-local at, window, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+# exposures it may credit (h:, e: or empty for both), [4] the purchase's event
+# id or empty, [5] "<revenue>|<cost>", [6] pending ms, [7] TTL s, then tags (c, r, k, u).
+# Each exposure made before the event within the window gets each tag once (a
+# marker field "<tag>><field>", "r:<event id>><field>" for revenue).
+CREDIT = _CREDIT_ONE + """
+local at, window, prefix, id, amounts = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
+local tags = {}
+for t = 8, #ARGV do tags[#tags + 1] = ARGV[t] end
 local out = {}
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
@@ -57,19 +104,21 @@ for i = 1, #fields, 2 do
     local group, since, bucket = string.match(fields[i + 1], '^([^|]*)|(%d+)|?(.*)$')
     since = tonumber(since)
     if since and at >= since - 60000 and at - since <= window then
-      for t = 4, #ARGV do
-        if redis.call('HSETNX', KEYS[1], ARGV[t] .. '>' .. name, '1') == 1 then
-          out[#out + 1] = ARGV[t]
-          out[#out + 1] = name
-          out[#out + 1] = group
-          out[#out + 1] = bucket
-        end
-      end
+      credit(out, name, group, bucket, id, amounts, tags)
     end
+  elseif kind == 'p>' then
+    local was = tonumber(string.match(fields[i + 1], '^(%d+)'))
+    if was and was < at - tonumber(ARGV[6]) then redis.call('HDEL', KEYS[1], name) end
   end
+end
+if id ~= '' then
+  redis.call('HSET', KEYS[1], 'p>' .. id, at .. '|' .. amounts)
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
 end
 return out
 """
+
+PENDING_MS = 3_600_000  # how long a purchase waits for an exposure written after it
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,45 +145,48 @@ class ExposureStore:
         kind, name = field[:2], field[2:]
         return self.keys.kpi("h" if kind == HOLDOUT else "e", name, "itt" if kind == HOLDOUT else "arms")
 
-    async def expose(self, exposures: dict[str, tuple[str, list[tuple[str, str]]]], now: int) -> None:
-        """`exposures`: per person, the decision's bucket and its (field, group)
-        pairs. A hold-out offer's counts are kept per bucket too: what ranks a
-        discount by the conversions it adds (engine/decisions/learning.py)."""
+    async def expose(self, exposures: dict[str, tuple[int, str, list[tuple[str, str]]]]) -> None:
+        """`exposures`: per person, the decide's time and bucket and its (field,
+        group) pairs. A hold-out offer's counts are kept per bucket too: what
+        ranks a discount by the conversions it adds (engine/decisions/learning.py)."""
         calls = []
-        for person, (bucket, pairs) in exposures.items():
-            args = [now, EXPOSURE_TTL_S, bucket]
+        for person, (at, bucket, pairs) in exposures.items():
+            args = [at, EXPOSURE_TTL_S, bucket, ATTRIBUTION_MS, PENDING_MS]
             for field, group in dict(pairs).items():
                 args += [field, group]
             calls.append((self._record, [self.keys.exposures(person)], args))
-        pipe = self.redis.pipeline(transaction=False)
-        for (bucket, _), fresh in zip(exposures.values(), await run_scripts(self.redis, calls), strict=True):
-            for i in range(0, len(fresh), 2):
-                field, group = _text(fresh[i]), _text(fresh[i + 1])
-                pipe.hincrby(self._counter(field), f"{group}|exposed", 1)
-                if field.startswith(HOLDOUT):
-                    pipe.hincrby(self._counter(field), f"{group}|exposed|{bucket}", 1)
-        if len(pipe):
-            await pipe.execute()
+        await self._count(await run_scripts(self.redis, calls))
 
     async def credit(self, credits: list[Credit]) -> None:
         if not credits:
             return
-        calls = [(self._credit, [self.keys.exposures(c.person)], [c.at_ms, ATTRIBUTION_MS, c.prefix, *c.tags])
-                 for c in credits]
+        calls = []
+        for c in credits:
+            purchase = next((tag[2:] for tag in c.tags if tag.startswith("r:")), "")
+            tags = [tag if not tag.startswith("r:") else "r" for tag in c.tags]
+            calls.append((self._credit, [self.keys.exposures(c.person)],
+                          [c.at_ms, ATTRIBUTION_MS, c.prefix, purchase, f"{c.revenue!r}|{c.discount_cost!r}",
+                           PENDING_MS, EXPOSURE_TTL_S, *tags]))
+        await self._count(await run_scripts(self.redis, calls))
+
+    async def _count(self, replies: list) -> None:
+        """Add what the scripts found new to the counters."""
         pipe = self.redis.pipeline(transaction=False)
-        for credit, fresh in zip(credits, await run_scripts(self.redis, calls), strict=True):
-            for i in range(0, len(fresh), 4):
-                tag, field, group, bucket = (_text(v) for v in fresh[i:i + 4])
+        for fresh in replies:
+            for i in range(0, len(fresh), 5):
+                what, field, group, bucket, amounts = (_text(v) for v in fresh[i:i + 5])
                 counter = self._counter(field)
-                if tag.startswith("r:"):
-                    pipe.hincrbyfloat(counter, f"{group}|revenue", credit.revenue)
-                    pipe.hincrbyfloat(counter, f"{group}|revenue2", credit.revenue ** 2)
-                    if credit.discount_cost:
-                        pipe.hincrbyfloat(counter, f"{group}|discount_cost", credit.discount_cost)
-                else:
-                    pipe.hincrby(counter, f"{group}|{CREDITED[tag]}", 1)
-                    if field.startswith(HOLDOUT) and tag == "c" and bucket:
-                        pipe.hincrby(counter, f"{group}|converted|{bucket}", 1)
+                if what == "r":
+                    revenue, cost = (float(v) for v in amounts.split("|"))
+                    pipe.hincrbyfloat(counter, f"{group}|revenue", revenue)
+                    pipe.hincrbyfloat(counter, f"{group}|revenue2", revenue ** 2)
+                    if cost:
+                        pipe.hincrbyfloat(counter, f"{group}|discount_cost", cost)
+                    continue
+                metric = CREDITED[what]
+                pipe.hincrby(counter, f"{group}|{metric}", 1)
+                if field.startswith(HOLDOUT) and metric in ("exposed", "converted") and bucket:
+                    pipe.hincrby(counter, f"{group}|{metric}|{bucket}", 1)
         if len(pipe):
             await pipe.execute()
 
@@ -192,7 +244,7 @@ class ExposureStore:
                 "srm": sample_ratio(exposures, experiment.shares())}
 
 
-CREDITED = {"c": "converted", "k": "clicked", "u": "unsubscribed"}
+CREDITED = {"x": "exposed", "c": "converted", "k": "clicked", "u": "unsubscribed"}
 
 
 def _effect(metric: str, arm: dict, control: dict) -> dict:

@@ -48,7 +48,7 @@ for i = 6, #ARGV, 5 do
       local seen = redis.call('HGETALL', KEYS[2])
       for j = 1, #seen, 2 do
         if string.sub(seen[j], 1, 2) == 's:' then
-          local at, was, by = string.match(seen[j + 1], '^(%d+)|([^|]*)|(.*)$')
+          local at, by, was = string.match(seen[j + 1], '^(%d+)|([^|]*)|(.*)$')
           if at and now - tonumber(at) <= tonumber(ARGV[5]) then
             out[#out + 1] = string.sub(seen[j], 3)
             out[#out + 1] = was
@@ -58,7 +58,7 @@ for i = 6, #ARGV, 5 do
         end
       end
     else
-      if kind == 'i' then redis.call('HSET', KEYS[2], 's:' .. offer, now .. '|' .. bucket .. '|' .. nonce) end
+      if kind == 'i' then redis.call('HSET', KEYS[2], 's:' .. offer, now .. '|' .. nonce .. '|' .. bucket) end
       out[#out + 1] = offer
       out[#out + 1] = bucket
       out[#out + 1] = kind

@@ -57,7 +57,7 @@ class DecisionLog:
                 self.dropped += 1
             self._decisions.append((person, [now, person, nonce, decision.bucket, decision.logged]))
         if decision.exposures:
-            self._exposed.append((person, decision.bucket, decision.exposures))
+            self._exposed.append((person, now, decision.bucket, decision.exposures))
 
     async def flush(self, now: int) -> int:
         """Write what is waiting; returns how many decisions were written."""
@@ -70,10 +70,10 @@ class DecisionLog:
                           maxlen=self.max_len, approximate=True)
             await pipe.execute()
         if exposed:
-            by_person: dict[str, tuple[str, list]] = {}
-            for person, bucket, pairs in exposed:
-                by_person.setdefault(person, (bucket, []))[1].extend(pairs)
-            await self.exposures.expose(by_person, now)
+            by_person: dict[str, tuple[int, str, list]] = {}
+            for person, at, bucket, pairs in exposed:
+                by_person.setdefault(person, (at, bucket, []))[2].extend(pairs)
+            await self.exposures.expose(by_person)
         return len(decisions)
 
     def rewards(self, pipe, rewards: list, now: int) -> None:

@@ -96,12 +96,14 @@ class Keys:
     def offers_seen(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:os"
 
-    # HASH of what decisions did to a person (engine/decisions/learning.py and
-    # outcomes.py): `s:<offer>` -> "<ms>|<bucket>" of their last verified
-    # impression (a conversion teaches that bucket), `h:<offer>` -> "t|<ms>" or
-    # "c|<ms>" (treated, or held out when decide would have shown it), `e:<experiment>`
-    # -> "<arm>|<ms>", and once-markers `<field>:c`, `<field>:k` (converted,
-    # clicked). TTL: EXPOSURE_TTL_S, renewed on every write.
+    # HASH of what decisions did to a person (engine/outcomes/learning.py and
+    # exposures.py): `s:<offer>` -> "<ms>|<decision nonce>|<bucket>" of their last
+    # verified impression (a conversion teaches that bucket), `h:<offer>` ->
+    # "t|<ms>|<bucket>" or "c|…" (treated, or held out when decide would have
+    # shown it), `e:<experiment>` -> "<arm>|<ms>|<bucket>", once-markers
+    # `<tag>><field>` of what was credited, and `p><event id>` -> "<ms>|<revenue>|<cost>"
+    # of purchases of the last hour (an exposure written after its purchase
+    # still counts it). TTL: EXPOSURE_TTL_S, renewed on every write.
     def exposures(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:x"
 

@@ -22,7 +22,7 @@ from tests.conftest import make_pipeline
 NOW = 1_780_000_000_000
 CATALOG = """
 placements: {hero: {arbitration: expected_value}}
-learning: {reward: conversion, buckets: [{context: device, values: [mobile]}]}
+learning: {reward: conversion, buckets: [{context: device, values: [mobile]}, {trait: plan, values: [pro]}]}
 offers:
   - {id: one, kind: content, placements: [hero], worth: 2, propensity: 0.2, holdout: 50}
   - {id: two, kind: content, placements: [hero], worth: 1, propensity: 0.1}
@@ -58,7 +58,7 @@ async def test_the_pipeline_teaches_each_verified_outcome_once_and_logs_its_rewa
     for _ in range(2):  # redelivered: nothing twice
         await pipeline.apply(events, NOW + 10)
     counts = await pipeline.learning.counts([offer], NOW + 10, catalog.learning.half_life_ms)
-    shown, rewards = counts[offer]["mobile"]
+    shown, rewards = counts[offer]["mobile|other"]  # a bucket of two features: the purchase finds it
     assert round(shown, 3) == 1 and round(rewards, 3) == 1
 
     rows = await logged_decisions(redis, Keys())
@@ -70,14 +70,33 @@ async def test_the_pipeline_teaches_each_verified_outcome_once_and_logs_its_rewa
 async def test_exposures_count_each_person_once_and_credit_once(redis):
     keys = Keys()
     store = ExposureStore(redis, keys)
-    await store.expose({"u:a": ("*", [("h:one", "t")]), "u:b": ("*", [("h:one", "c")]), "u:c": ("*", [("h:one", "t")])}, NOW)
-    await store.expose({"u:a": ("*", [("h:one", "t")])}, NOW + 5)  # seen again: one person, once
+    await store.expose({"u:a": (NOW, "*", [("h:one", "t")]), "u:b": (NOW, "*", [("h:one", "c")]),
+                        "u:c": (NOW, "*", [("h:one", "t")])})
+    await store.expose({"u:a": (NOW + 5, "*", [("h:one", "t")])})  # seen again: one person, once
     purchase = Credit("u:a", NOW + 100, ("c", "r:buy-1"), revenue=10.0)
     await store.credit([purchase, purchase, Credit("u:b", NOW + 100, ("c", "r:buy-2"), revenue=5.0)])
     uplift = (await store.uplifts(["one"]))["one"]
     assert (uplift["treated"], uplift["control"]) == (2, 1)
     assert (uplift["converted_treated"], uplift["converted_control"]) == (1, 1)
     assert uplift["uplift"] == -0.5
+
+
+async def test_a_purchase_applied_before_its_exposure_is_written_still_counts(redis):
+    store = ExposureStore(redis, Keys())
+    # The purchase is applied first (the decision log flushes its exposure a moment later).
+    await store.credit([Credit("u:quick", NOW + 50, ("c", "r:buy-q"), revenue=20.0)])
+    await store.expose({"u:quick": (NOW, "mobile|pro", [("h:one", "t"), ("e:test", "arm_b")])})
+    await store.expose({"u:quick": (NOW + 10, "mobile|pro", [("h:one", "t")])})  # nothing twice
+    uplift = (await store.uplifts(["one"]))["one"]
+    assert (uplift["treated"], uplift["converted_treated"]) == (1, 1)
+    counters = await redis.hgetall(Keys().kpi("h", "one", "itt"))
+    assert int(counters[b"t|converted|mobile|pro"]) == 1
+    arms = await redis.hgetall(Keys().kpi("e", "test", "arms"))
+    assert float(arms[b"arm_b|revenue"]) == 20.0 and int(arms[b"arm_b|converted"]) == 1
+    # A purchase long before the decide is not what the offer earned.
+    await store.credit([Credit("u:late", NOW - 600_000, ("c", "r:buy-old"), revenue=5.0)])
+    await store.expose({"u:late": (NOW, "*", [("h:one", "c")])})
+    assert (await store.uplifts(["one"]))["one"]["converted_control"] == 0
 
 
 async def test_the_model_snapshot_reads_every_offer_across_slots(redis):
