@@ -59,8 +59,9 @@ class Settings:
     profile_ttl_s: int = 400 * 86_400
     catalog_poll_s: float = 2.0
     # Entries kept per shard of the decision log (8 shards): what `attimo
-    # evaluate` can replay. About 150 bytes an entry.
-    decision_log_max: int = 1_000_000
+    # evaluate` can replay. An entry holds the decisions one process flushed
+    # in 0.2 s (about 150 bytes each), or one reward.
+    decision_log_max: int = 100_000
     access_log: bool = False
     # A request's headers and its body must each arrive within this deadline;
     # past it the connection is closed (headers) or the answer is 408 (body).

@@ -4,6 +4,7 @@ learned propensities with their intervals."""
 
 from __future__ import annotations
 
+import numpy as np
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -84,19 +85,19 @@ async def get_model(request: Request) -> Response:
     model = services.runtime.models.for_catalog(catalog)
     if catalog.learning is None or model is None:
         return json_response({"learning": None, "age_ms": None, "offers": {}})
-    offers = {}
-    for offer in learnable_offers(catalog):
-        if placement is not None and placement not in offer.placements:
-            continue
-        buckets = {}
-        for bucket in sorted(model.posteriors):
-            shown, rewards = model.counts.get(offer.id, {}).get(bucket, (0.0, 0.0))
-            mean, low, high = beta_interval(*model.posterior(offer.id, bucket))
-            buckets[bucket] = {"mean": round(mean, 6), "ci95": [round(low, 6), round(high, 6)],
-                               "impressions": round(shown, 2), "rewards": round(rewards, 2)}
-        mean, low, high = beta_interval(*model.posterior(offer.id, "\x00prior"))
-        offers[offer.id] = {"prior": {"mean": round(mean, 6), "ci95": [round(low, 6), round(high, 6)]},
-                            "buckets": buckets}
+    wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
+              if placement is None or placement in offer.placements]
+    rows = [row for _, row in wanted]
+    offers = {offer: {"prior": None, "buckets": {}} for offer, _ in wanted}
+    for bucket, (alpha, beta) in [("\x00prior", model.prior), *sorted(model.posteriors.items())]:
+        means, lows, highs = (np.round(v, 6).tolist() for v in beta_interval(alpha[rows], beta[rows]))
+        for i, (offer, _) in enumerate(wanted):
+            figures = {"mean": means[i], "ci95": [lows[i], highs[i]]}
+            if bucket == "\x00prior":
+                offers[offer]["prior"] = figures
+                continue
+            shown, rewards = model.counts.get(offer, {}).get(bucket, (0.0, 0.0))
+            offers[offer]["buckets"][bucket] = {**figures, "impressions": round(shown, 2), "rewards": round(rewards, 2)}
     learning = catalog.learning
     return json_response({
         "learning": {"reward": learning.reward, "half_life_ms": learning.half_life_ms,

@@ -26,6 +26,9 @@ class Candidate:
 def assign(slots: dict[str, list[Candidate]]) -> dict[str, Candidate | None]:
     """The best total: `slots` maps each placement to its eligible candidates,
     best first. Returns each placement's candidate, or None to keep its default."""
+    if len(slots) == 1:  # nothing to share: the best candidate
+        [(name, candidates)] = slots.items()
+        return {name: candidates[0] if candidates else None}
     names = list(slots)
     options = [slots[name][:CANDIDATES_PER_PLACEMENT] for name in names]
     # The best a placement could still add, from here to the end: the bound.

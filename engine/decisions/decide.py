@@ -206,18 +206,22 @@ def _fill_by_value(placements: list, offers: list[Offer], facts: Facts, person: 
     for placement, allowed in placements:
         ranks = placement.ranks if explanation is not None else _candidates(placement, atoms)
         eligible, kept_out, report = [], [], []
+        top = None
         for rank in ranks:
             offer = offers[rank]
+            if top is not None and offer.priority < top and explanation is None:
+                break  # offers come in rank order: past the top tier nothing can be chosen
             reason = NOT_IN_ARM if allowed is not None and offer.id not in allowed else why_not(
                 offer, facts, person, taken_offers, taken_groups)
             if reason is None:
                 eligible.append(offer)
             elif reason is HELD_OUT:
                 kept_out.append(offer)
+            if top is None and (reason is None or reason is HELD_OUT):
+                top = offer.priority
             if explanation is not None:
                 report.append((offer, {"offer": offer.id, "priority": offer.priority, "eligible": reason is None,
                                        **({"reason": reason} if reason else {})}))
-        top = max((offer.priority for offer in eligible + kept_out), default=None)
         slots[placement.name] = _valued([o for o in eligible if o.priority == top], model, draws, column,
                                         explore, rng, now_ms)
         held[placement.name] = _valued([o for o in kept_out if o.priority == top], model, draws, column,
@@ -274,13 +278,17 @@ def _probability(candidates: list[Candidate], pick: Candidate | None, model: Mod
     if draws is None or learning is None or not candidates:
         return 1.0
     k = len(candidates)
-    rows = [model.index.get(c.offer.id) for c in candidates]
-    values = np.empty((k, draws.shape[1]))
-    for i, (candidate, row) in enumerate(zip(candidates, rows, strict=True)):
-        factors = candidate.offer.economics
-        weight = factors.worth * factors.lever_at(now_ms)
-        values[i] = (draws[row] if row is not None else factors.propensity) * weight
-    wins = float(np.mean(np.argmax(values, axis=0) == candidates.index(pick)))
+    if k == 1:
+        return 1.0
+    index = model.index
+    weights = np.array([c.offer.economics.worth * c.offer.economics.lever_at(now_ms) for c in candidates])
+    rows = [index.get(c.offer.id) for c in candidates]
+    if None in rows:  # an offer the snapshot does not know: its declared propensity, every column
+        values = np.vstack([draws[row] if row is not None else np.full(SAMPLES, c.offer.economics.propensity)
+                            for c, row in zip(candidates, rows, strict=True)])
+    else:
+        values = draws[rows]
+    wins = int(np.count_nonzero(np.argmax(values * weights[:, None], axis=0) == candidates.index(pick))) / SAMPLES
     return (1 - learning.exploration) * wins + learning.exploration / k
 
 
@@ -293,7 +301,7 @@ def _explain_values(explanation: dict, name: str, report: list, candidates: list
             row.update(offer.economics.factors(now_ms))
             posterior = model.posterior(offer.id, bucket) if model is not None else None
             if posterior is not None:
-                mean, low, high = beta_interval(*posterior)
+                mean, low, high = (float(v) for v in beta_interval(*posterior))
                 row.update(propensity=round(mean, 6), propensity_ci95=[round(low, 6), round(high, 6)],
                            expected_value=mean * row["worth"] * row["lever"],
                            sampled_value=considered[offer.id].value)

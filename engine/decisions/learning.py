@@ -23,7 +23,10 @@ PRIOR_FLOOR = 0.01  # keeps a Beta proper when the catalog gives its prior no we
 @dataclass
 class Model:
     """One snapshot of the learned propensities, for one catalog: the Beta
-    posteriors (prior + faded counts) and SAMPLES draws of each, per bucket."""
+    posteriors (prior + faded counts) per bucket, and SAMPLES draws of each,
+    made the first time a bucket is asked for after the snapshot was taken
+    (so a refresh costs a few hundred microseconds at once, not the draws of
+    every bucket)."""
 
     digest: str
     taken_ms: int
@@ -31,12 +34,14 @@ class Model:
     index: dict[str, int]  # offer id -> row
     prior: tuple[np.ndarray, np.ndarray]  # alpha, beta of every row before evidence
     posteriors: dict[str, tuple[np.ndarray, np.ndarray]]  # bucket -> alpha, beta
-    draws: dict[str, np.ndarray]  # bucket -> (rows, SAMPLES)
-    prior_draws: np.ndarray = field(default=None)
     counts: dict = field(default_factory=dict)
     # (offer, bucket) -> (treated rate, hold-out rate): discounts ranked by the
     # conversions they add, not the ones they get.
     incremental: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    # bucket -> {row: (alpha, beta) treated, (alpha, beta) held out}
+    increments: dict[str, dict[int, tuple]] = field(default_factory=dict)
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    _draws: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def build(cls, catalog, counts: dict[str, dict[str, tuple]], taken_ms: int,
@@ -44,7 +49,6 @@ class Model:
         """`counts`: per offer and bucket, faded (impressions, rewards).
         `holdouts`: per discount offer with a hold-out, its exposure counters
         (engine/outcomes/exposures.py) when the catalog learns conversions."""
-        rng = rng or np.random.default_rng()
         learning = catalog.learning
         offers = learnable_offers(catalog)
         index = {offer.id: i for i, offer in enumerate(offers)}
@@ -52,24 +56,20 @@ class Model:
         prior_a = np.array([PRIOR_FLOOR + o.economics.propensity * weight for o in offers])
         prior_b = np.array([PRIOR_FLOOR + (1 - o.economics.propensity) * weight for o in offers])
         buckets = {bucket for by_bucket in counts.values() for bucket in by_bucket}
-        posteriors, draws = {}, {}
+        posteriors = {}
         for bucket in buckets:
-            shown = np.array([counts.get(o.id, {}).get(bucket, (0.0, 0.0))[0] for o in offers])
-            rewards = np.array([counts.get(o.id, {}).get(bucket, (0.0, 0.0))[1] for o in offers])
+            found = [counts.get(o.id, {}).get(bucket, (0.0, 0.0)) for o in offers]
+            shown = np.array([f[0] for f in found])
+            rewards = np.array([f[1] for f in found])
             rewards = np.minimum(rewards, shown) if learning.reward == "click" else rewards
-            alpha = prior_a + rewards
-            beta = prior_b + np.maximum(shown - rewards, 0.0)
-            posteriors[bucket] = (alpha, beta)
-            draws[bucket] = rng.beta(alpha[:, None], beta[:, None], size=(len(offers), SAMPLES))
-        prior_draws = rng.beta(prior_a[:, None], prior_b[:, None], size=(len(offers), SAMPLES)) if offers \
-            else np.zeros((0, SAMPLES))
-        model = cls(catalog.digest, taken_ms, learning, index, (prior_a, prior_b), posteriors, draws,
-                    prior_draws, counts)
+            posteriors[bucket] = (prior_a + rewards, prior_b + np.maximum(shown - rewards, 0.0))
+        model = cls(catalog.digest, taken_ms, learning, index, (prior_a, prior_b), posteriors, counts,
+                    rng=rng or np.random.default_rng())
         if learning.reward == "conversion" and holdouts:
-            model._rank_discounts_by_increment(offers, holdouts, rng)
+            model._rank_discounts_by_increment(offers, holdouts)
         return model
 
-    def _rank_discounts_by_increment(self, offers: list, holdouts: dict, rng: np.random.Generator) -> None:
+    def _rank_discounts_by_increment(self, offers: list, holdouts: dict) -> None:
         """A discount with a hold-out is valued, in each bucket where both its
         treated and its held-out people have been seen, at the conversion rate
         it adds: a draw of the treated rate minus a draw of the hold-out's
@@ -86,15 +86,21 @@ class Model:
                 c_n, c_c = raw.get(f"c|exposed|{bucket}", 0.0), raw.get(f"c|converted|{bucket}", 0.0)
                 if not t_n or not c_n:
                     continue
-                if bucket not in self.draws:
-                    self.draws[bucket] = self.prior_draws.copy()
-                treated = rng.beta(1 + t_c, 1 + max(t_n - t_c, 0.0), SAMPLES)
-                control = rng.beta(1 + c_c, 1 + max(c_n - c_c, 0.0), SAMPLES)
-                self.draws[bucket][row] = treated - control
+                self.increments.setdefault(bucket, {})[row] = (
+                    (1 + t_c, 1 + max(t_n - t_c, 0.0)), (1 + c_c, 1 + max(c_n - c_c, 0.0)))
                 self.incremental[(offer.id, bucket)] = ((1 + t_c) / (2 + t_n), (1 + c_c) / (2 + c_n))
 
     def draws_of(self, bucket: str) -> np.ndarray:
-        return self.draws.get(bucket, self.prior_draws)
+        """SAMPLES posterior draws of every offer in `bucket`: (offers, SAMPLES)."""
+        draws = self._draws.get(bucket)
+        if draws is None:
+            alpha, beta = self.posteriors.get(bucket, self.prior)
+            draws = self.rng.beta(alpha[:, None], beta[:, None], size=(len(alpha), SAMPLES)) if len(alpha) \
+                else np.zeros((0, SAMPLES))
+            for row, (treated, held) in self.increments.get(bucket, {}).items():
+                draws[row] = self.rng.beta(*treated, SAMPLES) - self.rng.beta(*held, SAMPLES)
+            self._draws[bucket] = draws
+        return draws
 
     def posterior(self, offer: str, bucket: str) -> tuple[float, float] | None:
         row = self.index.get(offer)
@@ -105,14 +111,16 @@ class Model:
 
 
 def learnable_offers(catalog) -> list:
-    """The offers of expected-value placements, in rank order: the only ones a
+    """The offers of expected-value placements (or of placements where an
+    experiment's arm chooses by expected value), in rank order: the only ones a
     model is kept for."""
     names = {name for name, p in catalog.placements.items() if p.arbitration == "expected_value"}
+    names |= {name for name, e in catalog.experiments.items() if any(a.arbitration == "expected_value" for a in e.arms)}
     return [offer for offer in catalog.offers if names.intersection(offer.placements)]
 
 
-def beta_interval(alpha: float, beta: float) -> tuple[float, float, float]:
-    """Mean and central 95 % interval of a Beta posterior."""
+def beta_interval(alpha, beta):
+    """Mean and central 95 % interval of Beta posteriors (numbers or arrays)."""
     from scipy.special import betaincinv  # only where an interval is reported
 
-    return (alpha / (alpha + beta), float(betaincinv(alpha, beta, 0.025)), float(betaincinv(alpha, beta, 0.975)))
+    return alpha / (alpha + beta), betaincinv(alpha, beta, 0.025), betaincinv(alpha, beta, 0.975)

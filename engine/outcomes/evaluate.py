@@ -49,9 +49,9 @@ class Logged:
 async def logged_decisions(redis, keys) -> list[Logged]:
     decisions, rewarded = [], set()
     async for kind, entry in read_log(redis, keys):
-        if kind == DECISION:
-            at, _, nonce, bucket, placements = entry
-            decisions.extend((nonce, at, bucket, *placement) for placement in placements)
+        if kind == DECISION:  # a flush's decisions of one shard
+            for at, _, nonce, bucket, placements in entry:
+                decisions.extend((nonce, at, bucket, *placement) for placement in placements)
         elif kind == REWARD:
             _, nonce, offer, _ = entry
             rewarded.add((nonce, offer))

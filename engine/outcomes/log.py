@@ -45,7 +45,7 @@ class DecisionLog:
     redis: object
     keys: Keys
     exposures: ExposureStore
-    max_len: int = 1_000_000
+    max_len: int = 100_000
     dropped: int = 0
     _decisions: deque = field(default_factory=lambda: deque(maxlen=BUFFER_MAX))
     _exposed: deque = field(default_factory=lambda: deque(maxlen=BUFFER_MAX))
@@ -64,9 +64,14 @@ class DecisionLog:
         decisions = [self._decisions.popleft() for _ in range(len(self._decisions))]
         exposed = [self._exposed.popleft() for _ in range(len(self._exposed))]
         if decisions:
-            pipe = self.redis.pipeline(transaction=False)
+            # One stream entry per shard and flush, holding its decisions: a
+            # handful of commands however busy the interval was.
+            by_shard: dict[int, list] = {}
             for person, entry in decisions:
-                pipe.xadd(self.keys.decision_log(shard_of(person)), {DECISION: _encode(entry)},
+                by_shard.setdefault(shard_of(person), []).append(entry)
+            pipe = self.redis.pipeline(transaction=False)
+            for shard, entries in by_shard.items():
+                pipe.xadd(self.keys.decision_log(shard), {DECISION: _encode(entries)},
                           maxlen=self.max_len, approximate=True)
             await pipe.execute()
         if exposed:

@@ -121,8 +121,9 @@ class Keys:
     def model(self, offer: str) -> str:
         return f"{self.prefix}:{{m:{offer}}}:m"
 
-    # STREAM, the decision log (engine/decisions/log.py): one entry per decision
-    # of an expected-value placement and per reward it earned, for off-policy
+    # STREAM, the decision log (engine/outcomes/log.py): field `d`, msgpack of the
+    # decisions of expected-value placements one API process flushed (every
+    # 0.2 s), or field `r`, one reward a decision earned; for off-policy
     # evaluation. DECISION_LOG_SHARDS shards, a person's entries in one;
     # trimmed to about ATTIMO_DECISION_LOG_MAX entries per shard.
     def decision_log(self, shard: int) -> str:
