@@ -162,7 +162,9 @@ async def main_run(args: argparse.Namespace, world: World, visits: Visits, work:
     """Static and learning side by side on the same visitors and the same
     clock (so both meet the drift at once), then P14's latency on the warm
     servers, then the off-policy estimate from the learning run's log."""
-    half_life_s = max(5, round(len(visits) / args.rate / 6))  # the run compresses weeks into minutes
+    # The run compresses weeks into minutes: a third of it, so the drift half
+    # way is followed within the second half.
+    half_life_s = max(5, round(len(visits) / args.rate / 3))
     (work / "static.yaml").write_text(catalog_yaml("priority"))
     (work / "static-evaluate.yaml").write_text(catalog_yaml("priority", learning_block(half_life_s)))
     people = {"static": Population.named("st", len(visits.plan)), "learning": Population.named("ev", len(visits.plan))}

@@ -53,16 +53,22 @@ class Model:
         offers = learnable_offers(catalog)
         index = {offer.id: i for i, offer in enumerate(offers)}
         weight = learning.prior_weight
-        prior_a = np.array([PRIOR_FLOOR + o.economics.propensity * weight for o in offers])
-        prior_b = np.array([PRIOR_FLOOR + (1 - o.economics.propensity) * weight for o in offers])
+        # Two levels: an offer's evidence in every bucket, from its declared
+        # propensity; then each bucket, from that. A bucket with little
+        # evidence leans on what the offer does everywhere, so learning does
+        # not wait for every bucket to fill (the buckets multiply fast).
+        shown_all = np.array([sum(s for s, _ in counts.get(o.id, {}).values()) for o in offers])
+        rewards_all = np.array([sum(r for _, r in counts.get(o.id, {}).values()) for o in offers])
+        overall_a, overall_b = _posterior(
+            np.array([o.economics.propensity for o in offers]), weight, shown_all, rewards_all, learning.reward)
+        prior_a, prior_b = _posterior(overall_a / (overall_a + overall_b), weight, 0.0, 0.0, learning.reward)
         buckets = {bucket for by_bucket in counts.values() for bucket in by_bucket}
         posteriors = {}
         for bucket in buckets:
             found = [counts.get(o.id, {}).get(bucket, (0.0, 0.0)) for o in offers]
-            shown = np.array([f[0] for f in found])
-            rewards = np.array([f[1] for f in found])
-            rewards = np.minimum(rewards, shown) if learning.reward == "click" else rewards
-            posteriors[bucket] = (prior_a + rewards, prior_b + np.maximum(shown - rewards, 0.0))
+            posteriors[bucket] = _posterior(overall_a / (overall_a + overall_b), weight,
+                                            np.array([f[0] for f in found]), np.array([f[1] for f in found]),
+                                            learning.reward)
         model = cls(catalog.digest, taken_ms, learning, index, (prior_a, prior_b), posteriors, counts,
                     rng=rng or np.random.default_rng())
         if learning.reward == "conversion" and holdouts:
@@ -108,6 +114,15 @@ class Model:
             return None
         alpha, beta = self.posteriors.get(bucket, self.prior)
         return float(alpha[row]), float(beta[row])
+
+
+def _posterior(mean, weight: float, shown, rewards, reward: str) -> tuple:
+    """Beta(alpha, beta) from a prior `mean` worth `weight` observations and
+    the faded evidence; a click needs an impression, a conversion need not."""
+    if reward == "click":
+        rewards = np.minimum(rewards, shown)
+    return (PRIOR_FLOOR + mean * weight + rewards,
+            PRIOR_FLOOR + (1 - mean) * weight + np.maximum(shown - rewards, 0.0))
 
 
 def learnable_offers(catalog) -> list:

@@ -7,7 +7,8 @@ An impression or click counts only with a decision id issued to that person for
 that offer (engine/decisions/ids.py), which also names the bucket the decision
 was made in, so a browser cannot teach a bucket it was not in; each (decision,
 offer, kind) teaches once, however often it is replayed. A conversion teaches
-the bucket of the buyer's last verified impression of each offer within a day."""
+the offers of the buyer's latest decision with a verified impression within a
+day (last touch), in its bucket."""
 
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ LEARNED_TTL_MS = 86_400_000 + 60_000  # a decision id's lifetime, and its slack
 # ARGV[1] now ms, [2] marker TTL ms, [3] markers kept, [4] exposures TTL s,
 # [5] conversion window ms, then groups of 5: kind (i, c or p), marker, offer,
 # bucket, decision nonce. Returns, flat, offer, bucket, kind, nonce of each
-# lesson not taught before; a purchase teaches every offer whose verified
-# impression the person had within the window, in that impression's bucket.
+# lesson not taught before; a purchase teaches the offers of the person's
+# latest decision with a verified impression within the window (last touch),
+# in that decision's bucket.
 MARK = """
 local now = tonumber(ARGV[1])
 local out = {}
@@ -45,16 +47,26 @@ for i = 6, #ARGV, 5 do
   local kind, marker, offer, bucket, nonce = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if redis.call('ZADD', KEYS[1], 'NX', now, marker) == 1 then
     if kind == 'p' then
+      -- Last touch: the offers of the person's latest decision with a verified
+      -- impression (one page may show several) get the conversion.
       local seen = redis.call('HGETALL', KEYS[2])
+      local latest, latest_nonce = -1, nil
+      local found = {}
       for j = 1, #seen, 2 do
         if string.sub(seen[j], 1, 2) == 's:' then
           local at, by, was = string.match(seen[j + 1], '^(%d+)|([^|]*)|(.*)$')
           if at and now - tonumber(at) <= tonumber(ARGV[5]) then
-            out[#out + 1] = string.sub(seen[j], 3)
-            out[#out + 1] = was
-            out[#out + 1] = 'p'
-            out[#out + 1] = by
+            found[#found + 1] = {string.sub(seen[j], 3), was, by}
+            if tonumber(at) > latest then latest, latest_nonce = tonumber(at), by end
           end
+        end
+      end
+      for _, hit in ipairs(found) do
+        if hit[3] == latest_nonce then
+          out[#out + 1] = hit[1]
+          out[#out + 1] = hit[2]
+          out[#out + 1] = 'p'
+          out[#out + 1] = hit[3]
         end
       end
     else

@@ -13,7 +13,7 @@ from engine.events import Event
 from engine.outcomes import log as log_module
 from engine.outcomes.evaluate import evaluate, logged_decisions
 from engine.outcomes.exposures import Credit, ExposureStore
-from engine.outcomes.learning import LearningStore, ModelHolder
+from engine.outcomes.learning import LearningStore, Lesson, ModelHolder
 from engine.outcomes.log import DecisionLog
 from engine.profile import Profile
 from engine.store.keys import Keys
@@ -123,3 +123,17 @@ async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis):
         log_module.BUFFER_MAX = original
     assert small.dropped == 2 and await small.flush(NOW) == 3
     assert await log.flush(NOW) == 0
+
+
+async def test_a_conversion_teaches_the_offers_of_the_latest_decision_only(redis):
+    catalog = compile_catalog(parse_catalog_text(CATALOG))
+    learning = LearningStore(redis, Keys())
+    offers = {"one", "two"}
+    seen_first = [Lesson("u:l", "i", "n1:one", "one", "mobile|other", "n1")]
+    seen_last = [Lesson("u:l", "i", "n2:two", "two", "other|other", "n2")]
+    await learning.teach(catalog.learning, seen_first, offers, NOW)
+    await learning.teach(catalog.learning, seen_last, offers, NOW + 1000)
+    rewards = await learning.teach(catalog.learning, [Lesson("u:l", "p", "buy-1")], offers, NOW + 2000)
+    assert [(r.offer, r.bucket, r.nonce) for r in rewards] == [("two", "other|other", "n2")]
+    counts = await learning.counts(["one", "two"], NOW + 2000, catalog.learning.half_life_ms)
+    assert counts["one"]["mobile|other"][1] == 0 and round(counts["two"]["other|other"][1], 3) == 1
