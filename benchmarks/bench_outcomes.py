@@ -11,7 +11,7 @@ with learning against priority at a fixed open-loop rate.
     python -m benchmarks.bench_outcomes [--quick] [--seeds N]
 
 Redis and the APIs run on core 0, the simulated shop and the load generator on
-core 1. A figure the API cannot answer yet is null, and stderr and
+core 1. A figure the run could not give is null, and stderr and
 benchmarks/results/outcomes.md say why. Last line: JSON figures."""
 
 from __future__ import annotations
@@ -57,13 +57,14 @@ from benchmarks.shop_world import (
     checkout_visits,
     learning_block,
 )
-from engine.testing.processes import REPO_ROOT, SITE_KEY, ApiServer, RedisServer, ServerFailed
+from engine.testing.processes import REPO_ROOT, SITE_KEY, ApiServer, RedisServer
 
 MAX_ERROR_SHARE = 0.01  # more failed decides than this and the figures would describe the errors
 
 
 class Nulls(dict):
-    """Figures the API cannot answer yet, each with its reason (stderr and the report)."""
+    """Figures a run could not give (no discount shown, no estimate), each with
+    its reason (stderr and the report)."""
 
     def null(self, key: str, reason: str) -> None:
         log(f"{key}: null: {reason}")
@@ -76,7 +77,6 @@ class MainRun:
 
     static: Drive
     learning: Drive
-    refused: str | None  # why the API refused the learning section, if it did
     staleness_ms: list[float]
     staleness_reason: str | None
     latency: dict[str, LoadResult]
@@ -94,24 +94,11 @@ def api_server(redis_url: str, catalog: Path, log_dir: Path) -> ApiServer:
     return server
 
 
-def learning_api(stack: ExitStack, redis_url: str, work: Path, half_life_s: int) -> tuple[ApiServer, Path, str | None]:
-    """The API with the spec's learning section; while the API refuses that
-    section, expected value on the declared propensities instead, so every
-    other figure is still measured. Returns the API, its catalog, and the
-    refusal, if any."""
+def learning_api(stack: ExitStack, redis_url: str, work: Path, half_life_s: int) -> tuple[ApiServer, Path]:
+    """The API with expected value and the learning section; returns it and its catalog."""
     catalog = work / "learning.yaml"
     catalog.write_text(catalog_yaml("expected_value", learning_block(half_life_s)))
-    try:
-        return stack.enter_context(api_server(redis_url, catalog, work)), catalog, None
-    except ServerFailed as failed:
-        # The problem reads "<file>: learning: unknown section; expected ...".
-        refusal = next((line.split(".yaml: ", 1)[-1].split(";")[0] for line in str(failed).splitlines()
-                        if "learning" in line), None)
-        if refusal is None:
-            raise
-    log(f"the API refuses the learning section ({refusal}): Attimo runs expected value without learning")
-    catalog.write_text(catalog_yaml("expected_value"))
-    return stack.enter_context(api_server(redis_url, catalog, work)), catalog, refusal
+    return stack.enter_context(api_server(redis_url, catalog, work)), catalog
 
 
 def decide_target(port: int, people: Population) -> HttpTarget:
@@ -171,7 +158,7 @@ async def main_run(args: argparse.Namespace, world: World, visits: Visits, work:
     with ExitStack() as stack:
         redis = {name: stack.enter_context(RedisServer(SERVER_CORE)) for name in people}
         static_api = stack.enter_context(api_server(redis["static"].url, work / "static.yaml", work))
-        learn_api, catalog, refused = learning_api(stack, redis["learning"].url, work, half_life_s)
+        learn_api, catalog = learning_api(stack, redis["learning"].url, work, half_life_s)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as session:
             shops = {"static": ShopApi(static_api.base_url, session), "learning": ShopApi(learn_api.base_url, session)}
             await asyncio.gather(*(shops[name].identify(people[name], visits.plan) for name in shops))
@@ -188,7 +175,7 @@ async def main_run(args: argparse.Namespace, world: World, visits: Visits, work:
         latency = await decide_latency(args, {"learning": decide_target(learn_api.port, people["learning"]),
                                               "priority": decide_target(static_api.port, people["static"])})
         ope, ope_reason = off_policy_estimate(redis["learning"].url, work / "static-evaluate.yaml")
-    return MainRun(static, learning, refused, ages, staleness_reason, latency, ope, ope_reason, catalog)
+    return MainRun(static, learning, ages, staleness_reason, latency, ope, ope_reason, catalog)
 
 
 async def uplift_seed(args: argparse.Namespace, world: World, seed: int, catalog: Path,
@@ -226,24 +213,17 @@ def p12_figures(seeds: list[UpliftSeed], reasons: list[str], nulls: Nulls) -> di
 
 
 def learning_figures(world: World, visits: Visits, run: MainRun, policies: dict, nulls: Nulls) -> dict:
-    """The figures that describe learning: null, with what was measured instead,
-    while the API runs expected value without it."""
+    """The figures that describe learning."""
     attimo = policies["Attimo"]
-    measured = {
+    figures = {
         "oracle_share": share(world, visits, attimo, policies["contextual oracle"]),
         "discount_cost_per_incremental_conversion": discount_cost_per_incremental_conversion(world, visits, attimo),
         "decide_p99_ms_learning": run.latency["learning"].p99_ms,
         "decide_p99_learning_over_priority": run.latency["learning"].p99_ms / run.latency["priority"].p99_ms,
     }
-    if run.refused is None:
-        if measured["discount_cost_per_incremental_conversion"] is None:
-            nulls.null("discount_cost_per_incremental_conversion", "Attimo showed no discount that added a purchase")
-        return measured
-    for key, value in measured.items():
-        shown = "none" if value is None else f"{value:.3f}"
-        nulls.null(key, f"the API refuses the learning section ({run.refused}); "
-                        f"expected value without learning measured {shown}")
-    return dict.fromkeys(measured)
+    if figures["discount_cost_per_incremental_conversion"] is None:
+        nulls.null("discount_cost_per_incremental_conversion", "Attimo showed no discount that added a purchase")
+    return figures
 
 
 def other_figures(world: World, visits: Visits, run: MainRun, policies: dict, nulls: Nulls) -> dict:
@@ -292,7 +272,6 @@ async def measure(args: argparse.Namespace) -> dict:
         **learning_figures(world, visits, shop, policies, nulls),
         **other_figures(world, visits, shop, policies, nulls),
         **p12_figures(seeds, reasons, nulls),
-        "learning": shop.refused is None,
         "people": args.people,
         "visits": len(visits),
         "checkout_people": args.checkout_people,
@@ -302,7 +281,6 @@ async def measure(args: argparse.Namespace) -> dict:
     notes = [
         f"{args.people} people a policy, {len(visits)} visits at {args.rate:.0f}/s; drift half way; "
         f"{args.seeds} hold-out seeds of {args.checkout_people} checkout visitors",
-        f"Attimo: {'learning' if shop.refused is None else 'expected value without learning: ' + shop.refused}",
         f"decide p99 at {args.decide_rate:.0f} req/s, median of {args.latency_pairs} interleaved pairs of "
         f"{args.latency_seconds:.0f} s: learning {shop.latency['learning'].p99_ms:.2f} ms, "
         f"priority {shop.latency['priority'].p99_ms:.2f} ms",

@@ -124,7 +124,7 @@ def _plot_uplift(seeds: list[UpliftSeed], path: Path) -> Path:
                       yerr=np.array([[s.estimate - s.ci95[0], s.ci95[1] - s.estimate] for _, s in known]).T,
                       fmt="o", capsize=4, label="estimate, 95 % interval")
     else:
-        axes.text(0.5, 0.9, "the API gave no uplift yet", transform=axes.transAxes, ha="center")
+        axes.text(0.5, 0.9, "no uplift was reported", transform=axes.transAxes, ha="center")
     axes.set_xticks(x, [str(s.seed) for s in seeds])
     axes.set_xlabel("seed")
     axes.set_ylabel("uplift in purchase probability")
