@@ -30,7 +30,8 @@ async def list_experiments(request: Request) -> Response:
     catalog = services_of(request).holder.current
     return json_response({"experiments": [
         {"id": e.id, "placement": e.placement, "metric": e.metric, "control": e.control,
-         "arms": [arm.id for arm in e.arms], "shares": e.shares()} for e in catalog.experiments.values()]})
+         "journeys": sorted(e.journeys), "arms": [arm.id for arm in e.arms], "shares": e.shares()}
+        for e in catalog.experiments_by_id.values()]})
 
 
 async def get_experiment(request: Request) -> Response:

@@ -115,7 +115,8 @@ def _compile(spec: dict, source: str) -> Catalog:
                                 {o.id: offer_for_templates(o.answer()) for o in offers})
     contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
     learning = compile_learning(spec.get("learning"), compiler)
-    experiments = compile_experiments(spec.get("experiments"), compiler, placements, {o.id for o in offers})
+    experiments = compile_experiments(spec.get("experiments"), compiler, placements, {o.id for o in offers},
+                                      set(journeys.by_id))
     discount_limit = _discount_limit(spec.get("discounts"), offers, compiler)
     onsite_limits = _onsite_limits(spec.get("contact_policy"), offers, compiler)
 
@@ -158,7 +159,9 @@ def _compile(spec: dict, source: str) -> Catalog:
         journeys=journeys,
         contact_policy=contact_policy,
         learning=learning,
-        experiments=experiments,
+        experiments_by_id={e.id: e for e in experiments},
+        experiments={e.placement: e for e in experiments if e.placement is not None},
+        journey_experiments={j: e for e in experiments for j in e.journeys},
         discount_limit=discount_limit,
         onsite_limits=onsite_limits,
         budgeted=tuple(o for o in offers if o.budget is not None),

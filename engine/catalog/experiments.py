@@ -10,10 +10,18 @@
           - {id: learning, weight: 40, arbitration: expected_value}
           - {id: two_offers, weight: 20, offers: [crm_trial, crm_demo]}
 
+      - id: welcome_test              # journeys instead of (or as well as) a placement
+        metric: conversion
+        arms:
+          - {id: control, weight: 50, journeys: []}          # enters none of the journeys tested
+          - {id: welcome, weight: 50, journeys: [welcome]}
+
 A person's arm is a hash of the experiment and the person: the same arm on every
 decide, in every process, with no state. An arm may set the placement's
 arbitration and may narrow the offers it can show; an arm with neither shows
-what the placement would show anyway. One experiment per placement."""
+what the placement would show anyway. One experiment per placement. Journeys an
+experiment's arms list are tested: a person whose trigger fires for one is
+exposed to their arm, and enters it only if their arm lists it."""
 
 from __future__ import annotations
 
@@ -27,7 +35,7 @@ from engine.catalog.rules import Compiler
 METRICS = ("click", "conversion", "revenue")
 GUARDRAILS = ("unsubscribes", "discount_cost")
 EXPERIMENT_FIELDS = ("id", "placement", "metric", "guardrails", "arms", "control", "description")
-ARM_FIELDS = ("id", "weight", "arbitration", "offers", "description")
+ARM_FIELDS = ("id", "weight", "arbitration", "offers", "journeys", "description")
 MAX_ARMS = 8
 SPLIT = 10_000
 
@@ -38,17 +46,19 @@ class Arm:
     weight: float
     arbitration: str | None = None  # None: the placement's own
     offers: frozenset[str] | None = None  # None: every offer of the placement
+    journeys: frozenset[str] = frozenset()  # the tested journeys this arm's people enter
 
 
 @dataclass(frozen=True, slots=True)
 class Experiment:
     id: str
-    placement: str
+    placement: str | None
     metric: str
     guardrails: tuple[str, ...]
     arms: tuple[Arm, ...]
     control: str
     bounds: tuple[int, ...]  # cumulative share of SPLIT at which each arm ends
+    journeys: frozenset[str] = frozenset()  # every journey an arm lists: the ones tested
 
     def arm_of(self, person: str) -> Arm:
         slot = zlib.crc32(f"{self.id}\x00{person}".encode()) % SPLIT
@@ -62,14 +72,16 @@ class Experiment:
         return {arm.id: arm.weight / total for arm in self.arms}
 
 
-def compile_experiments(spec: Any, compiler: Compiler, placements: dict, offer_ids: set[str]) -> dict[str, Experiment]:
-    """Experiments by the placement they run on."""
+def compile_experiments(spec: Any, compiler: Compiler, placements: dict, offer_ids: set[str],
+                        journey_ids: set[str]) -> list[Experiment]:
     if spec is None:
-        return {}
+        return []
     if not isinstance(spec, list):
         compiler.problem("experiments", "a list of experiments")
-        return {}
-    out: dict[str, Experiment] = {}
+        return []
+    out: list[Experiment] = []
+    by_placement: dict[str, str] = {}
+    by_journey: dict[str, str] = {}
     seen: set[str] = set()
     for i, item in enumerate(spec):
         path = f"experiments[{i}]"
@@ -82,20 +94,33 @@ def compile_experiments(spec: Any, compiler: Compiler, placements: dict, offer_i
         if item["id"] in seen:
             compiler.problem(f"{path}.id", f"experiment {item['id']!r} declared twice")
         seen.add(item["id"])
-        experiment = _experiment(item, path, compiler, placements, offer_ids)
+        experiment = _experiment(item, path, compiler, placements, offer_ids, journey_ids)
         if experiment is None:
             continue
-        if experiment.placement in out:
+        if experiment.placement is not None and experiment.placement in by_placement:
             compiler.problem(f"{path}.placement", f"placement {experiment.placement!r} already runs "
-                                                  f"experiment {out[experiment.placement].id!r}")
+                                                  f"experiment {by_placement[experiment.placement]!r}")
             continue
-        out[experiment.placement] = experiment
+        clash = next((j for j in experiment.journeys if j in by_journey), None)
+        if clash is not None:
+            compiler.problem(f"{path}.arms", f"journey {clash!r} is already tested by experiment {by_journey[clash]!r}")
+            continue
+        if experiment.placement is not None:
+            by_placement[experiment.placement] = experiment.id
+        by_journey.update(dict.fromkeys(experiment.journeys, experiment.id))
+        out.append(experiment)
     return out
 
 
-def _experiment(item: dict, path: str, compiler: Compiler, placements: dict, offer_ids: set[str]) -> Experiment | None:
+def _experiment(item: dict, path: str, compiler: Compiler, placements: dict, offer_ids: set[str],
+                journey_ids: set[str]) -> Experiment | None:
     placement = item.get("placement")
-    if placement not in placements:
+    tests_journeys = isinstance(item.get("arms"), list) and any(
+        isinstance(arm, dict) and "journeys" in arm for arm in item["arms"])
+    if placement is None and not tests_journeys:
+        compiler.problem(f"{path}.placement", "a placement of the catalog (or arms that list journeys)")
+        return None
+    if placement is not None and placement not in placements:
         compiler.problem(f"{path}.placement", "a placement of the catalog")
         return None
     metric = item.get("metric", "conversion")
@@ -105,7 +130,7 @@ def _experiment(item: dict, path: str, compiler: Compiler, placements: dict, off
     if not isinstance(guardrails, list) or any(g not in GUARDRAILS for g in guardrails):
         compiler.problem(f"{path}.guardrails", f"a list of {', '.join(GUARDRAILS)}")
         guardrails = []
-    arms = _arms(item.get("arms"), f"{path}.arms", compiler, offer_ids)
+    arms = _arms(item.get("arms"), f"{path}.arms", compiler, offer_ids, journey_ids)
     if len(arms) < 2:
         return None
     control = item.get("control", arms[0].id)
@@ -117,10 +142,11 @@ def _experiment(item: dict, path: str, compiler: Compiler, placements: dict, off
     for arm in arms:
         running += arm.weight
         bounds.append(round(SPLIT * running / total))
-    return Experiment(item["id"], placement, metric, tuple(guardrails), tuple(arms), control, tuple(bounds))
+    journeys = frozenset(j for arm in arms for j in arm.journeys)
+    return Experiment(item["id"], placement, metric, tuple(guardrails), tuple(arms), control, tuple(bounds), journeys)
 
 
-def _arms(spec: Any, path: str, compiler: Compiler, offer_ids: set[str]) -> list[Arm]:
+def _arms(spec: Any, path: str, compiler: Compiler, offer_ids: set[str], journey_ids: set[str]) -> list[Arm]:
     if not isinstance(spec, list) or not 2 <= len(spec) <= MAX_ARMS:
         compiler.problem(path, f"a list of 2 to {MAX_ARMS} arms")
         return []
@@ -151,5 +177,9 @@ def _arms(spec: Any, path: str, compiler: Compiler, offer_ids: set[str]) -> list
                 offers = None
             else:
                 offers = frozenset(offers)
-        arms.append(Arm(arm["id"], float(weight), arbitration, offers))
+        journeys = arm.get("journeys", [])
+        if not isinstance(journeys, list) or not all(isinstance(j, str) and j in journey_ids for j in journeys):
+            compiler.problem(f"{where}.journeys", "a list of the catalog's journey ids")
+            journeys = []
+        arms.append(Arm(arm["id"], float(weight), arbitration, offers, frozenset(journeys)))
     return arms

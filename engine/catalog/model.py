@@ -155,8 +155,11 @@ class Catalog:
     contact_policy: dict[str, Any] = field(default_factory=dict)
     # How expected-value placements learn propensities (engine/catalog/learning.py); None: they do not.
     learning: Learning | None = None
-    # Experiments by the placement they run on (engine/catalog/experiments.py).
+    # Experiments (engine/catalog/experiments.py) by id, by the placement they
+    # run on, and by the journey they test.
+    experiments_by_id: dict[str, Experiment] = field(default_factory=dict)
     experiments: dict[str, Experiment] = field(default_factory=dict)
+    journey_experiments: dict[str, Experiment] = field(default_factory=dict)
     # Guardrails read by decide's eligibility: impressions of any discount per
     # person in a window (`discounts`), promotional impressions per person per
     # day and week (`contact_policy.caps.onsite`).
@@ -173,7 +176,7 @@ class Catalog:
         default_factory=dict)
 
     def experiment(self, experiment_id: str) -> Experiment | None:
-        return next((e for e in self.experiments.values() if e.id == experiment_id), None)
+        return self.experiments_by_id.get(experiment_id)
 
     def counted(self, event_type: str, properties: dict) -> list[tuple[Feature, float | int]]:
         """Every windowed feature one event counts for, with what it adds."""

@@ -233,6 +233,9 @@ class JourneyRunner:
                 log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
             elif actions.traits:
                 events += [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
+        exposed = {person: (now_ms, "*", actions.exposures) for person, actions in done if actions.exposures}
+        if exposed:
+            await self.pipeline.decision_log.exposures.expose(exposed)
         if events:
             await self.pipeline.apply(events, now_ms, depth=depth + 1)
 

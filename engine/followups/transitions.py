@@ -67,6 +67,7 @@ class Actions:
     outcomes: list[dict] = field(default_factory=list)  # why something was not sent
     log: list[str] = field(default_factory=list)  # entered / exited / held out, for tests and logs
     entries: list[tuple[str, str, bool]] = field(default_factory=list)  # (journey, run id, held out): KPIs
+    exposures: list[tuple[str, str]] = field(default_factory=list)  # ("e:<experiment>", arm) of tested journeys
 
 
 @dataclass(slots=True)
@@ -158,6 +159,8 @@ class Transition:
                 continue
             if journey.when is not None and not journey.when(self.facts):
                 continue
+            if not self._in_arm(journey):
+                continue
             if journey.group is not None and not self._claim_group(journey):
                 continue
             taken.add(journey.id)
@@ -174,6 +177,19 @@ class Transition:
                 # exits, so it stays comparable with the people treated.
                 run["held"] = 1
             self._advance(journey, run, journey.start_pc)
+
+    def _in_arm(self, journey: Journey) -> bool:
+        """A journey an experiment tests: the person is exposed to their arm,
+        and enters only if the arm lists it."""
+        experiment = self.facts.catalog.journey_experiments.get(journey.id)
+        if experiment is None:
+            return True
+        arm = experiment.arm_of(self.person)
+        self.actions.exposures.append((f"e:{experiment.id}", arm.id))
+        if journey.id in arm.journeys:
+            return True
+        self.actions.log.append(f"not in arm {arm.id} of {experiment.id}: {journey.id}")
+        return False
 
     def _may_enter(self, journey: Journey) -> bool:
         if journey.id in self.state["a"]:

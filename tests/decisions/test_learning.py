@@ -52,12 +52,14 @@ def test_learning_and_experiment_mistakes_are_reported_at_their_paths():
 experiments:
   - {id: t, placement: nowhere, arms: [{id: a}, {id: b}]}
   - {id: u, placement: hero, arms: [{id: a, weight: -1}, {id: b, offers: [missing]}]}
+  - {id: v, arms: [{id: a, journeys: [nope]}, {id: b}]}
 """
     with pytest.raises(CatalogError) as caught:
         catalog(bad)
     paths = {path for path, _ in caught.value.problems}
     assert {"learning.reward", "learning.buckets[1].segment", "experiments[0].placement",
-            "experiments[1].arms[0].weight", "experiments[1].arms[1].offers"} <= paths
+            "experiments[1].arms[0].weight", "experiments[1].arms[1].offers",
+            "experiments[2].arms[0].journeys"} <= paths
 
 
 def test_too_many_buckets_are_refused():

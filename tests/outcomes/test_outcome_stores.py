@@ -137,3 +137,39 @@ async def test_a_conversion_teaches_the_offers_of_the_latest_decision_only(redis
     assert [(r.offer, r.bucket, r.nonce) for r in rewards] == [("two", "other|other", "n2")]
     counts = await learning.counts(["one", "two"], NOW + 2000, catalog.learning.half_life_ms)
     assert counts["one"]["mobile|other"][1] == 0 and round(counts["two"]["other|other"][1], 3) == 1
+
+
+JOURNEY_EXPERIMENT = """
+templates:
+  hello: {subject: "Hello", text: "Hello"}
+journeys:
+  - id: welcome
+    trigger: {event: signup}
+    steps:
+      - send: {channel: inbox, template: hello}
+experiments:
+  - id: welcome_test
+    metric: conversion
+    arms:
+      - {id: without, weight: 50, journeys: []}
+      - {id: with_welcome, weight: 50, journeys: [welcome]}
+"""
+
+
+async def test_a_journey_experiment_enters_only_the_arm_that_lists_it_and_reports_both(redis):
+    pipeline = make_pipeline(redis, JOURNEY_EXPERIMENT)
+    catalog = pipeline.catalogs.current
+    people = [f"u:j{i}" for i in range(60)]
+    await pipeline.apply([event(f"s-{p}", p, "signup", NOW) for p in people], NOW)
+    await pipeline.apply([event(f"b-{p}", p, "purchase", NOW + 10, trusted=True, revenue=10) for p in people[:30]],
+                         NOW + 10)
+    experiment = catalog.experiment("welcome_test")
+    for person in people:
+        state = await pipeline.journeys.state(person)
+        entered = "welcome" in state["e"]
+        assert entered == (experiment.arm_of(person).id == "with_welcome"), person
+    report = await ExposureStore(redis, Keys()).experiment(catalog, "welcome_test")
+    arms = report["arms"]
+    assert arms["without"]["exposures"] + arms["with_welcome"]["exposures"] == 60
+    assert arms["without"]["conversions"] + arms["with_welcome"]["conversions"] == 30
+    assert report["effects"]["with_welcome"]["vs"] == "without"
