@@ -169,3 +169,28 @@ def _ready(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_the_readme_learning_walkthrough_explains_reports_and_shows_the_model():
+    """README "Let a placement learn", its curl block as written against `attimo demo`."""
+    [calls] = _readme_blocks("### Let a placement learn")
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
+        out = subprocess.run(["bash", "-euc", calls.replace("localhost:8000", f"127.0.0.1:{port}")],
+                             capture_output=True, text=True, timeout=30)
+    finally:
+        demo.send_signal(signal.SIGINT)
+        printed, _ = demo.communicate(timeout=20)
+    explained, experiment, model = _json_documents(out.stdout)
+    rows = explained["explain"]["cart_banner"]["offers"]
+    assert {row["offer"] for row in rows} >= {"cart_crm_addon", "cart_crm_onboarding"}
+    [chosen] = [row for row in rows if row.get("chosen")]
+    assert 0 < chosen["probability"] <= 1 and {"worth", "lever", "expected_value"} <= set(chosen)
+    assert explained["explain"]["_experiments"]["cart_learning"] == "learnt"  # a-shopper's arm: expected value
+    assert set(experiment["arms"]) == {"priority_order", "learnt"} and "srm" in experiment
+    assert model["learning"]["reward"] == "click" and model["age_ms"] < 5000
+    assert "attimo evaluate --catalog examples/catalog.yaml --redis-url redis://" in printed

@@ -75,5 +75,10 @@ curl -s {base}/v1/decide {auth} -d '{{"user_id": "u-li", "placements": ["sidebar
 curl -s {base}/v1/people/u-marco {auth}
 curl -s {base}/metrics | grep attimo_
 
+# 6. The cart strip learns what people click, in an experiment against the priority order.
+curl -s '{base}/v1/decide?explain=1' {auth} -d '{{"anonymous_id": "a-new", "placements": ["cart_banner"], "context": {{"category": "crm", "device": "mobile"}}}}'
+curl -s {base}/v1/experiments/cart_learning {auth}
+attimo evaluate --catalog examples/catalog.yaml --redis-url {settings.redis_url}
+
 Ctrl-C stops the API and the private Redis.
 """
