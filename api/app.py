@@ -33,7 +33,7 @@ from api.routes import (
     web,
 )
 from api.services import Services
-from engine.clock import now_ms
+from engine.clock import in_background, now_ms
 from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
@@ -56,7 +56,6 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         # Budgets and code pools: the first snapshot before serving, then every second.
         with contextlib.suppress(RedisError):  # Redis not there yet: run() says so and retries
             await runtime.budgets.refresh()
-        budgets = asyncio.create_task(runtime.budgets.run())
         scheduler_stop = asyncio.Event()
         scheduler = None
         if settings.scheduler == "embedded":
@@ -76,11 +75,11 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         gc.collect()
         gc.freeze()
         try:
-            async with runtime.models.running(), runtime.decision_log.running(now_ms):
+            async with (runtime.models.running(), runtime.decision_log.running(now_ms),
+                        in_background(runtime.budgets.run())):
                 yield
         finally:
             poller.cancel()
-            budgets.cancel()
             if scheduler is not None:
                 scheduler_stop.set()
                 await scheduler

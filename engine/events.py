@@ -72,17 +72,22 @@ class Event(msgspec.Struct, array_like=True, gc=False):
 _batch_decoder = msgspec.json.Decoder(WireBatch)
 
 
-def decode_batch(body: bytes) -> list[WireEvent]:
-    """Parse and bound a batch: 400 for bad JSON, 422 naming the field otherwise."""
+def decode_json(decoder: msgspec.json.Decoder, body: bytes):
+    """A body through a typed decoder: 400 for bad JSON, 422 naming the field
+    that breaks the schema."""
     try:
-        batch = _batch_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise EventRejected(*_split_msgspec_error(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise MalformedBody(f"malformed JSON: {exc}") from None
     except RecursionError:
         raise MalformedBody("malformed JSON: nested too deep") from None
-    events = batch.events
+
+
+def decode_batch(body: bytes) -> list[WireEvent]:
+    """Parse and bound a batch: 400 for bad JSON, 422 naming the field otherwise."""
+    events = decode_json(_batch_decoder, body).events
     if not events:
         raise EventRejected("a batch needs at least one event", "events")
     if len(events) > MAX_EVENTS_PER_BATCH:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from api.http import caller_of, json_response, read_body, services_of
 from engine.clock import now_ms
 from engine.errors import EventRejected, MalformedBody
-from engine.events import CODE_POOL_NAME, DISCOUNT_CODE, PERSON_ID, check_number
+from engine.events import CODE_POOL_NAME, DISCOUNT_CODE, PERSON_ID, check_number, decode_json
 from engine.followups.kpis import MAX_AMOUNT
 from engine.ingest.identity import ADMIN, INGEST, READ, anonymous, known, require
 from engine.store.code_pools import (
@@ -139,13 +139,7 @@ _redeem_decoder = msgspec.json.Decoder(RedeemRequest)
 
 
 def decode_redeem(body: bytes) -> RedeemRequest:
-    try:
-        request = _redeem_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        reason, _, where = str(exc).rpartition(" - at `")
-        raise EventRejected(reason or str(exc), where.rstrip("`").removeprefix("$").lstrip(".")) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"malformed JSON: {exc}") from None
+    request = decode_json(_redeem_decoder, body)
     if not DISCOUNT_CODE.fullmatch(request.code):
         raise EventRejected(f"a code is {CODE_RULE}", "code", 64)
     if not PERSON_ID.fullmatch(request.order_id):

@@ -20,8 +20,8 @@ from engine.clock import now_ms
 from engine.decisions.budgets import Budgets
 from engine.decisions.decide import Decision, decide
 from engine.decisions.ids import new_nonce
-from engine.errors import EventRejected, MalformedBody, NotAuthorized
-from engine.events import PERSON_ID, PLACEMENT_NAME, check_number
+from engine.errors import EventRejected, NotAuthorized
+from engine.events import PERSON_ID, PLACEMENT_NAME, check_number, decode_json
 from engine.ingest.identity import ADMIN, READ, require
 from engine.profile import decode_profile
 from engine.settings import MAX_PLACEMENTS_PER_DECIDE
@@ -161,15 +161,7 @@ def decision_id_for(services, person: str, offers: list[str], now: int, bucket: 
 
 
 def decode_decide(body: bytes) -> DecideRequest:
-    try:
-        request = _decide_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        reason, _, where = str(exc).rpartition(" - at `")
-        raise EventRejected(reason or str(exc), where.rstrip("`").removeprefix("$").lstrip(".")) from None
-    except msgspec.DecodeError as exc:
-        raise MalformedBody(f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise MalformedBody("malformed JSON: nested too deep") from None
+    request = decode_json(_decide_decoder, body)
     if not request.placements:
         raise EventRejected("ask for at least one placement", "placements")
     if len(request.placements) > MAX_PLACEMENTS_PER_DECIDE:

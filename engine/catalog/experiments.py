@@ -85,15 +85,8 @@ def compile_experiments(spec: Any, compiler: Compiler, placements: dict, offer_i
     seen: set[str] = set()
     for i, item in enumerate(spec):
         path = f"experiments[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
-            compiler.problem(path, "an experiment needs an id")
+        if not _named(item, path, EXPERIMENT_FIELDS, seen, "experiment", compiler):
             continue
-        for key in item:
-            if key not in EXPERIMENT_FIELDS:
-                compiler.problem(f"{path}.{key}", f"unknown field; expected {', '.join(EXPERIMENT_FIELDS)}")
-        if item["id"] in seen:
-            compiler.problem(f"{path}.id", f"experiment {item['id']!r} declared twice")
-        seen.add(item["id"])
         experiment = _experiment(item, path, compiler, placements, offer_ids, journey_ids)
         if experiment is None:
             continue
@@ -153,15 +146,8 @@ def _arms(spec: Any, path: str, compiler: Compiler, offer_ids: set[str], journey
     arms, ids = [], set()
     for i, arm in enumerate(spec):
         where = f"{path}[{i}]"
-        if not isinstance(arm, dict) or not isinstance(arm.get("id"), str) or not arm["id"] or "|" in arm["id"]:
-            compiler.problem(where, "an arm needs an id (without |)")
+        if not _named(arm, where, ARM_FIELDS, ids, "arm", compiler):
             continue
-        for key in arm:
-            if key not in ARM_FIELDS:
-                compiler.problem(f"{where}.{key}", f"unknown field; expected {', '.join(ARM_FIELDS)}")
-        if arm["id"] in ids:
-            compiler.problem(f"{where}.id", f"arm {arm['id']!r} declared twice")
-        ids.add(arm["id"])
         weight = arm.get("weight", 1)
         if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
             compiler.problem(f"{where}.weight", "a positive share of the traffic")
@@ -183,3 +169,18 @@ def _arms(spec: Any, path: str, compiler: Compiler, offer_ids: set[str], journey
             journeys = []
         arms.append(Arm(arm["id"], float(weight), arbitration, offers, frozenset(journeys)))
     return arms
+
+
+def _named(item: Any, path: str, fields: tuple[str, ...], seen: set[str], what: str, compiler: Compiler) -> bool:
+    """An experiment or arm has an id (without |: counters join ids with it),
+    once, and only known fields; False when it cannot be read further."""
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"] or "|" in item["id"]:
+        compiler.problem(path, f"an {what} needs an id (without |)")
+        return False
+    for key in item:
+        if key not in fields:
+            compiler.problem(f"{path}.{key}", f"unknown field; expected {', '.join(fields)}")
+    if item["id"] in seen:
+        compiler.problem(f"{path}.id", f"{what} {item['id']!r} declared twice")
+    seen.add(item["id"])
+    return True

@@ -12,6 +12,7 @@ import logging
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.catalog.model import Catalog, CatalogHolder
+from engine.clock import every
 from engine.errors import CatalogError
 from engine.store.keys import Keys
 
@@ -77,12 +78,8 @@ class CatalogStore:
         return True
 
     async def poll(self, every_s: float) -> None:
-        while True:
-            await asyncio.sleep(every_s)
-            try:
-                await self.refresh()
-            except Exception as exc:  # Redis down: keep serving the catalog we have
-                log.warning("catalog poll failed: %s", exc)
+        """Look for a newer catalog every `every_s`; Redis down: keep serving the one we have."""
+        await every(every_s, self.refresh, "catalog poll", log, first_wait=True)
 
     def _swap(self, catalog: Catalog, text: str, digest: str) -> None:
         self.holder.swap(catalog, text)

@@ -5,13 +5,12 @@ so a budget is held to within a second's redemptions."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 
 from engine.catalog.model import CatalogHolder
-from engine.clock import now_ms
+from engine.clock import every, now_ms
 from engine.store.keys import Keys
 
 log = logging.getLogger("attimo.budgets")
@@ -73,9 +72,4 @@ class BudgetBook:
     async def run(self, interval_s: float = REFRESH_S) -> None:
         """Refresh for ever (the API's lifespan cancels it). A failed read keeps
         the last snapshot and says so; decide goes on."""
-        while True:
-            try:
-                await self.refresh()
-            except Exception as exc:  # Redis down or slow: the last snapshot holds until it is back
-                log.warning("budget snapshot not refreshed: %s: %s", type(exc).__name__, exc)
-            await asyncio.sleep(interval_s)
+        await every(interval_s, self.refresh, "budget snapshot refresh", log)

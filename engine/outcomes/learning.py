@@ -12,17 +12,12 @@ day (last touch), in its bucket."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-from redis.exceptions import RedisError
-
 from engine.catalog.learning import ALL, Learning
-from engine.clock import now_ms
+from engine.clock import every, in_background, now_ms
 from engine.decisions.learning import Model, learnable_offers
 from engine.store.client import run_scripts
 from engine.store.keys import EXPOSURE_TTL_S, LEARNED_KEEP, Keys
@@ -223,21 +218,6 @@ class ModelHolder:
         model = self.current
         return model if model is not None and model.digest == catalog.digest else None
 
-    async def run(self) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.refresh()
-            except (RedisError, OSError) as exc:  # keep the last snapshot; decide goes on with it
-                log.warning("learning: model refresh failed: %s", exc)
-            await asyncio.sleep(max(0.0, self.period_s - (time.monotonic() - started)))
-
-    @contextlib.asynccontextmanager
-    async def running(self):
-        task = asyncio.create_task(self.run())
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    def running(self):
+        """The refresh, every period, while the block runs (the API's lifespan)."""
+        return in_background(every(self.period_s, self.refresh, "learning: model refresh", log))

@@ -13,17 +13,14 @@ A person's decisions and rewards go to the same shard (crc32 of the person)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 import zlib
 from collections import deque
 from dataclasses import dataclass, field
 
 import msgspec
-from redis.exceptions import RedisError
 
+from engine.clock import every, in_background
 from engine.outcomes.exposures import ExposureStore
 from engine.store.keys import DECISION_LOG_SHARDS, Keys
 
@@ -89,26 +86,10 @@ class DecisionLog:
                           {REWARD: _encode([now, lesson.nonce, lesson.offer, lesson.kind])},
                           maxlen=self.max_len, approximate=True)
 
-    async def run(self, clock) -> None:
-        while True:
-            started = time.monotonic()
-            try:
-                await self.flush(clock())
-            except (RedisError, OSError) as exc:
-                log.warning("decision log: flush failed, entries dropped: %s", exc)
-            await asyncio.sleep(max(0.0, FLUSH_S - (time.monotonic() - started)))
-
-    @contextlib.asynccontextmanager
-    async def running(self, clock):
-        task = asyncio.create_task(self.run(clock))
-        try:
-            yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(RedisError, OSError):
-                await self.flush(clock())  # what the last interval left
+    def running(self, clock):
+        """Flush every FLUSH_S while the block runs, and once more after it."""
+        return in_background(every(FLUSH_S, lambda: self.flush(clock()), "decision log: flush", log),
+                             last=lambda: self.flush(clock()))
 
 
 async def read_log(redis, keys: Keys, batch: int = 10_000):
