@@ -85,7 +85,8 @@ async def get_model(request: Request) -> Response:
         raise EventRejected("no such placement in the catalog", "placement")
     model = services.runtime.models.for_catalog(catalog)
     if catalog.learning is None or model is None:
-        return json_response({"learning": None, "age_ms": None, "offers": {}})
+        return json_response({"learning": None, "age_ms": None, "offers": {},
+                              "decision_log_dropped": services.runtime.decision_log.dropped})
     wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
               if placement is None or placement in offer.placements]
     rows = [row for _, row in wanted]
@@ -104,7 +105,8 @@ async def get_model(request: Request) -> Response:
         "learning": {"reward": learning.reward, "half_life_ms": learning.half_life_ms,
                      "exploration": learning.exploration, "prior_weight": learning.prior_weight,
                      "buckets": [f"{f.source}:{f.name}" for f in learning.buckets]},
-        "age_ms": now_ms() - model.taken_ms, "offers": offers})
+        "age_ms": now_ms() - model.taken_ms, "offers": offers,
+        "decision_log_dropped": services.runtime.decision_log.dropped})
 
 
 ROUTES = [

@@ -223,6 +223,7 @@ def test_another_catalog_is_evaluated_on_the_logged_decisions(learning_api, redi
     static.write_text(LEARNING.replace("{arbitration: expected_value}", "{}").replace(
         "propensity: 0.1, content: {title: beta}", "propensity: 0.1, priority: 5, content: {title: beta}"))
     done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--catalog", str(static), "--json",
+                           "--reward-window-s", "0",
                            "--redis-url", redis_server.url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
