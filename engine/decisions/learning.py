@@ -145,3 +145,29 @@ def beta_interval(alpha, beta):
     from scipy.special import betaincinv  # only where an interval is reported
 
     return alpha / (alpha + beta), betaincinv(alpha, beta, 0.025), betaincinv(alpha, beta, 0.975)
+
+
+def model_report(model: Model, catalog, placement: str | None, now: int) -> dict:
+    """What GET /v1/model shows: the learning settings, the snapshot's age, and
+    per offer (of `placement`, or every learnable one) its prior and, per
+    bucket with evidence, the posterior mean, its 95 % interval and the faded
+    counts behind it."""
+    wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
+              if placement is None or placement in offer.placements]
+    rows = [row for _, row in wanted]
+    offers = {offer: {"prior": None, "buckets": {}} for offer, _ in wanted}
+    for bucket, (alpha, beta) in [(None, model.prior), *sorted(model.posteriors.items())]:
+        means, lows, highs = (np.round(v, 6).tolist() for v in beta_interval(alpha[rows], beta[rows]))
+        for i, (offer, _) in enumerate(wanted):
+            figures = {"mean": means[i], "ci95": [lows[i], highs[i]]}
+            if bucket is None:
+                offers[offer]["prior"] = figures
+                continue
+            shown, rewards = model.counts.get(offer, {}).get(bucket, (0.0, 0.0))
+            offers[offer]["buckets"][bucket] = {**figures, "impressions": round(shown, 2),
+                                                "rewards": round(rewards, 2)}
+    learning = catalog.learning
+    return {"learning": {"reward": learning.reward, "half_life_ms": learning.half_life_ms,
+                         "exploration": learning.exploration, "prior_weight": learning.prior_weight,
+                         "buckets": [f"{f.source}:{f.name}" for f in learning.buckets]},
+            "age_ms": now - model.taken_ms, "offers": offers}
