@@ -131,7 +131,10 @@ def check_errors(name: str, result: Drive, n_visits: int) -> None:
 def off_policy_estimate(redis_url: str, catalog: Path) -> tuple[dict | None, str | None]:
     """`attimo evaluate --json` of `catalog` over the decision log in `redis_url`:
     its answer, or why there is none."""
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--catalog", str(catalog), "--json"],
+    # The shop's purchases come within a flush of their impression: a few
+    # seconds of reward window, where a real site would keep the default days.
+    done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--catalog", str(catalog), "--json",
+                           "--reward-window-s", "5"],
                           capture_output=True, text=True, timeout=600, cwd=REPO_ROOT,
                           env={**os.environ, "ATTIMO_REDIS_URL": redis_url})
     if done.returncode != 0:

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--catalog", required=True, help="the catalog to evaluate (YAML or JSON)")
     evaluate.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
     evaluate.add_argument("--json", action="store_true", help="print one JSON document")
+    evaluate.add_argument("--reward-window-s", type=float, default=None,
+                          help="leave out decisions younger than this before the newest, whose reward may "
+                               "still come (default two days)")
 
     args = parser.parse_args(argv)
     try:
@@ -144,6 +147,8 @@ def run_migrate(args) -> int:
 def run_evaluate(args) -> int:
     import json
 
+    from redis.exceptions import RedisError
+
     from engine.catalog.compile import load_catalog_file
     from engine.clock import now_ms
     from engine.outcomes.evaluate import evaluate
@@ -153,21 +158,28 @@ def run_evaluate(args) -> int:
 
     settings = Settings.from_env(redis_url=args.redis_url)
     target, _ = load_catalog_file(args.catalog)
+    window = {} if args.reward_window_s is None else {"reward_window_ms": int(args.reward_window_s * 1000)}
 
     async def run() -> dict:
         redis = connect(settings, pool_size=4, pool_timeout_s=5)
         keys = Keys(settings.key_prefix)
         try:
-            return await evaluate(redis, keys, target, LearningStore(redis, keys), now_ms())
+            return await evaluate(redis, keys, target, LearningStore(redis, keys), now_ms(), **window)
         finally:
             await redis.aclose()
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    except RedisError as exc:
+        print(f"attimo: the store is unavailable: {exc}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(result))
         return 0
     logged, target = result["logged"], result["target"]
-    print(f"logged decisions: {logged['decisions']}, reward per decision: {logged['reward_rate']}")
+    print(f"logged decisions: {logged['decisions']}, reward per decision: {logged['reward_rate']} "
+          f"(left out: {logged['left_out']['reward_pending']} too recent for their reward, "
+          f"{logged['left_out']['joint_placements']} filled with other placements)")
     for name in ("ips", "dr"):
         figure = target[name]
         if figure is not None:

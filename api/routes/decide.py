@@ -97,7 +97,7 @@ async def post_decide(request: Request) -> Response:
         model = runtime.models.for_catalog(catalog)
         decision = decide(catalog, profile, person, body.placements, body.context, now, explain, model,
                           budgets=services.budgets.current)
-        if catalog.code_pools:
+        if catalog.code_pools and not explain:  # explaining is asking: it hands no code out
             decision = await give_codes(services, catalog, decision, person, lambda budgets: decide(
                 catalog, profile, person, body.placements, body.context, now, explain, model, budgets=budgets))
         chosen_offers = [chosen["offer"] for chosen in decision.placements.values() if chosen]
@@ -139,7 +139,7 @@ async def give_codes(services, catalog, decision: Decision, person: str, decide_
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             metrics.REDIS_ERRORS.labels("decide_codes", kind).inc()
             for name in pooled:
-                decision.placements[name] = None
+                withdraw(decision, name)
             return decision
         ran_out = {pool for pool, code in zip(pooled.values(), codes, strict=True) if code is None}
         if not ran_out:
@@ -150,6 +150,15 @@ async def give_codes(services, catalog, decision: Decision, person: str, decide_
         empty |= ran_out
         decision = decide_with(Budgets(snapshot.spent, frozenset(empty), snapshot.read_at_ms))
     return decision
+
+
+def withdraw(decision: Decision, name: str) -> None:
+    """A placement's choice not shown after all: neither answered, nor logged,
+    nor counted as a hold-out offer's treated exposure."""
+    offer = decision.placements[name]["offer"]
+    decision.placements[name] = None
+    decision.logged = [row for row in decision.logged if row[0] != name]
+    decision.exposures = [pair for pair in decision.exposures if pair != (f"h:{offer}", "t")]
 
 
 def decision_id_for(services, person: str, offers: list[str], now: int, bucket: str, nonce: str) -> str:

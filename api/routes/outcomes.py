@@ -4,7 +4,6 @@ learned propensities with their intervals."""
 
 from __future__ import annotations
 
-import numpy as np
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -12,7 +11,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
 from engine.clock import now_ms
-from engine.decisions.learning import beta_interval, learnable_offers
+from engine.decisions.learning import model_report
 from engine.errors import EventRejected, StoreUnavailable
 from engine.ingest.identity import READ, require
 
@@ -84,27 +83,9 @@ async def get_model(request: Request) -> Response:
     if placement is not None and placement not in catalog.placements:
         raise EventRejected("no such placement in the catalog", "placement")
     model = services.runtime.models.for_catalog(catalog)
-    if catalog.learning is None or model is None:
-        return json_response({"learning": None, "age_ms": None, "offers": {}})
-    wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
-              if placement is None or placement in offer.placements]
-    rows = [row for _, row in wanted]
-    offers = {offer: {"prior": None, "buckets": {}} for offer, _ in wanted}
-    for bucket, (alpha, beta) in [("\x00prior", model.prior), *sorted(model.posteriors.items())]:
-        means, lows, highs = (np.round(v, 6).tolist() for v in beta_interval(alpha[rows], beta[rows]))
-        for i, (offer, _) in enumerate(wanted):
-            figures = {"mean": means[i], "ci95": [lows[i], highs[i]]}
-            if bucket == "\x00prior":
-                offers[offer]["prior"] = figures
-                continue
-            shown, rewards = model.counts.get(offer, {}).get(bucket, (0.0, 0.0))
-            offers[offer]["buckets"][bucket] = {**figures, "impressions": round(shown, 2), "rewards": round(rewards, 2)}
-    learning = catalog.learning
-    return json_response({
-        "learning": {"reward": learning.reward, "half_life_ms": learning.half_life_ms,
-                     "exploration": learning.exploration, "prior_weight": learning.prior_weight,
-                     "buckets": [f"{f.source}:{f.name}" for f in learning.buckets]},
-        "age_ms": now_ms() - model.taken_ms, "offers": offers})
+    report = ({"learning": None, "age_ms": None, "offers": {}} if catalog.learning is None or model is None
+              else model_report(model, catalog, placement, now_ms()))
+    return json_response({**report, "decision_log_dropped": services.runtime.decision_log.dropped})
 
 
 ROUTES = [

@@ -20,6 +20,7 @@ from engine.catalog.rules import Facts
 from engine.decisions.arbitration import Candidate, assign
 from engine.decisions.budgets import Budgets
 from engine.decisions.learning import SAMPLES, Model, beta_interval
+from engine.events import KNOWN
 from engine.profile import Profile
 
 HELD_OUT = "in hold-out group"
@@ -32,7 +33,8 @@ class Decision:
     explain: dict | None = None
     bucket: str = ALL  # the context bucket learning saw (engine/catalog/learning.py)
     # Per expected-value placement: (placement, candidate offer ids, chosen id or
-    # None, the probability it had): the decision log's entry (engine/decisions/log.py).
+    # None, the probability it had, or None when several were filled together):
+    # the decision log's entry (engine/outcomes/log.py).
     logged: list[tuple] = field(default_factory=list)
     # (what, group): ("h:<offer>", "t") a hold-out offer shown, ("h:<offer>", "c")
     # one decide would have shown but held out (its uplift is measured from
@@ -66,6 +68,10 @@ def why_not(offer: Offer, facts: Facts, person: str, taken_offers: set, taken_gr
             return "budget spent"
         if offer.code_pool is not None and offer.code_pool in budgets.empty_pools:
             return "code pool empty"
+    if offer.code_pool is not None and not person.startswith(KNOWN):
+        # A visitor is a fresh anonymous id away from another code: pooled codes
+        # go only to people the site signed, one each.
+        return "single-use codes go to signed-in people"
     catalog = facts.catalog
     if offer.kind == "discount" and catalog.discount_limit is not None and catalog.discount_limit.reached(facts):
         return "discount limit reached"
@@ -157,10 +163,10 @@ def decide(
         chosen[name] = pick.answer() if pick is not None else None
         if explanation is not None:
             explanation[name] = {"offers": report}
+    if catalog.learning is not None:  # every decision id names it: what its impressions teach
+        decision.bucket = catalog.learning.bucket_of(facts)
     if by_value:
         learning = catalog.learning
-        if learning is not None:
-            decision.bucket = learning.bucket_of(facts)
         _fill_by_value(by_value, offers, facts, person, atoms, taken_offers, taken_groups, decision,
                        model if learning is not None and model is not None and model.digest == catalog.digest
                        else None, rng or _RANDOM)
@@ -238,7 +244,9 @@ def _fill_by_value(placements: list, offers: list[Offer], facts: Facts, person: 
         decision.placements[name] = pick.offer.answer() if pick is not None else None
         if pick is not None:
             _take(pick.offer, taken_offers, taken_groups, decision)
-        probability = _probability(slots[name], pick, model, draws, learning, now_ms)
+        # Filled together, several placements' choices depend on one another:
+        # the chance of each is not known, and the log says so (None).
+        probability = _probability(slots[name], pick, model, draws, learning, now_ms) if len(slots) == 1 else None
         decision.logged.append((name, [c.offer.id for c in slots[name]],
                                 pick.offer.id if pick is not None else None, probability))
         if explanation is not None:
@@ -314,7 +322,7 @@ def _explain_values(explanation: dict, name: str, report: list, candidates: list
         elif row["eligible"]:
             row.update(eligible=False, reason="a higher priority tier is eligible")
         if pick is not None and offer is pick.offer:
-            row.update(chosen=True, probability=round(probability, 6))
+            row.update(chosen=True, probability=None if probability is None else round(probability, 6))
     explanation[name] = {"arbitration": "expected_value", "offers": [row for _, row in report]}
 
 

@@ -17,7 +17,8 @@ import numpy as np
 from engine.catalog.learning import Learning
 
 SAMPLES = 64  # posterior draws per offer and bucket in a snapshot
-PRIOR_FLOOR = 0.01  # keeps a Beta proper when the catalog gives its prior no weight
+PRIOR_FLOOR = 0.01
+MIN_HELD_OUT = 30  # held-out exposures in a bucket before a discount is valued by what it adds there  # keeps a Beta proper when the catalog gives its prior no weight
 
 
 @dataclass
@@ -76,25 +77,30 @@ class Model:
         return model
 
     def _rank_discounts_by_increment(self, offers: list, holdouts: dict) -> None:
-        """A discount with a hold-out is valued, in each bucket where both its
-        treated and its held-out people have been seen, at the conversion rate
-        it adds: a draw of the treated rate minus a draw of the hold-out's
-        (each a Beta of conversions per decide-time exposure). Who buys anyway
-        is worth nothing to a discount."""
+        """A discount with a hold-out is valued, in each bucket where its
+        held-out people number MIN_HELD_OUT or more, at the conversion rate it
+        adds: a draw of the treated rate minus a draw of the hold-out's (each a
+        Beta of conversions per decide-time exposure, both from the offer's
+        pooled rate, so an increment starts at 0). Who buys anyway is worth
+        nothing to a discount."""
+        weight = self.learning.prior_weight
+        prior_a, prior_b = self.prior
         for offer in offers:
             raw = holdouts.get(offer.id)
             if offer.kind != "discount" or not offer.holdout_pct or not raw:
                 continue
             row = self.index[offer.id]
+            mean = prior_a[row] / (prior_a[row] + prior_b[row])
             buckets = {name.split("|", 2)[2] for name in raw if name.count("|") >= 2}
             for bucket in buckets:
                 t_n, t_c = raw.get(f"t|exposed|{bucket}", 0.0), raw.get(f"t|converted|{bucket}", 0.0)
                 c_n, c_c = raw.get(f"c|exposed|{bucket}", 0.0), raw.get(f"c|converted|{bucket}", 0.0)
-                if not t_n or not c_n:
+                if c_n < MIN_HELD_OUT:
                     continue
-                self.increments.setdefault(bucket, {})[row] = (
-                    (1 + t_c, 1 + max(t_n - t_c, 0.0)), (1 + c_c, 1 + max(c_n - c_c, 0.0)))
-                self.incremental[(offer.id, bucket)] = ((1 + t_c) / (2 + t_n), (1 + c_c) / (2 + c_n))
+                treated = _posterior(mean, weight, t_n, t_c, "conversion")
+                held = _posterior(mean, weight, c_n, c_c, "conversion")
+                self.increments.setdefault(bucket, {})[row] = (treated, held)
+                self.incremental[(offer.id, bucket)] = (float(treated[0] / sum(treated)), float(held[0] / sum(held)))
 
     def draws_of(self, bucket: str) -> np.ndarray:
         """SAMPLES posterior draws of every offer in `bucket`: (offers, SAMPLES)."""
@@ -139,3 +145,29 @@ def beta_interval(alpha, beta):
     from scipy.special import betaincinv  # only where an interval is reported
 
     return alpha / (alpha + beta), betaincinv(alpha, beta, 0.025), betaincinv(alpha, beta, 0.975)
+
+
+def model_report(model: Model, catalog, placement: str | None, now: int) -> dict:
+    """What GET /v1/model shows: the learning settings, the snapshot's age, and
+    per offer (of `placement`, or every learnable one) its prior and, per
+    bucket with evidence, the posterior mean, its 95 % interval and the faded
+    counts behind it."""
+    wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
+              if placement is None or placement in offer.placements]
+    rows = [row for _, row in wanted]
+    offers = {offer: {"prior": None, "buckets": {}} for offer, _ in wanted}
+    for bucket, (alpha, beta) in [(None, model.prior), *sorted(model.posteriors.items())]:
+        means, lows, highs = (np.round(v, 6).tolist() for v in beta_interval(alpha[rows], beta[rows]))
+        for i, (offer, _) in enumerate(wanted):
+            figures = {"mean": means[i], "ci95": [lows[i], highs[i]]}
+            if bucket is None:
+                offers[offer]["prior"] = figures
+                continue
+            shown, rewards = model.counts.get(offer, {}).get(bucket, (0.0, 0.0))
+            offers[offer]["buckets"][bucket] = {**figures, "impressions": round(shown, 2),
+                                                "rewards": round(rewards, 2)}
+    learning = catalog.learning
+    return {"learning": {"reward": learning.reward, "half_life_ms": learning.half_life_ms,
+                         "exploration": learning.exploration, "prior_weight": learning.prior_weight,
+                         "buckets": [f"{f.source}:{f.name}" for f in learning.buckets]},
+            "age_ms": now - model.taken_ms, "offers": offers}

@@ -207,8 +207,8 @@ class Pipeline:
                     offer = event.properties["offer"]
                     kind = "i" if event.type == IMPRESSION else "c"
                     lessons.append(Lesson(person, kind, f"{ticket.nonce}:{offer}", offer, ticket.bucket, ticket.nonce))
-                    if kind == "c":
-                        credits.append(Credit(person, now_ms, ("k",), prefix=EXPERIMENT))
+                    if kind == "c" and (tested := _experiments_showing(catalog, offer)):
+                        credits.append(Credit(person, now_ms, ("k",), only=tested))
                 elif event.type == PURCHASE and event.trusted:
                     lessons.append(Lesson(person, "p", event.id))
                     credits.append(Credit(person, event.ts, ("c", f"r:{event.id}"), revenue_of(event.properties),
@@ -251,3 +251,10 @@ def _earned(event: Event, ticket: Ticket | None) -> str | None:
     if ticket is None:
         return None
     return f"{ticket.nonce}:{event.properties['offer']}"
+
+
+def _experiments_showing(catalog: Catalog, offer: str) -> tuple[str, ...]:
+    """The exposure fields of the experiments a click on `offer` counts for:
+    those running on a placement the offer shows in."""
+    placements = catalog.offers_by_id[offer].placements if offer in catalog.offers_by_id else ()
+    return tuple(f"{EXPERIMENT}{e.id}" for e in catalog.experiments_by_id.values() if e.placement in placements)

@@ -18,8 +18,13 @@ over decisions):
   bucket in the log) corrected by the weighted error where the choices agree;
   as unbiased, with a smaller variance when the direct estimate is good.
 
-Eligibility is the logging catalog's: conditions the other catalog changes are
-not replayed (say so when comparing catalogs that differ in them)."""
+What it can compare: the other catalog chooses among the logged candidates
+only (the logging catalog's eligible offers of the top priority tier), with the
+mean of its propensities (not its own Thompson draws); an offer it adds, or
+raises from a lower tier, cannot be chosen, and conditions it changes are not
+replayed. Decisions that filled several placements together are left out (the
+chance of each choice is not known), and so are those younger than the reward
+window."""
 
 from __future__ import annotations
 
@@ -33,6 +38,10 @@ from engine.outcomes.log import DECISION, REWARD, read_log
 from engine.outcomes.stats import Z95
 
 PRIOR_REWARDS = 1.0  # pseudo-decisions each (bucket, offer) direct estimate starts from
+# A decision's reward may come this long after it (a conversion within a day of
+# its impression; the impression within the decision id's day): younger
+# decisions are left out, or they would count as unrewarded.
+REWARD_WINDOW_MS = 2 * 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,10 +56,12 @@ class Logged:
 
 
 async def logged_decisions(redis, keys) -> list[Logged]:
+    """Every logged choice of one expected-value placement, with the reward it
+    earned (1 or 0)."""
     decisions, rewarded = [], set()
     async for kind, entry in read_log(redis, keys):
         if kind == DECISION:  # a flush's decisions of one shard
-            for at, _, nonce, bucket, placements in entry:
+            for at, nonce, bucket, placements in entry:
                 decisions.extend((nonce, at, bucket, *placement) for placement in placements)
         elif kind == REWARD:
             _, nonce, offer, _ = entry
@@ -83,6 +94,17 @@ def _propensity(model: Model | None, offer, bucket: str) -> float:
     return alpha / (alpha + beta)
 
 
+def settled(rows: list[Logged], window_ms: int) -> tuple[list[Logged], dict]:
+    """The rows an estimate may use: a known probability (one placement filled
+    alone) and old enough that their reward had time to arrive (`window_ms`
+    before the newest row); and how many were left out, and why."""
+    newest = max((row.at_ms for row in rows), default=0)
+    kept = [row for row in rows if row.probability is not None and row.at_ms <= newest - window_ms]
+    return kept, {"joint_placements": sum(row.probability is None for row in rows),
+                  "reward_pending": sum(row.probability is not None and row.at_ms > newest - window_ms
+                                        for row in rows)}
+
+
 def estimate(rows: list[Logged], target: Catalog, model: Model | None) -> dict:
     n = len(rows)
     if not n:
@@ -112,15 +134,16 @@ def estimate(rows: list[Logged], target: Catalog, model: Model | None) -> dict:
             "ips": _mean_interval(ips), "dr": _mean_interval(dr), "match_rate": round(matched / n, 6)}
 
 
-async def evaluate(redis, keys, target: Catalog, learning_store=None, now: int = 0) -> dict:
+async def evaluate(redis, keys, target: Catalog, learning_store=None, now: int = 0,
+                   reward_window_ms: int = REWARD_WINDOW_MS) -> dict:
     """The other catalog's estimated reward per decision on the logged traffic."""
-    rows = await logged_decisions(redis, keys)
+    rows, left_out = settled(await logged_decisions(redis, keys), reward_window_ms)
     model = None
     if target.learning is not None and learning_store is not None:
         offers = [o.id for o in learnable_offers(target)]
         model = Model.build(target, await learning_store.counts(offers, now, target.learning.half_life_ms), now)
     found = estimate(rows, target, model)
-    return {"logged": found.pop("logged"), "target": {"digest": target.digest, **found}}
+    return {"logged": {**found.pop("logged"), "left_out": left_out}, "target": {"digest": target.digest, **found}}
 
 
 def _mean_interval(values: list[float]) -> dict:

@@ -29,7 +29,10 @@ HOLDOUT, EXPERIMENT = "h:", "e:"
 
 # Both scripts answer, flat, quintuples: what (x exposed, c converted, k clicked,
 # u unsubscribed, r revenue), the exposure's field, its group, its bucket, and
-# for r "<revenue>|<discount cost>".
+# for r "<revenue>|<discount cost>|<growth of the exposure's revenue squared>".
+#
+# "After" allows 5 s for the clocks of two processes; a purchase made before
+# the decide (an order-confirmation page) is not what it earned.
 #
 # A person's recent purchases are kept too ("p><event id>" -> "<ms>|<revenue>|
 # <cost>", for PENDING_MS): an exposure is written a moment after its decide (the
@@ -40,11 +43,19 @@ local function credit(out, field, group, bucket, id, amounts, tags)
   for _, tag in ipairs(tags) do
     local marker = (tag == 'r' and ('r:' .. id) or tag) .. '>' .. field
     if redis.call('HSETNX', KEYS[1], marker, '1') == 1 then
+      local said = ''
+      if tag == 'r' then
+        -- The exposure's revenue so far: its square's growth is what the
+        -- arm's sum of squares needs (per exposure, not per purchase).
+        local revenue = tonumber(string.match(amounts, '^([^|]*)'))
+        local total = tonumber(redis.call('HINCRBYFLOAT', KEYS[1], 'rv>' .. field, revenue))
+        said = amounts .. '|' .. (total * total - (total - revenue) * (total - revenue))
+      end
       out[#out + 1] = tag
       out[#out + 1] = field
       out[#out + 1] = group
       out[#out + 1] = bucket
-      out[#out + 1] = tag == 'r' and amounts or ''
+      out[#out + 1] = said
     end
   end
 end
@@ -76,7 +87,7 @@ for i = 6, #ARGV, 2 do
       end
     end
     for _, bought in ipairs(purchases) do
-      if bought[2] >= now - 60000 and bought[2] - now <= window and bought[2] - now <= pending then
+      if bought[2] >= now - 5000 and bought[2] - now <= window and bought[2] - now <= pending then
         credit(out, field, group, ARGV[3], bought[1], bought[3], {'c', 'r'})
       end
     end
@@ -86,24 +97,34 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return out
 """
 
-# KEYS[1] a person's exposures; ARGV[1] event ms, [2] window ms, [3] prefix of the
-# exposures it may credit (h:, e: or empty for both), [4] the purchase's event
-# id or empty, [5] "<revenue>|<cost>", [6] pending ms, [7] TTL s, then tags (c, r, k, u).
+# KEYS[1] a person's exposures; ARGV[1] event ms, [2] window ms, [3] the
+# exposures it may credit: a prefix (h:, e:, or empty for both), or "=" and
+# the exact fields, one a line, [4] the purchase's event id or empty,
+# [5] "<revenue>|<cost>", [6] pending ms, [7] TTL s, then tags (c, r, k, u).
 # Each exposure made before the event within the window gets each tag once (a
 # marker field "<tag>><field>", "r:<event id>><field>" for revenue).
 CREDIT = _CREDIT_ONE + """
 local at, window, prefix, id, amounts = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5]
 local tags = {}
 for t = 8, #ARGV do tags[#tags + 1] = ARGV[t] end
+local only = nil
+if string.sub(prefix, 1, 1) == '=' then
+  only = {}
+  for name in string.gmatch(string.sub(prefix, 2), '[^\\n]+') do only[name] = true end
+end
 local out = {}
+local exposed = false
 local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   local name = fields[i]
   local kind = string.sub(name, 1, 2)
-  if (kind == 'h:' or kind == 'e:') and (prefix == '' or kind == prefix) then
+  exposed = exposed or kind == 'h:' or kind == 'e:' or kind == 's:'
+  local wanted = (kind == 'h:' or kind == 'e:') and (prefix == '' or kind == prefix)
+  if only then wanted = only[name] == true end
+  if wanted then
     local group, since, bucket = string.match(fields[i + 1], '^([^|]*)|(%d+)|?(.*)$')
     since = tonumber(since)
-    if since and at >= since - 60000 and at - since <= window then
+    if since and at >= since - 5000 and at - since <= window then
       credit(out, name, group, bucket, id, amounts, tags)
     end
   elseif kind == 'p>' then
@@ -113,7 +134,8 @@ for i = 1, #fields, 2 do
 end
 if id ~= '' then
   redis.call('HSET', KEYS[1], 'p>' .. id, at .. '|' .. amounts)
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7]))
+  -- A buyer never exposed keeps the purchase only as long as an exposure may still come.
+  if exposed then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[7])) else redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[6])) end
 end
 return out
 """
@@ -131,7 +153,8 @@ class Credit:
     tags: tuple[str, ...]
     revenue: float = 0.0
     discount_cost: float = 0.0
-    prefix: str = ""
+    prefix: str = ""  # the exposures it may credit: h:, e: or both
+    only: tuple[str, ...] = ()  # or exactly these exposure fields
 
 
 class ExposureStore:
@@ -164,8 +187,9 @@ class ExposureStore:
         for c in credits:
             purchase = next((tag[2:] for tag in c.tags if tag.startswith("r:")), "")
             tags = [tag if not tag.startswith("r:") else "r" for tag in c.tags]
+            which = "=" + "\n".join(c.only) if c.only else c.prefix
             calls.append((self._credit, [self.keys.exposures(c.person)],
-                          [c.at_ms, ATTRIBUTION_MS, c.prefix, purchase, f"{c.revenue!r}|{c.discount_cost!r}",
+                          [c.at_ms, ATTRIBUTION_MS, which, purchase, f"{c.revenue!r}|{c.discount_cost!r}",
                            PENDING_MS, EXPOSURE_TTL_S, *tags]))
         await self._count(await run_scripts(self.redis, calls))
 
@@ -177,9 +201,9 @@ class ExposureStore:
                 what, field, group, bucket, amounts = (_text(v) for v in fresh[i:i + 5])
                 counter = self._counter(field)
                 if what == "r":
-                    revenue, cost = (float(v) for v in amounts.split("|"))
+                    revenue, cost, squared = (float(v) for v in amounts.split("|"))
                     pipe.hincrbyfloat(counter, f"{group}|revenue", revenue)
-                    pipe.hincrbyfloat(counter, f"{group}|revenue2", revenue ** 2)
+                    pipe.hincrbyfloat(counter, f"{group}|revenue2", squared)
                     if cost:
                         pipe.hincrbyfloat(counter, f"{group}|discount_cost", cost)
                     continue

@@ -20,7 +20,7 @@ from engine.catalog.learning import ALL, Learning
 from engine.clock import every, in_background, now_ms
 from engine.decisions.learning import Model, learnable_offers
 from engine.store.client import run_scripts
-from engine.store.keys import EXPOSURE_TTL_S, LEARNED_KEEP, Keys
+from engine.store.keys import EXPOSURE_TTL_S, LEARNED_MAX, Keys
 
 log = logging.getLogger("attimo.learning")
 
@@ -29,7 +29,7 @@ CONVERSION_WINDOW_MS = 86_400_000  # a purchase teaches the impressions of the d
 LEARNED_TTL_MS = 86_400_000 + 60_000  # a decision id's lifetime, and its slack
 
 # KEYS[1] the person's learned markers (ZSET), KEYS[2] their exposures (HASH)
-# ARGV[1] now ms, [2] marker TTL ms, [3] markers kept, [4] exposures TTL s,
+# ARGV[1] now ms, [2] marker TTL ms, [3] most markers a person may hold, [4] exposures TTL s,
 # [5] conversion window ms, then groups of 5: kind (i, c or p), marker, offer,
 # bucket, decision nonce. Returns, flat, offer, bucket, kind, nonce of each
 # lesson not taught before; a purchase teaches the offers of the person's
@@ -38,9 +38,14 @@ LEARNED_TTL_MS = 86_400_000 + 60_000  # a decision id's lifetime, and its slack
 MARK = """
 local now = tonumber(ARGV[1])
 local out = {}
+-- Markers live as long as a decision id: a replay within it finds its marker.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
 for i = 6, #ARGV, 5 do
   local kind, marker, offer, bucket, nonce = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  if redis.call('ZADD', KEYS[1], 'NX', now, marker) == 1 then
+  -- A click teaches only after its impression did; past the cap a person teaches nothing more today.
+  local allowed = redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3])
+  if kind == 'c' and not redis.call('ZSCORE', KEYS[1], 'i' .. string.sub(marker, 2)) then allowed = false end
+  if allowed and redis.call('ZADD', KEYS[1], 'NX', now, marker) == 1 then
     if kind == 'p' then
       -- Last touch: the offers of the person's latest decision with a verified
       -- impression (one page may show several) get the conversion.
@@ -73,7 +78,6 @@ for i = 6, #ARGV, 5 do
     end
   end
 end
-redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
 return out
@@ -136,7 +140,7 @@ class LearningStore:
         calls = []
         people = list(by_person)
         for person in people:
-            args = [now, LEARNED_TTL_MS, LEARNED_KEEP, EXPOSURE_TTL_S, CONVERSION_WINDOW_MS]
+            args = [now, LEARNED_TTL_MS, LEARNED_MAX, EXPOSURE_TTL_S, CONVERSION_WINDOW_MS]
             for lesson in by_person[person]:
                 args += [lesson.kind, f"{lesson.kind}:{lesson.marker}", lesson.offer, lesson.bucket, lesson.nonce]
             calls.append((self._mark, [self.keys.learned(person), self.keys.exposures(person)], args))

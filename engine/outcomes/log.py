@@ -52,7 +52,9 @@ class DecisionLog:
         if decision.logged:
             if len(self._decisions) == BUFFER_MAX:
                 self.dropped += 1
-            self._decisions.append((person, [now, person, nonce, decision.bucket, decision.logged]))
+            # No person id: the nonce joins a decision to its rewards, and erasure
+            # has nothing to find here.
+            self._decisions.append((person, [now, nonce, decision.bucket, decision.logged]))
         if decision.exposures:
             self._exposed.append((person, now, decision.bucket, decision.exposures))
 
@@ -60,6 +62,11 @@ class DecisionLog:
         """Write what is waiting; returns how many decisions were written."""
         decisions = [self._decisions.popleft() for _ in range(len(self._decisions))]
         exposed = [self._exposed.popleft() for _ in range(len(self._exposed))]
+        if exposed:  # first: the uplift and experiment counts matter more than the log
+            by_person: dict[str, tuple[int, str, list]] = {}
+            for person, at, bucket, pairs in exposed:
+                by_person.setdefault(person, (at, bucket, []))[2].extend(pairs)
+            await self.exposures.expose(by_person)
         if decisions:
             # One stream entry per shard and flush, holding its decisions: a
             # handful of commands however busy the interval was.
@@ -71,11 +78,6 @@ class DecisionLog:
                 pipe.xadd(self.keys.decision_log(shard), {DECISION: _encode(entries)},
                           maxlen=self.max_len, approximate=True)
             await pipe.execute()
-        if exposed:
-            by_person: dict[str, tuple[int, str, list]] = {}
-            for person, at, bucket, pairs in exposed:
-                by_person.setdefault(person, (at, bucket, []))[2].extend(pairs)
-            await self.exposures.expose(by_person)
         return len(decisions)
 
     def rewards(self, pipe, rewards: list, now: int) -> None:

@@ -107,9 +107,11 @@ class Keys:
     def exposures(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:x"
 
-    # ZSET, member "<kind>:<decision nonce>:<offer>", score ms: the impressions
-    # and clicks that already taught the model, so a replayed decision id
-    # teaches nothing. The newest LEARNED_KEEP; TTL: a decision id's lifetime.
+    # ZSET, member "<kind>:<decision nonce>:<offer>", score ms: the impressions,
+    # clicks and purchases that already taught the model, so a replayed decision
+    # id teaches nothing. Kept a decision id's lifetime (older ones removed on
+    # every write, and the key expires with them); at most LEARNED_MAX: past
+    # it a person teaches nothing more until the oldest expire.
     def learned(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:l"
 
@@ -206,6 +208,6 @@ JOURNEY_STATE_TTL_S = 400 * 86_400
 INBOX_MAX = 50
 DEVICES_MAX = 10
 EXPOSURE_TTL_S = 30 * 86_400
-LEARNED_KEEP = 64
+LEARNED_MAX = 500
 DECISION_LOG_SHARDS = 8
 SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from engine.decisions.ids import DecisionSigner
-from engine.testing.processes import SITE_SECRET
+from engine.testing.processes import SITE_SECRET, wait_until
 from tests.api.test_api import DEMO_CATALOG
 
 LEARNING = """
@@ -103,11 +103,15 @@ def test_only_decision_ids_issued_to_the_person_teach_and_each_only_once(learnin
         # A second batch replays the good id under new event ids: teaches nothing more.
         again = [{**e, "id": e["id"] + "-again"} for e in events[:3]]
         assert client.post("/v1/events", json={"events": again}).status_code == 202
-    time.sleep(1.2)
-    buckets = model(learning_api)["offers"]
-    # One each, faded a little already (a half-life of 6 s): never two.
-    assert 0.6 < buckets[offer]["buckets"]["desktop"]["impressions"] <= 1.0
-    assert 0.6 < buckets[offer]["buckets"]["desktop"]["rewards"] <= 1.0
+
+    def learnt():
+        found = model(learning_api)["offers"]
+        return found if found[offer]["buckets"].get("desktop", {}).get("rewards") else None
+
+    buckets = wait_until(learnt, 10, 0.1, "the click in the model's snapshot")
+    # One each (faded a little already, a half-life of 6 s): never two.
+    assert 0 < buckets[offer]["buckets"]["desktop"]["impressions"] <= 1.0
+    assert 0 < buckets[offer]["buckets"]["desktop"]["rewards"] <= 1.0
     other = "beta" if offer == "alpha" else "alpha"
     assert buckets[other]["buckets"].get("desktop", {"rewards": 0})["rewards"] == 0
 
@@ -150,11 +154,16 @@ def test_a_hold_out_offer_reports_its_uplift_with_an_interval(api, redis_sync_cl
                 if rng.random() < (0.6 if treated else 0.2):
                     purchases.append({"id": f"buy-{person}", "type": "purchase", "user_id": person,
                                       "properties": {"revenue": 10}})
-            time.sleep(0.5)  # exposures are written off the request path
+            # Exposures are written off the request path, maybe after the purchases: both orders count.
             assert server.post("/v1/events", json={"events": purchases}).status_code == 202
             # A purchase replayed counts once.
             assert server.post("/v1/events", json={"events": purchases[:5]}).status_code == 202
-            uplift = server.get("/v1/kpis").json()["offers"]["promo"]["uplift"]
+
+            def counted():
+                found = server.get("/v1/kpis").json()["offers"]["promo"]["uplift"]
+                return found if found["treated"] + found["control"] == 300 else None
+
+            uplift = wait_until(counted, 10, 0.1, "every exposure counted")
     finally:
         api.post_catalog(DEMO_CATALOG)
     assert uplift["treated"] + uplift["control"] == 300
@@ -198,10 +207,14 @@ def test_experiment_arms_are_stable_split_as_declared_and_reported(api, redis_sy
             again = {p: browser.post("/v1/decide", json={"user_id": p, "user_sig": _sig(p), "placements": ["hero"]})
                      .json()["placements"]["hero"]["offer"] for p in list(arms)[:50]}
             buyers = [p for p, offer in arms.items() if offer == "second"][:40]
-            time.sleep(0.5)
             server.post("/v1/events", json={"events": [
                 {"id": f"b-{p}", "type": "purchase", "user_id": p, "properties": {"revenue": 5}} for p in buyers]})
-            report = server.get("/v1/experiments/order_test").json()
+
+            def counted():
+                found = server.get("/v1/experiments/order_test").json()
+                return found if sum(arm["exposures"] for arm in found["arms"].values()) == 400 else None
+
+            report = wait_until(counted, 10, 0.1, "every exposure counted")
             missing = server.get("/v1/experiments/nope")
     finally:
         api.post_catalog(DEMO_CATALOG)
@@ -218,15 +231,19 @@ def test_experiment_arms_are_stable_split_as_declared_and_reported(api, redis_sy
 
 def test_another_catalog_is_evaluated_on_the_logged_decisions(learning_api, redis_server, tmp_path):
     play(learning_api, 3, {"alpha": 0.4, "beta": 0.1}, random.Random(5), "ope")
-    time.sleep(0.5)
     static = tmp_path / "static.yaml"
     static.write_text(LEARNING.replace("{arbitration: expected_value}", "{}").replace(
         "propensity: 0.1, content: {title: beta}", "propensity: 0.1, priority: 5, content: {title: beta}"))
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--catalog", str(static), "--json",
-                           "--redis-url", redis_server.url], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    assert result["logged"]["decisions"] == 120
+
+    def evaluated():
+        done = subprocess.run([sys.executable, "-m", "engine.cli", "evaluate", "--catalog", str(static), "--json",
+                               "--reward-window-s", "0", "--redis-url", redis_server.url],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        found = json.loads(done.stdout)
+        return found if found["logged"]["decisions"] == 120 else None  # the log is flushed every 0.2 s
+
+    result = wait_until(evaluated, 10, 0.2, "every decision in the log")
     # Static always shows beta (priority 5): its true reward per decision is 0.1.
     target = result["target"]
     assert target["match_rate"] < 0.5

@@ -69,7 +69,8 @@ def test_explain_shows_each_factor_and_the_chosen_offers_probability():
     side = {row["offer"]: row for row in decision.explain["side"]["offers"]}
     assert decision.explain["side"]["arbitration"] == "expected_value"
     assert side["star"] == {"offer": "star", "priority": 0.0, "eligible": True, "propensity": 0.05, "worth": 100.0,
-                            "lever": 1.0, "expected_value": pytest.approx(5.0), "chosen": True, "probability": 1.0}
+                            "lever": 1.0, "expected_value": pytest.approx(5.0), "chosen": True,
+                            "probability": None}  # filled with the hero: its chance alone is not known
     assert side["urgent"]["reason"] == "conditions not met"
     hero = {row["offer"]: row for row in decision.explain["hero"]["offers"]}
     assert hero["boosted"]["lever"] == 1.0 and "chosen" not in hero["star"]

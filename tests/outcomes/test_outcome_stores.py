@@ -63,8 +63,12 @@ async def test_the_pipeline_teaches_each_verified_outcome_once_and_logs_its_rewa
 
     rows = await logged_decisions(redis, Keys())
     assert [(r.placement, r.chosen, r.reward) for r in rows] == [("hero", offer, 1.0)]
-    result = await evaluate(redis, Keys(), catalog, pipeline.learning, NOW + 10)
-    assert result["logged"] == {"decisions": 1, "reward_rate": 1.0}
+    result = await evaluate(redis, Keys(), catalog, pipeline.learning, NOW + 10, reward_window_ms=0)
+    assert result["logged"] == {"decisions": 1, "reward_rate": 1.0,
+                                "left_out": {"joint_placements": 0, "reward_pending": 0}}
+    # By default a decision younger than the reward window waits for its reward.
+    waiting = await evaluate(redis, Keys(), catalog, pipeline.learning, NOW + 10)
+    assert waiting["logged"]["left_out"]["reward_pending"] == 1 and waiting["logged"]["decisions"] == 0
 
 
 async def test_exposures_count_each_person_once_and_credit_once(redis):
@@ -111,18 +115,18 @@ async def test_the_model_snapshot_reads_every_offer_across_slots(redis):
 
 
 async def test_a_full_buffer_drops_the_oldest_and_counts_them(redis):
-    log = DecisionLog(redis, Keys(), ExposureStore(redis, Keys()))
     catalog = compile_catalog(parse_catalog_text(CATALOG))
     decision = decide(catalog, Profile(), "u:z", ["hero"], {}, NOW)
     original, log_module.BUFFER_MAX = log_module.BUFFER_MAX, 3
     try:
         small = DecisionLog(redis, Keys(), ExposureStore(redis, Keys()))
-        for _ in range(5):
-            small.record("u:z", new_nonce(), NOW, decision)
+        for n in range(5):
+            small.record("u:z", f"nonce-{n}", NOW + n, decision)
     finally:
         log_module.BUFFER_MAX = original
     assert small.dropped == 2 and await small.flush(NOW) == 3
-    assert await log.flush(NOW) == 0
+    rows = await logged_decisions(redis, Keys())
+    assert sorted(row.at_ms for row in rows) == [NOW + 2, NOW + 3, NOW + 4]  # the newest three
 
 
 async def test_a_conversion_teaches_the_offers_of_the_latest_decision_only(redis):
@@ -173,3 +177,63 @@ async def test_a_journey_experiment_enters_only_the_arm_that_lists_it_and_report
     assert arms["without"]["exposures"] + arms["with_welcome"]["exposures"] == 60
     assert arms["without"]["conversions"] + arms["with_welcome"]["conversions"] == 30
     assert report["effects"]["with_welcome"]["vs"] == "without"
+
+
+async def test_a_click_teaches_only_after_its_impression_and_a_replay_a_day_long_teaches_nothing(redis):
+    catalog = compile_catalog(parse_catalog_text(CATALOG.replace("reward: conversion", "reward: click")))
+    learning = LearningStore(redis, Keys())
+    offers = {"one", "two"}
+    bucket = "mobile|other"
+    click = Lesson("u:c", "c", "n1:one", "one", bucket, "n1")
+    impression = Lesson("u:c", "i", "n1:one", "one", bucket, "n1")
+    assert await learning.teach(catalog.learning, [click], offers, NOW) == []  # no impression yet
+    assert [r.offer for r in await learning.teach(catalog.learning, [impression, click], offers, NOW + 1)] == ["one"]
+    # Many newer lessons later, the same decision replayed still teaches nothing.
+    others = [Lesson("u:c", "i", f"m{n}:two", "two", bucket, f"m{n}") for n in range(100)]
+    await learning.teach(catalog.learning, others, offers, NOW + 2)
+    assert await learning.teach(catalog.learning, [impression, click], offers, NOW + 3) == []
+    counts = await learning.counts(["one"], NOW + 3, catalog.learning.half_life_ms)
+    shown, rewards = counts["one"][bucket]
+    assert round(shown, 3) == 1 and round(rewards, 3) == 1
+
+
+async def test_a_click_credits_only_the_experiments_of_placements_its_offer_shows_in(redis):
+    pipeline = make_pipeline(redis, TWO_EXPERIMENTS)
+    pipeline.decisions = DecisionSigner.from_secret(SECRET)
+    catalog = pipeline.catalogs.current
+    person = "u:clicker"
+    decision = decide(catalog, Profile(), person, ["hero", "side"], {}, NOW)
+    pipeline.decision_log.record(person, "n", NOW, decision)
+    await pipeline.decision_log.flush(NOW)
+    hero = decision.placements["hero"]["offer"]
+    decision_id = pipeline.decisions.issue(person, [hero], NOW // 1000, decision.bucket, "n")
+    await pipeline.apply([event("i", person, "impression", NOW + 1, offer=hero, decision_id=decision_id),
+                          event("c", person, "click", NOW + 2, offer=hero, decision_id=decision_id)], NOW + 2)
+    store = ExposureStore(redis, Keys())
+    hero_report = await store.experiment(catalog, "hero_test")
+    side_report = await store.experiment(catalog, "side_test")
+    assert sum(arm["clicks"] for arm in hero_report["arms"].values()) == 1
+    assert sum(arm["clicks"] for arm in side_report["arms"].values()) == 0
+
+
+async def test_a_repeat_buyer_counts_once_in_the_revenue_variance(redis):
+    store = ExposureStore(redis, Keys())
+    await store.expose({"u:r": (NOW, "*", [("e:test", "a")])})
+    await store.credit([Credit("u:r", NOW + 10, ("c", "r:p1"), revenue=10.0),
+                        Credit("u:r", NOW + 20, ("c", "r:p2"), revenue=30.0)])
+    arms = await redis.hgetall(Keys().kpi("e", "test", "arms"))
+    assert float(arms[b"a|revenue"]) == 40.0 and float(arms[b"a|revenue2"]) == 1600.0  # (10 + 30)², not 10² + 30²
+
+
+TWO_EXPERIMENTS = """
+placements: {hero: {}, side: {}}
+learning: {reward: click}
+offers:
+  - {id: h1, kind: content, placements: [hero], priority: 2}
+  - {id: h2, kind: content, placements: [hero], priority: 1}
+  - {id: s1, kind: content, placements: [side], priority: 2}
+  - {id: s2, kind: content, placements: [side], priority: 1}
+experiments:
+  - {id: hero_test, placement: hero, metric: click, arms: [{id: a}, {id: b, offers: [h2]}]}
+  - {id: side_test, placement: side, metric: click, arms: [{id: a}, {id: b, offers: [s2]}]}
+"""
