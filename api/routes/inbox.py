@@ -148,9 +148,39 @@ async def post_device(request: Request) -> Response:
     return json_response({"devices": count})
 
 
+async def delete_device(request: Request) -> Response:
+    """
+    summary: Remove a push token of a signed user (logout, uninstall, a token the platform retired).
+    description: 'The token is removed from the signed person''s devices only: a token of someone else is
+      untouched. Removing a token that is not there answers `"removed": false` (safe to retry).'
+    security: [{siteKey: []}, {serverToken: []}]
+    parameters:
+      - {name: token, in: path, required: true, schema: {type: string, maxLength: 512}}
+      - {name: X-Attimo-User, in: header, schema: {type: string}, description: the user id (or user_id in the query)}
+      - {name: X-Attimo-User-Sig, in: header, schema: {type: string}, description: 'HMAC of the user id (site key callers)'}
+    responses:
+      200: {description: '{"removed": true|false, "devices": number of tokens the person has left}'}
+      401: {description: Missing or unknown key}
+      403: {description: Not a signed user}
+      422: {description: A too long token}
+    """
+    services = services_of(request)
+    person = await _signed_person(request, INGEST)
+    token = request.path_params["token"]
+    if not 0 < len(token) <= MAX_TOKEN_LENGTH:
+        raise EventRejected("token: the push token, 1 to 512 characters", "token", MAX_TOKEN_LENGTH)
+    try:
+        removed = await services.devices.remove(person, token)
+        left = len(await services.devices.tokens(person))
+    except RedisError as exc:
+        raise StoreUnavailable("cannot remove the device") from exc
+    return json_response({"removed": removed, "devices": left})
+
+
 ROUTES = [
     Route("/v1/inbox", get_inbox, methods=["GET"]),
     Route("/v1/inbox/{message_id}/read", read_inbox_message, methods=["POST"]),
     Route("/v1/inbox/{message_id}/dismiss", dismiss_inbox_message, methods=["POST"]),
     Route("/v1/devices", post_device, methods=["POST"]),
+    Route("/v1/devices/{token:path}", delete_device, methods=["DELETE"]),
 ]

@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from engine.followups.channels.webhook import verify_signature
+from engine.store.keys import Keys
 from engine.testing.processes import SITE_KEY, start_api, stop_api, wait_until
 from tests.conftest import ROOT, signed
 
@@ -130,6 +131,28 @@ def test_a_registered_device_receives_push_with_its_token(followup_api, sinks):
     assert body["channel"] == "push" and body["title"] == "Your cart is waiting"
     assert [device["token"] for device in body["tokens"]] == ["fcm-token-1"]
     assert push.headers["idempotency-key"] == body["id"]
+
+
+def test_a_signed_user_removes_their_own_push_token_and_only_theirs(followup_api, redis_server):
+    person, other = "u-logout", "u-keeps"
+    with followup_api.client(**{"X-Attimo-Key": SITE_KEY}) as client:
+        for user, token in ((person, "fcm:tok/1"), (person, "apns-2"), (other, "fcm:tok/1")):
+            assert client.post("/v1/devices", json={"user_id": user, "user_sig": signed(user),
+                                                    "token": token}).status_code == 200
+        mine = {"X-Attimo-User": person, "X-Attimo-User-Sig": signed(person)}
+        gone = client.delete("/v1/devices/fcm:tok/1", headers=mine)
+        assert gone.json() == {"removed": True, "devices": 1}
+        assert client.delete("/v1/devices/fcm:tok/1", headers=mine).json() == {"removed": False, "devices": 1}
+        # Unsigned, or signed for someone else: refused; the token stays where it is.
+        assert client.delete("/v1/devices/apns-2", headers={"X-Attimo-User": person}).status_code == 403
+        forged = {"X-Attimo-User": person, "X-Attimo-User-Sig": signed(other)}
+        assert client.delete("/v1/devices/apns-2", headers=forged).status_code == 403
+    with followup_api.server() as server:  # the site's server may remove any person's token
+        assert server.delete("/v1/devices/apns-2", params={"user_id": person}).json() == {"removed": True,
+                                                                                          "devices": 0}
+    store = redis_server.client()
+    assert store.hkeys(Keys(PREFIX).devices(f"u:{person}")) == []
+    assert store.hkeys(Keys(PREFIX).devices(f"u:{other}")) == [b"fcm:tok/1"]
 
 
 def test_the_schema_lists_the_follow_up_routes(followup_api):
