@@ -105,3 +105,13 @@ class SendError(AttimoError):
 
 class PermanentSendError(SendError):
     """Raised by a sender when retrying cannot help: dead-letter at once."""
+
+
+class AddressRefused(PermanentSendError):
+    """The recipient's address does not exist (a hard bounce): dead-letter, and
+    suppress the address on the channel so nothing is sent to it again."""
+
+    def __init__(self, reason: str, channel: str, address: str):
+        super().__init__(reason)
+        self.channel = channel
+        self.address = address

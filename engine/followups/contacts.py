@@ -110,10 +110,14 @@ class ContactStore:
         False if it already was. The send-time check reads the entry in the
         suppression set (sent first); the channel's index only lists it."""
         pipe = self.redis.pipeline(transaction=False)  # two slots on a Cluster: no MULTI
-        pipe.sadd(self.keys.suppressed(), f"{channel}:{address}")
-        pipe.zadd(self.keys.suppressed_on(channel), {address: 0})
+        self.suppress_commands(pipe, channel, address)
         added, _ = await pipe.execute()
         return bool(added)
+
+    def suppress_commands(self, pipe, channel: str, address: str) -> None:
+        """Queue the suppression of a normalised address into `pipe`."""
+        pipe.sadd(self.keys.suppressed(), f"{channel}:{address}")
+        pipe.zadd(self.keys.suppressed_on(channel), {address: 0})
 
     async def unsuppress_address(self, channel: str, address: str) -> bool:
         """Lift an address's suppression on one channel; False if it had none."""

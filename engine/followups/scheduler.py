@@ -15,7 +15,7 @@ import orjson
 
 from engine.catalog.journeys import JOURNEY_CHANNEL
 from engine.clock import now_ms
-from engine.errors import PermanentSendError, SendError
+from engine.errors import AddressRefused, PermanentSendError, SendError
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import LEASE_LOST, NOT_IN_FLIGHT, Claimed, Delay, DueQueue
 from engine.followups.journey_runner import Reschedule
@@ -63,9 +63,10 @@ class _Settle:
     outcomes: list[tuple[str, dict]] = field(default_factory=list)  # person, outcome
     dead: list[bytes] = field(default_factory=list)  # dead-letter entries
     alerts: list[Message] = field(default_factory=list)  # operator alerts to queue
+    suppress: list[tuple[str, str]] = field(default_factory=list)  # (channel, address) that bounced
 
     def __bool__(self) -> bool:
-        return bool(self.acks or self.delays or self.outcomes or self.dead or self.alerts)
+        return bool(self.acks or self.delays or self.outcomes or self.dead or self.alerts or self.suppress)
 
     def extend(self, other: _Settle) -> None:
         self.acks += other.acks
@@ -73,6 +74,7 @@ class _Settle:
         self.outcomes += other.outcomes
         self.dead += other.dead
         self.alerts += other.alerts
+        self.suppress += other.suppress
 
 
 class Coalesced:
@@ -245,6 +247,9 @@ class Scheduler:
         except Reschedule as again:  # an inactivity timer that activity pushed forward
             settle.delays.append(Delay(message, again.until_ms, clear_send_mark=True))
             return "rescheduled"
+        except AddressRefused as exc:  # a hard bounce: never again to this address
+            settle.suppress.append((exc.channel, exc.address))
+            return self._dead_letter(message, str(exc), settle)
         except PermanentSendError as exc:
             return self._dead_letter(message, str(exc), settle)
         except Exception as exc:  # noqa: BLE001 - any failure of a channel is retried, then dead-lettered
@@ -305,8 +310,10 @@ class Scheduler:
         for part in parts:
             settle.extend(part)
         writes = []
-        if settle.outcomes or settle.dead:
+        if settle.outcomes or settle.dead or settle.suppress:
             pipe = self.queue.redis.pipeline(transaction=False)
+            for channel, address in settle.suppress:
+                self.contacts.suppress_commands(pipe, channel, address)
             for person, outcome in settle.outcomes:
                 self.contacts.outcome_commands(pipe, person, outcome)
                 self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])

@@ -6,6 +6,7 @@ does dedupe and every update atomically, all persons in one round trip."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ from engine.followups.kpis import CLICK, IMPRESSION, PURCHASE, discount_cost_of,
 from engine.outcomes.exposures import EXPERIMENT, Credit, ExposureStore
 from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
+from engine.policy import SUPPRESSIBLE_CHANNELS, suppression_address
 from engine.profile import decode_profile
 from engine.store.profiles import ProfileStore
 
 _encode = msgspec.msgpack.encode
+log = logging.getLogger("attimo.pipeline")
+BOUNCES = ("bounce", "complaint")
 
 
 def event_id_hash(event_id: str) -> bytes:
@@ -160,6 +164,9 @@ class Pipeline:
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
+        bounced = [event for event in events if event.type in BOUNCES and event.trusted]
+        if bounced:
+            await self._suppress(bounced)
         zoned = [e for e in events if e.traits and e.traits.get(TIMEZONE_TRAIT)]
         zones = {e.person: e.traits[TIMEZONE_TRAIT] for e in sorted(zoned, key=lambda e: e.ts)}
         if zones:  # the contact policy reads it at send time (quiet hours)
@@ -223,6 +230,24 @@ class Pipeline:
                 self.decision_log.rewards(pipe, rewards, now_ms)
                 await pipe.execute()
         await self.decision_log.exposures.credit(credits)
+
+    async def _suppress(self, events: list[Event]) -> None:
+        """`bounce` and `complaint` events a server sends (from its email or SMS
+        provider's webhooks): the address never gets that channel again. A
+        browser's are ignored: it could silence anyone's address."""
+        contacts = self.journeys.contacts
+        pipe = self.store.redis.pipeline(transaction=False)
+        for event in events:
+            channel = event.properties.get("channel", "email")
+            raw = event.properties.get("address")
+            address = suppression_address(channel, raw) if isinstance(raw, str) and channel in SUPPRESSIBLE_CHANNELS \
+                else None
+            if address is None:
+                log.warning("%s %s: no %s address to suppress", event.type, event.id, channel)
+                continue
+            contacts.suppress_commands(pipe, channel, address)
+        if len(pipe):
+            await pipe.execute()
 
     async def _apply_consents(self, events: list[Event], now_ms: int) -> int:
         """Consent events set the contact state the scheduler judges at send time

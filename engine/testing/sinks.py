@@ -95,6 +95,15 @@ class _Inbox:
         # refused delivery is kept in `refused` as (answer, wall clock ms).
         self.replies: list[str] = []
         self.refused: list[tuple[str, float]] = []
+        # Recipients this relay says do not exist: RCPT TO answers 550, as for a
+        # mailbox that bounces.
+        self.unknown: set[str] = set()
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address.lower() in self.unknown:
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         if self.replies:
@@ -132,6 +141,10 @@ class SmtpSink:
     @property
     def refused(self) -> list[tuple[str, float]]:
         return self.inbox.refused
+
+    def bounce(self, *addresses: str) -> None:
+        """These recipients do not exist from now on (550 at RCPT TO)."""
+        self.inbox.unknown.update(a.lower() for a in addresses)
 
     def start(self) -> SmtpSink:
         self.controller.start()

@@ -351,6 +351,27 @@ async def test_an_email_the_relay_refuses_for_good_is_dead_lettered_with_its_ans
     assert await scheduler.queue.pending() == {"due": 0, "inflight": 0, "done": 1}
 
 
+async def test_a_hard_bounce_suppresses_the_address_so_nothing_goes_to_it_again(redis, smtp):
+    clock = Clock()
+    contacts = ContactStore(redis)
+    email = EmailChannel(SmtpConfig(port=smtp.port), Tracker(b"k", "http://attimo.test"))
+    scheduler = make_scheduler(redis, clock, ContactPolicy(), {"email": email.send})
+    await contacts.set_consent("u-1", "email", "*", True)
+    smtp.bounce("U-1@example.com")  # the relay: no such mailbox (550 at RCPT TO)
+    await scheduler.queue.schedule(email_to("u-1", T0))
+    try:
+        assert await scheduler.run_once() == 1
+        assert await redis.sismember(Keys().suppressed(), "email:u-1@example.com")
+        await scheduler.queue.schedule(email_to("u-1", T0, i=1))  # the next message to that address
+        clock.now += MINUTE
+        assert await scheduler.run_once() == 1
+    finally:
+        await email.aclose()
+    assert smtp.messages == [] and scheduler.stats.dead_lettered == 1
+    statuses = [o["status"] for o in await contacts.outcomes("u-1")]
+    assert statuses == ["dropped", "dead_letter"]  # newest first: the second was never tried
+
+
 async def test_a_message_that_fails_for_good_alerts_the_operator_once(redis, receiver):
     """SCENARIOS 12: repeated delivery failures reach a person. The push gateway
     refuses (410: no retry helps), the message is dead-lettered and the operator

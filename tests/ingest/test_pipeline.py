@@ -353,3 +353,16 @@ async def test_kpis_follow_entries_and_purchases_once(redis):
     assert (promo["opened"], promo["converted"], promo["converted_control"]) == (0, 1, 1)
     assert (promo["revenue"], promo["revenue_control"]) == (40.0, 10.0)
     assert report["channels"]["email"]["opened"] == 0
+
+
+async def test_a_servers_bounce_or_complaint_suppresses_the_address_and_a_browsers_does_not(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    events = [
+        Event("b1", "bounce", "u:ana", NOW, {"address": "Ana <ANA@example.com>"}, trusted=True),
+        Event("b2", "complaint", "u:bo", NOW, {"channel": "sms", "address": "+39 333 111 2222"}, trusted=True),
+        Event("b3", "bounce", "a:evil", NOW, {"address": "ceo@example.com"}),  # from a browser: ignored
+        Event("b4", "bounce", "u:cy", NOW, {"address": "not an address"}, trusted=True),  # nothing to suppress
+    ]
+    await pipeline.apply(events, NOW)
+    suppressed = {member.decode() for member in await redis.smembers(Keys().suppressed())}
+    assert suppressed == {"email:ana@example.com", "sms:+393331112222"}

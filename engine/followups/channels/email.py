@@ -20,9 +20,10 @@ import aiosmtplib
 import orjson
 
 from engine.catalog.templates import TemplateRenderError, render
-from engine.errors import AttimoError, PermanentSendError, SendError
+from engine.errors import AddressRefused, AttimoError, PermanentSendError, SendError
 from engine.followups.kpis import message_journey
 from engine.followups.message import Message
+from engine.policy import suppression_address
 from engine.signing import EMAIL_LINKS, derived_key
 
 
@@ -52,6 +53,10 @@ LINK_FIELDS = {"click": ("m", "p", "e", "u", "j"), "open": ("m", "p", "e", "j"),
 REQUIRED_FIELDS = {"click": ("m", "p", "e", "u"), "open": ("m", "p", "e"), "unsubscribe": ("p", "c")}
 SIGNATURE_VERSION = "2."
 LINK_TTL_S = 90 * 86_400
+# A relay's answers to RCPT TO that say the mailbox does not exist (RFC 5321,
+# 3463): a hard bounce, suppressed. Other 5xx (a policy refusal, a full
+# mailbox) dead-letter the message without judging the address.
+HARD_BOUNCES = (550, 551, 553)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -275,6 +280,9 @@ class EmailChannel:
             refusals = exc.recipients or [aiosmtplib.SMTPRecipientRefused(450, "recipients refused", "")]
             reason = "; ".join(_smtp_reason(r) for r in refusals)
             if all(r.code >= 500 for r in refusals):
+                address = suppression_address("email", str(email["To"]))
+                if address is not None and any(r.code in HARD_BOUNCES for r in refusals):
+                    raise AddressRefused(reason, "email", address) from exc
                 raise PermanentSendError(reason) from exc
             raise SendError(reason) from exc
         except aiosmtplib.SMTPResponseException as exc:
