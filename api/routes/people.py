@@ -11,10 +11,10 @@ from starlette.routing import Route
 from api.http import caller_of, json_response, services_of
 from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
-from engine.errors import StoreUnavailable
+from engine.errors import EventRejected, StoreUnavailable
 from engine.followups.erase import erase_person
 from engine.ingest.identity import ADMIN, READ, person_of_path, require
-from engine.policy import PERSONAL_CHANNELS
+from engine.policy import PERSONAL_CHANNELS, suppression_address
 
 
 async def get_person(request: Request) -> Response:
@@ -50,12 +50,15 @@ async def delete_person(request: Request) -> Response:
     summary: Erase a person (server token).
     description: 'Cancels every message queued for them on every channel (journey timers too), then removes
       their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
-      dead letters. Their suppressions stay: they keep them from being contacted again.'
+      dead letters. Their suppressions stay: they keep them from being contacted again. With
+      `?suppress=true` their email address and phone number (their traits) are suppressed first, so a
+      later import or sign-up of the same address is never contacted either.'
     security: [{serverToken: []}]
     parameters:
       - {name: person, in: path, required: true, schema: {type: string}, description: 'the person: u:<user id>, a:<anonymous id>, or a bare user id'}
+      - {name: suppress, in: query, schema: {type: string, enum: ['true', 'false']}, description: 'suppress their addresses before erasing'}
     responses:
-      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed, "codes": discount codes no longer kept for them}'}
+      200: {description: '{"erased": keys removed, "cancelled": queued messages cancelled, "dead_letters": removed, "codes": discount codes no longer kept for them, "suppressed": channels whose address was suppressed}'}
       401: {description: Missing token}
       403: {description: Not a token with the admin scope}
       422: {description: Not a person id}
@@ -63,14 +66,33 @@ async def delete_person(request: Request) -> Response:
 
     services = services_of(request)
     require(caller_of(request), ADMIN)
+    suppress = request.query_params.get("suppress", "false")
+    if suppress not in ("true", "false"):
+        raise EventRejected("suppress: true or false", "suppress")
+    person = person_of_path(request.path_params["person"])
     try:
+        suppressed = await _suppress_addresses(services, person) if suppress == "true" else []
         erased = await erase_person(services.redis, services.keys, services.queue,
-                                    person_of_path(request.path_params["person"]), services.queued_channels(), now_ms(),
+                                    person, services.queued_channels(), now_ms(),
                                     services.codes, list(services.holder.current.code_pools))
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
-                          "dead_letters": erased["dead_letters"], "codes": erased["codes"]})
+                          "dead_letters": erased["dead_letters"], "codes": erased["codes"], "suppressed": suppressed})
+
+
+async def _suppress_addresses(services, person: str) -> list[str]:
+    """Suppress the person's email address and phone number, as their traits
+    hold them; the channels whose address was suppressed."""
+    traits = (await services.store.fetch(person)).t
+    done = []
+    for channel, trait in (("email", "email"), ("sms", "phone")):
+        raw = traits.get(trait)
+        address = suppression_address(channel, raw) if isinstance(raw, str) else None
+        if address is not None:
+            await services.contacts.suppress_address(channel, address)
+            done.append(channel)
+    return done
 
 
 class Person(HTTPEndpoint):

@@ -5,6 +5,7 @@ what the profile holds afterwards."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 from datetime import UTC, datetime, timedelta
@@ -379,8 +380,9 @@ def served_methods(route) -> set[str]:
 
 def test_openapi_describes_every_route(shop):
     app = create_app(Settings(site_key=SITE_KEY, site_secret="s", server_token=TOKEN))  # the served routes
-    routes = {(route.path, method) for route in app.routes for method in served_methods(route)
-              if method != "HEAD" and route.include_in_schema}
+    # OpenAPI names a path parameter without Starlette's converter: {token:path} is {token}.
+    routes = {(re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path), method) for route in app.routes
+              for method in served_methods(route) if method != "HEAD" and route.include_in_schema}
     with shop.client() as client:
         schema = client.get("/openapi.json").json()
     described = {(path, method.upper()) for path, item in schema["paths"].items() for method in item}

@@ -146,10 +146,14 @@ async def test_erasing_a_person_cancels_their_queued_messages_and_removes_what_f
     assert {m["channel"] for m in queued} == {"email", "push", "journey"}  # journey timers too
 
     with admin_api.server() as client:
-        answer = client.delete(f"/v1/people/{gone}")
+        assert client.delete(f"/v1/people/{gone}?suppress=maybe").status_code == 422
+        answer = client.delete(f"/v1/people/{gone}?suppress=true")
     assert answer.status_code == 200, answer.text
     erased = answer.json()
     assert erased["cancelled"] == len(queued) and erased["dead_letters"] == 1
+    # Asked to, erasure suppresses their address first: a later sign-up with it is never emailed.
+    assert erased["suppressed"] == ["email"]
+    assert await store.sismember(KEYS.suppressed(), "email:gone@example.com")
     assert erased["erased"] >= 5  # profile, dedupe ids, contact state, outcomes, journeys, inbox, devices
 
     emails, pushes = len(smtp.messages), len(receiver.received)
