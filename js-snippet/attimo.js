@@ -21,7 +21,8 @@
     crypto.getRandomValues(a);
     return Array.prototype.map.call(a, function (b) { return (b + 256).toString(16).slice(1); }).join('');
   }
-  var consented = cfg.consent !== 'required' || get('consent') === '1';
+  // A refusal is remembered ('0') in every mode: a page load must not start again.
+  var consented = cfg.consent !== 'required' ? get('consent') !== '0' : get('consent') === '1';
   var aid = null, userId = null, userSig = null;
   var outbox = [], timer = 0, sending = false, tries = 0, view = 0, solo = 0;
 
@@ -188,11 +189,15 @@
     consent: function (c) {
       var ok = !c || c.analytics !== false && c.personalization !== false;
       if (ok && !consented) { consented = true; set('consent', '1'); start(); pageView(); }
-      else if (!ok && consented && cfg.consent === 'required') {
-        ['aid', 'uid', 'sig', 'outbox', 'consent'].forEach(function (k) { try { ls.removeItem(P + k); } catch (e) {} });
-        consented = false; outbox = [];
+      else if (!ok) {
+        // Withdrawn: forget every id and queued event, keep only the refusal.
+        ['aid', 'uid', 'sig', 'outbox'].forEach(function (k) { try { ls.removeItem(P + k); } catch (e) {} });
+        try { ls.setItem(P + 'consent', '0'); } catch (e) {}
+        consented = false; outbox = []; aid = userId = userSig = null;
       }
     },
+    // Logout: a new anonymous id, the user forgotten, nothing of theirs queued.
+    reset: function () { forget(); outbox = []; save(); aid = uid(); set('aid', aid); },
     page: pageView,
     flush: flush
   };

@@ -349,3 +349,38 @@ def test_demo_storefront_click_through_shows_the_scenarios(demo, chromium, page)
     page.wait_for_selector(f"{hero}[data-attimo-offer=welcome_back]")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "storefront-demo.png"), full_page=True)
+
+
+def test_withdrawing_consent_forgets_and_stops_tracking_in_the_default_mode(shop, page):
+    test_page(page, shop.base_url, HERO, loader())  # data-consent="none": tracking starts at once
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    assert page.evaluate("localStorage.getItem('attimo_aid')")
+    page.evaluate("attimo('consent', {personalization: false})")
+    stored = page.evaluate("Object.fromEntries(Object.entries(localStorage).filter(([k]) => k.startsWith('attimo')))")
+    assert stored == {"attimo_consent": "0"}  # every id forgotten; only the refusal kept
+    n = len(page.sent)
+    page.evaluate("attimo('track', 'video_play', {}); attimo('flush')")
+    page.wait_for_timeout(500)
+    assert [u for u, _ in page.sent[n:]] == []  # nothing leaves
+    # The next page remembers the refusal: no id, no event, no decide, the defaults.
+    page.goto("about:blank")
+    page.sent.clear()
+    test_page(page, shop.base_url, HERO, loader())
+    page.wait_for_function("window.attimo && window.attimo.loaded")
+    page.wait_for_timeout(700)
+    assert [u for u, _ in page.sent if "/v1/snippet.js" not in u] == []
+    assert page.inner_text("#hero") == "default hero"
+    assert page.evaluate("localStorage.getItem('attimo_aid')") is None
+
+
+def test_reset_at_logout_starts_a_new_anonymous_visitor(shop, page):
+    test_page(page, shop.base_url, HERO, loader())
+    page.wait_for_selector("#hero[data-attimo-offer]")
+    before = page.evaluate("localStorage.getItem('attimo_aid')")
+    page.evaluate(f"attimo('identify', 'u-reset', '{signed('u-reset')}', {{}})")
+    assert page.evaluate("localStorage.getItem('attimo_uid')") == "u-reset"
+    page.evaluate("attimo('reset'); attimo('track', 'after_logout', {}); attimo('flush')")
+    after = page.evaluate("localStorage.getItem('attimo_aid')")
+    assert after and after != before and page.evaluate("localStorage.getItem('attimo_uid')") is None
+    [logged_out] = wait_page(page, lambda: events_sent(page, "after_logout"), what="the event after logout")
+    assert logged_out["anonymous_id"] == after and "user_id" not in logged_out
