@@ -19,18 +19,20 @@ async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels
     the caller names every channel one may wait on: personal ones, journey
     timers, operator webhooks), so no send of theirs starts after; then their
     keys (profile, dedupe ids, staging, contact state and outcomes, journeys,
-    inbox, devices) and the discount codes kept for them in `pools` (the code
+    inbox, devices, what decisions did to them) and those of the anonymous ids
+    merged into them, and the discount codes kept for them in `pools` (the code
     stays used); then their dead letters. Their suppressions stay: those keep
     them from being contacted again. Returns how many of each."""
     cancelled = 0
     for channel in channels:
         cancelled += await queue.cancel(person, channel, now_ms)
-    removed = await redis.delete(
-        keys.profile(person), keys.dedupe(person), keys.merge_staging(person),
-        keys.contact(person), keys.contact_outcomes(person), keys.journeys(person),
-        keys.inbox(person), keys.devices(person), keys.offers_seen(person), keys.exposures(person),
-        keys.learned(person),
-    )
+    # The anonymous ids merged into them: what is left under those (dedupe
+    # ids, contact state given before login) is theirs too. One call each: a
+    # person's keys share one slot.
+    merged = [m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(keys.merged(person))]
+    removed = 0
+    for someone in [*merged, person]:
+        removed += await redis.delete(*keys.of_person(someone))
     forgotten = await codes.forget(person, pools) if codes is not None else 0
     # A dead letter holds the whole message (address, traits). Removed by
     # value: entries pushed or trimmed meanwhile are left alone.

@@ -150,6 +150,7 @@ class Pipeline:
             contacts = self.journeys.contacts
             for (person, anonymous), done in zip(absorbed, merged, strict=True):
                 await contacts.absorb(person, anonymous)  # consent given before logging in follows the person
+                await store.remember_merge(person, anonymous)  # so erasing the person finds it
                 if done:  # the merged history may change the segments (and the version moved on)
                     profile = await store.fetch(person)
                     segments = catalog.segments_of(profile, now_ms)

@@ -72,6 +72,12 @@ class Keys:
     def due_person_channel(self, shard: int, person: str, channel: str) -> str:
         return f"{self.prefix}:{{q:{shard}}}:pc:{channel}:{person}"
 
+    def of_person(self, person: str) -> tuple[str, ...]:
+        """Every key kept about one person (all under their tag: one slot)."""
+        return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
+                self.contact_outcomes(person), self.journeys(person), self.inbox(person), self.devices(person),
+                self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person))
+
     # STRING, JSON contact state of a person: consent per channel and purpose,
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
     # TTL: CONTACT_STATE_TTL_S, renewed on every write.
@@ -106,6 +112,11 @@ class Keys:
     # still counts it). TTL: EXPOSURE_TTL_S, renewed on every write.
     def exposures(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:x"
+
+    # SET of the anonymous ids merged into a known person: erasing the person
+    # erases what is left under them too. TTL: the profile TTL, renewed on merge.
+    def merged(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:mg"
 
     # ZSET, member "<kind>:<decision nonce>:<offer>", score ms: the impressions,
     # clicks and purchases that already taught the model, so a replayed decision

@@ -232,6 +232,13 @@ class ProfileStore:
         """Load the scripts ahead of the first batch (start-up), so it pays no load."""
         await preload(self.redis, self.scripts.values())
 
+    async def remember_merge(self, person: str, anonymous: str) -> None:
+        """Note that `anonymous` was merged into `person` (Keys.merged)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(self.keys.merged(person), anonymous)
+        pipe.pexpire(self.keys.merged(person), self.profile_ttl_ms)
+        await pipe.execute()
+
     async def fetch(self, person: str) -> Profile:
         """The read decide makes: one GET."""
         return decode_profile(await self.redis.get(self.keys.profile(person)))

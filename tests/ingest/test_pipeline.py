@@ -8,6 +8,8 @@ from redis.crc import key_slot
 from engine.catalog.windows import DAY_MS, MINUTE_MS
 from engine.events import CONSENT, Event
 from engine.followups.contacts import ContactStore
+from engine.followups.due_queue import DueQueue
+from engine.followups.erase import erase_person
 from engine.followups.kpis import KpiStore
 from engine.followups.transitions import held_out
 from engine.ingest.pipeline import PRUNE_EVERY, event_id_hash
@@ -366,3 +368,18 @@ async def test_a_servers_bounce_or_complaint_suppresses_the_address_and_a_browse
     await pipeline.apply(events, NOW)
     suppressed = {member.decode() for member in await redis.smembers(Keys().suppressed())}
     assert suppressed == {"email:ana@example.com", "sms:+393331112222"}
+
+
+async def test_erasing_a_known_person_erases_the_anonymous_ids_merged_into_them(redis):
+    pipeline = make_pipeline(redis, CATALOG)
+    before = [page_view(f"e{i}", person="a:anon-e") for i in range(2)]
+    before.append(Event("ce", CONSENT, "a:anon-e", NOW, {"channel": "sms", "purpose": "*", "granted": True}))
+    await pipeline.apply(before, NOW)
+    await pipeline.apply([Event("login-e", "identify", "u:u-e", NOW + 1, {}, {"email": "e@example.com"},
+                                merge_from="a:anon-e")], NOW + 1)
+    assert await redis.exists(KEYS.dedupe("a:anon-e")) == 1  # the visitor's event ids outlive the merge
+    erased = await erase_person(redis, KEYS, DueQueue(redis), "u:u-e", [], NOW + 2)
+    for person in ("a:anon-e", "u:u-e"):
+        left = [key for key in KEYS.of_person(person) if await redis.exists(key)]
+        assert left == [], person
+    assert erased["keys"] >= 3
