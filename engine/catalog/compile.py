@@ -159,6 +159,7 @@ def _compile(spec: dict, source: str) -> Catalog:
         journeys=journeys,
         contact_policy=contact_policy,
         learning=learning,
+        learnable=_learnable(offers, placements, experiments),
         experiments_by_id={e.id: e for e in experiments},
         experiments={e.placement: e for e in experiments if e.placement is not None},
         journey_experiments={j: e for e in experiments for j in e.journeys},
@@ -501,6 +502,15 @@ def _rank(offers: list[Offer]) -> list[Offer]:
     for rank, offer in enumerate(ranked):
         offer.rank = rank
     return ranked
+
+
+def _learnable(offers: list[Offer], placements: dict, experiments: list) -> dict[str, Offer]:
+    """The offers of expected-value placements (or of placements where an
+    experiment's arm chooses by expected value), in rank order: the only ones
+    a model is kept for."""
+    names = {name for name, p in placements.items() if p.arbitration == "expected_value"}
+    names |= {e.placement for e in experiments if any(a.arbitration == "expected_value" for a in e.arms)}
+    return {offer.id: offer for offer in offers if names.intersection(offer.placements)}
 
 
 def empty_catalog() -> Catalog:

@@ -155,6 +155,8 @@ class Catalog:
     contact_policy: dict[str, Any] = field(default_factory=dict)
     # How expected-value placements learn propensities (engine/catalog/learning.py); None: they do not.
     learning: Learning | None = None
+    # The offers a learned model is kept for, by id, in rank order (compile.py _learnable).
+    learnable: dict[str, Offer] = field(default_factory=dict)
     # Experiments (engine/catalog/experiments.py) by id, by the placement they
     # run on, and by the journey they test.
     experiments_by_id: dict[str, Experiment] = field(default_factory=dict)

@@ -51,7 +51,7 @@ class Model:
         `holdouts`: per discount offer with a hold-out, its exposure counters
         (engine/outcomes/exposures.py) when the catalog learns conversions."""
         learning = catalog.learning
-        offers = learnable_offers(catalog)
+        offers = list(catalog.learnable.values())
         index = {offer.id: i for i, offer in enumerate(offers)}
         weight = learning.prior_weight
         # Two levels: an offer's evidence in every bucket, from its declared
@@ -131,15 +131,6 @@ def _posterior(mean, weight: float, shown, rewards, reward: str) -> tuple:
             PRIOR_FLOOR + (1 - mean) * weight + np.maximum(shown - rewards, 0.0))
 
 
-def learnable_offers(catalog) -> list:
-    """The offers of expected-value placements (or of placements where an
-    experiment's arm chooses by expected value), in rank order: the only ones a
-    model is kept for."""
-    names = {name for name, p in catalog.placements.items() if p.arbitration == "expected_value"}
-    names |= {name for name, e in catalog.experiments.items() if any(a.arbitration == "expected_value" for a in e.arms)}
-    return [offer for offer in catalog.offers if names.intersection(offer.placements)]
-
-
 def beta_interval(alpha, beta):
     """Mean and central 95 % interval of Beta posteriors (numbers or arrays)."""
     from scipy.special import betaincinv  # only where an interval is reported
@@ -152,7 +143,7 @@ def model_report(model: Model, catalog, placement: str | None, now: int) -> dict
     per offer (of `placement`, or every learnable one) its prior and, per
     bucket with evidence, the posterior mean, its 95 % interval and the faded
     counts behind it."""
-    wanted = [(offer.id, model.index[offer.id]) for offer in learnable_offers(catalog)
+    wanted = [(offer.id, model.index[offer.id]) for offer in catalog.learnable.values()
               if placement is None or placement in offer.placements]
     rows = [row for _, row in wanted]
     offers = {offer: {"prior": None, "buckets": {}} for offer, _ in wanted}

@@ -17,7 +17,6 @@ from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.model import Catalog, CatalogHolder
 from engine.catalog.rules import SESSION_GAP_MS
 from engine.decisions.ids import DecisionSigner, Ticket
-from engine.decisions.learning import learnable_offers
 from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event
 from engine.followups.journey_runner import JourneyRunner
 from engine.followups.kpis import CLICK, IMPRESSION, PURCHASE, discount_cost_of, revenue_of
@@ -224,8 +223,7 @@ class Pipeline:
                 elif event.type == CONSENT and event.properties.get("granted") is False:
                     credits.append(Credit(person, event.ts, ("u",), prefix=EXPERIMENT))
         if lessons and catalog.learning is not None:
-            learnable = {offer.id for offer in learnable_offers(catalog)}
-            rewards = await self.learning.teach(catalog.learning, lessons, learnable, now_ms)
+            rewards = await self.learning.teach(catalog.learning, lessons, catalog.learnable, now_ms)
             if rewards:
                 pipe = self.store.redis.pipeline(transaction=False)
                 self.decision_log.rewards(pipe, rewards, now_ms)

@@ -33,7 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from engine.catalog.model import Catalog
-from engine.decisions.learning import Model, learnable_offers
+from engine.decisions.learning import Model
 from engine.outcomes.log import DECISION, REWARD, read_log
 from engine.outcomes.stats import Z95
 
@@ -140,7 +140,7 @@ async def evaluate(redis, keys, target: Catalog, learning_store=None, now: int =
     rows, left_out = settled(await logged_decisions(redis, keys), reward_window_ms)
     model = None
     if target.learning is not None and learning_store is not None:
-        offers = [o.id for o in learnable_offers(target)]
+        offers = list(target.learnable)
         model = Model.build(target, await learning_store.counts(offers, now, target.learning.half_life_ms), now)
     found = estimate(rows, target, model)
     return {"logged": {**found.pop("logged"), "left_out": left_out}, "target": {"digest": target.digest, **found}}

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Container
 from dataclasses import dataclass
 
 from engine.catalog.learning import ALL, Learning
 from engine.clock import every, in_background, now_ms
-from engine.decisions.learning import Model, learnable_offers
+from engine.decisions.learning import Model
 from engine.store.client import run_scripts
 from engine.store.keys import EXPOSURE_TTL_S, LEARNED_MAX, Keys
 
@@ -128,7 +129,7 @@ class LearningStore:
         self._mark = redis.register_script(MARK)
         self._add = redis.register_script(ADD)
 
-    async def teach(self, learning: Learning, lessons: list[Lesson], learnable: set[str], now: int) -> list[Lesson]:
+    async def teach(self, learning: Learning, lessons: list[Lesson], learnable: Container[str], now: int) -> list[Lesson]:
         """Count each lesson once; returns the rewards it taught (with the
         decision each answers, for the decision log)."""
         by_person: dict[str, list[Lesson]] = defaultdict(list)
@@ -211,9 +212,8 @@ class ModelHolder:
             self.current = None
             return None
         taken = now_ms()
-        learnable = learnable_offers(catalog)
-        counts = await self.store.counts([o.id for o in learnable], taken, catalog.learning.half_life_ms)
-        discounts = [o.id for o in learnable if o.kind == "discount" and o.holdout_pct]
+        counts = await self.store.counts(list(catalog.learnable), taken, catalog.learning.half_life_ms)
+        discounts = [o.id for o in catalog.learnable.values() if o.kind == "discount" and o.holdout_pct]
         holdouts = await self.store.holdout_counts(discounts) if catalog.learning.reward == "conversion" else None
         self.current = Model.build(catalog, counts, taken, holdouts=holdouts)
         return self.current
