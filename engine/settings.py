@@ -140,6 +140,10 @@ class Settings:
     # A message dead-lettered after its retries is reported on this webhook
     # channel (when one is configured for it); "" turns the alerts off.
     alert_channel: str = "operator"
+    # The country a phone number written without its +code is read in
+    # (ISO 3166 alpha-2, e.g. "GB"), for the lookup index and ad-platform
+    # exports; unset, such a number is not matched.
+    phone_region: str | None = None
 
     # Each field and the environment variable that sets it.
     ENV: ClassVar[dict[str, str]] = {
@@ -210,6 +214,7 @@ class Settings:
         "quiet_action": "ATTIMO_QUIET_ACTION",
         "repeat_window_s": "ATTIMO_REPEAT_WINDOW_S",
         "alert_channel": "ATTIMO_ALERT_CHANNEL",
+        "phone_region": "ATTIMO_PHONE_REGION",
     }
 
     def __post_init__(self) -> None:
@@ -270,6 +275,10 @@ class Settings:
         for name in ("port", "smtp_port"):
             if not 0 < getattr(self, name) < 65536:
                 raise SettingsError(f"{self.ENV[name]} must be a TCP port (1 to 65535), not {getattr(self, name)}")
+        if self.phone_region is not None and not (len(self.phone_region) == 2 and self.phone_region.isalpha()
+                                                  and self.phone_region.isupper()):
+            raise SettingsError(f"ATTIMO_PHONE_REGION must be a two-letter country code such as GB, "
+                                f"not {self.phone_region!r}")
         if not _is_http_url(self.public_url):
             raise SettingsError(f"ATTIMO_PUBLIC_URL must be an absolute http(s) URL, not {self.public_url!r}")
 
