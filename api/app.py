@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import (
+    audiences,
     catalog,
     codes,
     decide,
@@ -38,7 +39,8 @@ from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
-          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES)
+          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES
+          + audiences.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:

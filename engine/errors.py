@@ -57,6 +57,12 @@ class EventRejected(AttimoError):
         return body
 
 
+class NotFound(EventRejected):
+    """A path naming nothing that exists (a segment, an experiment)."""
+
+    status = 404
+
+
 class BodyTooLarge(EventRejected):
     status = 413
 

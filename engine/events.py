@@ -112,6 +112,9 @@ def check_wire_event(event: WireEvent, path: str) -> None:
             )
     if event.anonymous_id is None and event.user_id is None:
         raise EventRejected("an event needs anonymous_id or user_id", path)
+    if event.type in ATTIMO_EVENTS:
+        raise EventRejected(f"{event.type} events are made by Attimo when a segment's members change",
+                            f"{path}.type")
     if event.type == CONSENT:
         check_consent(event.properties, f"{path}.properties")
     check_value(event.properties, f"{path}.properties", 1)
@@ -131,6 +134,15 @@ EMAIL_CLICK = "email_click"
 # Recorded by the signed links of an email (api/followups.py); a browser that
 # sent them itself could walk a person through a journey's "opened E" branch.
 LINK_EVENTS = frozenset({EMAIL_OPEN, EMAIL_CLICK})
+# Made by Attimo when a tracked segment's membership changes (journeys can
+# start on them) and when time alone may have changed it; nobody sends them.
+SEGMENT_ENTERED = "segment_entered"
+SEGMENT_EXITED = "segment_exited"
+SEGMENT_RECHECK = "segment_recheck"
+ATTIMO_EVENTS = frozenset({SEGMENT_ENTERED, SEGMENT_EXITED, SEGMENT_RECHECK})
+# Advertising consent: what audience destinations export people under.
+ADS_CHANNEL = "ads"
+ADVERTISING = "advertising"
 CHANNEL_NAME = re.compile(r"[a-z0-9_]{1,32}|\*")
 
 

@@ -14,9 +14,12 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from engine.audiences.destinations import Deliveries
+from engine.audiences.membership import MembershipStore
 from engine.catalog.compile import empty_catalog, load_catalog_file
 from engine.catalog.model import CatalogHolder
 from engine.catalog.publish import CatalogStore
+from engine.clock import every, in_background, now_ms
 from engine.decisions.budgets import BudgetBook
 from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError
@@ -29,6 +32,7 @@ from engine.followups.journey_runner import internal_senders
 from engine.followups.kpis import KpiStore
 from engine.followups.scheduler import Scheduler, SchedulerStats, policy_from_settings
 from engine.ingest.pipeline import Pipeline
+from engine.ingest.rechecks import RECHECK_PERIOD_S, recheck_due
 from engine.outcomes.exposures import ExposureStore
 from engine.outcomes.learning import LearningStore, ModelHolder
 from engine.outcomes.log import DecisionLog
@@ -39,6 +43,7 @@ from engine.store.keys import Keys
 from engine.store.profiles import ProfileStore
 
 log = logging.getLogger("attimo")
+DELIVERY_PERIOD_S = 0.2  # how often webhook destinations are sent what changed
 
 
 @dataclass
@@ -82,8 +87,10 @@ class Runtime:
         kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
         learning = LearningStore(redis, keys)
         decision_log = DecisionLog(redis, keys, ExposureStore(redis, keys), max_len=settings.decision_log_max)
-        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, queue=queue,
-                            contacts=contacts, kpis=kpis, inbox=inbox)
+        membership = MembershipStore(redis, keys, phone_region=settings.phone_region,
+                                     card_ttl_s=settings.profile_ttl_s)
+        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, membership,
+                            queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
@@ -168,9 +175,17 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+    deliveries = Deliveries(runtime.redis, runtime.keys, runtime.pipeline.membership,
+                            (settings.webhook_secret or "").encode(), settings.export_dir)
     try:
-        await scheduler.run(stop, settings.scheduler_poll_ms)
+        async with (in_background(every(RECHECK_PERIOD_S, lambda: recheck_due(runtime.pipeline),
+                                        "segment rechecks", log)),
+                    in_background(every(DELIVERY_PERIOD_S,
+                                        lambda: deliveries.run_once(runtime.holder.current, now_ms()),
+                                        "audience destinations", log))):
+            await scheduler.run(stop, settings.scheduler_poll_ms)
     finally:
+        await deliveries.aclose()
         if poller is not None:
             poller.cancel()
         for resource in closeables:

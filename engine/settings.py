@@ -144,6 +144,9 @@ class Settings:
     # (ISO 3166 alpha-2, e.g. "GB"), for the lookup index and ad-platform
     # exports; unset, such a number is not matched.
     phone_region: str | None = None
+    # Where scheduled segment exports (a destination's `export: {every: …}`)
+    # are written, one folder per destination; unset, only on-demand exports.
+    export_dir: str | None = None
 
     # Each field and the environment variable that sets it.
     ENV: ClassVar[dict[str, str]] = {
@@ -215,6 +218,7 @@ class Settings:
         "repeat_window_s": "ATTIMO_REPEAT_WINDOW_S",
         "alert_channel": "ATTIMO_ALERT_CHANNEL",
         "phone_region": "ATTIMO_PHONE_REGION",
+        "export_dir": "ATTIMO_EXPORT_DIR",
     }
 
     def __post_init__(self) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 
 from engine.catalog import windows
 from engine.catalog.arbitration import offer_economics, placement_arbitration
+from engine.catalog.audiences import compile_audiences
 from engine.catalog.contact_policy import contact_policy_fields, onsite_caps
 from engine.catalog.experiments import compile_experiments
 from engine.catalog.journeys import compile_journeys
@@ -100,11 +101,14 @@ def _compile(spec: dict, source: str) -> Catalog:
     segment_specs = _named_list(spec.get("segments"), "segments", compiler)
     compiler.segment_ids = {s["id"] for _, s in segment_specs}
     segments = {}
+    compiler.clock = set()
     for path, seg in segment_specs:
         if "when" not in seg:
             compiler.problem(path, "a segment needs when: <condition>")
             continue
         segments[seg["id"]] = compiler.condition(seg["when"], f"{path}.when").test
+    audiences = compile_audiences(segment_specs, compiler)
+    compiler.clock = None
     _check_segment_cycles(segment_specs, compiler)
     rules = {name: compiler.named_rule(name, f"rules.{name}").test for name in rule_specs}
 
@@ -146,6 +150,7 @@ def _compile(spec: dict, source: str) -> Catalog:
         offers=offers,
         offers_by_id={o.id: o for o in offers},
         segments=segments,
+        audiences=audiences,
         features=compiler.features,
         features_by_type=dict(features_by_type),
         feature_index=feature_index,

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.catalog.arbitration import NO_ECONOMICS, Economics
+from engine.catalog.audiences import Audiences
 from engine.catalog.experiments import Experiment
 from engine.catalog.journeys import Journeys
 from engine.catalog.learning import Learning
@@ -148,6 +149,9 @@ class Catalog:
     # building for a request.
     indexed_traits: frozenset[str] = frozenset()
     indexed_context: frozenset[str] = frozenset()
+    # Tracked segments, their destinations and what time changes in segments
+    # (engine/catalog/audiences.py).
+    audiences: Audiences = field(default_factory=Audiences)
     # Journeys and their message templates (engine/catalog/journeys.py).
     journeys: Journeys = field(default_factory=Journeys)
     # The ContactPolicy fields (engine/followups/contacts.py) the catalog's

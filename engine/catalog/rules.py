@@ -132,6 +132,10 @@ class Compiler:
     # `consent` conditions read the contact state, which only journeys load.
     allow_consent: bool = False
     reads_consent: bool = False
+    # While segments compile: what time alone can change in them (a window
+    # emptying, an idle spell, a score fading, the hour), so membership is
+    # rechecked when one of them moves (engine/catalog/audiences.py). None: not collected.
+    clock: set | None = None
     _rules: dict[str, Compiled] = field(default_factory=dict)
     _rules_in_progress: set[str] = field(default_factory=set)
 
@@ -256,6 +260,10 @@ class Compiler:
         kind = kinds[0]
         return getattr(self, f"_{kind}")(spec, path)
 
+    def _ticks(self, sources) -> None:
+        if self.clock is not None:
+            self.clock.update(sources)
+
     def _extra_keys(self, spec: dict, allowed: tuple, path: str) -> None:
         for key in spec:
             if key not in allowed:
@@ -307,6 +315,7 @@ class Compiler:
             return Compiled(lambda facts: False)
         test, values = self.comparison(_without(spec, "context"), path)
         if name in ("hour", "weekday"):
+            self._ticks([("hour",)])
             return Compiled(lambda facts: test(facts.context_value(name)))
         atoms = frozenset(("c", name, v) for v in values) if values else None
         return Compiled(lambda facts: test(facts.context.get(name)), atoms)
@@ -339,6 +348,7 @@ class Compiler:
             self.problem(f"{path}.score", "score takes a comparison, e.g. {at_least: 50}")
             return Compiled(lambda facts: False)
         test, _ = self.comparison(spec["score"], f"{path}.score")
+        self._ticks(("score", value) for value in _numbers(spec["score"]))
         return Compiled(lambda facts: test(facts.score()))
 
     def _segment(self, spec: dict, path: str) -> Compiled:
@@ -371,12 +381,14 @@ class Compiler:
     def _inactive_for(self, spec: dict, path: str) -> Compiled:
         self._extra_keys(spec, ("inactive_for",), path)
         idle = self._duration(spec["inactive_for"], f"{path}.inactive_for")
+        self._ticks([("idle", idle)])
         return Compiled(lambda facts: facts.now_ms - facts.profile.ls >= idle)
 
     def _returning_after(self, spec: dict, path: str) -> Compiled:
         """True during the first session after an absence of at least the duration."""
         self._extra_keys(spec, ("returning_after",), path)
         gap = self._duration(spec["returning_after"], f"{path}.returning_after")
+        self._ticks([("idle", SESSION_GAP_MS + 1)])
 
         def returning(facts: Facts) -> bool:
             profile = facts.profile
@@ -422,6 +434,7 @@ class Compiler:
             f"within {within}",
         )))
         self.window_uses[label] = (feature, buckets)
+        self._ticks([("window", feature.fid, buckets)])
         return Compiled(lambda facts: test(facts.window(feature, buckets)))
 
     def feature(
@@ -447,6 +460,18 @@ class Compiler:
         except ValueError as exc:
             self.problem(path, str(exc))
             return windows.DAY_MS
+
+
+def _numbers(spec: Any) -> list[float]:
+    """The numbers a comparison names (the thresholds a fading score may cross)."""
+    values = spec.values() if isinstance(spec, dict) else [spec]
+    found = []
+    for value in values:
+        if isinstance(value, list):
+            found.extend(v for v in value if _is_number(v))
+        elif _is_number(value):
+            found.append(value)
+    return found
 
 
 def _without(spec: dict, key: str) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
 from engine.catalog.rules import Facts
 from engine.errors import StoreContention
-from engine.events import Event
+from engine.events import SEGMENT_RECHECK, Event
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import DueQueue
 from engine.followups.inbox import InboxStore
@@ -77,7 +77,7 @@ class JourneyRunner:
         for person, profile in profiles.items():
             events = by_person.get(person, [])
             if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
-                    and any(e.type != TRAIT_EVENT for e in events)):
+                    and any(e.type not in (TRAIT_EVENT, SEGMENT_RECHECK) for e in events)):
                 timers.extend(idle_timer(j, person, profile.ls) for j in book.idle)
             segments = entered.get(person, set())
             facts = facts_of[person]

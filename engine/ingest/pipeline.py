@@ -7,29 +7,45 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import msgspec
 
+from engine.audiences.membership import ENTER, EXIT, Change, MembershipStore
+from engine.catalog.audiences import next_change_ms
 from engine.catalog.journeys import TRAIT_EVENT
 from engine.catalog.model import Catalog, CatalogHolder
 from engine.catalog.rules import SESSION_GAP_MS
 from engine.decisions.ids import DecisionSigner, Ticket
-from engine.events import ANONYMOUS, CONSENT, KNOWN, TIMEZONE_TRAIT, Event
+from engine.events import (
+    ADS_CHANNEL,
+    ADVERTISING,
+    ANONYMOUS,
+    CONSENT,
+    KNOWN,
+    SEGMENT_ENTERED,
+    SEGMENT_EXITED,
+    SEGMENT_RECHECK,
+    TIMEZONE_TRAIT,
+    Event,
+)
 from engine.followups.journey_runner import JourneyRunner
 from engine.followups.kpis import CLICK, IMPRESSION, PURCHASE, discount_cost_of, revenue_of
 from engine.outcomes.exposures import EXPERIMENT, Credit, ExposureStore
 from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
-from engine.policy import SUPPRESSIBLE_CHANNELS, suppression_address
+from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
 from engine.profile import decode_profile
 from engine.store.profiles import ProfileStore
 
 _encode = msgspec.msgpack.encode
 log = logging.getLogger("attimo.pipeline")
 BOUNCES = ("bounce", "complaint")
+# Events that change a profile without being the person's activity.
+PASSIVE = frozenset({TRAIT_EVENT, SEGMENT_RECHECK})
 
 
 def event_id_hash(event_id: str) -> bytes:
@@ -70,13 +86,13 @@ def event_ops(catalog: Catalog, event: Event) -> list:
         to_set = {k: v for k, v in event.traits.items() if v is not None} or False
         to_unset = [k for k, v in event.traits.items() if v is None] or False
     points = catalog.scoring.event_points(event.type, props)
-    return [event.ts, to_set, to_unset, increments, points, 0 if event.type == TRAIT_EVENT else 1]
+    return [event.ts, to_set, to_unset, increments, points, 0 if event.type in PASSIVE else 1]
 
 
 class Pipeline:
     def __init__(self, store: ProfileStore, catalogs: CatalogHolder, decisions: DecisionSigner | None = None,
                  learning: LearningStore | None = None, decision_log: DecisionLog | None = None,
-                 **followup_stores):
+                 membership: MembershipStore | None = None, **followup_stores):
         """`followup_stores` (queue, contacts, kpis, inbox): the process's own,
         from engine/runtime.py; without them the journey runner makes its own,
         and so for `learning` and `decision_log`. `decisions` checks the
@@ -87,6 +103,8 @@ class Pipeline:
         self.journeys = JourneyRunner(self, **followup_stores)
         self.learning = learning or LearningStore(store.redis, store.keys)
         self.decision_log = decision_log or DecisionLog(store.redis, store.keys, ExposureStore(store.redis, store.keys))
+        self.membership = membership or MembershipStore(store.redis, store.keys,
+                                                        card_ttl_s=store.profile_ttl_ms // 1000)
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
         """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
@@ -121,6 +139,8 @@ class Pipeline:
         result = ApplyResult()
         segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
+        evaluated = {}  # person -> profile, where segments are tracked
+        tracked = catalog.audiences.tracked
         for person, (accepted, duplicates, packed) in zip(people, replies, strict=False):
             result.accepted += accepted
             result.duplicates += duplicates
@@ -128,6 +148,8 @@ class Pipeline:
                 profiles[person] = decode_profile(packed)
             if packed:  # duplicates too: a retry after a crash before the segment write records it
                 profile = profiles.get(person) or decode_profile(packed)
+                if tracked:
+                    evaluated[person] = profile
                 segments = catalog.segments_of(profile, now_ms)
                 if segments != profile.g:
                     result.segment_changes[person] = (list(profile.g), segments)
@@ -159,11 +181,21 @@ class Pipeline:
                         result.segment_changes[person] = (old, segments)
                         segment_calls[person] = store.set_segments_call(person, profile.v, segments)
             await store.run(unstage_calls)
+        # Membership before the profile's own record of its segments: a batch
+        # cut short in between is found changed again when retried.
+        moved = await self._track(catalog, result, by_person, evaluated, now_ms) if tracked else {}
         if segment_calls:
             await store.run(list(segment_calls.values()))
+        carded = [event for event in events if event.traits and not CONTACT_TRAITS.isdisjoint(event.traits)]
+        if carded:
+            pipe = store.redis.pipeline(transaction=False)
+            for event in sorted(carded, key=lambda e: e.ts):
+                self.membership.card_commands(pipe, event.person, event.traits)
+            await pipe.execute()
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
+            await self._advertising(catalog, consents, result, evaluated)
         bounced = [event for event in events if event.type in BOUNCES and event.trusted]
         if bounced:
             await self._suppress(bounced)
@@ -177,14 +209,65 @@ class Pipeline:
             # After consents: a welcome sent for a registration that came with its
             # opt-in finds the consent recorded. Same batch, so exits act at once.
             entered = {person: set(new) - set(old) for person, (old, new) in result.segment_changes.items()}
+            seen = {person: by_person.get(person, []) + moved[person] for person in moved} if moved else {}
             result.journey_actions = await self.journeys.after_apply(
-                catalog, by_person, profiles, entered, now_ms, depth)
+                catalog, {**by_person, **seen}, profiles, entered, now_ms, depth)
         if depth == 0:
             tickets = self._tickets(by_person, now_ms)
             await self.journeys.kpis.record_batch(
                 by_person, catalog.offers_by_id, lambda person, event: _earned(event, tickets.get(event.id)))
             await self._outcomes(catalog, by_person, tickets, now_ms)
         return result
+
+    async def _track(self, catalog: Catalog, result: ApplyResult, by_person: dict[str, list[Event]],
+                     evaluated: dict, now_ms: int) -> dict[str, list[Event]]:
+        """Tracked segments' entries and exits into their member sets, and each
+        evaluated person's next recheck (when time alone may move them). Returns
+        the segment_entered / segment_exited events journeys see, with ids
+        fixed by the profile version, so a retried batch starts nothing twice."""
+        tracked = catalog.audiences.tracked
+        changes, moved = [], defaultdict(list)
+        for person, (old, new) in result.segment_changes.items():
+            was, now = set(old) & tracked, set(new) & tracked
+            if was == now:
+                continue
+            rechecked = all(event.type == SEGMENT_RECHECK for event in by_person.get(person, ()))
+            reason = "time" if rechecked else "event"
+            version = evaluated[person].v if person in evaluated else 0
+            for op, segments in ((ENTER, now - was), (EXIT, was - now)):
+                kind = SEGMENT_ENTERED if op == ENTER else SEGMENT_EXITED
+                for segment in sorted(segments):
+                    changes.append(Change(person, segment, op, reason))
+                    moved[person].append(Event(f"{kind}:{segment}:{person}:{version}", kind, person, now_ms,
+                                               {"segment": segment, "reason": reason}, trusted=True))
+        if changes:
+            await self.membership.record(changes)
+        pipe = self.store.redis.pipeline(transaction=False)
+        for person, profile in evaluated.items():
+            at = next_change_ms(catalog, profile, now_ms)
+            segments = result.segment_changes[person][1] if person in result.segment_changes else profile.g
+            if tracked.intersection(segments):  # a profile that expires leaves its segments then
+                at = min(at or math.inf, now_ms + self.store.profile_ttl_ms)
+            if at is not None or any(event.type == SEGMENT_RECHECK for event in by_person.get(person, ())):
+                self.membership.schedule(pipe, person, at)
+        if len(pipe):
+            await pipe.execute()
+        return moved
+
+    async def _advertising(self, catalog: Catalog, consents: list[Event], result: ApplyResult,
+                           evaluated: dict) -> None:
+        """Advertising consent (channel ads) given or withdrawn reaches the
+        audience card and the tracked segments' destinations."""
+        people = {e.person for e in consents if e.properties["channel"] == ADS_CHANNEL
+                  and e.properties.get("purpose", "*") in (ADVERTISING, "*")}
+        for person in people:
+            state = await self.journeys.contacts.load(person)
+            granted = consent_given(state, ADS_CHANNEL, ADVERTISING) is True
+            if person in result.segment_changes:
+                segments = result.segment_changes[person][1]
+            else:
+                segments = evaluated[person].g if person in evaluated else []
+            await self.membership.set_advertising(person, granted, sorted(catalog.audiences.tracked & set(segments)))
 
     def _tickets(self, by_person: dict[str, list[Event]], now_ms: int) -> dict[str, Ticket]:
         """The verified decision behind each impression and click that names its

@@ -76,7 +76,8 @@ class Keys:
         """Every key kept about one person (all under their tag: one slot)."""
         return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
                 self.contact_outcomes(person), self.journeys(person), self.inbox(person), self.devices(person),
-                self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person))
+                self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person),
+                self.audience_card(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
@@ -141,6 +142,46 @@ class Keys:
     # trimmed to about ATTIMO_DECISION_LOG_MAX entries per shard.
     def decision_log(self, shard: int) -> str:
         return f"{self.prefix}:{{dlog:{shard}}}:s"
+
+    # --- Audiences (engine/audiences/): a tracked segment's members in
+    # SEGMENT_SHARDS shards, tag {sg:<segment>:<n>}, a person always in shard
+    # crc32(person) % SEGMENT_SHARDS, so membership and its change record are
+    # written by one script in one slot.
+    # SET of person ids in the segment now. No TTL: people leave by exiting.
+    def segment_members(self, segment: str, shard: int) -> str:
+        return f"{self.prefix}:{{sg:{segment}:{shard}}}:m"
+
+    # STREAM of that shard's entries and exits, fields s (segment), p (person),
+    # o ("+" or "-"), r (reason: event, time, consent, erased). Written only
+    # when the set changed, so a retried batch records nothing twice; what the
+    # webhook destinations deliver. Trimmed to about SEGMENT_CHANGES_MAX entries.
+    def segment_changes(self, segment: str, shard: int) -> str:
+        return f"{self.prefix}:{{sg:{segment}:{shard}}}:c"
+
+    # ZSET, member = person, score = ms when time alone may next change their
+    # segments (a window emptying, an idle spell): the recheck schedule, in
+    # SEGMENT_SHARDS shards by person. A member is removed when rechecked and
+    # nothing more is due. No TTL.
+    def segment_rechecks(self, shard: int) -> str:
+        return f"{self.prefix}:{{sgr:{shard}}}:z"
+
+    # HASH, what audience destinations match a person on: `e` and `p`, the
+    # SHA-256 of their normalised email and E.164 phone, `a` "1" when they gave
+    # advertising consent (channel ads, purpose advertising). Written when those
+    # traits or that consent change. TTL: the profile TTL, renewed on write.
+    def audience_card(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:ad"
+
+    # HASH of one destination's progress: change-stream shard -> last stream id
+    # delivered (or dead-lettered); `export` -> ms of the last scheduled export.
+    # Its own tag. No TTL.
+    def destination_state(self, destination: str) -> str:
+        return f"{self.prefix}:{{dest:{destination}}}:state"
+
+    # STRING, the process delivering for one destination (one at a time, so
+    # changes arrive in order). TTL: DESTINATION_LEASE_MS, renewed while it works.
+    def destination_lease(self, destination: str) -> str:
+        return f"{self.prefix}:{{dest:{destination}}}:lease"
 
     # STRING, JSON list of a person's in-app inbox messages (newest first, each
     # with its expiry, read and dismissed flags), capped to INBOX_MAX.
@@ -221,4 +262,7 @@ DEVICES_MAX = 10
 EXPOSURE_TTL_S = 30 * 86_400
 LEARNED_MAX = 500
 DECISION_LOG_SHARDS = 8
+SEGMENT_SHARDS = 16
+SEGMENT_CHANGES_MAX = 200_000
+DESTINATION_LEASE_MS = 15_000
 SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back

@@ -10,8 +10,6 @@ scheduler core that is the difference between 550 and 9000 webhooks/s."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -21,10 +19,13 @@ import orjson
 from engine.clock import now_ms
 from engine.errors import AttimoError
 from engine.followups.message import Message
-
-SIGNATURE_HEADER = "X-Attimo-Signature"
-TIMESTAMP_HEADER = "X-Attimo-Timestamp"
-IDEMPOTENCY_HEADER = "Idempotency-Key"
+from engine.signing import (  # noqa: F401 (verify_signature: for receivers)
+    IDEMPOTENCY_HEADER,
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    sign_body,
+    verify_signature,
+)
 
 
 class DeliveryFailed(AttimoError):
@@ -34,20 +35,6 @@ class DeliveryFailed(AttimoError):
         super().__init__(f"{reason} after {attempts} attempt(s)")
         self.reason = reason
         self.attempts = attempts
-
-
-def sign_body(secret: bytes, timestamp_ms: int, body: bytes) -> str:
-    mac = hmac.new(secret, str(timestamp_ms).encode() + b"." + body, hashlib.sha256)
-    return "sha256=" + mac.hexdigest()
-
-
-def verify_signature(secret: bytes, timestamp: str, body: bytes, signature: str) -> bool:
-    """For receivers (and tests): does the signature header match the body?"""
-    try:
-        expected = sign_body(secret, int(timestamp), body)
-    except ValueError:
-        return False
-    return hmac.compare_digest(expected.encode(), signature.encode())
 
 
 @dataclass(frozen=True, slots=True)
