@@ -256,7 +256,7 @@ def run_demo(args) -> int:
             allowed_origins=(base,), public_url=base,
             smtp_host="127.0.0.1", smtp_port=outbox.smtp_port, smtp_tls="none",
             webhook_urls=tuple(f"{channel}={base}/demo/webhooks/{channel}"
-                               for channel in ("push", "sms", "webhook", "sales", "operator")),
+                               for channel in ("push", "sms", "webhook", "sales", "operator", "audiences")),
             webhook_secret="demo-webhook-secret",
         )
         from engine.demo.seed import seed_demo_people, try_these

@@ -176,7 +176,8 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
     deliveries = Deliveries(runtime.redis, runtime.keys, runtime.pipeline.membership,
-                            (settings.webhook_secret or "").encode(), settings.export_dir)
+                            (settings.webhook_secret or "").encode(), settings.export_dir,
+                            dict(settings.webhook_urls))
     try:
         async with (in_background(every(RECHECK_PERIOD_S, lambda: recheck_due(runtime.pipeline),
                                         "segment rechecks", log)),

@@ -194,3 +194,34 @@ def test_the_readme_learning_walkthrough_explains_reports_and_shows_the_model():
     assert set(experiment["arms"]) == {"priority_order", "learnt"} and "srm" in experiment
     assert model["learning"]["reward"] == "click" and model["age_ms"] < 5000
     assert "attimo evaluate --catalog examples/catalog.yaml --redis-url redis://" in printed
+
+
+def test_the_readme_retargeting_walkthrough_reaches_the_webhook_and_the_customer_list():
+    """README "Send a segment to an ad platform", its curl block as written against `attimo demo`."""
+    [calls] = _readme_blocks("### Send a segment to an ad platform")
+    port = free_port()
+    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    script = calls.replace("localhost:8000", f"127.0.0.1:{port}")
+    found: dict = {}
+    try:
+        wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
+
+        def delivered() -> bool:  # the events carry ids: running the block again changes nothing
+            out = subprocess.run(["bash", "-euc", script], capture_output=True, text=True, timeout=30).stdout
+            accepted, segments, outbox = _json_documents(out.split("Email,Phone")[0])
+            found.update(accepted=accepted, segments=segments, outbox=outbox, csv="Email,Phone" + out.split(
+                "Email,Phone", 1)[1] if "Email,Phone" in out else "")
+            hooks = [item for item in outbox["outbox"] if item.get("channel") == "audiences"]
+            people = {c.get("person") for item in hooks for c in item["body"]["changes"]}
+            return {"u:u-sam", "a:a-reader"} <= people
+        wait_until(delivered, 20, 0.5, "the audience webhook to receive Sam and the reader")
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.communicate(timeout=20)
+    [segment] = [s for s in found["segments"]["segments"] if s["id"] == "crm_pricing_no_purchase"]
+    assert segment["tracked"] and segment["size"] == 2 and segment["last_change"] > 0
+    rows = found["csv"].strip().splitlines()
+    sam = hashlib.sha256(b"sam@example.com").hexdigest()
+    assert rows == ["Email,Phone", f"{sam},"]  # the reader has no email: not in the list

@@ -71,8 +71,10 @@ class Deliveries:
     """Runs the webhook destinations and scheduled exports of the catalog in force."""
 
     def __init__(self, redis, keys: Keys, membership: MembershipStore, secret: bytes,
-                 export_dir: str | None = None, owner: str | None = None):
+                 export_dir: str | None = None, urls: dict[str, str] | None = None, owner: str | None = None):
+        """`urls`: the webhook channels (ATTIMO_WEBHOOK_URLS) a destination may name."""
         self.redis = redis
+        self.urls = urls or {}
         self.keys = keys
         self.membership = membership
         self.secret = secret
@@ -124,7 +126,8 @@ class Deliveries:
         if now_ms < pending.next_try_ms:
             return 0
         pending.attempts += 1
-        reason = await self._post(destination.url, pending)
+        url = destination.url or self.urls.get(destination.channel)
+        reason = await self._post(url, pending) if url else f"no URL for webhook channel {destination.channel!r}"
         if reason is None:
             await self._advance(destination, pending.cursors)
             del self._pending[destination.id]

@@ -18,7 +18,7 @@ from engine.catalog.windows import MINUTE_MS, parse_duration
 
 SEGMENT_FIELDS = ("id", "description", "when", "track", "destinations")
 DESTINATION_KINDS = ("webhook", "export")
-WEBHOOK_FIELDS = ("url", "batch", "attempts", "include_person")
+WEBHOOK_FIELDS = ("url", "channel", "batch", "attempts", "include_person")
 EXPORT_FIELDS = ("format", "shape", "every")
 FORMATS = ("csv", "jsonl")
 # Column names of a customer-list file: Google Customer Match's template,
@@ -40,6 +40,7 @@ class Destination:
     segment: str
     kind: str
     url: str | None = None
+    channel: str | None = None  # a webhook channel of ATTIMO_WEBHOOK_URLS, instead of a url
     batch: int = 500
     attempts: int = 12
     include_person: bool = False
@@ -115,10 +116,15 @@ def _destination(spec: Any, segment: str, path: str, compiler: Compiler) -> Dest
             compiler.problem(f"{path}.{kind}.{key}", f"unknown field; expected {', '.join(allowed)}")
     problems = len(compiler.problems)
     if kind == "webhook":
-        url = body.get("url")
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            compiler.problem(f"{path}.webhook.url", "an absolute http(s) URL")
+        url, channel = body.get("url"), body.get("channel")
+        if (url is None) == (channel is None):
+            compiler.problem(f"{path}.webhook", "url: <an http(s) URL> or channel: <a channel of ATTIMO_WEBHOOK_URLS>")
+        elif url is not None:
+            parts = urlsplit(url) if isinstance(url, str) else None
+            if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+                compiler.problem(f"{path}.webhook.url", "an absolute http(s) URL")
+        elif not isinstance(channel, str) or not DESTINATION_ID.fullmatch(channel):
+            compiler.problem(f"{path}.webhook.channel", "the name of a webhook channel (a-z 0-9 _ -)")
         batch = _whole(body.get("batch", 500), f"{path}.webhook.batch", 1, MAX_BATCH, compiler)
         attempts = _whole(body.get("attempts", 12), f"{path}.webhook.attempts", 1, MAX_ATTEMPTS, compiler)
         include = body.get("include_person", False)
@@ -126,7 +132,7 @@ def _destination(spec: Any, segment: str, path: str, compiler: Compiler) -> Dest
             compiler.problem(f"{path}.webhook.include_person", "true or false")
         if len(compiler.problems) > problems:
             return None
-        return Destination(spec["id"], segment, kind, url=url, batch=batch, attempts=attempts,
+        return Destination(spec["id"], segment, kind, url=url, channel=channel, batch=batch, attempts=attempts,
                            include_person=include)
     fmt, shape = body.get("format", "csv"), body.get("shape", "plain")
     if fmt not in FORMATS:

@@ -28,6 +28,14 @@ def demo_events(now_ms: int) -> list[Event]:
         }),
         event("seed-marco-2", "u-marco", "download", 2 * DAY_MS, {"asset": "crm-buyers-guide"}),
         event("seed-marco-3", "u-marco", "form_submit", 2 * DAY_MS, {"form": "demo_request"}),
+        # Sam read CRM pricing three times yesterday, bought nothing and agreed to
+        # advertising: in the retargeting audience, sent to its webhook.
+        event("seed-sam-1", "u-sam", "identify", 2 * DAY_MS, traits={
+            "registered": True, "first_name": "Sam", "email": "Sam@Example.com"}),
+        event("seed-sam-2", "u-sam", "consent", 2 * DAY_MS, {"channel": "ads", "purpose": "advertising",
+                                                             "granted": True}),
+        *[event(f"seed-sam-pv{i}", "u-sam", "page_view", DAY_MS - i * MINUTE_MS,
+                {"path": "/pricing/crm", "category": "crm", "page_type": "pricing"}) for i in range(3)],
         # Li is registered and keeps browsing analytics today.
         event("seed-li-1", "u-li", "identify", 3 * DAY_MS, traits={"registered": True, "first_name": "Li"}),
         *[event(f"seed-li-pv{i}", "u-li", "page_view", (i + 1) * 10 * MINUTE_MS,
