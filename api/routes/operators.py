@@ -167,6 +167,10 @@ async def list_suppressions(request: Request) -> Response:
 def _dead_letter_view(raw: bytes) -> dict:
     try:
         entry = orjson.loads(raw)
+        if entry.get("kind") == "destination":  # an audience webhook batch (engine/audiences/destinations.py)
+            return {"destination": entry["destination"], "segment": entry["segment"], "reason": entry["reason"],
+                    "at": entry["at"], "idempotency_key": entry["idempotency_key"],
+                    "changes": len(orjson.loads(entry["body"])["changes"])}
         message = entry["message"]
         return {"id": message["id"], "person": message["person"], "channel": message["channel"],
                 "template": message.get("template", ""), "purpose": message.get("purpose", ""),
@@ -184,7 +188,9 @@ async def get_dead_letters(request: Request) -> Response:
     parameters:
       - {name: limit, in: query, schema: {type: integer, minimum: 1, maximum: 1000, default: 50}}
     responses:
-      200: {description: '{"dead_letters": [{"id", "person", "channel", "template", "purpose", "due_ms", "reason", "at"}], "total": n kept (at most 10000)}'}
+      200: {description: '{"dead_letters": [{"id", "person", "channel", "template", "purpose", "due_ms", "reason", "at"}
+        or, for an audience webhook batch, {"destination", "segment", "reason", "at", "idempotency_key", "changes"}],
+        "total": n kept (at most 10000)}'}
       401: {description: Missing token}
       403: {description: Not the server token}
       422: {description: A limit out of range}

@@ -173,6 +173,8 @@ class Deliveries:
             op = _text(fields[b"o"])
             if op == ENTER and not consent:
                 continue  # no advertising consent: the destination never hears of them
+            if b"e" in fields or b"ph" in fields:  # recorded with the change: the person was erased since
+                email, phone = _text(fields.get(b"e")), _text(fields.get(b"ph"))
             change = {"id": f"{destination.segment}:{shard}:{entry_id}", "op": "add" if op == ENTER else "remove",
                       "reason": _text(fields[b"r"]), "at": stamp, "email_sha256": email, "phone_sha256": phone}
             if destination.include_person:
@@ -279,7 +281,7 @@ async def export_to_file(membership: MembershipStore, destination: Destination, 
     return final
 
 
-def _text(value) -> str:
+def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 

@@ -20,12 +20,17 @@ from engine.store.keys import SEGMENT_CHANGES_MAX, SEGMENT_SHARDS, Keys
 ENTER, EXIT = "+", "-"
 
 # KEYS[1] members  KEYS[2] changes
-# ARGV: op (+|-), person, segment, reason, stream max length
+# ARGV: op (+|-), person, segment, reason, stream max length[, email sha256, phone
+# sha256: the identifiers of someone being erased, whose card will be gone
+# when the removal is delivered]
 CHANGE = r"""
 local n
 if ARGV[1] == '+' then n = redis.call('SADD', KEYS[1], ARGV[2]) else n = redis.call('SREM', KEYS[1], ARGV[2]) end
 if n == 1 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 's', ARGV[3], 'p', ARGV[2], 'o', ARGV[1], 'r', ARGV[4])
+  local fields = {'s', ARGV[3], 'p', ARGV[2], 'o', ARGV[1], 'r', ARGV[4]}
+  if ARGV[6] and ARGV[6] ~= '' then table.insert(fields, 'e'); table.insert(fields, ARGV[6]) end
+  if ARGV[7] and ARGV[7] ~= '' then table.insert(fields, 'ph'); table.insert(fields, ARGV[7]) end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 end
 return n
 """
@@ -75,6 +80,19 @@ class MembershipStore:
                                                 self.max_changes]))
         done = await run_scripts(self.redis, calls)
         return [change for change, n in zip(changes, done, strict=True) if n]
+
+    async def erase(self, person: str, tracked: Sequence[str]) -> list[str]:
+        """Take `person` out of every tracked segment before their data goes,
+        each removal carrying their hashed identifiers so destinations can still
+        drop them; returns the segments they were in."""
+        (email, phone, _), = await self.cards([person])
+        shard = shard_of(person)
+        calls = [(self._change, [self.keys.segment_members(segment, shard), self.keys.segment_changes(segment, shard)],
+                  [EXIT, person, segment, "erased", self.max_changes, email or "", phone or ""])
+                 for segment in tracked]
+        removed = await run_scripts(self.redis, calls)
+        await self.redis.zrem(self.keys.segment_rechecks(shard), person)
+        return [segment for segment, n in zip(tracked, removed, strict=True) if n]
 
     def card_commands(self, pipe, person: str, traits: dict) -> bool:
         """Queue the update of a person's audience card (Keys.audience_card) from

@@ -152,7 +152,8 @@ class Keys:
         return f"{self.prefix}:{{sg:{segment}:{shard}}}:m"
 
     # STREAM of that shard's entries and exits, fields s (segment), p (person),
-    # o ("+" or "-"), r (reason: event, time, consent, erased). Written only
+    # o ("+" or "-"), r (reason: event, time, consent, expired, erased), and for
+    # an erasure e and ph, the hashed email and phone it removes. Written only
     # when the set changed, so a retried batch records nothing twice; what the
     # webhook destinations deliver. Trimmed to about SEGMENT_CHANGES_MAX entries.
     def segment_changes(self, segment: str, shard: int) -> str:

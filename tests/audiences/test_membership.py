@@ -213,3 +213,21 @@ def test_nobody_can_send_the_events_attimo_makes(kind):
                                      "properties": {"segment": "crm_fan"}}]})
     with pytest.raises(EventRejected, match="made by Attimo"):
         decode_batch(body)
+
+
+async def test_erasing_a_member_removes_them_and_the_removal_still_names_their_hashes(redis, receiver):
+    pipeline = pipeline_for(redis, receiver.url + "/ads")
+    deliveries = Deliveries(redis, KEYS, pipeline.membership, SECRET)
+    await pipeline.apply([identify("u:ada", email="ada@example.com"), consent("u:ada"), *views("u:ada", 0)], NOW)
+    await deliveries.run_once(pipeline.catalogs.current, NOW)
+    assert await pipeline.membership.erase("u:ada", sorted(pipeline.catalogs.current.audiences.tracked)) == \
+        ["crm_fan"]
+    for key in KEYS.of_person("u:ada"):
+        await redis.delete(key)  # what erasure then does: the card goes with the rest
+    await deliveries.run_once(pipeline.catalogs.current, NOW + 1)
+    [added, removed] = [orjson.loads(r.body)["changes"][0] for r in receiver.received]
+    assert added["op"] == "add" and removed["op"] == "remove" and removed["reason"] == "erased"
+    assert removed["email_sha256"] == ref_sha("ada@example.com")
+    assert await members(redis, "crm_fan") == set()
+    assert await redis.zscore(KEYS.segment_rechecks(shard_of("u:ada")), "u:ada") is None
+    await deliveries.aclose()
