@@ -73,7 +73,7 @@ async def delete_person(request: Request) -> Response:
     try:
         suppressed = await _suppress_addresses(services, person) if suppress == "true" else []
         erased = await erase_person(services.redis, services.keys, services.queue,
-                                    person, services.queued_channels(), now_ms(),
+                                    person, services.queued_channels(),
                                     services.codes, list(services.holder.current.code_pools))
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
