@@ -88,7 +88,8 @@ class Keys:
                 self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
-    # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
+    # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days),
+    # the last CONSENT_HISTORY_MAX consent changes (when, what, from where).
     # TTL: CONTACT_STATE_TTL_S, renewed on every write.
     def contact(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:c"
