@@ -16,6 +16,7 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 HISTORY_KEEP_MS = 8 * DAY_MS  # the longest look-back any rule needs, plus a day
 CONTACT_HISTORY_MAX = 200  # recent sends kept in a person's contact state
+CONSENT_HISTORY_MAX = 50  # consent changes kept in a person's contact state, the latest
 
 # Channels that reach the person and so need their consent; operator alerts
 # (sales, support) go to staff and are not contact with the person.
@@ -57,16 +58,22 @@ class ContactState:
     # consent_at[channel][purpose] = event time of the choice in force: an older
     # choice arriving late (a client resending its batch) does not undo it.
     consent_at: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The consent changes that took effect, oldest first, at most CONSENT_HISTORY_MAX:
+    # [recorded ms, channel, purpose, granted, source, the choice's own time]
+    # (what a person's export shows: who changed what, when, and how).
+    history: list[list] = field(default_factory=list)
 
     def encode(self) -> bytes:
-        return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends, "at": self.consent_at})
+        return orjson.dumps({"consent": self.consent, "tz": self.tz, "sends": self.sends, "at": self.consent_at,
+                             **({"h": self.history} if self.history else {})})
 
     @classmethod
     def decode(cls, raw: bytes | None) -> ContactState:
         if not raw:
             return cls()
         data = orjson.loads(raw)
-        return cls(data.get("consent", {}), data.get("tz"), data.get("sends", []), data.get("at", {}))
+        return cls(data.get("consent", {}), data.get("tz"), data.get("sends", []), data.get("at", {}),
+                   data.get("h", []))
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,12 +158,15 @@ def record_send(state: ContactState, *, channel: str, template: str, now_ms: int
     del state.sends[:-CONTACT_HISTORY_MAX]
 
 
-def set_consent(state: ContactState, channel: str, purpose: str, granted: bool, at_ms: int | None = None) -> bool:
+def set_consent(state: ContactState, channel: str, purpose: str, granted: bool, at_ms: int | None = None,
+                *, source: str = "event", recorded_ms: int | None = None) -> bool:
     """Record a choice made at `at_ms` (None: after every other, as an
     unsubscribe link is). A choice older than the one in force for that purpose
     changes nothing (False): replaying an old opt-in never undoes a later
     unsubscribe. Withdrawing "*" (every purpose: an unsubscribe) also withdraws
-    each purpose given before it, which would otherwise win over "*"."""
+    each purpose given before it, which would otherwise win over "*". A choice
+    that takes effect joins the history, with where it came from (`source`)
+    and when it was recorded (`recorded_ms`, else its own time)."""
     purposes = state.consent.setdefault(channel, {})
     times = state.consent_at.setdefault(channel, {})
     at = at_ms if at_ms is not None else max([0, *times.values()]) + 1
@@ -167,6 +177,8 @@ def set_consent(state: ContactState, channel: str, purpose: str, granted: bool, 
             if times.get(given, 0) <= at:
                 purposes[given], times[given] = False, at
     purposes[purpose], times[purpose] = granted, at
+    state.history.append([recorded_ms if recorded_ms is not None else at, channel, purpose, granted, source, at])
+    del state.history[:-CONSENT_HISTORY_MAX]
     return True
 
 
@@ -186,6 +198,10 @@ def absorb(known: ContactState, anonymous: ContactState) -> None:
         for purpose, at in anonymous.consent_at.get(channel, {}).items():
             times[purpose] = max(times.get(purpose, 0), at)
     known.tz = known.tz or anonymous.tz
+    # The visitor's choices were the person's: their history joins, once (a
+    # fold repeated after a crash adds nothing).
+    history = {orjson.dumps(h): h for h in known.history + anonymous.history}
+    known.history = sorted(history.values(), key=lambda h: h[0])[-CONSENT_HISTORY_MAX:]
     seen = {s[3] for s in known.sends if len(s) > 3 and s[3]}
     sends = known.sends + [s for s in anonymous.sends if not (len(s) > 3 and s[3] in seen)]
     known.sends = sorted(sends, key=lambda s: s[0])[-CONTACT_HISTORY_MAX:]

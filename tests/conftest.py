@@ -38,6 +38,7 @@ ON_BOTH = {
     "test_budgets": None,
     "test_outcome_stores": None,
     "test_due_queue": None,
+    "test_export": None,
     "test_pipeline": None,
     "test_membership": None,
     "test_scheduler": {

@@ -140,7 +140,7 @@ async def unsubscribe(request: Request) -> Response:
     services = services_of(request)
     person = person_of_path(link["p"])
     try:
-        await services.contacts.set_consent(person, channel, "*", False)
+        await services.contacts.set_consent(person, channel, "*", False, source="unsubscribe link")
         cancelled = await services.queue.cancel(person, channel, now_ms())
         pipe = services.redis.pipeline(transaction=False)
         services.kpis.count(pipe, "c", channel, "unsubscribed", person)

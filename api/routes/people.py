@@ -1,4 +1,5 @@
-"""A person as the engine sees them, and erasing one (server token)."""
+"""A person as the engine sees them, everything held about them (their export),
+and erasing one (server token)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from starlette.routing import Route
 from api.http import caller_of, json_response, services_of
 from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
-from engine.errors import EventRejected, StoreUnavailable
+from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
 from engine.followups.erase import erase_person
+from engine.followups.export import export_document, read_held
 from engine.ingest.identity import ADMIN, READ, person_of_path, require
 from engine.policy import PERSONAL_CHANNELS, suppression_address
 
@@ -45,6 +47,40 @@ async def get_person(request: Request) -> Response:
     return json_response(view)
 
 
+async def export_person(request: Request) -> Response:
+    """
+    summary: Everything Attimo holds about a person, as one JSON document (server token).
+    description: 'Profile (traits, windowed features and the counters as stored, score, segments, first and
+      last seen), consent per channel and purpose with the last 50 changes, devices, inbox, messages
+      (pending in the due queue with their bodies, recent outcomes, dead letters), journeys, experiment
+      arms and hold-out groups, offers seen, discount codes kept for them, the anonymous ids merged into
+      them and whether the suppression list names them or their addresses. The shape: docs/api.md.'
+    security: [{serverToken: []}]
+    parameters:
+      - {name: person, in: path, required: true, schema: {type: string}, description: 'the person: u:<user id>, a:<anonymous id>, or a bare user id'}
+    responses:
+      200: {description: 'the export: {"person", "exported_at", "merged_ids", "profile", "consent", "devices", "inbox", "messages", "journeys", "experiments", "holdouts", "verified_impressions", "recent_purchases", "offers_seen", "discount_codes", "suppression", "kept_for_bookkeeping"}'}
+      401: {description: Missing token}
+      403: {description: Not a token with the read or the admin scope}
+      404: {description: Attimo holds nothing about this person}
+      422: {description: Not a person id}
+    """
+    services = services_of(request)
+    caller = caller_of(request)
+    if not (caller.may(READ) or caller.may(ADMIN)):
+        raise NotAuthorized("this endpoint needs a server token with the read or the admin scope")
+    person = person_of_path(request.path_params["person"])
+    catalog = services.holder.current
+    try:
+        held = await read_held(services.redis, services.keys, services.queue, person,
+                               services.queued_channels(), list(catalog.code_pools))
+    except RedisError as exc:
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    if held.is_empty():
+        return json_response({"error": f"Attimo holds nothing about {person}"}, 404)
+    return json_response(export_document(catalog, held, now_ms()))
+
+
 async def delete_person(request: Request) -> Response:
     """
     summary: Erase a person (server token).
@@ -73,7 +109,7 @@ async def delete_person(request: Request) -> Response:
     try:
         suppressed = await _suppress_addresses(services, person) if suppress == "true" else []
         erased = await erase_person(services.redis, services.keys, services.queue,
-                                    person, services.queued_channels(), now_ms(),
+                                    person, services.queued_channels(),
                                     services.codes, list(services.holder.current.code_pools))
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
@@ -103,4 +139,5 @@ class Person(HTTPEndpoint):
     delete = staticmethod(delete_person)
 
 
-ROUTES = [Route("/v1/people/{person}", Person)]
+ROUTES = [Route("/v1/people/{person}", Person),
+          Route("/v1/people/{person}/export", export_person, methods=["GET"])]

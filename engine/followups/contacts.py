@@ -9,6 +9,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
+from engine.clock import now_ms
 from engine.errors import StoreContention
 from engine.events import KNOWN
 from engine.followups.message import Message
@@ -91,10 +92,14 @@ class ContactStore:
         return True
 
     async def set_consent(self, person: str, channel: str, purpose: str, granted: bool,
-                          at_ms: int | None = None) -> bool:
-        """set_consent() atomically; False if a later choice was already in force."""
+                          at_ms: int | None = None, *, source: str = "event") -> bool:
+        """set_consent() atomically; False if a later choice was already in force.
+        `source` names where the choice came from in the consent history: a
+        consent event (the default) or an unsubscribe link."""
         applied = []
-        await self.update(person, lambda s: applied.append(set_consent(s, channel, purpose, granted, at_ms)))
+        recorded = now_ms()
+        await self.update(person, lambda s: applied.append(
+            set_consent(s, channel, purpose, granted, at_ms, source=source, recorded_ms=recorded)))
         return applied[-1]
 
     async def set_tz(self, person: str, tz: str) -> None:

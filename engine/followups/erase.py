@@ -1,5 +1,5 @@
-"""Erasing a person: what is queued for them, then every key kept about them,
-then their dead letters. Their suppressions stay."""
+"""Erasing a person: everything the due queue names of them, then every key
+kept about them, then their dead letters. Their suppressions stay."""
 
 from __future__ import annotations
 
@@ -13,33 +13,42 @@ from engine.store.keys import Keys
 
 
 async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels: Sequence[str],
-                       now_ms: int, codes: CodePools | None = None, pools: Sequence[str] = ()) -> dict[str, int]:
-    """Everything kept about one person: first what is queued for them on each
-    of `channels` (the due queue finds a person's messages by channel only, so
-    the caller names every channel one may wait on: personal ones, journey
-    timers, operator webhooks), so no send of theirs starts after; then their
+                       codes: CodePools | None = None, pools: Sequence[str] = ()) -> dict[str, int]:
+    """Everything kept about one person and the anonymous ids merged into them:
+    first what the due queue names of them (`channels`: every channel one of
+    their messages may wait on: personal ones, journey timers, operator
+    webhooks), so no send of theirs starts after, and neither their message ids
+    nor their send and attempt marks stay behind, not even in done; then their
     keys (profile, dedupe ids, staging, contact state and outcomes, journeys,
-    inbox, devices, what decisions did to them) and those of the anonymous ids
-    merged into them, and the discount codes kept for them in `pools` (the code
-    stays used); then their dead letters. Their suppressions stay: those keep
-    them from being contacted again. Returns how many of each."""
-    cancelled = 0
-    for channel in channels:
-        cancelled += await queue.cancel(person, channel, now_ms)
+    inbox, devices, what decisions did to them); the discount codes kept for
+    them in `pools` (the code stays used); then their dead letters. Their
+    suppressions stay: those keep them from being contacted again. The work is
+    bounded by the person's own data, never by the queue's or the store's size,
+    except the dead letters (a list capped at DEAD_LETTERS_MAX). Returns how
+    many of each."""
     # The anonymous ids merged into them: what is left under those (dedupe
-    # ids, contact state given before login) is theirs too. One call each: a
-    # person's keys share one slot.
+    # ids, contact state given before login, timers queued for the visitor)
+    # is theirs too. One call each: a person's keys share one slot.
     merged = [m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(keys.merged(person))]
+    everyone = [*merged, person]
+    cancelled = 0
+    for someone in everyone:
+        cancelled += await queue.erase(someone, channels)
     removed = 0
-    for someone in [*merged, person]:
+    for someone in everyone:
         removed += await redis.delete(*keys.of_person(someone))
     forgotten = await codes.forget(person, pools) if codes is not None else 0
-    # A dead letter holds the whole message (address, traits). Removed by
-    # value: entries pushed or trimmed meanwhile are left alone.
+    dead = await _forget_dead_letters(redis, keys, set(everyone))
+    return {"keys": removed, "cancelled": cancelled, "dead_letters": dead, "codes": forgotten}
+
+
+async def _forget_dead_letters(redis, keys: Keys, people: set[str]) -> int:
+    """A dead letter holds the whole message (address, traits). Removed by
+    value: entries pushed or trimmed meanwhile are left alone."""
     dead = []
     for raw in await redis.lrange(keys.dead_letters(), 0, -1):
         try:
-            if msgspec.json.decode(raw)["message"]["person"] == person:
+            if msgspec.json.decode(raw)["message"]["person"] in people:
                 dead.append(raw)
         except (msgspec.DecodeError, KeyError, TypeError):
             continue  # not the scheduler's shape: not this person's to judge
@@ -48,4 +57,4 @@ async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels
         for raw in dead:
             pipe.lrem(keys.dead_letters(), 0, raw)
         await pipe.execute()
-    return {"keys": removed, "cancelled": cancelled, "dead_letters": len(dead), "codes": forgotten}
+    return len(dead)

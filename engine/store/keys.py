@@ -72,6 +72,15 @@ class Keys:
     def due_person_channel(self, shard: int, person: str, channel: str) -> str:
         return f"{self.prefix}:{{q:{shard}}}:pc:{channel}:{person}"
 
+    # ZSET, member = message id, score = ms it was last scheduled (its due time if
+    # later), acked or cancelled: every message of one person, on any channel,
+    # the shard may still name (queued, in flight, or kept in done), so erasure
+    # removes them from every hash and set of the shard without scanning it.
+    # Trimmed like done (older than DUE_DONE_KEEP_MS on every ack and cancel).
+    # TTL: the latest of those scores + DUE_DONE_KEEP_MS.
+    def due_person(self, shard: int, person: str) -> str:
+        return f"{self.prefix}:{{q:{shard}}}:pm:{person}"
+
     def of_person(self, person: str) -> tuple[str, ...]:
         """Every key kept about one person (all under their tag: one slot)."""
         return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
@@ -80,7 +89,8 @@ class Keys:
                 self.audience_card(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
-    # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days).
+    # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days),
+    # the last CONSENT_HISTORY_MAX consent changes (when, what, from where).
     # TTL: CONTACT_STATE_TTL_S, renewed on every write.
     def contact(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:c"

@@ -15,6 +15,7 @@ from engine.errors import CatalogError, StoreContention
 from engine.followups.contacts import ContactStore
 from engine.followups.message import Message
 from engine.policy import (
+    CONSENT_HISTORY_MAX,
     DAY_MS,
     Caps,
     ContactPolicy,
@@ -155,6 +156,33 @@ def test_on_merge_a_withdrawal_on_either_side_wins():
     set_consent(visitor, "email", "marketing", True)  # an opt-in does not undo the known unsubscribe
     absorb(known, visitor)
     assert consent_given(known, "email", "marketing") is False
+
+
+def test_each_consent_change_is_kept_with_its_source_and_time_and_a_stale_one_is_not():
+    state = ContactState()
+    assert set_consent(state, "email", "marketing", True, 1_000, recorded_ms=1_500)
+    assert set_consent(state, "email", "*", False, None, source="unsubscribe link", recorded_ms=2_000)
+    assert not set_consent(state, "email", "marketing", True, 900, recorded_ms=2_500)  # older: changes nothing
+    assert state.history == [[1_500, "email", "marketing", True, "event", 1_000],
+                             [2_000, "email", "*", False, "unsubscribe link", 1_001]]
+    assert ContactState.decode(state.encode()).history == state.history
+
+
+def test_the_consent_history_keeps_the_latest_changes_only():
+    state = ContactState()
+    for n in range(CONSENT_HISTORY_MAX + 7):
+        set_consent(state, "sms", "*", n % 2 == 0, n)
+    assert len(state.history) == CONSENT_HISTORY_MAX
+    assert state.history[0][0] == 7 and state.history[-1][0] == CONSENT_HISTORY_MAX + 6
+
+
+def test_a_visitors_consent_history_joins_the_known_persons_once():
+    known, visitor = ContactState(), ContactState()
+    set_consent(known, "email", "marketing", True, 3_000)
+    set_consent(visitor, "sms", "*", True, 1_000)
+    absorb(known, visitor)
+    absorb(known, visitor)  # a fold repeated after a crash
+    assert [h[:4] for h in known.history] == [[1_000, "sms", "*", True], [3_000, "email", "marketing", True]]
 
 
 # -- the catalog's contact_policy section (engine/catalog/compile.py) ------------------------

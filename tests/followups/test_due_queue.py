@@ -13,6 +13,7 @@ from engine.followups.due_queue import (
     CANCEL_KEYS,
     CLAIM_KEYS,
     DELAY_KEYS,
+    ERASE_KEYS,
     LEASE_LOST,
     SCHEDULE_KEYS,
     DueQueue,
@@ -109,6 +110,82 @@ async def test_cancel_by_person_and_channel_removes_queued_and_in_flight(redis):
     assert await queue.begin_send(claimed_m1, 2002, lease_ms=60_000) == -1  # a cancelled in-flight item is not sent
 
 
+def neighbour_of(person: str) -> str:
+    """Another person whose messages share `person`'s shard."""
+    return next(f"u-n{i}" for i in range(1000) if shard_of(f"u-n{i}") == shard_of(person))
+
+
+async def shard_names(redis, queue: DueQueue, person: str) -> set[bytes]:
+    """Every message id the person's shard names anywhere: queued, in flight,
+    payloads, send and attempt marks, done."""
+    k, shard = queue.keys, shard_of(person)
+    names: set[bytes] = set()
+    for key in (k.due(shard), k.due_inflight(shard), k.due_done(shard)):
+        names.update(await redis.zrange(key, 0, -1))
+    for key in (k.due_messages(shard), k.due_attempts(shard), k.due_sent(shard)):
+        names.update(await redis.hkeys(key))
+    return names
+
+
+async def test_erasing_a_person_leaves_none_of_their_ids_in_their_shard(redis):
+    queue = DueQueue(redis)
+    other = neighbour_of("u-1")
+    now = int(time.time() * 1000)
+    for m in (msg(1, due_ms=now), msg(2, due_ms=now), msg(3, due_ms=now), msg(4, channel="push", due_ms=now),
+              msg(5, due_ms=now + 86_400_000), msg(6, channel="sms", due_ms=now + 86_400_000),
+              msg(7, person=other, due_ms=now), msg(8, person=other, due_ms=now + 86_400_000)):
+        assert await queue.schedule(m)
+    await queue.arm_many([msg(9, channel="journey", due_ms=now + 86_400_000)])  # an inactivity timer
+    claimed = {c.message.id: c for c in await queue.claim(now, 10, 60_000)}
+    assert set(claimed) == {"m-1", "m-2", "m-3", "m-4", "m-7"}
+    await queue.ack(claimed["m-1"].message, now)  # sent: kept in done
+    assert await queue.begin_send(claimed["m-2"], now, 60_000) == 0  # a send under way: a send mark
+    assert await queue.delay(claimed["m-3"].message, now + 60_000, clear_send_mark=True, failed_send=True)
+    await queue.ack(claimed["m-7"].message, now)
+    assert await queue.cancel("u-1", "sms", now) == 1  # an unsubscribe: m-6 in done
+    assert await redis.hget(queue.keys.due_attempts(shard_of("u-1")), "m-3") == b"1"
+    mine = {f"m-{i}".encode() for i in (1, 2, 3, 4, 5, 6, 9)}
+    assert mine <= await shard_names(redis, queue, "u-1")
+
+    # m-2, m-3, m-4, m-5 and the timer were queued or in flight; m-1 and m-6 were done.
+    assert await queue.erase("u-1", ["email", "push", "sms", "journey"]) == 5
+    left = await shard_names(redis, queue, "u-1")
+    assert not mine & left
+    assert left == {b"m-7", b"m-8"}  # the neighbour's stay, queued and done
+    assert [key async for key in redis.scan_iter(match="*u-1*")] == []
+    assert await queue.begin_send(claimed["m-2"], now + 1, 60_000) == -1  # an erased send never starts
+    later = await queue.claim(now + 2 * 86_400_000, 10, 60_000)
+    assert [c.message.id for c in later] == ["m-8"]  # only the neighbour's message comes
+    assert await queue.erase("u-1", ["email"]) == 0  # twice is harmless
+
+
+async def test_a_send_that_ends_after_its_person_was_erased_marks_nothing(redis):
+    queue = DueQueue(redis)
+    now = int(time.time() * 1000)
+    await queue.schedule(msg(1, due_ms=now))
+    [claimed] = await queue.claim(now, 10, 60_000)
+    assert await queue.begin_send(claimed, now, 60_000) == 0
+    assert await queue.erase("u-1", ["email"]) == 1
+    await queue.ack(claimed.message, now + 5)  # the send that was under way finishes
+    assert await shard_names(redis, queue, "u-1") == set()
+    assert [key async for key in redis.scan_iter(match="*u-1*")] == []
+
+
+async def test_the_person_index_forgets_what_done_forgets(redis):
+    """The index of a person's ids keeps each as long as done does, no longer:
+    it never grows with a person's whole history."""
+    queue = DueQueue(redis, done_keep_ms=60_000)
+    now = int(time.time() * 1000)
+    for i, at in ((1, now), (2, now + 120_000)):
+        await queue.schedule(msg(i, due_ms=at))
+        [claimed] = await queue.claim(at, 10, 1000)
+        await queue.ack(claimed.message, at)
+    index = queue.keys.due_person(shard_of("u-1"), "u-1")
+    assert await redis.zrange(index, 0, -1) == [b"m-2"]
+    assert await redis.zrange(queue.keys.due_done(shard_of("u-1")), 0, -1) == [b"m-2"]
+    assert 0 < await redis.pttl(index) <= 120_000 + 60_000 + 1000
+
+
 async def test_delay_puts_an_item_back_at_a_later_time(redis):
     queue = DueQueue(redis)
     await queue.schedule(msg(1))
@@ -141,7 +218,8 @@ async def test_only_failed_sends_count_as_attempts(redis):
 async def test_every_script_touches_one_shard_slot(redis):
     queue = DueQueue(redis)
     shard = shard_of("u-1")
-    for names in (SCHEDULE_KEYS, CLAIM_KEYS, BEGIN_SEND_KEYS, ACK_KEYS, DELAY_KEYS, ARM_KEYS, CANCEL_KEYS):
+    for names in (SCHEDULE_KEYS, CLAIM_KEYS, BEGIN_SEND_KEYS, ACK_KEYS, DELAY_KEYS, ARM_KEYS, CANCEL_KEYS,
+                  ERASE_KEYS):
         keys = queue._person_keys(names, "u-1", "email")
         assert len(keys) == len(names)
         assert all(f"{{q:{shard}}}" in key for key in keys)

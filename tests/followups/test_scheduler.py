@@ -537,8 +537,8 @@ def _schedule_sync(client: redis_sync.Redis, payload: bytes) -> None:
     message = Message.decode(payload)
     shard = shard_of(message.person)
     k = Keys()
-    client.eval(SCHEDULE, 4, k.due(shard), k.due_messages(shard), k.due_done(shard),
-                k.due_person_channel(shard, message.person, message.channel),
+    client.eval(SCHEDULE, 5, k.due(shard), k.due_messages(shard), k.due_done(shard),
+                k.due_person_channel(shard, message.person, message.channel), k.due_person(shard, message.person),
                 message.id, message.due_ms, payload, 86_400_000)
 
 

@@ -378,7 +378,7 @@ async def test_erasing_a_known_person_erases_the_anonymous_ids_merged_into_them(
     await pipeline.apply([Event("login-e", "identify", "u:u-e", NOW + 1, {}, {"email": "e@example.com"},
                                 merge_from="a:anon-e")], NOW + 1)
     assert await redis.exists(KEYS.dedupe("a:anon-e")) == 1  # the visitor's event ids outlive the merge
-    erased = await erase_person(redis, KEYS, DueQueue(redis), "u:u-e", [], NOW + 2)
+    erased = await erase_person(redis, KEYS, DueQueue(redis), "u:u-e", [])
     for person in ("a:anon-e", "u:u-e"):
         left = [key for key in KEYS.of_person(person) if await redis.exists(key)]
         assert left == [], person
