@@ -14,6 +14,7 @@ from pathlib import Path
 
 from redis.exceptions import RedisError
 
+from engine.audiences.lookup import PeopleLookup
 from engine.catalog.compile import empty_catalog, load_catalog_file
 from engine.catalog.model import CatalogHolder
 from engine.catalog.publish import CatalogStore
@@ -36,6 +37,7 @@ from engine.settings import Settings
 from engine.store.client import connect
 from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
+from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
 log = logging.getLogger("attimo")
@@ -82,8 +84,9 @@ class Runtime:
         kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
         learning = LearningStore(redis, keys)
         decision_log = DecisionLog(redis, keys, ExposureStore(redis, keys), max_len=settings.decision_log_max)
-        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, queue=queue,
-                            contacts=contacts, kpis=kpis, inbox=inbox)
+        lookup = PeopleLookup(PeopleIndex(redis, keys, ttl_ms=profiles.profile_ttl_ms), settings.phone_region)
+        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, lookup,
+                            queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,

@@ -39,6 +39,7 @@ ON_BOTH = {
     "test_outcome_stores": None,
     "test_due_queue": None,
     "test_pipeline": None,
+    "test_lookup": None,
     "test_scheduler": {
         "test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered",
         "test_a_message_that_fails_for_good_alerts_the_operator_once",

@@ -1,4 +1,5 @@
-"""A person as the engine sees them, and erasing one (server token)."""
+"""A person as the engine sees them, finding people by email or phone, and
+erasing one (server token)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
+from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT
 from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
 from engine.errors import EventRejected, StoreUnavailable
@@ -74,7 +76,8 @@ async def delete_person(request: Request) -> Response:
         suppressed = await _suppress_addresses(services, person) if suppress == "true" else []
         erased = await erase_person(services.redis, services.keys, services.queue,
                                     person, services.queued_channels(), now_ms(),
-                                    services.codes, list(services.holder.current.code_pools))
+                                    services.codes, list(services.holder.current.code_pools),
+                                    services.lookup.index)
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
@@ -95,6 +98,44 @@ async def _suppress_addresses(services, person: str) -> list[str]:
     return done
 
 
+async def find_people(request: Request) -> Response:
+    """
+    summary: The people an email address or a phone number names (server token, read or admin scope).
+    description: 'Give exactly one of `email` or `phone`. The address is compared in its normal form (an email
+      trimmed and in lower case, a phone in E.164; a number without its +country code is read in
+      ATTIMO_PHONE_REGION), through an index of SHA-256 digests kept as `email` and `phone` traits are set by
+      events and imports. Each person found still has that address in their profile: one whose address
+      changed is not returned for the old one. At most 100 people.'
+    security: [{serverToken: []}]
+    parameters:
+      - {name: email, in: query, schema: {type: string}, description: 'an email address'}
+      - {name: phone, in: query, schema: {type: string}, description: 'a phone number'}
+    responses:
+      200: {description: '{"people": ["u:<user id>", …]}, sorted; empty when nobody has the address'}
+      401: {description: Missing token}
+      403: {description: Not a token with the read or admin scope}
+      422: {description: 'Neither or both of email and phone, or not an address of its kind: {"error", "field"}'}
+    """
+    services = services_of(request)
+    caller = caller_of(request)
+    if not caller.may(ADMIN):
+        require(caller, READ)
+    given = [(trait, request.query_params[trait]) for trait in (EMAIL_TRAIT, PHONE_TRAIT)
+             if trait in request.query_params]
+    if len(given) != 1:
+        raise EventRejected("give exactly one of email or phone", "email")
+    trait, text = given[0]
+    try:
+        people = await services.lookup.find(trait, text)
+    except RedisError as exc:
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    if people is None:
+        reason = ("not an email address" if trait == EMAIL_TRAIT else
+                  "not a phone number (write it with its +country code, or set ATTIMO_PHONE_REGION)")
+        raise EventRejected(reason, trait)
+    return json_response({"people": people})
+
+
 class Person(HTTPEndpoint):
     """One route for the path, so a method it lacks is a 405 whose Allow header
     names both GET and DELETE (two routes would each name only their own)."""
@@ -103,4 +144,7 @@ class Person(HTTPEndpoint):
     delete = staticmethod(delete_person)
 
 
-ROUTES = [Route("/v1/people/{person}", Person)]
+ROUTES = [
+    Route("/v1/people", find_people, methods=["GET"]),
+    Route("/v1/people/{person}", Person),
+]

@@ -10,18 +10,21 @@ import msgspec
 from engine.followups.due_queue import DueQueue
 from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
+from engine.store.people_index import PeopleIndex
 
 
 async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels: Sequence[str],
-                       now_ms: int, codes: CodePools | None = None, pools: Sequence[str] = ()) -> dict[str, int]:
+                       now_ms: int, codes: CodePools | None = None, pools: Sequence[str] = (),
+                       index: PeopleIndex | None = None) -> dict[str, int]:
     """Everything kept about one person: first what is queued for them on each
     of `channels` (the due queue finds a person's messages by channel only, so
     the caller names every channel one may wait on: personal ones, journey
     timers, operator webhooks), so no send of theirs starts after; then their
     keys (profile, dedupe ids, staging, contact state and outcomes, journeys,
     inbox, devices, what decisions did to them) and those of the anonymous ids
-    merged into them, and the discount codes kept for them in `pools` (the code
-    stays used); then their dead letters. Their suppressions stay: those keep
+    merged into them, with their entries in the email and phone lookup index,
+    and the discount codes kept for them in `pools` (the code stays used); then
+    their dead letters. Their suppressions stay: those keep
     them from being contacted again. Returns how many of each."""
     cancelled = 0
     for channel in channels:
@@ -30,8 +33,10 @@ async def erase_person(redis, keys: Keys, queue: DueQueue, person: str, channels
     # ids, contact state given before login) is theirs too. One call each: a
     # person's keys share one slot.
     merged = [m.decode() if isinstance(m, bytes) else m for m in await redis.smembers(keys.merged(person))]
+    index = index or PeopleIndex(redis, keys)
     removed = 0
     for someone in [*merged, person]:
+        await index.forget(someone)  # before their keys: their list of entries is one of them
         removed += await redis.delete(*keys.of_person(someone))
     forgotten = await codes.forget(person, pools) if codes is not None else 0
     # A dead letter holds the whole message (address, traits). Removed by
