@@ -23,6 +23,7 @@ from api.routes import (
     codes,
     decide,
     events,
+    imports,
     inbox,
     links,
     operators,
@@ -38,7 +39,7 @@ from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
-          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES)
+          + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES + imports.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:
