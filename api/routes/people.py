@@ -51,8 +51,8 @@ async def delete_person(request: Request) -> Response:
     """
     summary: Erase a person (server token).
     description: 'Cancels every message queued for them on every channel (journey timers too), then removes
-      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
-      dead letters. Their suppressions stay: they keep them from being contacted again. With
+      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices,
+      entries in the email and phone lookup index and dead letters. Their suppressions stay: they keep them from being contacted again. With
       `?suppress=true` their email address and phone number (their traits) are suppressed first, so a
       later import or sign-up of the same address is never contacted either.'
     security: [{serverToken: []}]
