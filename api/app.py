@@ -24,6 +24,7 @@ from api.routes import (
     codes,
     decide,
     events,
+    imports,
     inbox,
     links,
     operators,
@@ -40,7 +41,7 @@ from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
           + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES
-          + audiences.ROUTES)
+          + audiences.ROUTES + imports.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:

@@ -4,6 +4,7 @@ behind the request's credentials, bounded body reading, JSON answers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -70,6 +71,25 @@ async def _read_bounded(request: Request, limit: int) -> bytes:
             raise BodyTooLarge("request body too large", "body", limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def body_pieces(request: Request) -> AsyncIterator[bytes]:
+    """The body as it arrives, for a route that reads it a line at a time and
+    bounds the line, not the body (a CRM import): each piece must come within
+    the read deadline of the one before (408 otherwise), however long the whole
+    takes. api/protocol.py times such a route's connection the same way."""
+    pieces = request.stream().__aiter__()
+    idle_s = services_of(request).settings.read_timeout_ms / 1000
+    while True:
+        try:
+            async with asyncio.timeout(idle_s):
+                piece = await anext(pieces)
+        except StopAsyncIteration:
+            return
+        except TimeoutError as exc:
+            raise BodyTimeout("the request body stopped arriving", "body") from exc
+        if piece:
+            yield piece
 
 
 async def json_object_body(request: Request, limit: int = 16 * 1024) -> dict:

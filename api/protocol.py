@@ -6,13 +6,18 @@ within one; and a route that answers without reading the body (a 401, say)
 would leave the rest of that body with no timer at all. The deadline runs from
 the connection (or the next request's first byte) until the whole message,
 body included, has arrived. api/http.py's body deadline answers 408 first when
-a route is reading it."""
+a route is reading it. A route whose body may take longer than one deadline
+(a CRM import streams for minutes) is named in STREAMED_PATHS: for it the
+deadline runs again from each piece of the body, so only a client that stops
+sending is cut off."""
 
 from __future__ import annotations
 
 import asyncio
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+STREAMED_PATHS = frozenset({b"/v1/admin/import"})
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -28,6 +33,11 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm_header_deadline()  # a new request on a kept-alive connection
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        if self._header_deadline is not None and self.url.partition(b"?")[0] in STREAMED_PATHS:
+            self._arm_header_deadline()
 
     def on_message_complete(self) -> None:
         self._disarm_header_deadline()

@@ -38,6 +38,7 @@ class Services:
         self.tracker = runtime.tracker
         self.budgets = runtime.budgets
         self.codes = runtime.codes
+        self.lookup = runtime.pipeline.lookup  # people by email or phone
         # Kafka mode: accepted events go to the log; `attimo worker` applies them.
         self.event_log = EventLog(settings) if settings.kafka_brokers else None
         self.decide_budget_s = settings.redis_budget_ms / 1000

@@ -1,4 +1,4 @@
-"""The `attimo` command: serve, demo, check, sign."""
+"""The `attimo` command: serve, demo, check, sign, import, …"""
 
 from __future__ import annotations
 
@@ -64,11 +64,21 @@ def main(argv: list[str] | None = None) -> int:
                           help="leave out decisions younger than this before the newest, whose reward may "
                                "still come (default two days)")
 
+    crm = commands.add_parser("import", help="import people and their traits from a CRM export (.csv or .jsonl)")
+    crm.add_argument("file", help="CSV with a header row, or JSON Lines (one object a line)")
+    crm.add_argument("--id-column", default="user_id", help="the column (or key) holding the user id "
+                                                           "(default user_id): the person is u:<id>")
+    crm.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file's extension")
+    crm.add_argument("--errors", help="also write every refused line to this file (CSV: line,field,reason)")
+    crm.add_argument("--batch-size", type=int, default=500, help="people applied together (1 to 500)")
+    crm.add_argument("--redis-url", help="[ATTIMO_REDIS_URL] default redis://127.0.0.1:6379/0")
+    crm.add_argument("--catalog", help="catalog file [ATTIMO_CATALOG]; default: the one published in Redis")
+
     args = parser.parse_args(argv)
     try:
         return {"serve": run_serve, "demo": run_demo, "check": run_check, "sign": run_sign,
                 "scheduler": run_scheduler_command, "worker": run_worker_command,
-                "migrate": run_migrate, "evaluate": run_evaluate}[args.command](args)
+                "migrate": run_migrate, "evaluate": run_evaluate, "import": run_import}[args.command](args)
     except AttimoError as exc:
         print(f"attimo: {exc}", file=sys.stderr)
         return 1
@@ -188,6 +198,93 @@ def run_evaluate(args) -> int:
     if target["match_rate"] is not None:
         print(f"it would have chosen the logged offer in {target['match_rate']:.1%} of decisions")
     return 0
+
+
+IMPORT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+IMPORT_PIECE_BYTES = 64 * 1024
+
+
+def run_import(args) -> int:
+    """`attimo import FILE`: people and traits from a CRM export, applied through
+    the pipeline in batches as the file is read (engine/ingest/importer.py), with
+    a progress bar on a terminal; every refused line is listed at the end (and in
+    --errors). Exit 0 when every line was applied, 1 when any was refused."""
+    import csv
+
+    from redis.exceptions import RedisError
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from engine.ingest.import_rows import rows_reader
+    from engine.ingest.importer import Importer, import_people
+    from engine.runtime import Runtime
+
+    path = Path(args.file)
+    kind = args.format or IMPORT_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        print(f"attimo: {path.name}: not .csv or .jsonl; say which with --format", file=sys.stderr)
+        return 2
+    if not 1 <= args.batch_size <= 500:
+        print("attimo: --batch-size is 1 to 500", file=sys.stderr)
+        return 2
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        print(f"attimo: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    settings = Settings.from_env(redis_url=args.redis_url, catalog_path=args.catalog)
+    reader = rows_reader(kind, args.id_column)
+    runtime, _ = Runtime.from_catalog_file(settings, pool_size=4, pool_timeout_s=5)
+    errors_file = open(args.errors, "w", newline="", encoding="utf-8") if args.errors else None  # noqa: SIM115
+    errors_csv = csv.writer(errors_file) if errors_file else None
+    if errors_csv:
+        errors_csv.writerow(["line", "field", "reason"])
+
+    def write_refusal(refusal) -> None:
+        if errors_csv:
+            errors_csv.writerow([refusal.line, refusal.field, refusal.reason])
+
+    importer = Importer(runtime.pipeline.apply, batch_size=args.batch_size, on_refusal=write_refusal)
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[counts]}"), console=console, disable=not console.is_terminal)
+
+    def counts() -> str:
+        report = importer.report
+        return f"applied {report.applied}, duplicates {report.duplicates}, refused {report.refused}"
+
+    async def pieces(task):
+        with path.open("rb") as file:
+            while piece := file.read(IMPORT_PIECE_BYTES):
+                yield piece
+                progress.update(task, advance=len(piece), counts=counts())
+
+    async def run():
+        try:
+            if not args.catalog:
+                await runtime.catalogs.refresh()  # the catalog in force, as the API has it
+            with progress:
+                task = progress.add_task(path.name, total=size, counts="")
+                return await import_people(pieces(task), reader, importer)
+        finally:
+            await runtime.aclose()
+
+    try:
+        report = asyncio.run(run())
+    except RedisError as exc:
+        print(f"attimo: the store is unavailable ({exc}) after {counts()}; run the import again: "
+              "what was applied is recognised and skipped", file=sys.stderr)
+        return 1
+    finally:
+        if errors_file:
+            errors_file.close()
+    print(counts())
+    for refusal in report.errors:
+        print(f"line {refusal.line}: " + (f"{refusal.field}: " if refusal.field else "") + refusal.reason)
+    if report.refused > len(report.errors):
+        more = f" (every one in {args.errors})" if args.errors else " (--errors FILE lists every one)"
+        print(f"… and {report.refused - len(report.errors)} more refused{more}")
+    return 0 if report.refused == 0 else 1
 
 
 def run_sign(args) -> int:

@@ -6,7 +6,8 @@ AttimoError
 ├── EventRejected (422)                  input breaks the schema or a limit
 │   ├── BodyTooLarge (413)
 │   ├── MalformedBody (400)
-│   └── BodyTimeout (408)
+│   ├── BodyTimeout (408)
+│   └── UnsupportedMediaType (415)
 ├── NotAuthenticated (401), NotAuthorized (403)
 ├── RateLimited (429)                    a client past its rate limit: retry_after s
 ├── StoreUnavailable (503)               Redis or Kafka not there, or too slow
@@ -75,6 +76,12 @@ class BodyTimeout(EventRejected):
     """The body did not arrive within ATTIMO_READ_TIMEOUT_MS."""
 
     status = 408
+
+
+class UnsupportedMediaType(EventRejected):
+    """A body in a Content-Type the route does not read."""
+
+    status = 415
 
 
 class NotAuthenticated(AttimoError):

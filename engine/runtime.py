@@ -15,6 +15,7 @@ from pathlib import Path
 from redis.exceptions import RedisError
 
 from engine.audiences.destinations import Deliveries
+from engine.audiences.lookup import PeopleLookup
 from engine.audiences.membership import MembershipStore
 from engine.catalog.compile import empty_catalog, load_catalog_file
 from engine.catalog.model import CatalogHolder
@@ -40,6 +41,7 @@ from engine.settings import Settings
 from engine.store.client import connect
 from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
+from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
 log = logging.getLogger("attimo")
@@ -89,7 +91,8 @@ class Runtime:
         decision_log = DecisionLog(redis, keys, ExposureStore(redis, keys), max_len=settings.decision_log_max)
         membership = MembershipStore(redis, keys, phone_region=settings.phone_region,
                                      card_ttl_s=settings.profile_ttl_s)
-        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, membership,
+        lookup = PeopleLookup(PeopleIndex(redis, keys, ttl_ms=profiles.profile_ttl_ms), settings.phone_region)
+        pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, membership, lookup,
                             queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,

@@ -41,6 +41,7 @@ ON_BOTH = {
     "test_export": None,
     "test_pipeline": None,
     "test_membership": None,
+    "test_lookup": None,
     "test_scheduler": {
         "test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered",
         "test_a_message_that_fails_for_good_alerts_the_operator_once",

@@ -1,5 +1,5 @@
 """A person as the engine sees them, everything held about them (their export),
-and erasing one (server token)."""
+finding people by email or phone, and erasing one (server token)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
+from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT
 from engine.clock import now_ms
 from engine.decisions.person_view import journeys_view, person_view
 from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
@@ -85,8 +86,8 @@ async def delete_person(request: Request) -> Response:
     """
     summary: Erase a person (server token).
     description: 'Cancels every message queued for them on every channel (journey timers too), then removes
-      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices and
-      dead letters. Their suppressions stay: they keep them from being contacted again. With
+      their profile, event ids, contact state (consent, time zone, outcomes), journeys, inbox, devices,
+      entries in the email and phone lookup index and dead letters. Their suppressions stay: they keep them from being contacted again. With
       `?suppress=true` their email address and phone number (their traits) are suppressed first, so a
       later import or sign-up of the same address is never contacted either.'
     security: [{serverToken: []}]
@@ -108,9 +109,16 @@ async def delete_person(request: Request) -> Response:
     person = person_of_path(request.path_params["person"])
     try:
         suppressed = await _suppress_addresses(services, person) if suppress == "true" else []
+        # Out of every tracked segment first, while their hashed addresses can
+        # still go with the removal to each destination.
+        merged = await services.redis.smembers(services.keys.merged(person))
+        for someone in [person, *(m.decode() for m in merged)]:
+            await services.runtime.pipeline.membership.erase(someone,
+                                                             sorted(services.holder.current.audiences.tracked))
         erased = await erase_person(services.redis, services.keys, services.queue,
                                     person, services.queued_channels(),
-                                    services.codes, list(services.holder.current.code_pools))
+                                    services.codes, list(services.holder.current.code_pools),
+                                    services.lookup.index)
     except RedisError as exc:
         raise StoreUnavailable("the profile store is unavailable") from exc
     return json_response({"erased": erased["keys"], "cancelled": erased["cancelled"],
@@ -131,6 +139,44 @@ async def _suppress_addresses(services, person: str) -> list[str]:
     return done
 
 
+async def find_people(request: Request) -> Response:
+    """
+    summary: The people an email address or a phone number names (server token, read or admin scope).
+    description: 'Give exactly one of `email` or `phone`. The address is compared in its normal form (an email
+      trimmed and in lower case, a phone in E.164; a number without its +country code is read in
+      ATTIMO_PHONE_REGION), through an index of SHA-256 digests kept as `email` and `phone` traits are set by
+      events and imports. Each person found still has that address in their profile: one whose address
+      changed is not returned for the old one. At most 100 people.'
+    security: [{serverToken: []}]
+    parameters:
+      - {name: email, in: query, schema: {type: string}, description: 'an email address'}
+      - {name: phone, in: query, schema: {type: string}, description: 'a phone number'}
+    responses:
+      200: {description: '{"people": ["u:<user id>", …]}, sorted; empty when nobody has the address'}
+      401: {description: Missing token}
+      403: {description: Not a token with the read or admin scope}
+      422: {description: 'Neither or both of email and phone, or not an address of its kind: {"error", "field"}'}
+    """
+    services = services_of(request)
+    caller = caller_of(request)
+    if not caller.may(ADMIN):
+        require(caller, READ)
+    given = [(trait, request.query_params[trait]) for trait in (EMAIL_TRAIT, PHONE_TRAIT)
+             if trait in request.query_params]
+    if len(given) != 1:
+        raise EventRejected("give exactly one of email or phone", "email")
+    trait, text = given[0]
+    try:
+        people = await services.lookup.find(trait, text)
+    except RedisError as exc:
+        raise StoreUnavailable("the profile store is unavailable") from exc
+    if people is None:
+        reason = ("not an email address" if trait == EMAIL_TRAIT else
+                  "not a phone number (write it with its +country code, or set ATTIMO_PHONE_REGION)")
+        raise EventRejected(reason, trait)
+    return json_response({"people": people})
+
+
 class Person(HTTPEndpoint):
     """One route for the path, so a method it lacks is a 405 whose Allow header
     names both GET and DELETE (two routes would each name only their own)."""
@@ -139,5 +185,8 @@ class Person(HTTPEndpoint):
     delete = staticmethod(delete_person)
 
 
-ROUTES = [Route("/v1/people/{person}", Person),
-          Route("/v1/people/{person}/export", export_person, methods=["GET"])]
+ROUTES = [
+    Route("/v1/people", find_people, methods=["GET"]),
+    Route("/v1/people/{person}", Person),
+    Route("/v1/people/{person}/export", export_person, methods=["GET"]),
+]

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from engine.audiences.lookup import PeopleLookup
 from engine.audiences.membership import ENTER, EXIT, Change, MembershipStore
 from engine.catalog.audiences import next_change_ms
 from engine.catalog.journeys import TRAIT_EVENT
@@ -39,6 +40,7 @@ from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
 from engine.profile import decode_profile
+from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
 _encode = msgspec.msgpack.encode
@@ -92,11 +94,13 @@ def event_ops(catalog: Catalog, event: Event) -> list:
 class Pipeline:
     def __init__(self, store: ProfileStore, catalogs: CatalogHolder, decisions: DecisionSigner | None = None,
                  learning: LearningStore | None = None, decision_log: DecisionLog | None = None,
-                 membership: MembershipStore | None = None, **followup_stores):
+                 membership: MembershipStore | None = None, lookup: PeopleLookup | None = None,
+                 **followup_stores):
         """`followup_stores` (queue, contacts, kpis, inbox): the process's own,
         from engine/runtime.py; without them the journey runner makes its own,
-        and so for `learning` and `decision_log`. `decisions` checks the
-        decision ids impressions and clicks carry; without it only a server's count."""
+        and so for `learning`, `decision_log` and `lookup` (the email and phone
+        index). `decisions` checks the decision ids impressions and clicks carry;
+        without it only a server's count."""
         self.store = store
         self.catalogs = catalogs
         self.decisions = decisions
@@ -105,6 +109,7 @@ class Pipeline:
         self.decision_log = decision_log or DecisionLog(store.redis, store.keys, ExposureStore(store.redis, store.keys))
         self.membership = membership or MembershipStore(store.redis, store.keys,
                                                         card_ttl_s=store.profile_ttl_ms // 1000)
+        self.lookup = lookup or PeopleLookup(PeopleIndex(store.redis, store.keys, ttl_ms=store.profile_ttl_ms))
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
         """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
@@ -155,7 +160,7 @@ class Pipeline:
                     result.segment_changes[person] = (list(profile.g), segments)
                     segment_calls[person] = store.set_segments_call(person, profile.v, segments)
         staged = replies[len(people):]
-        merge_calls, unstage_calls, absorbed = [], [], []
+        merge_calls, unstage_calls, absorbed, indexed = [], [], [], []
         for (person, anonymous), value in zip(pairs, staged, strict=True):
             if not value:
                 continue
@@ -165,6 +170,8 @@ class Pipeline:
                           catalog.feature_table]
             merge_calls.append(store.merge_call(person, merge_args, token, anonymous_profile))
             unstage_calls.append(store.unstage_call(anonymous, value))
+            if CONTACT_TRAITS & decode_profile(anonymous_profile).t.keys():  # the known person may take it on
+                indexed.append(person)
         if merge_calls:
             merged = await store.run(merge_calls)
             result.merged = sum(merged)
@@ -181,6 +188,8 @@ class Pipeline:
                         result.segment_changes[person] = (old, segments)
                         segment_calls[person] = store.set_segments_call(person, profile.v, segments)
             await store.run(unstage_calls)
+            if indexed:
+                await self.lookup.sync(indexed)
         # Membership before the profile's own record of its segments: a batch
         # cut short in between is found changed again when retried.
         moved = await self._track(catalog, result, by_person, evaluated, now_ms) if tracked else {}
@@ -205,6 +214,7 @@ class Pipeline:
             contacts = self.journeys.contacts
             for person, zone in zones.items():
                 await contacts.set_tz(person, zone)
+        await self.lookup.after_apply(events)  # a round trip only when an email or phone trait moved
         if profiles:
             # After consents: a welcome sent for a registration that came with its
             # opt-in finds the consent recorded. Same batch, so exits act at once.

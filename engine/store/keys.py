@@ -86,7 +86,7 @@ class Keys:
         return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
                 self.contact_outcomes(person), self.journeys(person), self.inbox(person), self.devices(person),
                 self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person),
-                self.audience_card(person))
+                self.audience_card(person), self.indexed(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days),
@@ -205,6 +205,21 @@ class Keys:
     def devices(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:dv"
 
+    # --- Lookup by email or phone (engine/store/people_index.py): IX_SHARDS shards,
+    # tag {ix:N}, N taken from the identifier's hash, so the index spreads over a
+    # cluster's slots. ZSET, every score 0 so it is read by lex range: members
+    # "<e|p>:<hex SHA-256 of the normal email or phone>:<person>", one per person
+    # an address names. No TTL: an entry leaves when the person's trait changes
+    # (checked against the profile on write and on every read) and on erasure;
+    # an entry left by a profile that expired goes when it is next looked up.
+    def people_index(self, shard: int) -> str:
+        return f"{self.prefix}:{{ix:{shard}}}:people"
+
+    # SET of the index entries "<e|p>:<hex>" written for a person, written before
+    # the index, so erasure finds every one. TTL: the profile TTL, renewed on write.
+    def indexed(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:ix"
+
     # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
     def suppressed(self) -> str:
         return f"{self.prefix}:suppressed"
@@ -276,4 +291,5 @@ DECISION_LOG_SHARDS = 8
 SEGMENT_SHARDS = 16
 SEGMENT_CHANGES_MAX = 200_000
 DESTINATION_LEASE_MS = 15_000
+IX_SHARDS = 64  # fixed: an index written with another count is not found again
 SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back

@@ -69,8 +69,8 @@ def test_both_secrets_of_a_rotation_are_accepted_and_no_other(api):
 
 @pytest.mark.parametrize(("scope", "allowed"), [
     ("ingest", {"events"}),
-    ("read", {"person", "kpis", "deadletters"}),
-    ("admin", {"catalog", "erase", "suppress"}),
+    ("read", {"person", "kpis", "deadletters", "lookup"}),
+    ("admin", {"catalog", "erase", "suppress", "import", "lookup"}),
 ])
 def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
     calls = {
@@ -81,6 +81,9 @@ def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
         "catalog": lambda c: c.post("/v1/admin/catalog", content="placements: [home_hero]\noffers: []\n"),
         "erase": lambda c: c.delete("/v1/people/u-gone"),
         "suppress": lambda c: c.put("/v1/suppressions/email/gone@example.com"),
+        "import": lambda c: c.post("/v1/admin/import", content=f"user_id,tier\nu-{scope},gold\n",
+                                   headers={"Content-Type": "text/csv"}),
+        "lookup": lambda c: c.get("/v1/people", params={"email": "s@example.com"}),
     }
     with bearer(api, scope) as client:
         for name, call in calls.items():

@@ -1,0 +1,83 @@
+"""Finding people by email or phone: the index entry of an address (the kind and
+the SHA-256 of its normal form, engine/audiences/identifiers.py), kept in step
+with the people's traits after each batch, and checked against their profile
+on every lookup, so a changed address no longer finds its old owner."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT, hashed_email, hashed_phone
+from engine.events import Event
+from engine.profile import decode_profile
+from engine.store.people_index import PeopleIndex
+
+KINDS = {EMAIL_TRAIT: "e", PHONE_TRAIT: "p"}  # the trait an entry comes from, and its kind letter
+
+
+def entry_of(trait: str, text: object, region: str | None = None) -> str | None:
+    """`email`, " Ada@Example.com" → "e:<sha256 of ada@example.com>"; None when
+    the text is not an address of that kind."""
+    digest = hashed_email(text) if trait == EMAIL_TRAIT else hashed_phone(text, region)
+    return f"{KINDS[trait]}:{digest}" if digest else None
+
+
+def entries_of(traits: dict, region: str | None = None) -> set[str]:
+    """The entries a person with these traits is found by."""
+    found = (entry_of(trait, traits.get(trait), region) for trait in KINDS)
+    return {entry for entry in found if entry}
+
+
+def touches_index(event: Event) -> bool:
+    """An event that sets or removes an email or phone trait."""
+    return bool(event.traits) and not KINDS.keys().isdisjoint(event.traits)
+
+
+class PeopleLookup:
+    """The index (engine/store/people_index.py) read and written against the
+    profiles it points to; `region` is ATTIMO_PHONE_REGION."""
+
+    def __init__(self, index: PeopleIndex, region: str | None = None):
+        self.index = index
+        self.redis = index.redis
+        self.keys = index.keys
+        self.region = region
+
+    async def after_apply(self, events: Iterable[Event]) -> None:
+        """After a batch: the people whose email or phone an event set or removed
+        get the entries their profile now holds and lose the others. Read from
+        the profile, not the events, so the last write wins whatever the order
+        of batches; a duplicate batch writes what a crash may have left out."""
+        people = sorted({event.person for event in events if touches_index(event)})
+        if people:
+            await self.sync(people)
+
+    async def sync(self, people: list[str]) -> None:
+        traits, recorded = await asyncio.gather(self._traits(people), self.index.recorded(people))
+        wanted = {person: entries_of(traits[person], self.region) for person in people}
+        await self.index.add({p: wanted[p] - recorded[p] for p in people})
+        await self.index.remove({p: recorded[p] - wanted[p] for p in people})
+
+    async def find(self, trait: str, text: str) -> list[str] | None:
+        """The people whose `trait` is this address now, or None when the text is
+        not one. An entry whose person's profile says otherwise (a changed
+        address, an expired profile) is removed on the way."""
+        entry = entry_of(trait, text, self.region)
+        if entry is None:
+            return None
+        candidates = await self.index.find(entry)
+        if not candidates:
+            return []
+        traits = await self._traits(candidates)
+        found = [p for p in candidates if entry in entries_of(traits[p], self.region)]
+        stale = {p: [entry] for p in candidates if p not in found}
+        await self.index.remove(stale)
+        return sorted(found)
+
+    async def _traits(self, people: list[str]) -> dict[str, dict]:
+        pipe = self.redis.pipeline(transaction=False)
+        for person in people:
+            pipe.get(self.keys.profile(person))
+        raws = await pipe.execute()
+        return {person: decode_profile(raw).t for person, raw in zip(people, raws, strict=True)}
