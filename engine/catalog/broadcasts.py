@@ -33,21 +33,27 @@ class Broadcast:
     channel: str
     template: str
     purpose: str = "marketing"
-    at: datetime | None = None  # wall clock (naive) when local_time, else aware
+    at: datetime | None = None  # wall clock (naive) when local_time, else aware; None: when started
     local_time: bool = False
     rate: float = DEFAULT_RATE
     holdout_pct: float = 0.0
 
     @property
-    def start_ms(self) -> int:
-        """When the walk starts by itself: the earliest zone's `at`, or `at`."""
+    def start_ms(self) -> int | None:
+        """When the walk starts by itself: the earliest zone's `at`, or `at`
+        (None: only when an operator starts it)."""
+        if self.at is None:
+            return None
         if self.local_time:
             return _ms(self.at.replace(tzinfo=UTC) - EARLIEST_OFFSET)
         return _ms(self.at)
 
     def due_ms(self, zone: str | None, default_zone: str = "UTC") -> int:
         """The moment this broadcast is meant for someone in `zone` (an IANA
-        name; None or unknown: `default_zone`)."""
+        name; None or unknown: `default_zone`); 0 for a broadcast without
+        `at`: as soon as it starts."""
+        if self.at is None:
+            return 0
         if not self.local_time:
             return _ms(self.at)
         try:
@@ -63,7 +69,7 @@ class Broadcast:
 
     def describe(self) -> dict:
         return {"id": self.id, "segment": self.segment, "channel": self.channel, "template": self.template,
-                "purpose": self.purpose, "at": self.at.isoformat(), "local_time": self.local_time,
+                "purpose": self.purpose, "at": self.at.isoformat() if self.at else None, "local_time": self.local_time,
                 "rate": self.rate, "holdout": self.holdout_pct, "starts_ms": self.start_ms}
 
 
@@ -88,6 +94,7 @@ def compile_broadcasts(spec: Any, compiler: Compiler, templates: dict[str, Templ
         compiler.problem("broadcasts", "a list of broadcasts, each with an id")
         return {}
     out: dict[str, Broadcast] = {}
+    seen: set[str] = set()
     for i, item in enumerate(spec):
         path = f"broadcasts[{i}]"
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
@@ -96,9 +103,10 @@ def compile_broadcasts(spec: Any, compiler: Compiler, templates: dict[str, Templ
         if not BROADCAST_ID.fullmatch(item["id"]):
             compiler.problem(f"{path}.id", "1 to 64 of a-z 0-9 _ -")
             continue
-        if item["id"] in out:
+        if item["id"] in seen:
             compiler.problem(f"{path}.id", f"duplicate id {item['id']!r}")
             continue
+        seen.add(item["id"])
         made = _broadcast(item, path, compiler, templates, tracked)
         if made is not None:
             out[made.id] = made
@@ -132,7 +140,11 @@ def _broadcast(item: dict, path: str, compiler: Compiler, templates: dict[str, T
     if not isinstance(local_time, bool):
         compiler.problem(f"{path}.local_time", "true or false")
         local_time = False
-    at = _at(item.get("at"), local_time, f"{path}.at", compiler)
+    at = None
+    if "at" in item:
+        at = _at(item["at"], local_time, f"{path}.at", compiler)
+    elif local_time:
+        compiler.problem(f"{path}.at", "local_time needs at: the wall-clock time (2026-12-08T10:00)")
     rate = item.get("rate", DEFAULT_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 < rate <= MAX_RATE:
         compiler.problem(f"{path}.rate", f"messages per second, above 0 and at most {MAX_RATE:g}")
