@@ -24,6 +24,8 @@ from engine.clock import every, in_background, now_ms
 from engine.decisions.budgets import BudgetBook
 from engine.decisions.ids import DecisionSigner
 from engine.errors import CatalogError
+from engine.followups.broadcasts import PERIOD_S as BROADCAST_PERIOD_S
+from engine.followups.broadcasts import Broadcasts
 from engine.followups.channels.email import Tracker, tracker_from_settings
 from engine.followups.channels.senders import senders_from_settings
 from engine.followups.contacts import ContactStore
@@ -69,6 +71,7 @@ class Runtime:
     decision_log: DecisionLog  # decisions and their exposures, written off the request path
     budgets: BudgetBook  # what budgeted discounts spent, which code pools are empty: decide's snapshot
     codes: CodePools
+    broadcasts: Broadcasts  # starts, walks, cancels and reports the catalog's broadcasts
 
     @property
     def decisions(self) -> DecisionSigner | None:
@@ -94,13 +97,15 @@ class Runtime:
         lookup = PeopleLookup(PeopleIndex(redis, keys, ttl_ms=profiles.profile_ttl_ms), settings.phone_region)
         pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, membership, lookup,
                             queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
+        broadcasts = Broadcasts(redis, keys, queue, membership, kpis, contacts,
+                                default_zone=policy_from_settings(settings).default_tz)
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
             catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
             contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
             pipeline=pipeline, tracker=tracker_from_settings(settings),
             models=ModelHolder(learning, holder), decision_log=decision_log,
-            budgets=BudgetBook(redis, keys, holder), codes=CodePools(redis, keys),
+            budgets=BudgetBook(redis, keys, holder), codes=CodePools(redis, keys), broadcasts=broadcasts,
         )
 
     @classmethod
@@ -186,7 +191,9 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
                                         "segment rechecks", log)),
                     in_background(every(DELIVERY_PERIOD_S,
                                         lambda: deliveries.run_once(runtime.holder.current, now_ms()),
-                                        "audience destinations", log))):
+                                        "audience destinations", log)),
+                    in_background(every(BROADCAST_PERIOD_S, lambda: runtime.broadcasts.run_once(runtime.holder.current),
+                                        "broadcasts", log))):
             await scheduler.run(stop, settings.scheduler_poll_ms)
     finally:
         await deliveries.aclose()

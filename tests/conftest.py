@@ -42,6 +42,11 @@ ON_BOTH = {
     "test_pipeline": None,
     "test_membership": None,
     "test_lookup": None,
+    "test_broadcasts": {
+        "test_a_walk_done_again_after_a_crash_sends_nothing_twice",
+        "test_cancel_drops_what_is_still_queued_and_stops_the_walk",
+        "test_a_purchase_after_it_counts_for_the_treated_or_the_held_out",
+    },
     "test_scheduler": {
         "test_a_failing_channel_is_retried_through_the_queue_then_dead_lettered",
         "test_a_message_that_fails_for_good_alerts_the_operator_once",

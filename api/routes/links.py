@@ -141,10 +141,9 @@ async def unsubscribe(request: Request) -> Response:
     person = person_of_path(link["p"])
     try:
         await services.contacts.set_consent(person, channel, "*", False, source="unsubscribe link")
-        cancelled = await services.queue.cancel(person, channel, now_ms())
-        pipe = services.redis.pipeline(transaction=False)
-        services.kpis.count(pipe, "c", channel, "unsubscribed", person)
-        await pipe.execute()
+        now = now_ms()
+        cancelled = await services.queue.cancel(person, channel, now)
+        await services.kpis.record_unsubscribe(person, channel, now)
     except RedisError as exc:
         raise StoreUnavailable("cannot record the unsubscribe") from exc
     if "text/html" in request.headers.get("accept", ""):

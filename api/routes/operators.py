@@ -23,7 +23,7 @@ from engine.store.keys import DEAD_LETTERS_MAX
 
 async def get_kpis(request: Request) -> Response:
     """
-    summary: KPIs per journey, channel and offer (server token).
+    summary: KPIs per journey, broadcast, channel and offer (server token).
     security: [{serverToken: []}]
     description: 'Per journey of the catalog in force: entered, held out, sends by channel, opens, clicks,
       their rates, converters and revenue for the treated and the hold-out group, and the uplift. Per channel:
@@ -33,7 +33,8 @@ async def get_kpis(request: Request) -> Response:
       held out (control), converters of each, their rates, the difference and its 95 % interval (exact counts).
       Counts are of distinct ids (HyperLogLog, standard error 0.81 %).'
     responses:
-      200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}}}'}
+      200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}},
+        "broadcasts": {id: {...}}}'}
       401: {description: Missing token}
       403: {description: Not the server token}
     """
@@ -43,7 +44,7 @@ async def get_kpis(request: Request) -> Response:
     try:
         catalog = services.holder.current
         report = await services.kpis.report(
-            list(catalog.journeys.by_id), channels, list(catalog.offers_by_id))
+            list(catalog.journeys.by_id), channels, list(catalog.offers_by_id), list(catalog.broadcasts))
         held = [offer.id for offer in catalog.offers if offer.holdout_pct]
         for offer, uplift in (await services.runtime.decision_log.exposures.uplifts(held)).items():
             report["offers"][offer]["uplift"] = uplift

@@ -18,6 +18,7 @@ import numpy as np
 from engine.catalog import windows
 from engine.catalog.arbitration import offer_economics, placement_arbitration
 from engine.catalog.audiences import compile_audiences
+from engine.catalog.broadcasts import compile_broadcasts
 from engine.catalog.contact_policy import contact_policy_fields, onsite_caps
 from engine.catalog.experiments import compile_experiments
 from engine.catalog.journeys import compile_journeys
@@ -42,7 +43,7 @@ log = logging.getLogger("attimo.catalog")
 OFFER_KINDS = ("content", "banner", "discount")
 TOP_LEVEL = ("version", "placements", "offers", "segments", "rules", "scoring", "protected_traits",
              "journeys", "templates", "contact_policy", "learning",
-             "experiments", "discounts")
+             "experiments", "discounts", "broadcasts")
 OFFER_FIELDS = (
     "id", "kind", "placements", "content", "product_line", "value", "priority", "score",
     "cap", "start", "end", "when", "exclude", "holdout", "group", "description", "worth", "propensity", "lever",
@@ -117,6 +118,7 @@ def _compile(spec: dict, source: str) -> Catalog:
     offers = _offers(spec.get("offers"), placements, compiler)
     journeys = compile_journeys(spec.get("journeys"), spec.get("templates"), compiler,
                                 {o.id: offer_for_templates(o.answer()) for o in offers})
+    broadcasts = compile_broadcasts(spec.get("broadcasts"), compiler, journeys.templates, audiences.tracked)
     contact_policy = contact_policy_fields(spec.get("contact_policy"), compiler)
     learning = compile_learning(spec.get("learning"), compiler)
     experiments = compile_experiments(spec.get("experiments"), compiler, placements, {o.id for o in offers},
@@ -162,6 +164,7 @@ def _compile(spec: dict, source: str) -> Catalog:
         indexed_traits=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "t"),
         indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
         journeys=journeys,
+        broadcasts=broadcasts,
         contact_policy=contact_policy,
         learning=learning,
         learnable=_learnable(offers, placements, experiments),

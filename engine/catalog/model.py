@@ -10,6 +10,7 @@ from typing import Any
 
 from engine.catalog.arbitration import NO_ECONOMICS, Economics
 from engine.catalog.audiences import Audiences
+from engine.catalog.broadcasts import Broadcast
 from engine.catalog.experiments import Experiment
 from engine.catalog.journeys import Journeys
 from engine.catalog.learning import Learning
@@ -154,6 +155,8 @@ class Catalog:
     audiences: Audiences = field(default_factory=Audiences)
     # Journeys and their message templates (engine/catalog/journeys.py).
     journeys: Journeys = field(default_factory=Journeys)
+    # One message to a tracked segment at a time, by id (engine/catalog/broadcasts.py).
+    broadcasts: dict[str, Broadcast] = field(default_factory=dict)
     # The ContactPolicy fields (engine/followups/contacts.py) the catalog's
     # contact_policy section sets; the scheduler takes the others from settings.
     contact_policy: dict[str, Any] = field(default_factory=dict)

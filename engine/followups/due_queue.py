@@ -254,6 +254,29 @@ return cancelled
 ERASE_KEYS = ("due", "inflight", "msg", "attempts", "sent", "done", "person")
 
 
+# KEYS[1] due ZSET, KEYS[2] in-flight ZSET, KEYS[3] msg HASH, KEYS[4] attempts HASH,
+# KEYS[5] sent HASH, KEYS[6] done ZSET, KEYS[7] person+channel SET
+# ARGV[1] now ms, ARGV[2..] message ids
+# CANCEL for the named ids only (a cancelled broadcast, not the person's other
+# messages on the channel). Ids not queued or in flight are left as they are.
+# Returns how many were cancelled.
+CANCEL_IDS = """
+local n = 0
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HDEL', KEYS[3], id) == 1 then
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('HDEL', KEYS[5], id)
+    redis.call('SREM', KEYS[7], id)
+    redis.call('ZADD', KEYS[6], ARGV[1], id)
+    n = n + 1
+  end
+end
+return n
+"""
+
 class DueQueue:
     def __init__(self, redis: Redis, keys: Keys | None = None, *, shards: int = DUE_SHARDS,
                  done_keep_ms: int = DUE_DONE_KEEP_MS):
@@ -267,6 +290,7 @@ class DueQueue:
         self._ack = redis.register_script(ACK)
         self._delay = redis.register_script(DELAY)
         self._cancel = redis.register_script(CANCEL)
+        self._cancel_ids = redis.register_script(CANCEL_IDS)
         self._arm = redis.register_script(ARM)
         self._erase = redis.register_script(ERASE)
 
@@ -390,6 +414,29 @@ class DueQueue:
         keys = [*self._keys(ERASE_KEYS, shard, person),
                 *(self.keys.due_person_channel(shard, person, channel) for channel in channels)]
         return int(await self._erase(keys=keys, args=[]))
+
+    async def cancel_ids(self, items: list[tuple[str, str, str]], now_ms: int) -> int:
+        """Drop these (message id, person, channel) if queued or in flight, in one
+        round trip; a send already begun goes on. Returns how many were dropped."""
+        if not items:
+            return 0
+        calls = [(self._cancel_ids, self._person_keys(CANCEL_KEYS, person, channel), [now_ms, message_id])
+                 for message_id, person, channel in items]
+        return sum(int(n) for n in await self._pipelined(calls))
+
+    async def find(self, prefix: str, count: int = 1000):
+        """Ids of queued or in-flight messages starting with `prefix`, a chunk at
+        a time over every shard (HSCAN: memory flat, an id present throughout is
+        listed at least once)."""
+        for shard in range(self.shards):
+            cursor = 0
+            while True:
+                cursor, found = await self.redis.hscan(self.keys.due_messages(shard), cursor,
+                                                       match=f"{prefix}*", count=count)
+                if found:
+                    yield [k.decode() if isinstance(k, bytes) else k for k in found]
+                if cursor == 0:
+                    break
 
     async def pending_for(self, person: str, channels, *, bodies: bool = False) -> list[dict]:
         """What is queued or being sent for one person on these channels, soonest

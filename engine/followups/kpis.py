@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from engine.catalog.broadcasts import broadcast_of
 from engine.decisions.budgets import utc_day
 from engine.followups.transitions import decode_state
 from engine.store.client import run_scripts
@@ -56,6 +57,9 @@ return out
 """
 
 JOURNEY_COUNTS = ("entered", "held_out", "sent", "dropped", "opened", "clicked", "converted", "converted_control")
+# A broadcast's: a journey's, plus what only a whole campaign shows (dead
+# letters, and unsubscribes within the attribution window after it).
+BROADCAST_COUNTS = JOURNEY_COUNTS + ("dead_letter", "unsubscribed")
 CHANNEL_COUNTS = ("sent", "dropped", "dead_letter", "opened", "clicked", "unsubscribed")
 OFFER_COUNTS = ("impressions", "viewers", "clicks", "clickers", "converted", "redeemed")
 IMPRESSION, CLICK = "impression", "click"  # what the snippet sends for a filled slot
@@ -115,6 +119,11 @@ class KpiStore:
             self.count(pipe, "j", journey, status, message_id)
             if status == "sent":
                 self.count(pipe, "j", journey, f"sent:{channel}", message_id)
+        broadcast = broadcast_of(message_id)
+        if broadcast is not None:
+            self.count(pipe, "b", broadcast, status, message_id)
+            if status == "sent":
+                self.count(pipe, "b", broadcast, f"sent:{channel}", message_id)
 
     def engagement(self, pipe, kind: str, journey: str | None, message_id: str) -> None:
         """An email opened or clicked (kind "opened" / "clicked"), from a signed
@@ -122,12 +131,38 @@ class KpiStore:
         self.count(pipe, "c", "email", kind, message_id)
         if journey is not None:
             self.count(pipe, "j", journey, kind, message_id)
+        broadcast = broadcast_of(message_id)  # the id is signed into the link: nobody else's to claim
+        if broadcast is not None:
+            self.count(pipe, "b", broadcast, kind, message_id)
+
+    def broadcast_entry(self, pipe, broadcast: str, person: str, held_out: bool, due_ms: int, now_ms: int) -> None:
+        """A member the broadcast is queued for (or held out of): counted by
+        person, and remembered with their due time (the first one: a walk done
+        again changes nothing) so a purchase or an unsubscribe in the
+        ATTRIBUTION_MS after counts for the broadcast, in the right group."""
+        self.count(pipe, "b", broadcast, "held_out" if held_out else "entered", person)
+        key = self.keys.broadcasts_received(person)
+        pipe.hsetnx(key, broadcast, f"{'c' if held_out else 't'}|{due_ms}")
+        pipe.pexpire(key, max(due_ms - now_ms, 0) + ATTRIBUTION_MS)
+
+    async def record_unsubscribe(self, person: str, channel: str, now_ms: int) -> None:
+        """An unsubscribe (the signed link): for the channel, and for each
+        broadcast sent to the person in the ATTRIBUTION_MS before."""
+        received = await self.redis.hgetall(self.keys.broadcasts_received(person))
+        pipe = self.redis.pipeline(transaction=False)
+        self.count(pipe, "c", channel, "unsubscribed", person)
+        for broadcast, (at_ms, held) in _received(received).items():
+            if not held and 0 <= now_ms - at_ms <= ATTRIBUTION_MS:
+                self.count(pipe, "b", broadcast, "unsubscribed", person)
+        await pipe.execute()
 
     def purchase_calls(self, journey: str, control: bool, person: str, event_id: str,
-                       revenue: float, pipe) -> tuple:
-        """Queue the converter into `pipe`; returns the once-only revenue call."""
-        self.count(pipe, "j", journey, "converted_control" if control else "converted", person)
-        return (self._add_once, [self.keys.kpi_once(f"{journey}|{event_id}"), self.keys.kpi("j", journey, "revenue")],
+                       revenue: float, pipe, scope: str = "j") -> tuple:
+        """Queue the converter into `pipe`; returns the once-only revenue call.
+        `scope` "b": `journey` is a broadcast."""
+        self.count(pipe, scope, journey, "converted_control" if control else "converted", person)
+        token = f"{journey}|{event_id}" if scope == "j" else f"{scope}:{journey}|{event_id}"
+        return (self._add_once, [self.keys.kpi_once(token), self.keys.kpi(scope, journey, "revenue")],
                 [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
 
     async def record_batch(self, by_person: dict[str, list], offers: dict,
@@ -176,15 +211,19 @@ class KpiStore:
         for person in buyers:
             read.get(self.keys.journeys(person))
             read.hgetall(self.keys.offers_seen(person))
+            read.hgetall(self.keys.broadcasts_received(person))
         answers = iter(await read.execute())
         revenue_calls = []
         for person, bought in buyers.items():
-            raw, seen = next(answers), next(answers)
-            for journey, (entered_at, held) in decode_state(raw)["e"].items():
+            raw, seen, received = next(answers), next(answers), next(answers)
+            campaigns = [("j", journey, entered_at, bool(held))
+                         for journey, (entered_at, held) in decode_state(raw)["e"].items()]
+            campaigns += [("b", broadcast, at_ms, held) for broadcast, (at_ms, held) in _received(received).items()]
+            for scope, name, entered_at, held in campaigns:
                 for event in bought:
                     if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
-                        revenue_calls.append(self.purchase_calls(journey, bool(held), person, event.id,
-                                                                 revenue_of(event.properties), pipe))
+                        revenue_calls.append(self.purchase_calls(name, held, person, event.id,
+                                                                 revenue_of(event.properties), pipe, scope))
             seen_at = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seen.items()}
             for event in bought:
                 for offer, saw in _credited_offers(offers, seen_at, event):
@@ -225,8 +264,13 @@ class KpiStore:
 
     # -- reading ----------------------------------------------------------------
 
-    async def report(self, journeys: list[str], channels: list[str], offers: list[str] = ()) -> dict:
+    async def report(self, journeys: list[str], channels: list[str], offers: list[str] = (),
+                     broadcasts: list[str] = ()) -> dict:
         count_keys, money_keys = [], []
+        for broadcast in broadcasts:
+            count_keys += [self.keys.kpi("b", broadcast, metric) for metric in BROADCAST_COUNTS]
+            count_keys += [self.keys.kpi("b", broadcast, f"sent:{channel}") for channel in channels]
+            money_keys.append(self.keys.kpi("b", broadcast, "revenue"))
         for journey in journeys:
             count_keys += [self.keys.kpi("j", journey, metric) for metric in JOURNEY_COUNTS]
             count_keys += [self.keys.kpi("j", journey, f"sent:{channel}") for channel in channels]
@@ -242,7 +286,14 @@ class KpiStore:
             pipe.hgetall(key)
         [counted] = await run_scripts(self.redis, [(self._count_all, count_keys, [])])
         counts, sums = iter(counted), iter(await pipe.execute())
-        out: dict = {"journeys": {}, "channels": {}, "offers": {}}
+        out: dict = {"journeys": {}, "channels": {}, "offers": {}, "broadcasts": {}}
+        for broadcast in broadcasts:
+            found = {metric: next(counts) for metric in BROADCAST_COUNTS}
+            by_channel = {channel: n for channel in channels if (n := next(counts))}
+            report = _journey_report(found, by_channel, _money(next(sums)))
+            out["broadcasts"][broadcast] = {**report, "dead_letter": found["dead_letter"],
+                                            "unsubscribed": found["unsubscribed"],
+                                            "unsubscribe_rate": _rate(found["unsubscribed"], found["sent"])}
         for journey in journeys:
             found = {metric: next(counts) for metric in JOURNEY_COUNTS}
             by_channel = {channel: n for channel in channels if (n := next(counts))}
@@ -258,6 +309,15 @@ class KpiStore:
         # Purchases a browser sent: kept apart, never in revenue, conversions or ROI.
         out["unverified_purchases"] = next(counts)
         return out
+
+
+def _received(raw: dict) -> dict[str, tuple[int, bool]]:
+    """Keys.broadcasts_received: broadcast -> (due ms, held out)."""
+    out = {}
+    for name, value in raw.items():
+        group, _, at = (value.decode() if isinstance(value, bytes) else value).partition("|")
+        out[name.decode() if isinstance(name, bytes) else name] = (int(at), group == "c")
+    return out
 
 
 def _money(raw: dict) -> dict[str, float]:

@@ -274,43 +274,61 @@ class Transition:
     def _message(self, journey: Journey, run: dict, step: Step, pc: int) -> None:
         template = self.book.templates[step.template]
         message_id = f"j:{run['run']}:{pc}"
-        values = {"person": self.person, "traits": dict(self.facts.traits), "event": run.get("vars") or {},
-                  "score": self.facts.score(), "journey": journey.id,
-                  "offer": self.book.offers.get(step.offer) or {}}
-        if template.reads_rules:
-            # The catalog's named rules on the profile now: a content email picks
-            # what to say from what the person did over the rules' windows.
-            values["rules"] = {name: bool(test(self.facts)) for name, test in self.facts.catalog.rules.items()}
-        outcome = {"id": message_id, "channel": step.channel, "template": step.template,
-                   "journey": journey.id, "at": self.now}
-        if step.channel == "email":
-            to = self.facts.traits.get("email")
-            if not isinstance(to, str) or "@" not in to:
-                self.actions.outcomes.append({**outcome, "status": "dropped", "reason": "no email address trait"})
-                return
-            body = {"to": to, "subject": template.subject, "text": template.text, "values": values}
-            if template.html:
-                body["html"] = template.html
-        else:
-            try:
-                body = {"title": render(template.subject, values), "text": render(template.text, values),
-                        "journey": journey.id}
-                if step.channel == "sms":  # the gateway needs the number; the suppression list may name it
-                    phone = self.facts.traits.get("phone")
-                    if not isinstance(phone, str) or not phone:
-                        self.actions.outcomes.append({**outcome, "status": "dropped", "reason": "no phone trait"})
-                        return
-                    body["to"] = phone
-                if template.html:
-                    body["html"] = render(template.html, values, html=True)
-            except TemplateRenderError as exc:
-                self.actions.outcomes.append({**outcome, "status": "dropped", "reason": str(exc)})
-                return
-            if step.channel == "inbox":
-                body["expires_ms"] = template.expires_ms or windows.parse_duration(INBOX_EXPIRES_DEFAULT)
-            if step.kind == "notify":
-                body["traits"] = values["traits"]
-                body["score"] = values["score"]
+        values = template_values(self.person, self.facts, template, self.book.offers.get(step.offer) or {},
+                                 event=run.get("vars") or {}, journey=journey.id)
+        body = message_body(template, step.channel, values, {"journey": journey.id}, notify=step.kind == "notify")
+        if isinstance(body, str):
+            self.actions.outcomes.append({"id": message_id, "channel": step.channel, "template": step.template,
+                                          "journey": journey.id, "at": self.now, "status": "dropped",
+                                          "reason": body})
+            return
         self.actions.messages.append(Message(
             id=message_id, person=self.person, channel=step.channel, due_ms=self.now,
             template=step.template, purpose=step.purpose, body=body))
+
+
+def template_values(person: str, facts: Facts, template, offer: dict, **origin) -> dict:
+    """What a message's templates can read: `person`, `traits`, `score`,
+    `offer`, `rules` (for templates naming them) and the origin (`journey` and
+    the trigger `event`, or `broadcast`)."""
+    values = {"person": person, "traits": dict(facts.traits), "event": {}, "score": facts.score(),
+              "offer": offer, **origin}
+    if template.reads_rules:
+        # The catalog's named rules on the profile now: a content email picks
+        # what to say from what the person did over the rules' windows.
+        values["rules"] = {name: bool(test(facts)) for name, test in facts.catalog.rules.items()}
+    return values
+
+
+def message_body(template, channel: str, values: dict, origin: dict, notify: bool = False) -> dict | str:
+    """The body the channel sends, or why there is none (the reason it is
+    dropped). Email is rendered when sent (its links are signed then) and goes
+    to the `email` trait; the other channels are rendered now, SMS to the
+    `phone` trait. `origin` ({"journey": id} or {"broadcast": id}) says whose
+    KPIs the message counts for."""
+    traits = values["traits"]
+    if channel == "email":
+        to = traits.get("email")
+        if not isinstance(to, str) or "@" not in to:
+            return "no email address trait"
+        body = {"to": to, "subject": template.subject, "text": template.text, "values": values}
+        if template.html:
+            body["html"] = template.html
+        return body
+    try:
+        body = {"title": render(template.subject, values), "text": render(template.text, values), **origin}
+        if channel == "sms":  # the gateway needs the number; the suppression list may name it
+            phone = traits.get("phone")
+            if not isinstance(phone, str) or not phone:
+                return "no phone trait"
+            body["to"] = phone
+        if template.html:
+            body["html"] = render(template.html, values, html=True)
+    except TemplateRenderError as exc:
+        return str(exc)
+    if channel == "inbox":
+        body["expires_ms"] = template.expires_ms or windows.parse_duration(INBOX_EXPIRES_DEFAULT)
+    if notify:
+        body["traits"] = values["traits"]
+        body["score"] = values["score"]
+    return body

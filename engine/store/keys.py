@@ -86,7 +86,7 @@ class Keys:
         return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
                 self.contact_outcomes(person), self.journeys(person), self.inbox(person), self.devices(person),
                 self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person),
-                self.audience_card(person), self.indexed(person))
+                self.audience_card(person), self.indexed(person), self.broadcasts_received(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days),
@@ -183,6 +183,29 @@ class Keys:
     def audience_card(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:ad"
 
+    # --- Broadcasts (engine/followups/broadcasts.py): one tag per broadcast,
+    # {bc:<broadcast>}. The messages themselves wait in the due queue, ids
+    # `bc:<broadcast>:<person>`.
+    # HASH, a broadcast's progress: `state` (scheduled when absent, running,
+    # done, cancelled), `started`, `walked` (ms the segment walk ended),
+    # `queued` (messages newly queued), `held_out`, `skipped` (no address),
+    # `last_due` (latest due time queued), `finished`, `checked` (ms the queue
+    # was last searched for its messages). No TTL: a broadcast done stays done.
+    def broadcast_state(self, broadcast: str) -> str:
+        return f"{self.prefix}:{{bc:{broadcast}}}:state"
+
+    # STRING, the process walking the broadcast's segment (one at a time).
+    # TTL: BROADCAST_LEASE_MS, renewed after each chunk of members.
+    def broadcast_lease(self, broadcast: str) -> str:
+        return f"{self.prefix}:{{bc:{broadcast}}}:lease"
+
+    # HASH, broadcast -> "t|<ms>" (sent to, due then) or "c|<ms>" (held out):
+    # a purchase or an unsubscribe within ATTRIBUTION_MS after counts for it,
+    # in the treated or the control group. Written once per broadcast.
+    # TTL: ATTRIBUTION_MS after the latest due time written.
+    def broadcasts_received(self, person: str) -> str:
+        return f"{self.prefix}:{{{person}}}:bc"
+
     # HASH of one destination's progress: change-stream shard -> last stream id
     # delivered (or dead-lettered); `export` -> ms of the last scheduled export.
     # Its own tag. No TTL.
@@ -236,7 +259,7 @@ class Keys:
         return f"{self.prefix}:deadletter"
 
     # HyperLogLog of ids (or, for metric "revenue", a HASH of sums): one KPI of a
-    # journey (scope "j") or a channel (scope "c"), engine/followups/kpis.py. No TTL.
+    # journey (scope "j"), a broadcast ("b") or a channel ("c"), engine/followups/kpis.py. No TTL.
     def kpi(self, scope: str, name: str, metric: str) -> str:
         return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
 
@@ -292,4 +315,5 @@ SEGMENT_SHARDS = 16
 SEGMENT_CHANGES_MAX = 200_000
 DESTINATION_LEASE_MS = 15_000
 IX_SHARDS = 64  # fixed: an index written with another count is not found again
+BROADCAST_LEASE_MS = 30_000
 SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back
