@@ -19,20 +19,38 @@ from engine.store.keys import SEGMENT_CHANGES_MAX, SEGMENT_SHARDS, Keys
 
 ENTER, EXIT = "+", "-"
 
+# One segment's shard: entries and exits of several people at once.
 # KEYS[1] members  KEYS[2] changes
-# ARGV: op (+|-), person, segment, reason, stream max length[, email sha256, phone
-# sha256: the identifiers of someone being erased, whose card will be gone
-# when the removal is delivered]
-CHANGE = r"""
-local n
-if ARGV[1] == '+' then n = redis.call('SADD', KEYS[1], ARGV[2]) else n = redis.call('SREM', KEYS[1], ARGV[2]) end
-if n == 1 then
-  local fields = {'s', ARGV[3], 'p', ARGV[2], 'o', ARGV[1], 'r', ARGV[4]}
-  if ARGV[6] and ARGV[6] ~= '' then table.insert(fields, 'e'); table.insert(fields, ARGV[6]) end
-  if ARGV[7] and ARGV[7] ~= '' then table.insert(fields, 'ph'); table.insert(fields, ARGV[7]) end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
+# ARGV[1] stream max length, then for each change six values: op (+|-), person,
+# segment, reason, email sha256, phone sha256 (the last two "" unless the person
+# is being erased: their card will be gone when the removal is delivered).
+# Returns 1 for each change that changed the set (only those are recorded).
+CHANGES = r"""
+local done = {}
+for i = 2, #ARGV, 6 do
+  local op, person = ARGV[i], ARGV[i + 1]
+  local n
+  if op == '+' then n = redis.call('SADD', KEYS[1], person) else n = redis.call('SREM', KEYS[1], person) end
+  if n == 1 then
+    local fields = {'s', ARGV[i + 2], 'p', person, 'o', op, 'r', ARGV[i + 3]}
+    if ARGV[i + 4] ~= '' then fields[#fields + 1] = 'e'; fields[#fields + 1] = ARGV[i + 4] end
+    if ARGV[i + 5] ~= '' then fields[#fields + 1] = 'ph'; fields[#fields + 1] = ARGV[i + 5] end
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+  end
+  done[#done + 1] = n
 end
-return n
+return done
+"""
+
+# A person's audience card, "<email sha256>|<phone sha256>|<advertising consent>"
+# (one string, so an export reads a chunk of them with one MGET).
+# KEYS[1] card  ARGV[1] TTL s, then pairs: part (1 email, 2 phone, 3 consent), value
+CARD = r"""
+local e, p, a = string.match(redis.call('GET', KEYS[1]) or '||', '^([^|]*)|([^|]*)|([^|]*)$')
+local parts = {e or '', p or '', a or ''}
+for i = 2, #ARGV, 2 do parts[tonumber(ARGV[i])] = ARGV[i + 1] end
+redis.call('SET', KEYS[1], table.concat(parts, '|'), 'EX', ARGV[1])
+return 1
 """
 
 # Take up to ARGV[2] people whose recheck is due by ARGV[1], pushing their entry
@@ -66,82 +84,94 @@ class MembershipStore:
         self.phone_region = phone_region
         self.card_ttl_s = card_ttl_s
         self.max_changes = max_changes
-        self._change = redis.register_script(CHANGE)
+        self._changes = redis.register_script(CHANGES)
+        self._card = redis.register_script(CARD)
         self._claim = redis.register_script(CLAIM)
 
-    async def record(self, changes: Sequence[Change]) -> list[Change]:
-        """Apply entries and exits; returns those that changed a set (the others
-        were already recorded, by an earlier try of the same batch)."""
-        calls = []
+    async def record(self, changes: Sequence[Change], erased: tuple[str, str] = ("", "")) -> list[Change]:
+        """Apply entries and exits, one script call per segment shard; returns
+        those that changed a set (the others were already recorded, by an
+        earlier try of the same batch). `erased`: the hashed email and phone the
+        removals carry when the person is being erased."""
+        groups: dict[tuple[str, int], list[Change]] = {}
         for change in changes:
-            shard = shard_of(change.person)
-            keys = [self.keys.segment_members(change.segment, shard), self.keys.segment_changes(change.segment, shard)]
-            calls.append((self._change, keys, [change.op, change.person, change.segment, change.reason,
-                                                self.max_changes]))
+            groups.setdefault((change.segment, shard_of(change.person)), []).append(change)
+        calls, order = [], []
+        for (segment, shard), group in groups.items():
+            args = [self.max_changes]
+            for change in group:
+                args += [change.op, change.person, change.segment, change.reason, *erased]
+            calls.append((self._changes, [self.keys.segment_members(segment, shard),
+                                          self.keys.segment_changes(segment, shard)], args))
+            order.extend(group)
         done = await run_scripts(self.redis, calls)
-        return [change for change, n in zip(changes, done, strict=True) if n]
+        return [change for change, n in zip(order, (n for flags in done for n in flags), strict=True) if n]
 
     async def erase(self, person: str, tracked: Sequence[str]) -> list[str]:
         """Take `person` out of every tracked segment before their data goes,
         each removal carrying their hashed identifiers so destinations can still
         drop them; returns the segments they were in."""
         (email, phone, _), = await self.cards([person])
-        shard = shard_of(person)
-        calls = [(self._change, [self.keys.segment_members(segment, shard), self.keys.segment_changes(segment, shard)],
-                  [EXIT, person, segment, "erased", self.max_changes, email or "", phone or ""])
-                 for segment in tracked]
-        removed = await run_scripts(self.redis, calls)
-        await self.redis.zrem(self.keys.segment_rechecks(shard), person)
-        return [segment for segment, n in zip(tracked, removed, strict=True) if n]
+        removed = await self.record([Change(person, segment, EXIT, "erased") for segment in tracked],
+                                    (email or "", phone or ""))
+        await self.redis.zrem(self.keys.segment_rechecks(shard_of(person)), person)
+        return [change.segment for change in removed]
 
-    def card_commands(self, pipe, person: str, traits: dict) -> bool:
-        """Queue the update of a person's audience card (Keys.audience_card) from
-        traits an event sets (None: unset); False when they name no email or phone."""
-        fields = {"e": (EMAIL_TRAIT, hashed_email), "p": (PHONE_TRAIT, lambda v: hashed_phone(v, self.phone_region))}
-        touched = False
-        key = self.keys.audience_card(person)
-        for field_name, (trait, hashed) in fields.items():
-            if trait not in traits:
-                continue
-            touched = True
-            digest = hashed(traits[trait])
-            if digest is None:
-                pipe.hdel(key, field_name)
-            else:
-                pipe.hset(key, field_name, digest)
-        if touched:
-            pipe.expire(key, self.card_ttl_s)
-        return touched
+    def card_calls(self, person: str, traits: dict) -> list[tuple]:
+        """The update of a person's audience card (Keys.audience_card) from
+        traits an event sets (None: unset), for run_scripts; none when they name
+        no email or phone."""
+        parts = []
+        if EMAIL_TRAIT in traits:
+            parts += [1, hashed_email(traits[EMAIL_TRAIT]) or ""]
+        if PHONE_TRAIT in traits:
+            parts += [2, hashed_phone(traits[PHONE_TRAIT], self.phone_region) or ""]
+        return [(self._card, [self.keys.audience_card(person)], [self.card_ttl_s, *parts])] if parts else []
 
     async def set_advertising(self, person: str, granted: bool, segments: Sequence[str]) -> None:
         """Advertising consent given or withdrawn: the card says so, and each
         tracked segment the person is in records it, so destinations add or
         remove them (`reason` consent)."""
-        pipe = self.redis.pipeline(transaction=False)
-        key = self.keys.audience_card(person)
-        pipe.hset(key, "a", "1" if granted else "0")
-        pipe.expire(key, self.card_ttl_s)
-        op = ENTER if granted else EXIT
-        for segment in segments:
-            pipe.xadd(self.keys.segment_changes(segment, shard_of(person)),
-                      {"s": segment, "p": person, "o": op, "r": "consent"}, maxlen=self.max_changes, approximate=True)
-        await pipe.execute()
+        await run_scripts(self.redis, [(self._card, [self.keys.audience_card(person)],
+                                        [self.card_ttl_s, 3, "1" if granted else "0"])])
+        if segments:
+            pipe = self.redis.pipeline(transaction=False)
+            op = ENTER if granted else EXIT
+            for segment in segments:
+                pipe.xadd(self.keys.segment_changes(segment, shard_of(person)),
+                          {"s": segment, "p": person, "o": op, "r": "consent"}, maxlen=self.max_changes,
+                          approximate=True)
+            await pipe.execute()
 
     async def cards(self, people: Sequence[str]) -> list[tuple[str | None, str | None, bool]]:
-        """(email sha256, phone sha256, advertising consent) of each person."""
-        pipe = self.redis.pipeline(transaction=False)
-        for person in people:
-            pipe.hmget(self.keys.audience_card(person), "e", "p", "a")
-        return [(_text(e) if e else None, _text(p) if p else None, a == b"1" or a == "1")
-                for e, p, a in await pipe.execute()]
+        """(email sha256, phone sha256, advertising consent) of each person: one
+        MGET (on a cluster, one per node)."""
+        keys = [self.keys.audience_card(person) for person in people]
+        many = getattr(self.redis, "mget_nonatomic", None)
+        raw = await (many(keys) if many is not None else self.redis.mget(keys))
+        found = []
+        for value in raw:
+            if not value:
+                found.append((None, None, False))
+                continue
+            email, phone, consent = (value.decode() if isinstance(value, bytes) else value).split("|")
+            found.append((email or None, phone or None, consent == "1"))
+        return found
 
-    def schedule(self, pipe, person: str, at_ms: int | None) -> None:
-        """When time alone may next change `person`'s segments (None: never)."""
-        key = self.keys.segment_rechecks(shard_of(person))
-        if at_ms is None:
-            pipe.zrem(key, person)
-        else:
-            pipe.zadd(key, {person: at_ms})
+    def schedule(self, pipe, when: dict[str, int | None]) -> None:
+        """When time alone may next change each person's segments (None: never),
+        one ZADD and one ZREM per shard."""
+        adds: dict[int, dict[str, int]] = {}
+        drops: dict[int, list[str]] = {}
+        for person, at_ms in when.items():
+            if at_ms is None:
+                drops.setdefault(shard_of(person), []).append(person)
+            else:
+                adds.setdefault(shard_of(person), {})[person] = at_ms
+        for shard, mapping in adds.items():
+            pipe.zadd(self.keys.segment_rechecks(shard), mapping)
+        for shard, people in drops.items():
+            pipe.zrem(self.keys.segment_rechecks(shard), *people)
 
     async def claim_due(self, now_ms: int, limit: int, lease_ms: int) -> list[str]:
         per_shard = max(1, limit // SEGMENT_SHARDS)

@@ -40,6 +40,7 @@ from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
 from engine.profile import decode_profile
+from engine.store.client import run_scripts
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -197,10 +198,8 @@ class Pipeline:
             await store.run(list(segment_calls.values()))
         carded = [event for event in events if event.traits and not CONTACT_TRAITS.isdisjoint(event.traits)]
         if carded:
-            pipe = store.redis.pipeline(transaction=False)
-            for event in sorted(carded, key=lambda e: e.ts):
-                self.membership.card_commands(pipe, event.person, event.traits)
-            await pipe.execute()
+            await run_scripts(store.redis, [call for event in sorted(carded, key=lambda e: e.ts)
+                                            for call in self.membership.card_calls(event.person, event.traits)])
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
@@ -252,15 +251,17 @@ class Pipeline:
                                                {"segment": segment, "reason": reason}, trusted=True))
         if changes:
             await self.membership.record(changes)
-        pipe = self.store.redis.pipeline(transaction=False)
+        when = {}
         for person, profile in evaluated.items():
             at = next_change_ms(catalog, profile, now_ms)
             segments = result.segment_changes[person][1] if person in result.segment_changes else profile.g
             if tracked.intersection(segments):  # a profile that expires leaves its segments then
                 at = min(at or math.inf, now_ms + self.store.profile_ttl_ms)
             if at is not None or any(event.type == SEGMENT_RECHECK for event in by_person.get(person, ())):
-                self.membership.schedule(pipe, person, at)
-        if len(pipe):
+                when[person] = at
+        if when:
+            pipe = self.store.redis.pipeline(transaction=False)
+            self.membership.schedule(pipe, when)
             await pipe.execute()
         return moved
 

@@ -54,6 +54,5 @@ async def _expired(pipeline: Pipeline, people: list[str], tracked: list[str]) ->
     if found:
         await membership.record(found)
     pipe = pipeline.store.redis.pipeline(transaction=False)
-    for person in people:
-        membership.schedule(pipe, person, None)
+    membership.schedule(pipe, dict.fromkeys(people))
     await pipe.execute()

@@ -176,10 +176,12 @@ class Keys:
     def segment_rechecks(self, shard: int) -> str:
         return f"{self.prefix}:{{sgr:{shard}}}:z"
 
-    # HASH, what audience destinations match a person on: `e` and `p`, the
-    # SHA-256 of their normalised email and E.164 phone, `a` "1" when they gave
-    # advertising consent (channel ads, purpose advertising). Written when those
-    # traits or that consent change. TTL: the profile TTL, renewed on write.
+    # STRING "<email sha256>|<phone sha256>|<consent>": what audience
+    # destinations match a person on, the SHA-256 of their normalised email and
+    # E.164 phone ("" when none), consent "1" when they gave advertising consent
+    # (channel ads, purpose advertising). One string so an export reads a chunk
+    # with one MGET. Written when those traits or that consent change. TTL: the
+    # profile TTL, renewed on write.
     def audience_card(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:ad"
 
