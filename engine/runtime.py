@@ -92,9 +92,8 @@ class Runtime:
         kpis = KpiStore(redis, keys, once_ttl_s=settings.dedupe_ttl_s)
         learning = LearningStore(redis, keys)
         decision_log = DecisionLog(redis, keys, ExposureStore(redis, keys), max_len=settings.decision_log_max)
-        membership = MembershipStore(redis, keys, phone_region=settings.phone_region,
-                                     card_ttl_s=settings.profile_ttl_s)
-        lookup = PeopleLookup(PeopleIndex(redis, keys, ttl_ms=profiles.profile_ttl_ms), settings.phone_region)
+        membership = MembershipStore(redis, keys, card_ttl_s=settings.profile_ttl_s)
+        lookup = PeopleLookup(PeopleIndex(redis, keys), settings.phone_region, membership.cards)
         pipeline = Pipeline(profiles, holder, decision_signer(settings), learning, decision_log, membership, lookup,
                             queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
         broadcasts = Broadcasts(redis, keys, queue, membership, kpis, contacts,

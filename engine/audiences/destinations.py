@@ -166,10 +166,10 @@ class Deliveries:
         for _, shard, entry_id, _ in entries:
             taken[shard] = entry_id
         people = [_text(fields[b"p"]) for _, _, _, fields in entries]
-        cards = await self.membership.cards(people)
+        cards = await self.membership.cards.read(people)
         changes = []
-        for (stamp, shard, entry_id, fields), person, (email, phone, consent) in zip(entries, people, cards,
-                                                                                      strict=True):
+        for (stamp, shard, entry_id, fields), person, card in zip(entries, people, cards, strict=True):
+            email, phone, consent = card.email, card.phone, card.consent
             op = _text(fields[b"o"])
             if op == ENTER and not consent:
                 continue  # no advertising consent: the destination never hears of them
@@ -237,13 +237,13 @@ async def export_rows(membership: MembershipStore, segment: str, shape: str = "p
     (google, meta: people with neither are left out)."""
     async for people in membership.walk(segment, EXPORT_CHUNK):
         rows = []
-        for person, (email, phone, consent) in zip(people, await membership.cards(people), strict=True):
-            if not consent:
+        for person, card in zip(people, await membership.cards.read(people), strict=True):
+            if not card.consent:
                 continue
             if shape == "plain":
-                rows.append([person, email, phone])
-            elif email or phone:
-                rows.append([email, phone])
+                rows.append([person, card.email, card.phone])
+            elif card.email or card.phone:
+                rows.append([card.email, card.phone])
         if rows:
             yield rows
 

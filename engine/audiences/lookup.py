@@ -5,12 +5,13 @@ on every lookup, so a changed address no longer finds its old owner."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 
 from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT, hashed_email, hashed_phone
 from engine.events import Event
 from engine.profile import decode_profile
+from engine.store.cards import EMAIL, PHONE, Cards, parse
+from engine.store.client import run_scripts
 from engine.store.people_index import PeopleIndex
 
 KINDS = {EMAIL_TRAIT: "e", PHONE_TRAIT: "p"}  # the trait an entry comes from, and its kind letter
@@ -38,26 +39,43 @@ class PeopleLookup:
     """The index (engine/store/people_index.py) read and written against the
     profiles it points to; `region` is ATTIMO_PHONE_REGION."""
 
-    def __init__(self, index: PeopleIndex, region: str | None = None):
+    def __init__(self, index: PeopleIndex, region: str | None = None, cards: Cards | None = None):
         self.index = index
         self.redis = index.redis
         self.keys = index.keys
         self.region = region
+        self.cards = cards or Cards(index.redis, index.keys)
 
-    async def after_apply(self, events: Iterable[Event]) -> None:
+    async def after_apply(self, events: Iterable[Event], known: dict[str, dict] | None = None) -> None:
         """After a batch: the people whose email or phone an event set or removed
         get the entries their profile now holds and lose the others. Read from
         the profile, not the events, so the last write wins whatever the order
-        of batches; a duplicate batch writes what a crash may have left out."""
+        of batches; a duplicate batch writes what a crash may have left out.
+        `known`: traits of profiles as the batch left them (not read again)."""
         people = sorted({event.person for event in events if touches_index(event)})
         if people:
-            await self.sync(people)
+            await self.sync(people, known)
 
-    async def sync(self, people: list[str]) -> None:
-        traits, recorded = await asyncio.gather(self._traits(people), self.index.recorded(people))
-        wanted = {person: entries_of(traits[person], self.region) for person in people}
-        await self.index.add({p: wanted[p] - recorded[p] for p in people})
-        await self.index.remove({p: recorded[p] - wanted[p] for p in people})
+    async def sync(self, people: list[str], known: dict[str, dict] | None = None) -> None:
+        """Each person's card takes the hashes their profile holds now (the card
+        first: it is their list of entries), then the index: every wanted entry
+        written again (a crash between the two is mended by the next write), the
+        ones the card held before and no longer does removed."""
+        known = known or {}
+        unknown = [person for person in people if person not in known]
+        traits = {**known, **(await self._traits(unknown) if unknown else {})}
+        calls, wanted = [], {}
+        for person in people:
+            email = hashed_email(traits[person].get(EMAIL_TRAIT))
+            phone = hashed_phone(traits[person].get(PHONE_TRAIT), self.region)
+            calls.append(self.cards.swap_call(person, {EMAIL: email or "", PHONE: phone or ""}))
+            wanted[person] = {f"e:{email}"} if email else set()
+            if phone:
+                wanted[person].add(f"p:{phone}")
+        before = {person: parse(old).entries() for person, old in zip(people, await run_scripts(self.redis, calls),
+                                                                         strict=True)}
+        await self.index.add(wanted)
+        await self.index.remove({p: before[p] - wanted[p] for p in people})
 
     async def find(self, trait: str, text: str) -> list[str] | None:
         """The people whose `trait` is this address now, or None when the text is

@@ -13,7 +13,7 @@ import zlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT, hashed_email, hashed_phone
+from engine.store.cards import CONSENT, Cards
 from engine.store.client import run_scripts
 from engine.store.keys import SEGMENT_CHANGES_MAX, SEGMENT_SHARDS, Keys
 
@@ -42,17 +42,6 @@ end
 return done
 """
 
-# A person's audience card, "<email sha256>|<phone sha256>|<advertising consent>"
-# (one string, so an export reads a chunk of them with one MGET).
-# KEYS[1] card  ARGV[1] TTL s, then pairs: part (1 email, 2 phone, 3 consent), value
-CARD = r"""
-local e, p, a = string.match(redis.call('GET', KEYS[1]) or '||', '^([^|]*)|([^|]*)|([^|]*)$')
-local parts = {e or '', p or '', a or ''}
-for i = 2, #ARGV, 2 do parts[tonumber(ARGV[i])] = ARGV[i + 1] end
-redis.call('SET', KEYS[1], table.concat(parts, '|'), 'EX', ARGV[1])
-return 1
-"""
-
 # Take up to ARGV[2] people whose recheck is due by ARGV[1], pushing their entry
 # ARGV[3] ms on: a process that dies before rechecking leaves them to the next.
 # KEYS[1] rechecks
@@ -77,15 +66,13 @@ class Change:
 
 
 class MembershipStore:
-    def __init__(self, redis, keys: Keys, *, phone_region: str | None = None, card_ttl_s: int = 400 * 86_400,
+    def __init__(self, redis, keys: Keys, *, card_ttl_s: int = 400 * 86_400,
                  max_changes: int = SEGMENT_CHANGES_MAX):
         self.redis = redis
         self.keys = keys
-        self.phone_region = phone_region
-        self.card_ttl_s = card_ttl_s
         self.max_changes = max_changes
         self._changes = redis.register_script(CHANGES)
-        self._card = redis.register_script(CARD)
+        self.cards = Cards(redis, keys, card_ttl_s)
         self._claim = redis.register_script(CLAIM)
 
     async def record(self, changes: Sequence[Change], erased: tuple[str, str] = ("", "")) -> list[Change]:
@@ -93,6 +80,8 @@ class MembershipStore:
         those that changed a set (the others were already recorded, by an
         earlier try of the same batch). `erased`: the hashed email and phone the
         removals carry when the person is being erased."""
+        if not changes:
+            return []
         groups: dict[tuple[str, int], list[Change]] = {}
         for change in changes:
             groups.setdefault((change.segment, shard_of(change.person)), []).append(change)
@@ -111,29 +100,18 @@ class MembershipStore:
         """Take `person` out of every tracked segment before their data goes,
         each removal carrying their hashed identifiers so destinations can still
         drop them; returns the segments they were in."""
-        (email, phone, _), = await self.cards([person])
+        (card,) = await self.cards.read([person])
+        email, phone = card.email, card.phone
         removed = await self.record([Change(person, segment, EXIT, "erased") for segment in tracked],
                                     (email or "", phone or ""))
         await self.redis.zrem(self.keys.segment_rechecks(shard_of(person)), person)
         return [change.segment for change in removed]
 
-    def card_calls(self, person: str, traits: dict) -> list[tuple]:
-        """The update of a person's audience card (Keys.audience_card) from
-        traits an event sets (None: unset), for run_scripts; none when they name
-        no email or phone."""
-        parts = []
-        if EMAIL_TRAIT in traits:
-            parts += [1, hashed_email(traits[EMAIL_TRAIT]) or ""]
-        if PHONE_TRAIT in traits:
-            parts += [2, hashed_phone(traits[PHONE_TRAIT], self.phone_region) or ""]
-        return [(self._card, [self.keys.audience_card(person)], [self.card_ttl_s, *parts])] if parts else []
-
     async def set_advertising(self, person: str, granted: bool, segments: Sequence[str]) -> None:
         """Advertising consent given or withdrawn: the card says so, and each
         tracked segment the person is in records it, so destinations add or
         remove them (`reason` consent)."""
-        await run_scripts(self.redis, [(self._card, [self.keys.audience_card(person)],
-                                        [self.card_ttl_s, 3, "1" if granted else "0"])])
+        await run_scripts(self.redis, [self.cards.swap_call(person, {CONSENT: "1" if granted else "0"})])
         if segments:
             pipe = self.redis.pipeline(transaction=False)
             op = ENTER if granted else EXIT
@@ -142,21 +120,6 @@ class MembershipStore:
                           {"s": segment, "p": person, "o": op, "r": "consent"}, maxlen=self.max_changes,
                           approximate=True)
             await pipe.execute()
-
-    async def cards(self, people: Sequence[str]) -> list[tuple[str | None, str | None, bool]]:
-        """(email sha256, phone sha256, advertising consent) of each person: one
-        MGET (on a cluster, one per node)."""
-        keys = [self.keys.audience_card(person) for person in people]
-        many = getattr(self.redis, "mget_nonatomic", None)
-        raw = await (many(keys) if many is not None else self.redis.mget(keys))
-        found = []
-        for value in raw:
-            if not value:
-                found.append((None, None, False))
-                continue
-            email, phone, consent = (value.decode() if isinstance(value, bytes) else value).split("|")
-            found.append((email or None, phone or None, consent == "1"))
-        return found
 
     def schedule(self, pipe, when: dict[str, int | None]) -> None:
         """When time alone may next change each person's segments (None: never),

@@ -5,6 +5,7 @@ does dedupe and every update atomically, all persons in one round trip."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import math
@@ -40,7 +41,6 @@ from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
 from engine.profile import decode_profile
-from engine.store.client import run_scripts
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -110,7 +110,7 @@ class Pipeline:
         self.decision_log = decision_log or DecisionLog(store.redis, store.keys, ExposureStore(store.redis, store.keys))
         self.membership = membership or MembershipStore(store.redis, store.keys,
                                                         card_ttl_s=store.profile_ttl_ms // 1000)
-        self.lookup = lookup or PeopleLookup(PeopleIndex(store.redis, store.keys, ttl_ms=store.profile_ttl_ms))
+        self.lookup = lookup or PeopleLookup(PeopleIndex(store.redis, store.keys), cards=self.membership.cards)
 
     async def apply(self, events: list[Event], now_ms: int, *, depth: int = 0) -> ApplyResult:
         """`depth` > 0: events a journey step made (set_trait), applied from inside a batch."""
@@ -138,6 +138,7 @@ class Pipeline:
             prune = catalog.feature_table if hashes[0][0] % PRUNE_EVERY == 0 else b""
             calls.append(store.apply_call(person, params, ops, prune, hashes))
         pairs = list(merges)
+        merging = {person for person, _ in pairs}
         for _, anonymous in pairs:
             calls.append(store.stage_call(anonymous, os.urandom(8).hex()))
 
@@ -146,6 +147,7 @@ class Pipeline:
         segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
         evaluated = {}  # person -> profile, where segments are tracked
+        current = {}  # person -> profile as this batch left it, where the apply script returned it
         tracked = catalog.audiences.tracked
         for person, (accepted, duplicates, packed) in zip(people, replies, strict=False):
             result.accepted += accepted
@@ -153,7 +155,7 @@ class Pipeline:
             if packed and catalog.journeys:
                 profiles[person] = decode_profile(packed)
             if packed:  # duplicates too: a retry after a crash before the segment write records it
-                profile = profiles.get(person) or decode_profile(packed)
+                profile = current[person] = profiles.get(person) or decode_profile(packed)
                 if tracked:
                     evaluated[person] = profile
                 segments = catalog.segments_of(profile, now_ms)
@@ -196,10 +198,6 @@ class Pipeline:
         moved = await self._track(catalog, result, by_person, evaluated, now_ms) if tracked else {}
         if segment_calls:
             await store.run(list(segment_calls.values()))
-        carded = [event for event in events if event.traits and not CONTACT_TRAITS.isdisjoint(event.traits)]
-        if carded:
-            await run_scripts(store.redis, [call for event in sorted(carded, key=lambda e: e.ts)
-                                            for call in self.membership.card_calls(event.person, event.traits)])
         consents = [event for event in events if event.type == CONSENT]
         if consents:
             result.cancelled = await self._apply_consents(consents, now_ms)
@@ -213,7 +211,11 @@ class Pipeline:
             contacts = self.journeys.contacts
             for person, zone in zones.items():
                 await contacts.set_tz(person, zone)
-        await self.lookup.after_apply(events)  # a round trip only when an email or phone trait moved
+        # A round trip only when an email or phone trait moved; the profiles this
+        # batch left are read from what the apply script returned (not a merged
+        # person's: theirs changed after).
+        await self.lookup.after_apply(events, {person: profile.t for person, profile in current.items()
+                                               if person not in merging})
         if profiles:
             # After consents: a welcome sent for a registration that came with its
             # opt-in finds the consent recorded. Same batch, so exits act at once.
@@ -236,6 +238,7 @@ class Pipeline:
         fixed by the profile version, so a retried batch starts nothing twice."""
         tracked = catalog.audiences.tracked
         changes, moved = [], defaultdict(list)
+        journeys = bool(catalog.journeys.by_id)
         for person, (old, new) in result.segment_changes.items():
             was, now = set(old) & tracked, set(new) & tracked
             if was == now:
@@ -247,10 +250,9 @@ class Pipeline:
                 kind = SEGMENT_ENTERED if op == ENTER else SEGMENT_EXITED
                 for segment in sorted(segments):
                     changes.append(Change(person, segment, op, reason))
-                    moved[person].append(Event(f"{kind}:{segment}:{person}:{version}", kind, person, now_ms,
-                                               {"segment": segment, "reason": reason}, trusted=True))
-        if changes:
-            await self.membership.record(changes)
+                    if journeys:
+                        moved[person].append(Event(f"{kind}:{segment}:{person}:{version}", kind, person, now_ms,
+                                                   {"segment": segment, "reason": reason}, trusted=True))
         when = {}
         for person, profile in evaluated.items():
             at = next_change_ms(catalog, profile, now_ms)
@@ -259,10 +261,11 @@ class Pipeline:
                 at = min(at or math.inf, now_ms + self.store.profile_ttl_ms)
             if at is not None or any(event.type == SEGMENT_RECHECK for event in by_person.get(person, ())):
                 when[person] = at
-        if when:
-            pipe = self.store.redis.pipeline(transaction=False)
-            self.membership.schedule(pipe, when)
-            await pipe.execute()
+        pipe = self.store.redis.pipeline(transaction=False)
+        self.membership.schedule(pipe, when)
+        # Both before the profile's own record of its segments (the caller's next
+        # write), one round trip each, at once.
+        await asyncio.gather(self.membership.record(changes), pipe.execute())
         return moved
 
     async def _advertising(self, catalog: Catalog, consents: list[Event], result: ApplyResult,

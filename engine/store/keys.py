@@ -86,7 +86,7 @@ class Keys:
         return (self.profile(person), self.dedupe(person), self.merge_staging(person), self.contact(person),
                 self.contact_outcomes(person), self.journeys(person), self.inbox(person), self.devices(person),
                 self.offers_seen(person), self.exposures(person), self.learned(person), self.merged(person),
-                self.audience_card(person), self.indexed(person), self.broadcasts_received(person))
+                self.audience_card(person), self.broadcasts_received(person))
 
     # STRING, JSON contact state of a person: consent per channel and purpose,
     # time zone, recent sends (bounded to engine.policy.CONTACT_HISTORY_MAX over 8 days),
@@ -180,8 +180,9 @@ class Keys:
     # destinations match a person on, the SHA-256 of their normalised email and
     # E.164 phone ("" when none), consent "1" when they gave advertising consent
     # (channel ads, purpose advertising). One string so an export reads a chunk
-    # with one MGET. Written when those traits or that consent change. TTL: the
-    # profile TTL, renewed on write.
+    # with one MGET; also the person's list of lookup index entries (written
+    # before the index, so erasure finds every one). Written when those traits
+    # or that consent change. TTL: the profile TTL, renewed on write.
     def audience_card(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:ad"
 
@@ -239,11 +240,6 @@ class Keys:
     # an entry left by a profile that expired goes when it is next looked up.
     def people_index(self, shard: int) -> str:
         return f"{self.prefix}:{{ix:{shard}}}:people"
-
-    # SET of the index entries "<e|p>:<hex>" written for a person, written before
-    # the index, so erasure finds every one. TTL: the profile TTL, renewed on write.
-    def indexed(self, person: str) -> str:
-        return f"{self.prefix}:{{{person}}}:ix"
 
     # SET of suppressed person ids or addresses (bounces, complaints, legal). No TTL.
     def suppressed(self) -> str:

@@ -1,13 +1,14 @@
 """The lookup index in Redis: which people an address names. An entry is
 "<kind>:<hex digest>" (engine/audiences/lookup.py says what it is made of);
-this module only keeps the entries, sharded over IX_SHARDS tags, and each
-person's own list of them, so erasure finds them all (Keys.people_index,
-Keys.indexed)."""
+this module only keeps the entries, sharded over IX_SHARDS tags
+(Keys.people_index). A person's own list of their entries is their audience
+card (engine/store/cards.py), written first, so erasure finds them all."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from engine.store.cards import Cards
 from engine.store.keys import IX_SHARDS, Keys
 
 MAX_PEOPLE_PER_ENTRY = 100  # a lookup lists at most this many people (a shared info@ address)
@@ -24,50 +25,36 @@ def _text(value) -> str:
 
 
 class PeopleIndex:
-    def __init__(self, redis, keys: Keys, *, ttl_ms: int = 400 * 86_400_000):
+    def __init__(self, redis, keys: Keys):
         self.redis = redis
         self.keys = keys
-        self.ttl_ms = ttl_ms  # the profile TTL: a person's list of entries lives as long as they do
-
-    async def recorded(self, people: Iterable[str]) -> dict[str, set[str]]:
-        """The entries written for each person, one round trip."""
-        people = list(people)
-        pipe = self.redis.pipeline(transaction=False)
-        for person in people:
-            pipe.smembers(self.keys.indexed(person))
-        replies = await pipe.execute()
-        return {person: {_text(e) for e in entries} for person, entries in zip(people, replies, strict=True)}
 
     async def add(self, entries: Mapping[str, Iterable[str]]) -> None:
-        """Index each person under their entries: their own list first, then the
-        index, so an entry the index holds is always on its person's list."""
+        """Index each person under their entries (already on their card)."""
         entries = {person: list(found) for person, found in entries.items() if found}
         if not entries:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for person, found in entries.items():
-            pipe.sadd(self.keys.indexed(person), *found)
-            pipe.pexpire(self.keys.indexed(person), self.ttl_ms)
-        await pipe.execute()
-        pipe = self.redis.pipeline(transaction=False)
+        by_shard: dict[int, dict[str, int]] = {}
         for person, found in entries.items():
             for entry in found:
-                pipe.zadd(self.keys.people_index(shard_of(entry)), {f"{entry}:{person}": 0})
+                by_shard.setdefault(shard_of(entry), {})[f"{entry}:{person}"] = 0
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, members in by_shard.items():  # one ZADD a shard, not one an entry
+            pipe.zadd(self.keys.people_index(shard), members)
         await pipe.execute()
 
     async def remove(self, entries: Mapping[str, Iterable[str]]) -> None:
-        """Take each person out of these entries: the index first, then their list."""
+        """Take each person out of these entries."""
         entries = {person: list(found) for person, found in entries.items() if found}
         if not entries:
             return
-        pipe = self.redis.pipeline(transaction=False)
+        by_shard: dict[int, list[str]] = {}
         for person, found in entries.items():
             for entry in found:
-                pipe.zrem(self.keys.people_index(shard_of(entry)), f"{entry}:{person}")
-        await pipe.execute()
+                by_shard.setdefault(shard_of(entry), []).append(f"{entry}:{person}")
         pipe = self.redis.pipeline(transaction=False)
-        for person, found in entries.items():
-            pipe.srem(self.keys.indexed(person), *found)
+        for shard, members in by_shard.items():
+            pipe.zrem(self.keys.people_index(shard), *members)
         await pipe.execute()
 
     async def find(self, entry: str) -> list[str]:
@@ -81,8 +68,9 @@ class PeopleIndex:
         return [_text(m)[len(prefix):] for m in members]
 
     async def forget(self, person: str) -> int:
-        """Remove a person from every entry on their list (erasure; the list
-        itself goes with the person's keys). How many were removed."""
-        found = (await self.recorded([person]))[person]
+        """Remove a person from every entry on their card (erasure; the card
+        goes with the person's keys). How many were removed."""
+        (card,) = await Cards(self.redis, self.keys).read([person])
+        found = card.entries()
         await self.remove({person: found})
         return len(found)

@@ -10,6 +10,7 @@ from engine.audiences.lookup import PeopleLookup, entry_of
 from engine.events import Event
 from engine.followups.due_queue import DueQueue
 from engine.followups.erase import erase_person
+from engine.store.cards import Cards
 from engine.store.keys import IX_SHARDS, Keys
 from engine.store.people_index import PeopleIndex, shard_of
 from tests.conftest import make_pipeline
@@ -46,7 +47,7 @@ async def test_an_email_set_by_an_event_finds_its_person_in_any_case_and_spacing
     assert await pipeline.lookup.find("email", "carl@example.com") == []
     assert await pipeline.lookup.find("email", "nope") is None
     entry = entry_of("email", "ada@example.com")
-    assert await redis.smembers(KEYS.indexed("u:ada")) == {entry.encode()}
+    assert (await Cards(redis, KEYS).read(["u:ada"]))[0].entries() == {entry}  # the person's list of entries
     # Sharded by the digest: the entry lives under {ix:N}, not in one global key.
     assert await redis.zrange(KEYS.people_index(shard_of(entry)), 0, -1) == [f"{entry}:u:ada".encode()]
 
@@ -72,7 +73,7 @@ async def test_a_stale_entry_is_not_returned_and_is_removed_when_read(redis):
     await PeopleIndex(redis, KEYS).add({"u:ada": [stale], "u:gone": [stale]})
     assert await pipeline.lookup.find("email", "ghost@example.com") == []
     assert await redis.zrange(KEYS.people_index(shard_of(stale)), 0, -1) == []
-    assert await redis.smembers(KEYS.indexed("u:ada")) == {entry_of("email", "ada@example.com").encode()}
+    assert (await Cards(redis, KEYS).read(["u:ada"]))[0].entries() == {entry_of("email", "ada@example.com")}
 
 
 async def test_two_people_with_one_address_are_both_found(redis):
@@ -97,7 +98,7 @@ async def test_an_erased_person_is_not_found_and_leaves_no_entry(redis):
     assert len(await index_members(redis)) == 2
     await erase_person(redis, KEYS, DueQueue(redis), "u:ada", [], index=pipeline.lookup.index)
     assert await index_members(redis) == []
-    assert await redis.exists(KEYS.indexed("u:ada")) == 0
+    assert await redis.exists(KEYS.audience_card("u:ada")) == 0
     assert await pipeline.lookup.find("phone", "+39 333 111 2222") == []
 
 
@@ -111,4 +112,4 @@ async def test_a_visitors_address_follows_them_into_the_known_person(redis):
 def test_the_index_spreads_over_its_shards_and_a_persons_list_sits_in_their_slot():
     shards = {shard_of(entry_of("email", f"person{i}@example.com")) for i in range(2000)}
     assert shards == set(range(IX_SHARDS))
-    assert key_slot(KEYS.indexed("u:ada").encode()) == key_slot(KEYS.profile("u:ada").encode())
+    assert key_slot(KEYS.audience_card("u:ada").encode()) == key_slot(KEYS.profile("u:ada").encode())
