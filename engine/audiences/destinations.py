@@ -39,6 +39,8 @@ BACKOFF_FIRST_MS = 500
 BACKOFF_MAX_MS = 30_000
 EXPORT_CHUNK = 2000
 TIMEOUT_S = 10.0
+CHANGES_KEPT_MS = 7 * 86_400_000  # change records older than this are trimmed (they name people)
+TRIM_EVERY_MS = 60_000
 COLUMNS = {  # shape -> (email column, phone column); plain adds the person id first
     "plain": ("email_sha256", "phone_sha256"),
     "google": ("Email", "Phone"),
@@ -82,6 +84,7 @@ class Deliveries:
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
         self.stats = DeliveryStats()
         self._pending: dict[str, _Pending] = {}
+        self._trimmed_ms = 0
         self._session: aiohttp.ClientSession | None = None
 
     async def aclose(self) -> None:
@@ -89,7 +92,11 @@ class Deliveries:
             await self._session.close()
 
     async def run_once(self, catalog, now_ms: int) -> int:
-        """One turn over every destination; returns the changes delivered."""
+        """One turn over every destination; returns the changes delivered. Once
+        a minute, also trims every tracked segment's change records to a week."""
+        if now_ms - self._trimmed_ms >= TRIM_EVERY_MS and catalog.audiences.tracked:
+            self._trimmed_ms = now_ms
+            await self.membership.trim(sorted(catalog.audiences.tracked), now_ms - CHANGES_KEPT_MS)
         delivered = 0
         for destination in catalog.audiences.destinations:
             if not await self._lease(destination.id):

@@ -193,6 +193,15 @@ class MembershipStore:
                 if scan == 0:
                     break
 
+    async def trim(self, segments: Sequence[str], older_than_ms: int) -> None:
+        """Drop change records older than `older_than_ms` (they name people, and
+        an erased person's must not stay for long)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for segment in segments:
+            for shard in range(SEGMENT_SHARDS):
+                pipe.xtrim(self.keys.segment_changes(segment, shard), minid=older_than_ms, approximate=True)
+        await pipe.execute()
+
     async def forget(self, segment: str) -> None:
         """A segment no longer tracked: drop its members and changes."""
         keys = [k for shard in range(SEGMENT_SHARDS)

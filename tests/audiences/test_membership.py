@@ -3,6 +3,7 @@ by event and by time, recorded once, seen by journeys, delivered to a real
 webhook receiver with retries, exported with the hashes ad platforms match."""
 
 import hashlib
+import time
 
 import orjson
 import pytest
@@ -230,4 +231,16 @@ async def test_erasing_a_member_removes_them_and_the_removal_still_names_their_h
     assert removed["email_sha256"] == ref_sha("ada@example.com")
     assert await members(redis, "crm_fan") == set()
     assert await redis.zscore(KEYS.segment_rechecks(shard_of("u:ada")), "u:ada") is None
+    await deliveries.aclose()
+
+
+async def test_change_records_older_than_a_week_are_trimmed(redis):
+    pipeline = pipeline_for(redis)
+    await pipeline.apply(views("u:ada", 0), NOW)
+    await pipeline.membership.trim(["crm_fan"], NOW - 1)  # younger than the limit: kept
+    assert len(await changes(redis, "crm_fan")) == 1
+    deliveries = Deliveries(redis, KEYS, pipeline.membership, SECRET)
+    await deliveries.run_once(pipeline.catalogs.current, int(time.time() * 1000) + 8 * DAY_MS)
+    assert await changes(redis, "crm_fan") == []
+    assert await members(redis, "crm_fan") == {"u:ada"}  # membership itself stays
     await deliveries.aclose()
