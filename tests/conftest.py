@@ -145,6 +145,17 @@ def smtp():
     sink.stop()
 
 
+@pytest.fixture(scope="module")
+def sinks():
+    """A real SMTP server, a push gateway and an SMS gateway that is down (500)
+    for the whole module: what the follow-up API modules send to."""
+    smtp, push, failing = SmtpSink().start(), WebhookReceiver().start(), WebhookReceiver().start()
+    failing.statuses = [500] * 1000
+    yield smtp, push, failing
+    for sink in (smtp, push, failing):
+        sink.stop()
+
+
 @pytest.fixture
 def receiver():
     """A real HTTP server for webhooks on a free port; keeps what it received."""

@@ -164,6 +164,14 @@ def test_the_readme_journey_walkthrough_sends_the_email_and_fills_the_inbox(tmp_
     assert {(m["channel"], m["status"]) for m in person["messages"]["recent"]} == {("email", "sent"), ("inbox", "sent")}
 
 
+def _demo() -> tuple[int, subprocess.Popen]:
+    """`attimo demo` on a free port, from the project's root."""
+    port = free_port()
+    return port, subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
 def _ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=0.5).status_code == 200
@@ -174,10 +182,7 @@ def _ready(port: int) -> bool:
 def test_the_readme_learning_walkthrough_explains_reports_and_shows_the_model():
     """README "Let a placement learn", its curl block as written against `attimo demo`."""
     [calls] = _readme_blocks("### Let a placement learn")
-    port = free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    port, demo = _demo()
     try:
         wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
         out = subprocess.run(["bash", "-euc", calls.replace("localhost:8000", f"127.0.0.1:{port}")],
@@ -199,10 +204,7 @@ def test_the_readme_learning_walkthrough_explains_reports_and_shows_the_model():
 def test_the_readme_retargeting_walkthrough_reaches_the_webhook_and_the_customer_list():
     """README "Send a segment to an ad platform", its curl block as written against `attimo demo`."""
     [calls] = _readme_blocks("### Send a segment to an ad platform")
-    port = free_port()
-    demo = subprocess.Popen([sys.executable, "-m", "engine.cli", "demo", "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    port, demo = _demo()
     script = calls.replace("localhost:8000", f"127.0.0.1:{port}")
     found: dict = {}
     try:

@@ -32,17 +32,6 @@ CHANNELS = ["email", "inbox", "journey", "operator", "push", "sales", "sms", "we
 
 
 @pytest.fixture(scope="module")
-def sinks():
-    from engine.testing.sinks import SmtpSink, WebhookReceiver
-
-    smtp, push, failing = SmtpSink().start(), WebhookReceiver().start(), WebhookReceiver().start()
-    failing.statuses = [500] * 1000  # an SMS gateway that is down for the whole module
-    yield smtp, push, failing
-    for sink in (smtp, push, failing):
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
 def admin_api(redis_server, tmp_path_factory, sinks):
     smtp, push, failing = sinks
     server = start_api(redis_server.url, tmp_path_factory.mktemp("admin"), ATTIMO_KEY_PREFIX=PREFIX,

@@ -44,17 +44,6 @@ MINUTE = 60_000
 
 
 @pytest.fixture(scope="module")
-def sinks():
-    from engine.testing.sinks import SmtpSink, WebhookReceiver
-
-    smtp, push, failing = SmtpSink().start(), WebhookReceiver().start(), WebhookReceiver().start()
-    failing.statuses = [500] * 1000  # an SMS gateway that is down for the whole module
-    yield smtp, push, failing
-    for sink in (smtp, push, failing):
-        sink.stop()
-
-
-@pytest.fixture(scope="module")
 def settings_env(sinks) -> dict[str, str]:
     smtp, push, failing = sinks
     return {"ATTIMO_KEY_PREFIX": PREFIX, "ATTIMO_SMTP_PORT": str(smtp.port), "ATTIMO_SITE_SECRET": SITE_SECRET,
