@@ -244,3 +244,23 @@ async def test_change_records_older_than_a_week_are_trimmed(redis):
     assert await changes(redis, "crm_fan") == []
     assert await members(redis, "crm_fan") == {"u:ada"}  # membership itself stays
     await deliveries.aclose()
+
+
+async def test_a_scheduled_export_writes_the_customer_list_into_the_export_folder(redis, tmp_path):
+    catalog = CATALOG.replace("        webhook: {url: URL, batch: 100, attempts: 3}",
+                              "        export: {format: csv, shape: meta, every: 1d}")
+    pipeline = make_pipeline(redis, catalog)
+    await pipeline.apply([identify("u:ada", email="Ada@example.com"), consent("u:ada"), *views("u:ada", 0),
+                          identify("u:bob", phone="+1 415 555 2671"), consent("u:bob"), *views("u:bob", 0),
+                          *views("u:cy", 0)], NOW)
+    deliveries = Deliveries(redis, KEYS, pipeline.membership, SECRET, export_dir=str(tmp_path))
+    await deliveries.run_once(pipeline.catalogs.current, NOW)
+    await deliveries.run_once(pipeline.catalogs.current, NOW + 3_600_000)  # not a day yet: no second file
+    [written] = list((tmp_path / "ads_hook").iterdir())
+    assert written.name == "crm_fan-20251124T160000Z.csv"
+    lines = written.read_text().splitlines()
+    assert lines[0] == "email,phone"
+    assert sorted(lines[1:]) == sorted([f"{ref_sha('ada@example.com')},", f",{ref_sha('+14155552671')}"])
+    await deliveries.run_once(pipeline.catalogs.current, NOW + 86_400_000)
+    assert len(list((tmp_path / "ads_hook").iterdir())) == 2
+    await deliveries.aclose()

@@ -69,7 +69,7 @@ def test_both_secrets_of_a_rotation_are_accepted_and_no_other(api):
 
 @pytest.mark.parametrize(("scope", "allowed"), [
     ("ingest", {"events"}),
-    ("read", {"person", "kpis", "deadletters", "lookup"}),
+    ("read", {"person", "kpis", "deadletters", "lookup", "segments", "members", "export"}),
     ("admin", {"catalog", "erase", "suppress", "import", "lookup"}),
 ])
 def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
@@ -84,6 +84,9 @@ def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
         "import": lambda c: c.post("/v1/admin/import", content=f"user_id,tier\nu-{scope},gold\n",
                                    headers={"Content-Type": "text/csv"}),
         "lookup": lambda c: c.get("/v1/people", params={"email": "s@example.com"}),
+        "segments": lambda c: c.get("/v1/segments"),
+        "members": lambda c: c.get("/v1/segments/crm_pricing_no_purchase/members"),
+        "export": lambda c: c.get("/v1/segments/crm_pricing_no_purchase/export"),
     }
     with bearer(api, scope) as client:
         for name, call in calls.items():
