@@ -164,10 +164,12 @@ class Deliveries:
                         f"({after}" if after != "0" else "-", "+", count=destination.batch)
         entries = []
         for shard, found in enumerate(await pipe.execute()):
-            entries.extend((_stamp(entry_id), shard, _text(entry_id), fields) for entry_id, fields in found)
+            entries.extend((_order(entry_id), shard, _text(entry_id), fields) for entry_id, fields in found)
         if not entries:
             return None
-        entries.sort()
+        # By stream id as numbers (ms, then sequence): one script call records
+        # many changes in the same ms, and "…-10" sorts before "…-2" as text.
+        entries.sort(key=lambda entry: (entry[0], entry[1]))
         entries = entries[:destination.batch]
         taken: dict[int, str] = {}
         for _, shard, entry_id, _ in entries:
@@ -175,7 +177,7 @@ class Deliveries:
         people = [_text(fields[b"p"]) for _, _, _, fields in entries]
         cards = await self.membership.cards.read(people)
         changes = []
-        for (stamp, shard, entry_id, fields), person, card in zip(entries, people, cards, strict=True):
+        for ((stamp, _), shard, entry_id, fields), person, card in zip(entries, people, cards, strict=True):
             email, phone, consent = card.email, card.phone, card.consent
             op = _text(fields[b"o"])
             if op == ENTER and not consent:
@@ -292,5 +294,7 @@ def _text(value):
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _stamp(entry_id) -> int:
-    return int(_text(entry_id).split("-")[0])
+def _order(entry_id) -> tuple[int, int]:
+    """A stream id "<ms>-<sequence>" as numbers."""
+    ms, _, sequence = _text(entry_id).partition("-")
+    return int(ms), int(sequence)

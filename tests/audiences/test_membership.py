@@ -264,3 +264,21 @@ async def test_a_scheduled_export_writes_the_customer_list_into_the_export_folde
     await deliveries.run_once(pipeline.catalogs.current, NOW + 86_400_000)
     assert len(list((tmp_path / "ads_hook").iterdir())) == 2
     await deliveries.aclose()
+
+
+async def test_many_changes_in_one_millisecond_of_one_shard_are_all_delivered_in_small_batches(redis, receiver):
+    """One script records a shard's changes of a batch in the same ms (stream
+    ids …-0 … …-11): batches cut between them lose none ("-10" < "-2" as text)."""
+    pipeline = make_pipeline(redis, CATALOG.replace("URL", receiver.url + "/ads").replace("batch: 100", "batch: 3"))
+    people = [f"u:s{i}" for i in range(12)]
+    await pipeline.apply([e for p in people for e in (identify(p, email=f"{p[2:]}@example.com"), consent(p))], NOW)
+    for n, person in enumerate(people):  # as the script writes them, with the ids it would give
+        await redis.xadd(KEYS.segment_changes("crm_fan", 3), {"s": "crm_fan", "p": person, "o": "+", "r": "event"},
+                         id=f"1764000000000-{n}")
+    deliveries = Deliveries(redis, KEYS, pipeline.membership, SECRET)
+    for turn in range(6):
+        await deliveries.run_once(pipeline.catalogs.current, NOW + turn)
+    sent = [c for r in receiver.received for c in orjson.loads(r.body)["changes"]]
+    assert len(receiver.received) == 4
+    assert [c["email_sha256"] for c in sent] == [ref_sha(f"{p[2:]}@example.com") for p in people]  # in order
+    await deliveries.aclose()
