@@ -31,7 +31,7 @@ class Keys:
         return f"{self.prefix}:{{{person}}}:m"
 
     # STRING: the catalog source in force (YAML or JSON), written by reload/admin.
-    # HASH fields `digest`, `file_digest`. No TTL. Global, read at start-up and
+    # HASH fields `digest`, `file_digest`, `n` (its version number). No TTL. Global, read at start-up and
     # polled. Both share the tag {catalog}: they are written in one transaction,
     # which a Redis Cluster allows only within one slot.
     def catalog_source(self) -> str:
@@ -39,6 +39,21 @@ class Keys:
 
     def catalog_version(self) -> str:
         return f"{self.prefix}:{{catalog}}:version"
+
+    # Every published catalog, numbered from 1 (engine/catalog/publish.py):
+    # STRING counter of the last number given; HASH n -> JSON of who published
+    # it, when, with what message, and its size; HASH n -> its source text (a
+    # journey run keeps the version it entered with until it ends). The newest
+    # CATALOG_VERSIONS_KEPT are kept. Same tag as the source: one script
+    # publishes all of them. No TTL.
+    def catalog_counter(self) -> str:
+        return f"{self.prefix}:{{catalog}}:counter"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}:{{catalog}}:versions"
+
+    def catalog_texts(self) -> str:
+        return f"{self.prefix}:{{catalog}}:texts"
 
     # --- Due queue (engine/followups/due_queue.py): DUE_SHARDS shards, tag {q:N}, a person's
     # messages always in shard crc32(person) % DUE_SHARDS. No TTL on the shard
@@ -309,6 +324,7 @@ DEVICES_MAX = 10
 EXPOSURE_TTL_S = 30 * 86_400
 LEARNED_MAX = 500
 DECISION_LOG_SHARDS = 8
+CATALOG_VERSIONS_KEPT = 500
 SEGMENT_SHARDS = 16
 SEGMENT_CHANGES_MAX = 200_000
 DESTINATION_LEASE_MS = 15_000
