@@ -271,8 +271,11 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletter"
 
-    # HyperLogLog of ids (or, for metric "revenue", a HASH of sums): one KPI of a
-    # journey (scope "j"), a broadcast ("b") or a channel ("c"), engine/followups/kpis.py. No TTL.
+    # HyperLogLog of ids (or, for metric "revenue" and "money", a HASH of sums):
+    # one KPI of a journey (scope "j"), a broadcast ("b"), a channel ("c") or an
+    # offer ("o"), engine/followups/kpis.py. No TTL. The same KPI for one UTC day
+    # is metric "<metric>@<YYYY-MM-DD>" (what a date range reads), kept
+    # DAILY_KPI_TTL_S (400 days).
     def kpi(self, scope: str, name: str, metric: str) -> str:
         return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
 
