@@ -245,13 +245,19 @@ class JourneyRunner:
         traits the journeys set, applied as one batch through the pipeline."""
         outcomes = [(person, outcome) for person, actions in done for outcome in actions.outcomes]
         entries = [entry for _, actions in done for entry in actions.entries]
-        if outcomes or entries:
+        waits = [wait for _, actions in done for wait in actions.waits]
+        ended = [end for _, actions in done for end in actions.ended]
+        if outcomes or entries or waits or ended:
             pipe = self.redis.pipeline(transaction=False)
             for person, outcome in outcomes:
                 self.contacts.outcome_commands(pipe, person, outcome)
                 self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
             for journey, run, held in entries:
                 self.kpis.entry(pipe, journey, run, held)
+            for journey, step, change in waits:
+                self.kpis.waiting(pipe, journey, step, change)
+            for journey, run, kind in ended:
+                self.kpis.count(pipe, "j", journey, kind, run)
             await pipe.execute()
         events = []
         for person, actions in done:

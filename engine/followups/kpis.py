@@ -72,7 +72,8 @@ end
 return out
 """
 
-JOURNEY_COUNTS = ("entered", "held_out", "sent", "dropped", "opened", "clicked", "converted", "converted_control")
+JOURNEY_COUNTS = ("entered", "held_out", "sent", "dropped", "opened", "clicked", "converted", "converted_control",
+                  "finished", "exited", "ended")
 # A broadcast's: a journey's, plus what only a whole campaign shows (dead
 # letters, and unsubscribes within the attribution window after it).
 BROADCAST_COUNTS = JOURNEY_COUNTS + ("dead_letter", "unsubscribed")
@@ -133,6 +134,10 @@ class KpiStore:
 
     def entry(self, pipe, journey: str, run_id: str, held_out: bool) -> None:
         self.count(pipe, "j", journey, "held_out" if held_out else "entered", run_id)
+
+    def waiting(self, pipe, journey: str, step: int, change: int) -> None:
+        """Runs now waiting at a journey's step (+1 as one starts, -1 as it stops)."""
+        pipe.hincrby(self.keys.kpi("j", journey, "waiting"), str(step), change)
 
     def outcome(self, pipe, channel: str, journey: str | None, status: str, message_id: str) -> None:
         if status not in ("sent", "dropped", "dead_letter"):
@@ -331,11 +336,15 @@ class KpiStore:
         for group in money_keys:
             for key in group:
                 pipe.hgetall(key)
+        for journey in journeys:
+            pipe.hgetall(self.keys.kpi("j", journey, "waiting"))
         flat = [key for group in count_keys for key in group]
         [found_counts] = await run_scripts(self.redis, [(self._count_all, flat, [len(g) for g in count_keys])])
         raw_sums = iter(await pipe.execute())
         counts = iter(found_counts)
         sums = iter([_added(next(raw_sums) for _ in group) for group in money_keys])
+        waiting = {journey: {int(step): int(n) for step, n in next(raw_sums).items() if int(n) > 0}
+                   for journey in journeys}
         out: dict = {"journeys": {}, "channels": {}, "offers": {}, "broadcasts": {}}
         for broadcast in broadcasts:
             found = {metric: next(counts) for metric in BROADCAST_COUNTS}
@@ -347,7 +356,8 @@ class KpiStore:
         for journey in journeys:
             found = {metric: next(counts) for metric in JOURNEY_COUNTS}
             by_channel = {channel: n for channel in channels if (n := next(counts))}
-            out["journeys"][journey] = _journey_report(found, by_channel, next(sums))
+            out["journeys"][journey] = {**_journey_report(found, by_channel, next(sums)),
+                                        "waiting": waiting[journey]}  # step index -> runs waiting there now
         for channel in channels:
             found = {metric: next(counts) for metric in CHANNEL_COUNTS}
             out["channels"][channel] = {**found, "open_rate": _rate(found["opened"], found["sent"]),
@@ -458,4 +468,6 @@ def _journey_report(counts: dict, by_channel: dict, money: dict) -> dict:
         "revenue": round(revenue, 2), "revenue_control": round(revenue_control, 2),
         "revenue_per_entrant": round(revenue / treated, 2) if treated else None,
         "revenue_per_entrant_control": round(revenue_control / control, 2) if control else None,
+        # How runs ended: at the last step, by an exit, or otherwise (removed, replaced, stranded).
+        "finished": counts["finished"], "exited": counts["exited"], "ended": counts["ended"],
     }

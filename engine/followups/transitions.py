@@ -69,6 +69,10 @@ class Actions:
     log: list[str] = field(default_factory=list)  # entered / exited / held out, for tests and logs
     entries: list[tuple[str, str, bool]] = field(default_factory=list)  # (journey, run id, held out): KPIs
     exposures: list[tuple[str, str]] = field(default_factory=list)  # ("e:<experiment>", arm) of tested journeys
+    # The journey funnel: (journey, step, +1 or -1) as runs start and stop
+    # waiting at a step, and (journey, run id, "finished" | "exited" | "ended") as runs end.
+    waits: list[tuple[str, int, int]] = field(default_factory=list)
+    ended: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -108,7 +112,7 @@ class Transition:
                 run = active[jid]
                 step = journey.steps[run["pc"]] if 0 <= run["pc"] < len(journey.steps) else None
                 if step is not None and step.kind == "wait_for" and run.get("until") and step.matcher.matches(event):
-                    run["until"] = 0
+                    self._stop_waiting(jid, run)
                     self._advance(journey, run, step.then_pc, journeys)
             self.enter([(journey, f"event:{event.id}", event.properties)
                         for kind in (event.type, "*") for journey in book.by_event.get(kind, ())
@@ -268,7 +272,7 @@ class Transition:
         journey, journeys = self._journey(jid)
         if journey is None:
             return
-        run["until"] = 0
+        self._stop_waiting(jid, run)
         if not 0 <= run["pc"] < len(journey.steps):  # a run from before versions were kept
             self._stranded(jid, f"step {run['pc'] + 1} no longer exists: the journey was shortened")
             return
@@ -300,6 +304,7 @@ class Transition:
             run["pc"] = pc
             if step.kind in ("wait", "wait_for"):
                 run["until"] = self.now + step.duration_ms
+                self.actions.waits.append((journey.id, pc, 1))
                 self.actions.messages.append(Message(
                     id=f"jt:{run['run']}:{pc}", person=self.person, channel=JOURNEY_CHANNEL,
                     due_ms=run["until"], template=journey.id, purpose="journey",
@@ -320,9 +325,20 @@ class Transition:
             pc = step.next_pc
         self._end(journey.id, "too many steps at once")
 
+    def _stop_waiting(self, jid: str, run: dict) -> None:
+        if run.get("until"):
+            self.actions.waits.append((jid, run["pc"], -1))
+        run["until"] = 0
+
     def _end(self, jid: str, reason: str) -> None:
-        if self.state["a"].pop(jid, None) is not None:
-            self.actions.log.append(f"ended: {jid}: {reason}")
+        run = self.state["a"].get(jid)
+        if run is None:
+            return
+        self._stop_waiting(jid, run)
+        del self.state["a"][jid]
+        self.actions.log.append(f"ended: {jid}: {reason}")
+        kind = "finished" if reason in ("finished", "exit step") else "exited" if reason.startswith("exit") else "ended"
+        self.actions.ended.append((jid, run["run"], kind))
 
     def _message(self, journey: Journey, run: dict, step: Step, pc: int, journeys: Journeys) -> None:
         template = journeys.templates[step.template]

@@ -93,6 +93,8 @@ async def test_a_shortened_journey_lets_waiting_runs_finish_the_version_they_ent
     await signup(pipeline, "u:ada", clock.now)
     await drain(scheduler)
     assert await inbox_subjects(pipeline, "u:ada", clock.now) == ["Day one"]
+    funnel = (await pipeline.journeys.kpis.report(["onboarding"], []))["journeys"]["onboarding"]
+    assert (funnel["entered"], funnel["waiting"], funnel["finished"]) == (1, {1: 1}, 0)  # waiting at step 2
     await catalogs.publish(SHORT, author="test", message="one message is enough")
     await signup(pipeline, "u:bob", clock.now)  # enters the new version
     await drain(scheduler)
@@ -103,6 +105,8 @@ async def test_a_shortened_journey_lets_waiting_runs_finish_the_version_they_ent
     assert await inbox_subjects(pipeline, "u:bob", clock.now) == ["Welcome"]
     for person in ("u:ada", "u:bob"):
         assert (await pipeline.journeys.state(person))["a"] == {}  # both runs ended, none stranded
+    funnel = (await pipeline.journeys.kpis.report(["onboarding"], []))["journeys"]["onboarding"]
+    assert (funnel["entered"], funnel["waiting"], funnel["finished"], funnel["ended"]) == (2, {}, 2, 0)
 
 
 async def test_a_run_whose_version_is_no_longer_kept_ends_with_the_reason_and_an_alert(redis):
@@ -120,6 +124,8 @@ async def test_a_run_whose_version_is_no_longer_kept_ends_with_the_reason_and_an
     assert ended["journey"] == "onboarding" and "version 1" in ended["reason"] and "no longer kept" in ended["reason"]
     [alert] = ALERTS
     assert alert.channel == "operator" and alert.body["alert"] == "journey_stranded"
+    funnel = (await pipeline.journeys.kpis.report(["onboarding"], []))["journeys"]["onboarding"]
+    assert (funnel["waiting"], funnel["finished"], funnel["ended"]) == ({}, 0, 1)
     assert await inbox_subjects(pipeline, "u:cy", clock.now) == ["Day one"]
 
 
