@@ -20,6 +20,7 @@ from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import (
     audiences,
+    benchmarks,
     broadcasts,
     catalog,
     codes,
@@ -42,7 +43,7 @@ from engine.settings import Settings
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
           + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES
-          + audiences.ROUTES + imports.ROUTES + broadcasts.ROUTES)
+          + audiences.ROUTES + imports.ROUTES + broadcasts.ROUTES + benchmarks.ROUTES)
 
 
 def create_app(settings: Settings, extra_routes: list | None = None) -> Starlette:

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
+from benchmarks import history
 from benchmarks.results import LoadResult  # noqa: E402
 from benchmarks.saturation import SaturationResult  # noqa: E402
 
@@ -230,6 +231,12 @@ def rounded(figures: Mapping[str, Any], digits: int = 3) -> dict[str, Any]:
 
 
 def print_figures(figures: Mapping[str, Any]) -> None:
-    """The benchmark's last line on stdout: its figures as one JSON object."""
+    """The benchmark's last line on stdout: its figures as one JSON object; the
+    same figures appended to the history (benchmarks/history.py)."""
+    figures = rounded(figures)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = spec.name if spec is not None else Path(sys.argv[0]).stem
+    history.append(history.entry(name, orjson.loads(orjson.dumps(figures, option=orjson.OPT_SERIALIZE_NUMPY)),
+                                 command=command_line(), quick="--quick" in sys.argv))
     sys.stdout.flush()
-    print(orjson.dumps(rounded(figures), option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)
+    print(orjson.dumps(figures, option=orjson.OPT_SERIALIZE_NUMPY).decode(), flush=True)

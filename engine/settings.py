@@ -147,6 +147,9 @@ class Settings:
     # Where scheduled segment exports (a destination's `export: {every: …}`)
     # are written, one folder per destination; unset, only on-demand exports.
     export_dir: str | None = None
+    # The benchmark history the console charts (benchmarks/history.py writes
+    # it); unset: benchmarks/results/history.jsonl beside the code, if there.
+    benchmark_history: str | None = None
 
     # Each field and the environment variable that sets it.
     ENV: ClassVar[dict[str, str]] = {
@@ -219,6 +222,7 @@ class Settings:
         "alert_channel": "ATTIMO_ALERT_CHANNEL",
         "phone_region": "ATTIMO_PHONE_REGION",
         "export_dir": "ATTIMO_EXPORT_DIR",
+        "benchmark_history": "ATTIMO_BENCHMARK_HISTORY",
     }
 
     def __post_init__(self) -> None:
