@@ -81,18 +81,21 @@ def overview(slots: Mapping[int, Mapping[str, int]], first_slot_ms: int, now_ms:
     `first_slot_ms` to the slot under way. Rates are per second; the slot under
     way is divided by the seconds it has run so far (its last second may not
     be flushed yet: it reads up to a second low). Percentiles are in ms, None
-    for a slot without requests."""
+    for a slot without requests. `total`, per endpoint, and `totals`: the whole
+    window at once (its buckets added up), the console's headline figures."""
     current_slot_ms = now_ms - now_ms % STEP_MS
     times = list(range(first_slot_ms, current_slot_ms + 1, STEP_MS))
     seen = {field.partition(":")[0] for counts in slots.values() for field in counts if ":" in field}
     names = list(endpoints) + sorted(seen - set(endpoints))
     series = {name: {"rate": [], "count": [], "p50": [], "p95": [], "p99": []} for name in names}
+    window = {name: [0] * (OVERFLOW + 1) for name in names}
     totals = {"fallbacks": [], "redis_errors": [], "events_applied": []}
     for t in times:
         counts = slots.get(t, {})
         seconds = STEP_S if t < current_slot_ms else max(1.0, (now_ms - t) / 1000)
         for name in names:
             buckets = [counts.get(f"{name}:{i}", 0) for i in range(OVERFLOW + 1)]
+            window[name] = [a + b for a, b in zip(window[name], buckets, strict=True)]
             line = series[name]
             n = counts.get(f"{name}:n", 0)
             line["count"].append(n)
@@ -101,4 +104,9 @@ def overview(slots: Mapping[int, Mapping[str, int]], first_slot_ms: int, now_ms:
                 line[label].append(_ms(quantile(q, buckets)))
         for field, values in totals.items():
             values.append(round(counts.get(field, 0) / seconds, 3))
-    return {"step_s": STEP_S, "t": times, "endpoints": series, **totals, "thresholds": dict(THRESHOLDS)}
+    for name, buckets in window.items():
+        series[name]["total"] = {"count": sum(buckets), **{label: _ms(quantile(q, buckets)) for label, q in
+                                                            (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}}
+    return {"step_s": STEP_S, "t": times, "endpoints": series, **totals,
+            "totals": {field: sum(slots.get(t, {}).get(field, 0) for t in times) for field in totals},
+            "thresholds": dict(THRESHOLDS)}

@@ -80,3 +80,8 @@ def test_the_overview_has_a_point_per_slot_rates_per_second_and_the_slot_under_w
     assert series["redis_errors"] == [0.0, 0.0, 0.5]
     assert series["events_applied"] == [3.0, 0.0, 0.0]
     assert series["thresholds"]["decide_p99_ms"] == 50
+    # The window at once: 100 in 1-2 ms and 8 in 5-10 ms; the p99's rank, 106.92,
+    # is 6.92 into the eight slower ones.
+    assert decide["total"]["count"] == 108
+    assert decide["total"]["p99"] == pytest.approx(5 + 5 * 6.92 / 8)
+    assert series["totals"] == {"fallbacks": 5, "redis_errors": 2, "events_applied": 30}
