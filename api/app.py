@@ -1,13 +1,15 @@
 """The API application: `create_app(settings)` builds the process's runtime
 (engine/runtime.py), mounts every resource's routes (api/routes/) with the error
 answers of api/errors.py, and runs the catalog poller, the budget snapshot's
-refresh and the embedded scheduler for as long as it serves. Imported by the CLI only."""
+refresh, the console figures' flush (engine/store/ops_series.py) and the embedded
+scheduler for as long as it serves. Imported by the CLI only."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import logging
 import signal
 from contextlib import asynccontextmanager
 
@@ -16,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
+from api import metrics
 from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import (
@@ -37,9 +40,12 @@ from api.routes import (
     web,
 )
 from api.services import Services
-from engine.clock import in_background, now_ms
+from engine.clock import every, in_background, now_ms
 from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
+
+log = logging.getLogger("attimo.api")
+OPS_FLUSH_S = 1.0  # how often this process adds its console figures to Redis
 
 ROUTES = (events.ROUTES + decide.ROUTES + people.ROUTES + catalog.ROUTES + ops.ROUTES + segment.ROUTES
           + operators.ROUTES + inbox.ROUTES + links.ROUTES + outcomes.ROUTES + codes.ROUTES
@@ -79,9 +85,14 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         # pauses that grow with the catalog on the hot path.
         gc.collect()
         gc.freeze()
+        def flush_ops():
+            return runtime.ops.flush(metrics.OPS)
+
         try:
             async with (runtime.models.running(), runtime.decision_log.running(now_ms),
-                        in_background(runtime.budgets.run())):
+                        in_background(runtime.budgets.run()),
+                        in_background(every(OPS_FLUSH_S, flush_ops, "console figures flush", log, first_wait=True),
+                                      last=flush_ops)):
                 yield
         finally:
             poller.cancel()

@@ -54,7 +54,7 @@ async def bad_catalog(request: Request, exc: CatalogError) -> Response:
 async def store_failed(request: Request, exc: Exception) -> Response:
     """A Redis or Kafka error no route translated: still a 503, never a 500."""
     log.warning("%s %s: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-    metrics.REDIS_ERRORS.labels(request.url.path[:64], type(exc).__name__).inc()
+    metrics.redis_error(request.url.path[:64], type(exc).__name__)
     return json_response({"error": "store unavailable"}, 503, {"Retry-After": "1"})
 
 

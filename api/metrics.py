@@ -1,7 +1,9 @@
 """Prometheus metrics: latency per endpoint, events applied and deduplicated,
 decisions and fallbacks per placement and offer, Redis errors. With several
 uvicorn workers the CLI sets PROMETHEUS_MULTIPROC_DIR and /metrics aggregates
-every worker's files."""
+every worker's files. The figures the console needs across processes (times,
+fallbacks, Redis errors, events applied) are also counted in OPS, which the
+app flushes to Redis every second (engine/store/ops_series.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from prometheus_client import (
     multiprocess,
 )
 
-# Buckets fit a millisecond service: 250 µs to 1 s.
-LATENCY_BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+from engine.latency import LATENCY_BUCKETS
+from engine.store.ops_series import OpsCounts
+
+OPS = OpsCounts()  # this process's share of the console's figures, until the next flush
 
 REQUEST_SECONDS = Histogram(
     "attimo_request_seconds", "Time to answer, per endpoint", ["endpoint"], buckets=LATENCY_BUCKETS
@@ -54,3 +58,35 @@ def count_decision(placement: str, offer: str) -> None:
     if counter is None:
         counter = _decision_counters[(placement, offer)] = DECISIONS.labels(placement, offer)
     counter.inc()
+
+
+class EndpointTimer:
+    """One endpoint's answer times: its attimo_request_seconds child and the
+    console's counts, both in memory."""
+
+    __slots__ = ("_histogram", "name")
+
+    def __init__(self, name: str):
+        self.name = name
+        self._histogram = REQUEST_SECONDS.labels(name)
+
+    def observe(self, seconds: float) -> None:
+        self._histogram.observe(seconds)
+        OPS.observe(self.name, seconds)
+
+
+def fallback(reason: str) -> None:
+    """A decide answered without the profile (it is a Redis error too)."""
+    FALLBACKS.labels(reason).inc()
+    OPS.count("fallbacks")
+    redis_error("decide", reason)
+
+
+def redis_error(op: str, kind: str) -> None:
+    REDIS_ERRORS.labels(op, kind).inc()
+    OPS.count("redis_errors")
+
+
+def events_applied(n: int) -> None:
+    EVENTS_APPLIED.inc(n)
+    OPS.count("events_applied", n)

@@ -172,7 +172,7 @@ class RateLimits:
                 return await call
         except (TimeoutError, RedisError, StorageError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            metrics.REDIS_ERRORS.labels("ratelimit", kind).inc()
+            metrics.redis_error("ratelimit", kind)
             now = time.monotonic()
             if now - self._failed_logged_at >= FAIL_OPEN_LOG_EVERY_S:
                 self._failed_logged_at = now

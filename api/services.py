@@ -58,12 +58,12 @@ class Services:
             async with asyncio.timeout(self.apply_budget_s):
                 result = await self.pipeline.apply(events, now)
         except TimeoutError as exc:
-            metrics.REDIS_ERRORS.labels("apply", "timeout").inc()
+            metrics.redis_error("apply", "timeout")
             raise StoreUnavailable("the profile store did not answer in time") from exc
         except RedisError as exc:
-            metrics.REDIS_ERRORS.labels("apply", type(exc).__name__).inc()
+            metrics.redis_error("apply", type(exc).__name__)
             raise StoreUnavailable("the profile store is unavailable") from exc
-        metrics.EVENTS_APPLIED.inc(result.accepted)
+        metrics.events_applied(result.accepted)
         metrics.EVENTS_DUPLICATE.inc(result.duplicates)
         if result.merged:
             metrics.MERGES.inc(result.merged)

@@ -98,6 +98,10 @@ def run_scheduler_command(args) -> int:
     from engine.runtime import run_scheduler
 
     settings = Settings.from_env(redis_url=args.redis_url)
+    if settings.scheduler_metrics_port:  # embedded, the scheduler's metrics are in the API's /metrics
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.scheduler_metrics_port, addr="127.0.0.1")
     stats = asyncio.run(run_scheduler(settings))
     print(f"attimo scheduler: stopped {stats.as_dict()}", flush=True)
     return 0

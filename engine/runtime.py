@@ -33,7 +33,13 @@ from engine.followups.due_queue import DueQueue
 from engine.followups.inbox import DeviceStore, InboxStore
 from engine.followups.journey_runner import internal_senders
 from engine.followups.kpis import KpiStore
-from engine.followups.scheduler import Scheduler, SchedulerStats, policy_from_settings
+from engine.followups.scheduler import (
+    QUEUE_REPORT_S,
+    Scheduler,
+    SchedulerStats,
+    policy_from_settings,
+    report_queue,
+)
 from engine.ingest.pipeline import Pipeline
 from engine.ingest.rechecks import RECHECK_PERIOD_S, recheck_due
 from engine.outcomes.exposures import ExposureStore
@@ -43,6 +49,7 @@ from engine.settings import Settings
 from engine.store.client import connect
 from engine.store.code_pools import CodePools
 from engine.store.keys import Keys
+from engine.store.ops_series import OpsSeries
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -72,6 +79,7 @@ class Runtime:
     budgets: BudgetBook  # what budgeted discounts spent, which code pools are empty: decide's snapshot
     codes: CodePools
     broadcasts: Broadcasts  # starts, walks, cancels and reports the catalog's broadcasts
+    ops: OpsSeries  # the console's figures every process adds to
 
     @property
     def decisions(self) -> DecisionSigner | None:
@@ -108,6 +116,7 @@ class Runtime:
             pipeline=pipeline, tracker=tracker_from_settings(settings),
             models=ModelHolder(learning, holder), decision_log=decision_log,
             budgets=BudgetBook(redis, keys, holder), codes=CodePools(redis, keys), broadcasts=broadcasts,
+            ops=OpsSeries(redis, keys),
         )
 
     @classmethod
@@ -195,7 +204,8 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
                                         lambda: deliveries.run_once(runtime.holder.current, now_ms()),
                                         "audience destinations", log)),
                     in_background(every(BROADCAST_PERIOD_S, lambda: runtime.broadcasts.run_once(runtime.holder.current),
-                                        "broadcasts", log))):
+                                        "broadcasts", log)),
+                    in_background(every(QUEUE_REPORT_S, lambda: report_queue(runtime.queue), "queue gauges", log))):
             await scheduler.run(stop, settings.scheduler_poll_ms)
     finally:
         await deliveries.aclose()

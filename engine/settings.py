@@ -132,6 +132,7 @@ class Settings:
     scheduler_lease_ms: int = 60_000
     scheduler_poll_ms: float = 100.0
     scheduler_concurrency: int = 32
+    scheduler_metrics_port: int = 0  # Prometheus /metrics of `attimo scheduler` (0: off)
     # (channel, per day, per week) from channel:day/week, e.g. email:1/3,total:4/10
     contact_caps: tuple[tuple[str, int | None, int | None], ...] = ()
     quiet_hours: tuple[int, int] | None = None  # (start, end) hours from e.g. 21-8, in the person's time zone
@@ -215,6 +216,7 @@ class Settings:
         "scheduler_lease_ms": "ATTIMO_SCHEDULER_LEASE_MS",
         "scheduler_poll_ms": "ATTIMO_SCHEDULER_POLL_MS",
         "scheduler_concurrency": "ATTIMO_SCHEDULER_CONCURRENCY",
+        "scheduler_metrics_port": "ATTIMO_SCHEDULER_METRICS_PORT",
         "contact_caps": "ATTIMO_CONTACT_CAPS",
         "quiet_hours": "ATTIMO_QUIET_HOURS",
         "quiet_action": "ATTIMO_QUIET_ACTION",
@@ -276,7 +278,7 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise SettingsError(f"{self.ENV[name]} must be more than 0, not {getattr(self, name)}")
         not_negative = ("decide_delay_ms", "kafka_linger_ms", "worker_batch_wait_ms", "worker_fetch_wait_ms",
-                        "worker_metrics_port", "webhook_backoff_ms", "repeat_window_s", "snippet_budget_ms")
+                        "worker_metrics_port", "scheduler_metrics_port", "webhook_backoff_ms", "repeat_window_s", "snippet_budget_ms")
         for name in not_negative:
             if getattr(self, name) < 0:
                 raise SettingsError(f"{self.ENV[name]} must not be negative, not {getattr(self, name)}")

@@ -42,6 +42,7 @@ ON_BOTH = {
     "test_pipeline": None,
     "test_membership": None,
     "test_lookup": None,
+    "test_ops_series": None,
     "test_broadcasts": {
         "test_a_walk_done_again_after_a_crash_sends_nothing_twice",
         "test_cancel_drops_what_is_still_queued_and_stops_the_walk",

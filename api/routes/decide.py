@@ -26,7 +26,7 @@ from engine.ingest.identity import ADMIN, READ, require
 from engine.profile import decode_profile
 from engine.settings import MAX_PLACEMENTS_PER_DECIDE
 
-DECIDE_SECONDS = metrics.REQUEST_SECONDS.labels("decide")
+DECIDE_SECONDS = metrics.EndpointTimer("decide")
 
 
 class DecideRequest(msgspec.Struct, gc=False):
@@ -87,8 +87,7 @@ async def post_decide(request: Request) -> Response:
         fallback = type(exc).__name__
     now = now_ms()
     if fallback is not None:
-        metrics.FALLBACKS.labels(fallback).inc()
-        metrics.REDIS_ERRORS.labels("decide", fallback).inc()
+        metrics.fallback(fallback)
         answer = {"decision_id": decision_id_for(services, person, [], now, "*", new_nonce()),
                   "placements": dict.fromkeys(body.placements), "fallback": True}
     else:
@@ -137,7 +136,7 @@ async def give_codes(services, catalog, decision: Decision, person: str, decide_
                 codes = await asyncio.gather(*(services.codes.give(pool, person) for pool in pooled.values()))
         except (TimeoutError, RedisError) as exc:
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
-            metrics.REDIS_ERRORS.labels("decide_codes", kind).inc()
+            metrics.redis_error("decide_codes", kind)
             for name in pooled:
                 withdraw(decision, name)
             return decision

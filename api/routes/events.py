@@ -14,7 +14,7 @@ from engine.clock import now_ms
 from engine.events import ANONYMOUS, decode_batch
 from engine.ingest.identity import INGEST, require, resolve_events
 
-EVENTS_SECONDS = metrics.REQUEST_SECONDS.labels("events")
+EVENTS_SECONDS = metrics.EndpointTimer("events")
 
 
 async def post_events(request: Request) -> Response:

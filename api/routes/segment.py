@@ -23,7 +23,7 @@ from engine.ingest.identity import authenticate_write_key, resolve_events
 from engine.ingest.segment import KINDS, decode_batch_body, decode_single_body, wire_events
 from engine.settings import MAX_BODY_BYTES
 
-SEGMENT_SECONDS = metrics.REQUEST_SECONDS.labels("segment")
+SEGMENT_SECONDS = metrics.EndpointTimer("segment")
 
 # What the clients read from an error answer: analytics-python logs `code` and
 # `message`; rudder-sdk-python raises KeyError without `code` and then retries

@@ -29,6 +29,9 @@ class Claimed:
     # The deadline this claim set in the in-flight ZSET: it names the claim, so a
     # send begins only while this claim still holds the item (BEGIN_SEND).
     lease_until_ms: int = 0
+    # When it was due where it waited: its due time, or when quiet hours, a
+    # retry or a lapsed lease put it back. The scheduler's lateness counts from it.
+    due_at_ms: int = 0
 
 
 class Delay(NamedTuple):
@@ -91,7 +94,8 @@ SCHEDULE_KEYS = ("due", "msg", "done", "person_channel", "person")
 # ARGV[1] now ms, ARGV[2] limit, ARGV[3] lease ms
 # Expired leases go back to due first, then up to `limit` due items move to
 # in-flight. Returns a flat list: id, payload, attempt (1 + failed sends so far),
-# sent-at ('' if never). A claim is not an attempt: DELAY counts failed sends.
+# sent-at ('' if never), the due score it waited under. A claim is not an
+# attempt: DELAY counts failed sends.
 CLAIM = """
 local now = tonumber(ARGV[1])
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
@@ -99,9 +103,10 @@ for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZADD', KEYS[1], now, id)
 end
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
-for _, id in ipairs(ids) do
+for j = 1, #due, 2 do
+  local id = due[j]
   redis.call('ZREM', KEYS[1], id)
   local payload = redis.call('HGET', KEYS[3], id)
   if payload then
@@ -110,6 +115,7 @@ for _, id in ipairs(ids) do
     table.insert(out, payload)
     table.insert(out, tonumber(redis.call('HGET', KEYS[4], id) or '0') + 1)
     table.insert(out, redis.call('HGET', KEYS[5], id) or '')
+    table.insert(out, due[j + 1])
   end
 end
 return out
@@ -353,10 +359,11 @@ class DueQueue:
     @staticmethod
     def _claimed(flat: list, lease_until_ms: int) -> list[Claimed]:
         out = []
-        for j in range(0, len(flat), 4):
+        for j in range(0, len(flat), 5):
             sent = flat[j + 3]
             out.append(Claimed(Message.decode(flat[j + 1]), int(flat[j + 2]),
-                               int(sent) if sent not in (b"", "") else None, lease_until_ms))
+                               int(sent) if sent not in (b"", "") else None, lease_until_ms,
+                               int(float(flat[j + 4]))))
         return out
 
     def _begin_send_call(self, item: Claimed, now_ms: int, lease_ms: int) -> tuple:
@@ -476,3 +483,24 @@ class DueQueue:
             d, f, n = await pipe.execute()
             due, inflight, done = due + d, inflight + f, done + n
         return {"due": due, "inflight": inflight, "done": done}
+
+    async def depth_and_lateness(self, now_ms: int) -> dict[str, int]:
+        """For the console and the scheduler's gauges, in one round trip over
+        every shard: `depth`, messages waiting (due now or later), `in_flight`,
+        and `lateness_ms`, how long past its due time the oldest overdue one
+        has waited (0 when none is overdue)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(self.shards):
+            pipe.zcard(self.keys.due(shard))
+            pipe.zcard(self.keys.due_inflight(shard))
+            pipe.zrange(self.keys.due(shard), 0, 0, withscores=True)
+        replies = await pipe.execute()
+        depth = in_flight = 0
+        oldest = None
+        for shard in range(self.shards):
+            waiting, leased, first = replies[3 * shard: 3 * shard + 3]
+            depth, in_flight = depth + waiting, in_flight + leased
+            if first and (oldest is None or first[0][1] < oldest):
+                oldest = first[0][1]
+        lateness = max(0, now_ms - int(oldest)) if oldest is not None else 0
+        return {"depth": depth, "in_flight": in_flight, "lateness_ms": lateness}

@@ -1,6 +1,8 @@
 """The follow-up scheduler: claims due messages with a lease, applies the contact
 policy at send time, records the idempotency key, sends through the channel and
-acknowledges. Time comes from an injected clock so tests move it at will."""
+acknowledges. Time comes from an injected clock so tests move it at will.
+Its Prometheus metrics (lateness, queue depth, dead letters) are exported by the
+process it runs in: `attimo serve`'s /metrics when embedded."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
+from prometheus_client import Counter, Gauge, Histogram
 
 from engine.catalog.journeys import JOURNEY_CHANNEL
 from engine.clock import now_ms
@@ -35,6 +38,19 @@ Sender = Callable[[Message, dict], Awaitable[object]]
 
 RETRY_BASE_MS = 30_000  # a failed send is retried through the queue, doubling each time
 MAX_SEND_ATTEMPTS = 5
+QUEUE_REPORT_S = 5.0  # how often the queue gauges are read
+
+LATENESS_SECONDS = Histogram(
+    "attimo_scheduler_lateness_seconds", "From when a message was due in the queue to its claim",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0))
+# Every scheduler reads the same queue: with several API workers the largest report stands.
+QUEUE_DEPTH = Gauge("attimo_scheduler_queue_depth", "Messages waiting in the due queue, due now or later",
+                    multiprocess_mode="livemax")
+OLDEST_OVERDUE = Gauge("attimo_scheduler_oldest_overdue_seconds",
+                       "How long past its due time the oldest overdue message has waited (0: none)",
+                       multiprocess_mode="livemax")
+SENT = Counter("attimo_scheduler_sent_total", "Messages sent")
+DEAD_LETTERED = Counter("attimo_scheduler_dead_lettered_total", "Messages that failed for good, dead-lettered")
 
 
 @dataclass
@@ -145,8 +161,9 @@ class Scheduler:
 
     async def run_once(self) -> int:
         """Claim and process one batch; returns how many items were claimed."""
-        claimed = await self.queue.claim(self.clock(), self.batch, self.lease_ms)
-        self.stats.claimed += len(claimed)
+        now = self.clock()
+        claimed = await self.queue.claim(now, self.batch, self.lease_ms)
+        self._claimed(claimed, now)
         if claimed:
             await self.process_batch(claimed)
         return len(claimed)
@@ -158,8 +175,9 @@ class Scheduler:
         try:
             while not stop.is_set():
                 if len(running) < self.overlap:
-                    claimed = await self.queue.claim(self.clock(), self.batch, self.lease_ms)
-                    self.stats.claimed += len(claimed)
+                    now = self.clock()
+                    claimed = await self.queue.claim(now, self.batch, self.lease_ms)
+                    self._claimed(claimed, now)
                     if claimed:
                         running.add(asyncio.create_task(self.process_batch(claimed)))
                         continue
@@ -173,6 +191,11 @@ class Scheduler:
         finally:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+
+    def _claimed(self, claimed: list[Claimed], now: int) -> None:
+        self.stats.claimed += len(claimed)
+        for item in claimed:
+            LATENESS_SECONDS.observe(max(0, now - item.due_at_ms) / 1000)
 
     async def process(self, item: Claimed) -> str:
         """One claimed item on its own; returns what happened to it."""
@@ -262,6 +285,7 @@ class Scheduler:
                                        clear_send_mark=True, failed_send=True))
             return "retrying"
         self.stats.sent += 1
+        SENT.inc()
         self._outcome(message, "sent", "ok", settle)
         settle.acks.append(message)
         return "sent"
@@ -278,6 +302,7 @@ class Scheduler:
 
     def _dead_letter(self, message: Message, reason: str, settle: _Settle) -> str:
         self.stats.dead_lettered += 1
+        DEAD_LETTERED.inc()
         settle.dead.append(orjson.dumps({"message": orjson.loads(message.encode()), "reason": reason,
                                          "at": self.clock()}))
         self._outcome(message, "dead_letter", reason, settle)
@@ -327,6 +352,14 @@ class Scheduler:
         writes.append(self.queue.settle(settle.acks, settle.delays, self.clock(), schedule=settle.alerts))
         await asyncio.gather(*writes)
         return [None] * len(parts)
+
+
+async def report_queue(queue: DueQueue, clock: Clock = now_ms) -> dict[str, int]:
+    """Set the queue gauges from one read of every shard."""
+    figures = await queue.depth_and_lateness(clock())
+    QUEUE_DEPTH.set(figures["depth"])
+    OLDEST_OVERDUE.set(figures["lateness_ms"] / 1000)
+    return figures
 
 
 def policy_from_settings(settings: Settings) -> ContactPolicy:

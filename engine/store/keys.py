@@ -271,6 +271,22 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletter"
 
+    # --- The console's figures (engine/store/ops_series.py), tag {ops}: a
+    # handful of keys, written once a second per process, read by one
+    # pipeline. HASH of one 10-second slot (start, epoch seconds) that every
+    # API process adds to with HINCRBY: `<endpoint>:<i>` requests whose time
+    # fell in latency bucket i (engine/latency.py; i = 11 past 1 s),
+    # `<endpoint>:n` requests, `fallbacks`, `redis_errors`, `events_applied`
+    # (the Kafka workers add theirs too). TTL: OPS_SLOT_TTL_S.
+    def ops_slot(self, slot_start_s: int) -> str:
+        return f"{self.prefix}:{{ops}}:t:{slot_start_s}"
+
+    # HASH, partition -> "<records not applied> <ms reported>": the Kafka
+    # workers' lag, each writing its partitions every second. TTL: OPS_LAG_TTL_S,
+    # renewed on every report.
+    def ops_kafka_lag(self) -> str:
+        return f"{self.prefix}:{{ops}}:kafka_lag"
+
     # HyperLogLog of ids (or, for metric "revenue" and "money", a HASH of sums):
     # one KPI of a journey (scope "j"), a broadcast ("b"), a channel ("c") or an
     # offer ("o"), engine/followups/kpis.py. No TTL. The same KPI for one UTC day
@@ -334,3 +350,5 @@ DESTINATION_LEASE_MS = 15_000
 IX_SHARDS = 64  # fixed: an index written with another count is not found again
 BROADCAST_LEASE_MS = 30_000
 SPENT_DAY_TTL_S = 3 * 86_400  # a day's spend outlives its day: read for the day, kept for a look back
+OPS_SLOT_TTL_S = 2 * 3600  # the console shows at most the last 2 hours
+OPS_LAG_TTL_S = 60

@@ -10,7 +10,9 @@ offset. A transient Redis error is retried with backoff, never skipped; a
 worker asked to stop meanwhile exits at once without committing (as if it were
 killed), and the batch goes to the next worker. Redelivered events are absorbed
 by the event-id dedupe. A record the pipeline cannot read or rejects goes to
-the dead-letter topic with the reason and its bytes, and the stream goes on."""
+the dead-letter topic with the reason and its bytes, and the stream goes on.
+Every second it adds its events applied to the console's figures and reports
+its partitions' lag there (engine/store/ops_series.py)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from engine.clock import now_ms
 from engine.events import Event
 from engine.runtime import Runtime
 from engine.settings import Settings
+from engine.store.ops_series import OpsCounts
 from engine.stream.event_log import decode_record, ensure_topics
 
 log = logging.getLogger("attimo.worker")
@@ -57,6 +60,7 @@ LAG_SECONDS = Histogram("attimo_worker_record_age_seconds", "From a record's bro
 LAG_RECORDS = Gauge("attimo_worker_consumer_lag_records",
                     "Records on the broker this worker has not applied yet, per assigned partition",
                     ["partition"])
+OPS = OpsCounts()  # this worker's events applied, added to the console's figures every second
 
 # Errors that say Redis (or the broker) is not there right now (down, restarting, failing over,
 # out of memory), not that the batch is wrong: retried, never skipped.
@@ -137,6 +141,7 @@ class Applier:
 
         result = await until_done(self.app, f"applying {len(events)} events", attempt, REDIS_RETRIES)
         APPLIED.inc(result.accepted)
+        OPS.count("events_applied", result.accepted)
         DUPLICATES.inc(result.duplicates)
         if result.duplicates:
             log.warning("%d redelivered events absorbed by the dedupe", result.duplicates)
@@ -177,12 +182,21 @@ def build_app(settings: Settings) -> faust.App:
 
     @app.timer(interval=1.0)
     async def report_lag() -> None:
+        lags = {}
         for tp in app.consumer.assignment():
             if tp.topic == settings.kafka_topic:
                 applied = next_offset.get(tp)
                 if applied is None:
                     applied = await app.consumer.position(tp) or 0
-                LAG_RECORDS.labels(str(tp.partition)).set(max(0, app.consumer.highwater(tp) - applied))
+                lags[tp.partition] = max(0, app.consumer.highwater(tp) - applied)
+                LAG_RECORDS.labels(str(tp.partition)).set(lags[tp.partition])
+        if applier is None:
+            return
+        try:  # the console's figures: never a reason to stop applying
+            await applier.runtime.ops.report_lag(lags, now_ms())
+            await applier.runtime.ops.flush(OPS)
+        except Exception as exc:  # noqa: BLE001 - Redis down: the next second tries again
+            log.warning("reporting to the console failed: %s: %s", type(exc).__name__, exc)
 
     async def dead_letter(key: bytes | None, value: bytes, reason: str) -> None:
         """Returns once the broker holds the dead letter (before the record's offset

@@ -256,3 +256,27 @@ async def test_the_person_channel_index_lives_until_the_last_due_time_plus_the_d
     await queue.schedule(msg(5, person="u-2", due_ms=1000))  # long overdue: kept from now
     low, high = await _index_expires_at(redis, queue, "u-2", "email")
     assert now + DUE_DONE_KEEP_MS <= high and low <= int(time.time() * 1000) + DUE_DONE_KEEP_MS
+
+
+async def test_depth_and_lateness_count_every_shard_and_the_oldest_overdue_message(redis):
+    queue = DueQueue(redis)
+    assert await queue.depth_and_lateness(10_000) == {"depth": 0, "in_flight": 0, "lateness_ms": 0}
+    # People on different shards; the oldest overdue one was due at 4 000.
+    for i, due in enumerate((4_000, 7_000, 9_000, 50_000)):
+        await queue.schedule(msg(i, person=f"u-{i}", due_ms=due))
+    assert len({shard_of(f"u-{i}") for i in range(4)}) > 1
+    assert await queue.depth_and_lateness(10_000) == {"depth": 4, "in_flight": 0, "lateness_ms": 6_000}
+    assert (await queue.depth_and_lateness(3_000))["lateness_ms"] == 0  # nothing overdue yet
+    claimed = await queue.claim(8_000, 100, 60_000)
+    assert sorted(c.message.id for c in claimed) == ["m-0", "m-1"]
+    assert await queue.depth_and_lateness(10_000) == {"depth": 2, "in_flight": 2, "lateness_ms": 1_000}
+
+
+async def test_a_claim_says_when_the_message_was_due_where_it_waited(redis):
+    queue = DueQueue(redis)
+    await queue.schedule(msg(1, due_ms=1_000))
+    [claimed] = await queue.claim(2_000, 10, 60_000)
+    assert claimed.due_at_ms == 1_000
+    await queue.delay(claimed.message, 5_000)  # quiet hours: due again later, same payload
+    [again] = await queue.claim(6_000, 10, 60_000)
+    assert again.message.due_ms == 1_000 and again.due_at_ms == 5_000

@@ -70,7 +70,7 @@ def test_both_secrets_of_a_rotation_are_accepted_and_no_other(api):
 @pytest.mark.parametrize(("scope", "allowed"), [
     ("ingest", {"events"}),
     ("read", {"person", "kpis", "deadletters", "lookup", "segments", "members", "export", "catalog_read",
-              "versions"}),
+              "versions", "overview"}),
     ("admin", {"catalog", "erase", "suppress", "import", "lookup", "catalog_read", "versions"}),
 ])
 def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
@@ -79,6 +79,7 @@ def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
         "person": lambda c: c.get("/v1/people/u-s"),
         "kpis": lambda c: c.get("/v1/kpis"),
         "deadletters": lambda c: c.get("/v1/deadletters"),
+        "overview": lambda c: c.get("/v1/ops/overview"),
         "catalog": lambda c: c.post("/v1/admin/catalog", content="placements: [home_hero]\noffers: []\n"),
         "erase": lambda c: c.delete("/v1/people/u-gone"),
         "suppress": lambda c: c.put("/v1/suppressions/email/gone@example.com"),

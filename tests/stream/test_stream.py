@@ -157,6 +157,15 @@ def test_api_to_topic_to_worker_to_the_next_decide(stream, tmp_path):
         # Lag per partition: each of the topic's 4 partitions reported, nothing left to apply.
         wait_until(lambda: lag_by_partition() == {str(p): 0.0 for p in range(4)}, 10, 0.1, "lag 0 everywhere")
         assert pricing_count(person(server, "u-s")) == 3
+
+        def console() -> dict:
+            with server.server() as client:
+                return client.get("/v1/ops/overview", params={"minutes": 5}).json()
+
+        # The console reads the same through Redis: the lag each partition's
+        # worker reported, and the events the worker applied (the API queued them).
+        wait_until(lambda: console()["now"]["kafka"] == {str(p): 0 for p in range(4)}, 10, 0.1, "the console's lag")
+        wait_until(lambda: console()["totals"]["events_applied"] == 3, 10, 0.1, "the worker's events in the console")
     finally:
         stop_api(server)
 
