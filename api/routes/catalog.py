@@ -143,6 +143,7 @@ async def get_version(request: Request) -> Response:
       401: {description: Missing token}
       403: {description: Not a token with the read or admin scope}
       404: {description: No such version kept}
+      422: {description: n is not a whole number from 1}
     """
     require_one_of(caller_of(request), READ, ADMIN)
     return Response(await _text(request, _number(request.path_params["n"], "n")), media_type=YAML)
@@ -160,7 +161,8 @@ async def restore_version(request: Request) -> Response:
       401: {description: Missing token}
       403: {description: Not a token with the admin scope}
       404: {description: No such version kept}
-      422: {description: 'It no longer compiles: {"problems": [...]}'}
+      422: {description: 'n is not a whole number from 1, a message over 500 characters, or it no longer compiles:
+        {"problems": [...]}'}
     """
     require(caller_of(request), ADMIN)
     n = _number(request.path_params["n"], "n")

@@ -162,6 +162,7 @@ async def delete_device(request: Request) -> Response:
       200: {description: '{"removed": true|false, "devices": number of tokens the person has left}'}
       401: {description: Missing or unknown key}
       403: {description: Not a signed user}
+      404: {description: A path no route takes (a token with a line break)}
       422: {description: A too long token}
     """
     services = services_of(request)
