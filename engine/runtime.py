@@ -98,9 +98,12 @@ class Runtime:
                             queue=queue, contacts=contacts, kpis=kpis, inbox=inbox)
         broadcasts = Broadcasts(redis, keys, queue, membership, kpis, contacts,
                                 default_zone=policy_from_settings(settings).default_tz)
+        catalogs = CatalogStore(redis, keys, holder)
+        pipeline.journeys.alert_channel = settings.alert_channel
+        pipeline.journeys.versions = catalogs.catalog_of  # runs keep the catalog version they entered with
         return cls(
             settings=settings, redis=redis, keys=keys, holder=holder,
-            catalogs=CatalogStore(redis, keys, holder), profiles=profiles, queue=queue,
+            catalogs=catalogs, profiles=profiles, queue=queue,
             contacts=contacts, inbox=inbox, devices=DeviceStore(redis, keys), kpis=kpis,
             pipeline=pipeline, tracker=tracker_from_settings(settings),
             models=ModelHolder(learning, holder), decision_log=decision_log,

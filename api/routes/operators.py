@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
 from engine.errors import EventRejected, StoreUnavailable
+from engine.followups.kpis import days_between
 from engine.ingest.identity import ADMIN, READ, require
 from engine.policy import (
     EMAIL_MAX_LENGTH,
@@ -31,20 +32,29 @@ async def get_kpis(request: Request) -> Response:
       viewers, clicks, clickers, click-through rate, converters, conversion rate, revenue, discount cost and
       ROI; for an offer with a hold-out, `uplift`: people decide chose it for (treated) or would have but
       held out (control), converters of each, their rates, the difference and its 95 % interval (exact counts).
-      Counts are of distinct ids (HyperLogLog, standard error 0.81 %).'
+      Counts are of distinct ids (HyperLogLog, standard error 0.81 %). With `from` and `to` (UTC days,
+      YYYY-MM-DD, both included, at most 400 days), what those days counted: distinct ids over the range,
+      sums added; the hold-out uplift stays the whole-life figure.'
+    parameters:
+      - {name: from, in: query, schema: {type: string, format: date}}
+      - {name: to, in: query, schema: {type: string, format: date}}
     responses:
       200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}},
         "broadcasts": {id: {...}}}'}
       401: {description: Missing token}
       403: {description: Not the server token}
+      422: {description: 'A bad date, or a range backwards or over 400 days'}
     """
     services = services_of(request)
     require(caller_of(request), READ)
     channels = sorted(PERSONAL_CHANNELS | services.webhook_channels())
+    days = _days(request)
     try:
         catalog = services.holder.current
         report = await services.kpis.report(
-            list(catalog.journeys.by_id), channels, list(catalog.offers_by_id), list(catalog.broadcasts))
+            list(catalog.journeys.by_id), channels, list(catalog.offers_by_id), list(catalog.broadcasts), days)
+        if days is not None:
+            report["days"] = {"from": days[0], "to": days[-1]}
         held = [offer.id for offer in catalog.offers if offer.holdout_pct]
         for offer, uplift in (await services.runtime.decision_log.exposures.uplifts(held)).items():
             report["offers"][offer]["uplift"] = uplift
@@ -54,6 +64,18 @@ async def get_kpis(request: Request) -> Response:
 
 
 MAX_PAGE = 1000
+
+
+def _days(request: Request) -> list[str] | None:
+    first, last = request.query_params.get("from"), request.query_params.get("to")
+    if first is None and last is None:
+        return None
+    if first is None or last is None:
+        raise EventRejected("a date range needs both from and to (YYYY-MM-DD)", "from" if first is None else "to")
+    try:
+        return days_between(first, last)
+    except ValueError as exc:
+        raise EventRejected(f"from and to are UTC days, YYYY-MM-DD: {exc}", "from") from None
 
 
 def _limit(request: Request, default: int, maximum: int) -> int:

@@ -5,9 +5,12 @@ touches Redis (engine/followups/journey_runner.py does)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from engine.catalog import windows
 from engine.catalog.rules import Compiler, Facts, Predicate
@@ -83,6 +86,9 @@ class Journey:
     group: str | None = None
     priority: float = 0.0
     holdout_pct: float = 0.0
+    # What the journey is, as written with the templates it sends: a run that
+    # entered another digest keeps the catalog version it entered with.
+    digest: str = ""
 
 
 @dataclass
@@ -147,6 +153,7 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
         seen.add(item["id"])
         journey = _JourneyCompiler(compiler, book, path).journey(item, len(book.all))
         if journey is not None:
+            journey.digest = _digest(item, template_spec, journey)
             book.all.append(journey)
     compiler.allow_consent = False
     book.reads_consent = compiler.reads_consent
@@ -168,6 +175,13 @@ def compile_journeys(spec: Any, template_spec: Any, compiler: Compiler, offers: 
     book.watched = frozenset(watched)
     book.exit_tests = tuple(test for journey in book.all for test in journey.exit_tests)
     return book
+
+
+def _digest(item: dict, template_spec: Any, journey: Journey) -> str:
+    used = sorted({step.template for step in journey.steps if step.template})
+    templates = {name: template_spec.get(name) for name in used} if isinstance(template_spec, dict) else {}
+    text = orjson.dumps([item, templates], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 def _templates(spec: Any, compiler: Compiler) -> dict[str, Template]:

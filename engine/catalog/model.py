@@ -178,6 +178,9 @@ class Catalog:
     # with a budget, and the code pools named by offers (pool -> offer id).
     budgeted: tuple[Offer, ...] = ()
     code_pools: dict[str, str] = field(default_factory=dict)
+    # Its number among the published catalogs (engine/catalog/publish.py), set
+    # when it is put in force; 0 when it was never published.
+    version: int = 0
 
     # event type → (features whose filter must run, {property: {value: features}}):
     # a filter that is one equality is a dict lookup instead of a test per feature.
@@ -244,10 +247,14 @@ class CatalogHolder:
     a reload builds a new Catalog and swaps one reference, so a request never
     sees half of two catalogs."""
 
-    def __init__(self, catalog: Catalog, source_text: str = ""):
+    def __init__(self, catalog: Catalog, source_text: str = "", version: int = 0):
         self.current = catalog
         self.source_text = source_text
+        self.version = version  # its number among the published catalogs (0: not published)
+        catalog.version = version
 
-    def swap(self, catalog: Catalog, source_text: str) -> None:
+    def swap(self, catalog: Catalog, source_text: str, version: int = 0) -> None:
+        catalog.version = version
         self.current = catalog
         self.source_text = source_text
+        self.version = version

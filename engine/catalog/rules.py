@@ -91,7 +91,10 @@ class Facts:
     def in_segment(self, segment_id: str) -> bool:
         known = self._segments.get(segment_id)
         if known is None:
-            known = self._segments[segment_id] = self.catalog.segments[segment_id](self)
+            # A segment the catalog no longer has (a journey run going on with
+            # the version it entered with) holds for nobody.
+            test = self.catalog.segments.get(segment_id)
+            known = self._segments[segment_id] = test(self) if test is not None else False
         return known
 
     def context_value(self, name: str) -> Any:

@@ -10,9 +10,10 @@ engine/followups/transitions.py."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey
+from engine.catalog.journeys import JOURNEY_CHANNEL, TRAIT_EVENT, Journey, Journeys
 from engine.catalog.rules import Facts
 from engine.errors import StoreContention
 from engine.events import SEGMENT_RECHECK, Event
@@ -26,6 +27,7 @@ from engine.policy import CONTACT_TRAITS, ContactState
 from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_scripts
 from engine.store.keys import JOURNEY_STATE_TTL_S
 
+BOOKS_KEPT = 16  # earlier catalog versions' journeys kept in a process
 log = logging.getLogger("attimo.journeys")
 
 MAX_DEPTH = 3  # set_trait -> new events -> journeys -> set_trait ... stops here
@@ -63,6 +65,12 @@ class JourneyRunner:
         self.kpis = kpis or KpiStore(self.redis, self.keys, once_ttl_s=store.dedupe_ttl_ms // 1000)
         self.inbox = inbox or InboxStore(self.redis, self.keys)
         self._cas = self.redis.register_script(COMPARE_AND_SET)
+        # Set by the composition root: the channel told when a run cannot go on
+        # (ATTIMO_ALERT_CHANNEL), and how to get an earlier catalog version
+        # (CatalogStore.catalog_of) for runs that entered a journey since edited.
+        self.alert_channel = ""
+        self.versions: Callable[[int], Awaitable[Any]] | None = None
+        self._books: dict[int, Journeys] = {}
 
     # -- after a batch is applied ------------------------------------------------
 
@@ -103,11 +111,29 @@ class JourneyRunner:
         for (_, facts), raw in zip(people, await pipe.execute(), strict=True):
             facts.contact = ContactState.decode(raw)
 
-    @staticmethod
-    def _on_events(book, person, facts, state, events, segments, now_ms) -> Actions:
-        transition = Transition(book, person, facts, state, now_ms)
+    def _transition(self, book: Journeys, person: str, facts: Facts, state: dict, now_ms: int) -> Transition:
+        return Transition(book, person, facts, state, now_ms, books=self._books, alert_channel=self.alert_channel)
+
+    def _on_events(self, book, person, facts, state, events, segments, now_ms) -> Actions:
+        transition = self._transition(book, person, facts, state, now_ms)
         transition.on_events(events, segments)
         return transition.actions
+
+    async def _load_versions(self, book: Journeys, states: list[dict]) -> None:
+        """The journeys of the catalog versions that runs in `states` entered,
+        where their journey changed since: loaded (compiled once per process)
+        before the transitions, which are pure, run."""
+        if self.versions is None:
+            return
+        wanted = {run.get("v") for state in states for jid, run in state["a"].items()
+                  if run.get("jd") is not None and jid in book.by_id and book.by_id[jid].digest != run["jd"]}
+        for version in wanted - self._books.keys():
+            if isinstance(version, int) and version > 0:
+                catalog = await self.versions(version)
+                if catalog is not None:
+                    if len(self._books) >= BOOKS_KEPT:
+                        self._books.pop(next(iter(self._books)))
+                    self._books[version] = catalog.journeys
 
     # -- a timer fired in the scheduler ------------------------------------------
 
@@ -129,12 +155,12 @@ class JourneyRunner:
                 raise Reschedule(due)
 
             def compute(state) -> Actions:
-                transition = Transition(book, person, facts, state, now_ms)
+                transition = self._transition(book, person, facts, state, now_ms)
                 transition.on_idle(journey, profile.ls)
                 return transition.actions
         else:
             def compute(state) -> Actions:
-                transition = Transition(book, person, facts, state, now_ms)
+                transition = self._transition(book, person, facts, state, now_ms)
                 transition.on_timer(message.body)
                 return transition.actions
         return await self._transact(person, now_ms, 0, compute)
@@ -153,10 +179,11 @@ class JourneyRunner:
         for person, _ in work:
             pipe.get(self.keys.journeys(person))
         raws = await pipe.execute()
+        states = [decode_state(raw) for raw in raws]
+        await self._load_versions(self.pipeline.catalogs.current.journeys, states)
         results: list[Actions] = []
         changed: list[tuple[int, bytes | None, bytes]] = []  # index, state read, state to write
-        for n, ((_, compute), raw) in enumerate(zip(work, raws, strict=True)):
-            state = decode_state(raw)
+        for n, ((_, compute), raw, state) in enumerate(zip(work, raws, states, strict=True)):
             before = encode_state(state)
             results.append(compute(state))
             after = encode_state(state)
@@ -194,6 +221,7 @@ class JourneyRunner:
         for _ in range(MAX_OPTIMISTIC_ATTEMPTS):
             raw = await self.redis.get(key)
             state = decode_state(raw)
+            await self._load_versions(self.pipeline.catalogs.current.journeys, [state])
             before = encode_state(state)
             actions = compute(state)
             after = encode_state(state)

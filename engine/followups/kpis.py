@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date, timedelta
 
 from engine.catalog.broadcasts import broadcast_of
+from engine.clock import now_ms
 from engine.decisions.budgets import utc_day
 from engine.followups.transitions import decode_state
 from engine.store.client import run_scripts
@@ -26,33 +28,47 @@ PURCHASE = "purchase"
 REVENUE_PROPERTIES = ("revenue", "value", "total")  # the first numeric one is the purchase's revenue
 ATTRIBUTION_MS = 7 * 86_400_000  # a purchase counts for the journeys entered in the 7 days before it
 
-# KEYS[1] once-marker of the purchase event, KEYS[2] the journey's or offer's money hash
-# ARGV[1] marker TTL s, then pairs: field, amount
+# KEYS[1] once-marker of the purchase event, KEYS[2] the journey's or offer's
+# money hash, KEYS[3] the same for the day
+# ARGV[1] marker TTL s, ARGV[2] day key TTL s, then pairs: field, amount
 # Adds the amounts once per purchase event and journey (or offer). Returns 1 if added.
 ADD_ONCE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-for i = 2, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 3, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
 return 1
 """
 
 # KEYS[1] once-marker of the redemption, KEYS[2] the offer's money hash,
-# KEYS[3] the offer's spend of the day (engine/decisions/budgets.py reads it)
-# ARGV[1] marker TTL s, ARGV[2] day key TTL s, ARGV[3] the discount's cost,
-# then pairs for KEYS[2]: field, amount
+# KEYS[3] the offer's spend of the day (engine/decisions/budgets.py reads it),
+# KEYS[4] the offer's money hash of the day
+# ARGV[1] marker TTL s, ARGV[2] spend key TTL s, ARGV[3] the discount's cost,
+# ARGV[4] day money TTL s, then pairs for KEYS[2] and KEYS[4]: field, amount
 # A redeemed discount: its cost to the day's spend and the money, once. Returns 1 if added.
 SPEND_ONCE = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', tonumber(ARGV[1])) then return 0 end
-for i = 4, #ARGV, 2 do redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do
+  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[i], ARGV[i + 1])
+  redis.call('HINCRBYFLOAT', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[4]))
 redis.call('INCRBYFLOAT', KEYS[3], ARGV[3])
 redis.call('EXPIRE', KEYS[3], tonumber(ARGV[2]))
 return 1
 """
 
-# KEYS: HyperLogLogs (all under {kpi}: one slot). Returns each one's count, in
-# order: redis-py refuses PFCOUNT in a cluster pipeline, one script call does not.
+# KEYS: HyperLogLogs (all under {kpi}: one slot), in groups of ARGV[i] keys.
+# Returns each group's count (of the union: one person seen on two days is one),
+# in order: redis-py refuses PFCOUNT in a cluster pipeline, one script call does not.
 COUNT_ALL = """
-local out = {}
-for i, key in ipairs(KEYS) do out[i] = redis.call('PFCOUNT', key) end
+local out, at = {}, 1
+for i, size in ipairs(ARGV) do
+  out[i] = redis.call('PFCOUNT', unpack(KEYS, at, at + tonumber(size) - 1))
+  at = at + tonumber(size)
+end
 return out
 """
 
@@ -70,6 +86,8 @@ MAX_AMOUNT = 1e9  # one purchase's revenue above this (or negative) counts as 0
 # A pooled code is single-use for ever: its redemption's marker outlives any
 # retry of the same order, so the cost is never counted twice.
 REDEEMED_ONCE_TTL_S = 400 * 86_400
+DAILY_KPI_TTL_S = 400 * 86_400  # a day's counts and sums, for date ranges
+MAX_RANGE_DAYS = 400
 
 
 def revenue_of(properties: dict) -> float:
@@ -96,6 +114,7 @@ class KpiStore:
     redis: object
     keys: Keys
     once_ttl_s: int = 86_400
+    clock: Callable[[], int] = now_ms  # the day a count or a sum is kept under
 
     def __post_init__(self) -> None:
         self._add_once = self.redis.register_script(ADD_ONCE)
@@ -105,8 +124,12 @@ class KpiStore:
     # -- writing: each method queues commands into a pipeline the caller runs ----
 
     def count(self, pipe, scope: str, name: str, metric: str, *ids: str) -> None:
+        """The ids into the total and into the day's count (a date range reads those)."""
         if ids:
             pipe.pfadd(self.keys.kpi(scope, name, metric), *ids)
+            day = self.keys.kpi(scope, name, f"{metric}@{utc_day(self.clock())}")
+            pipe.pfadd(day, *ids)
+            pipe.expire(day, DAILY_KPI_TTL_S)
 
     def entry(self, pipe, journey: str, run_id: str, held_out: bool) -> None:
         self.count(pipe, "j", journey, "held_out" if held_out else "entered", run_id)
@@ -162,8 +185,17 @@ class KpiStore:
         `scope` "b": `journey` is a broadcast."""
         self.count(pipe, scope, journey, "converted_control" if control else "converted", person)
         token = f"{journey}|{event_id}" if scope == "j" else f"{scope}:{journey}|{event_id}"
-        return (self._add_once, [self.keys.kpi_once(token), self.keys.kpi(scope, journey, "revenue")],
-                [self.once_ttl_s, "revenue_control" if control else "revenue", repr(revenue)])
+        return (self._add_once, [self.keys.kpi_once(token), *self._money_keys(scope, journey, "revenue")],
+                [self.once_ttl_s, DAILY_KPI_TTL_S, "revenue_control" if control else "revenue", repr(revenue)])
+
+    def _day_keys(self, scope: str, name: str, metric: str, days: list[str] | None) -> list[str]:
+        if days is None:
+            return [self.keys.kpi(scope, name, metric)]
+        return [self.keys.kpi(scope, name, f"{metric}@{day}") for day in days]
+
+    def _money_keys(self, scope: str, name: str, metric: str) -> list[str]:
+        """The total's key and the day's."""
+        return [self.keys.kpi(scope, name, metric), self.keys.kpi(scope, name, f"{metric}@{utc_day(self.clock())}")]
 
     async def record_batch(self, by_person: dict[str, list], offers: dict,
                            earned: Callable[[str, object], str | None]) -> None:
@@ -239,13 +271,15 @@ class KpiStore:
         if saw:
             self.count(pipe, "o", offer.id, "converted", person)
         revenue = revenue_of(event.properties)
-        once, money = self.keys.kpi_once(f"o:{offer.id}|{event.id}"), self.keys.kpi("o", offer.id, "money")
+        once = self.keys.kpi_once(f"o:{offer.id}|{event.id}")
+        money, money_day = self._money_keys("o", offer.id, "money")
         if _used_code(offer, event.properties):
             self.count(pipe, "o", offer.id, "redeemed", event.id)
             cost = discount_cost(offer, revenue)
-            return (self._spend_once, [once, money, self.keys.offer_spent_on(offer.id, utc_day(event.ts))],
-                    [self.once_ttl_s, SPENT_DAY_TTL_S, repr(cost), "revenue", repr(revenue), "discount_cost", repr(cost)])
-        return (self._add_once, [once, money], [self.once_ttl_s, "revenue", repr(revenue)])
+            return (self._spend_once, [once, money, self.keys.offer_spent_on(offer.id, utc_day(event.ts)), money_day],
+                    [self.once_ttl_s, SPENT_DAY_TTL_S, repr(cost), DAILY_KPI_TTL_S, "revenue", repr(revenue),
+                     "discount_cost", repr(cost)])
+        return (self._add_once, [once, money, money_day], [self.once_ttl_s, DAILY_KPI_TTL_S, "revenue", repr(revenue)])
 
     async def record_redemption(self, offer, pool: str, code: str, amount: float, now_ms: int) -> None:
         """A pooled code redeemed through the API (POST /v1/codes/redeem): the
@@ -257,47 +291,63 @@ class KpiStore:
         self.count(pipe, "o", offer.id, "redeemed", f"code:{pool}:{code}")
         await pipe.execute()
         if cost > 0:
+            money, money_day = self._money_keys("o", offer.id, "money")
             await self._spend_once(
-                keys=[self.keys.kpi_once(f"o:{offer.id}|code:{pool}:{code}"), self.keys.kpi("o", offer.id, "money"),
-                      self.keys.offer_spent_on(offer.id, utc_day(now_ms))],
-                args=[REDEEMED_ONCE_TTL_S, SPENT_DAY_TTL_S, repr(cost), "discount_cost", repr(cost)])
+                keys=[self.keys.kpi_once(f"o:{offer.id}|code:{pool}:{code}"), money,
+                      self.keys.offer_spent_on(offer.id, utc_day(now_ms)), money_day],
+                args=[REDEEMED_ONCE_TTL_S, SPENT_DAY_TTL_S, repr(cost), DAILY_KPI_TTL_S, "discount_cost", repr(cost)])
 
     # -- reading ----------------------------------------------------------------
 
     async def report(self, journeys: list[str], channels: list[str], offers: list[str] = (),
-                     broadcasts: list[str] = ()) -> dict:
+                     broadcasts: list[str] = (), days: list[str] | None = None) -> dict:
+        """Totals, or with `days` (YYYY-MM-DD, from days_between) what those days
+        counted: distinct ids over the range, sums added."""
         count_keys, money_keys = [], []
+
+        def counted(scope: str, name: str, metric: str) -> None:
+            count_keys.append(self._day_keys(scope, name, metric, days))
+
+        def summed(scope: str, name: str, metric: str) -> None:
+            money_keys.append(self._day_keys(scope, name, metric, days))
+
         for broadcast in broadcasts:
-            count_keys += [self.keys.kpi("b", broadcast, metric) for metric in BROADCAST_COUNTS]
-            count_keys += [self.keys.kpi("b", broadcast, f"sent:{channel}") for channel in channels]
-            money_keys.append(self.keys.kpi("b", broadcast, "revenue"))
+            for metric in (*BROADCAST_COUNTS, *(f"sent:{channel}" for channel in channels)):
+                counted("b", broadcast, metric)
+            summed("b", broadcast, "revenue")
         for journey in journeys:
-            count_keys += [self.keys.kpi("j", journey, metric) for metric in JOURNEY_COUNTS]
-            count_keys += [self.keys.kpi("j", journey, f"sent:{channel}") for channel in channels]
-            money_keys.append(self.keys.kpi("j", journey, "revenue"))
+            for metric in (*JOURNEY_COUNTS, *(f"sent:{channel}" for channel in channels)):
+                counted("j", journey, metric)
+            summed("j", journey, "revenue")
         for channel in channels:
-            count_keys += [self.keys.kpi("c", channel, metric) for metric in CHANNEL_COUNTS]
+            for metric in CHANNEL_COUNTS:
+                counted("c", channel, metric)
         for offer in offers:
-            count_keys += [self.keys.kpi("o", offer, metric) for metric in OFFER_COUNTS]
-            money_keys.append(self.keys.kpi("o", offer, "money"))
-        count_keys.append(self.keys.kpi("g", "purchases", "unverified"))
+            for metric in OFFER_COUNTS:
+                counted("o", offer, metric)
+            summed("o", offer, "money")
+        counted("g", "purchases", "unverified")
         pipe = self.redis.pipeline(transaction=False)
-        for key in money_keys:
-            pipe.hgetall(key)
-        [counted] = await run_scripts(self.redis, [(self._count_all, count_keys, [])])
-        counts, sums = iter(counted), iter(await pipe.execute())
+        for group in money_keys:
+            for key in group:
+                pipe.hgetall(key)
+        flat = [key for group in count_keys for key in group]
+        [found_counts] = await run_scripts(self.redis, [(self._count_all, flat, [len(g) for g in count_keys])])
+        raw_sums = iter(await pipe.execute())
+        counts = iter(found_counts)
+        sums = iter([_added(next(raw_sums) for _ in group) for group in money_keys])
         out: dict = {"journeys": {}, "channels": {}, "offers": {}, "broadcasts": {}}
         for broadcast in broadcasts:
             found = {metric: next(counts) for metric in BROADCAST_COUNTS}
             by_channel = {channel: n for channel in channels if (n := next(counts))}
-            report = _journey_report(found, by_channel, _money(next(sums)))
+            report = _journey_report(found, by_channel, next(sums))
             out["broadcasts"][broadcast] = {**report, "dead_letter": found["dead_letter"],
                                             "unsubscribed": found["unsubscribed"],
                                             "unsubscribe_rate": _rate(found["unsubscribed"], found["sent"])}
         for journey in journeys:
             found = {metric: next(counts) for metric in JOURNEY_COUNTS}
             by_channel = {channel: n for channel in channels if (n := next(counts))}
-            out["journeys"][journey] = _journey_report(found, by_channel, _money(next(sums)))
+            out["journeys"][journey] = _journey_report(found, by_channel, next(sums))
         for channel in channels:
             found = {metric: next(counts) for metric in CHANNEL_COUNTS}
             out["channels"][channel] = {**found, "open_rate": _rate(found["opened"], found["sent"]),
@@ -305,7 +355,7 @@ class KpiStore:
                                         "unsubscribe_rate": _rate(found["unsubscribed"], found["sent"])}
         for offer in offers:
             found = {metric: next(counts) for metric in OFFER_COUNTS}
-            out["offers"][offer] = _offer_report(found, _money(next(sums)))
+            out["offers"][offer] = _offer_report(found, next(sums))
         # Purchases a browser sent: kept apart, never in revenue, conversions or ROI.
         out["unverified_purchases"] = next(counts)
         return out
@@ -318,6 +368,26 @@ def _received(raw: dict) -> dict[str, tuple[int, bool]]:
         group, _, at = (value.decode() if isinstance(value, bytes) else value).partition("|")
         out[name.decode() if isinstance(name, bytes) else name] = (int(at), group == "c")
     return out
+
+
+def _added(raws) -> dict[str, float]:
+    """Money hashes (a total, or one a day) summed field by field."""
+    total: dict[str, float] = {}
+    for raw in raws:
+        for name, value in _money(raw).items():
+            total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def days_between(first: str, last: str) -> list[str]:
+    """Every UTC day from `first` to `last` (YYYY-MM-DD), both included;
+    ValueError naming what is wrong."""
+    start, end = date.fromisoformat(first), date.fromisoformat(last)
+    if end < start:
+        raise ValueError("to is before from")
+    if (end - start).days >= MAX_RANGE_DAYS:
+        raise ValueError(f"a range is at most {MAX_RANGE_DAYS} days")
+    return [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
 
 
 def _money(raw: dict) -> dict[str, float]:

@@ -26,7 +26,8 @@ INBOX_EXPIRES_DEFAULT = "30d"
 # {"a": {journey: run}, "e": {journey: [last entry ms, 1 if held out]}, "r": [run ids],
 #  "s": {score journey: [behaviour points, ms, trait points] when last seen passing}}
 # run = {"run": id, "pc": step, "at": entry ms, "vars": trigger event properties,
-#        "until": ms the wait ends (0 when not waiting), "held": 1 if held out}
+#        "until": ms the wait ends (0 when not waiting), "held": 1 if held out,
+#        "v": the catalog version it entered with, "jd": the journey's digest then}
 
 
 def new_state() -> dict:
@@ -62,7 +63,7 @@ def held_out(person: str, journey: Journey) -> bool:
 class Actions:
     """What a transition asks the runner to do."""
 
-    messages: list[Message] = field(default_factory=list)  # sends and timers, to schedule
+    messages: list[Message] = field(default_factory=list)  # sends, timers and operator alerts, to schedule
     traits: list[tuple[str, dict]] = field(default_factory=list)  # (event id, traits)
     outcomes: list[dict] = field(default_factory=list)  # why something was not sent
     log: list[str] = field(default_factory=list)  # entered / exited / held out, for tests and logs
@@ -80,6 +81,10 @@ class Transition:
     state: dict
     now: int
     actions: Actions = field(default_factory=Actions)
+    # The journeys of earlier catalog versions some run entered with, by
+    # version (the runner loads them); the channel told when a run cannot go on.
+    books: dict[int, Journeys] = field(default_factory=dict)
+    alert_channel: str = ""
 
     # -- events ----------------------------------------------------------------
 
@@ -94,9 +99,8 @@ class Transition:
         self.check_exit_conditions()
         for event in sorted(events, key=lambda e: e.ts):
             for jid in list(active):
-                journey = book.by_id.get(jid)
+                journey, journeys = self._journey(jid)
                 if journey is None:
-                    self._end(jid, "journey removed from the catalog")
                     continue
                 if any(m.matches(event) for m in journey.exit_events):
                     self._end(jid, f"exit: {event.type}")
@@ -105,7 +109,7 @@ class Transition:
                 step = journey.steps[run["pc"]] if 0 <= run["pc"] < len(journey.steps) else None
                 if step is not None and step.kind == "wait_for" and run.get("until") and step.matcher.matches(event):
                     run["until"] = 0
-                    self._advance(journey, run, step.then_pc)
+                    self._advance(journey, run, step.then_pc, journeys)
             self.enter([(journey, f"event:{event.id}", event.properties)
                         for kind in (event.type, "*") for journey in book.by_event.get(kind, ())
                         if journey.matcher.matches(event)])
@@ -141,9 +145,45 @@ class Transition:
 
     def check_exit_conditions(self) -> None:
         for jid in list(self.state["a"]):
-            journey = self.book.by_id.get(jid)
+            journey, _ = self._journey(jid)
             if journey is not None and any(test(self.facts) for test in journey.exit_tests):
                 self._end(jid, "exit condition")
+
+    def _journey(self, jid: str) -> tuple[Journey | None, Journeys | None]:
+        """The journey a run goes on with, and its book: the catalog's, unless
+        the journey changed since the run entered, then the version it entered
+        with. A run whose journey was removed, or whose version is no longer
+        kept, ends here with the reason (and the operator is told of the latter)."""
+        run = self.state["a"][jid]
+        current = self.book.by_id.get(jid)
+        if current is None:
+            self._end(jid, "journey removed from the catalog")
+            return None, None
+        if run.get("jd") in (None, current.digest):
+            return current, self.book
+        entered = self.books.get(run.get("v"))
+        journey = entered.by_id.get(jid) if entered is not None else None
+        if journey is not None and journey.digest == run["jd"]:
+            return journey, entered
+        self._stranded(jid, f"journey changed while the run waited and catalog version {run.get('v')}, "
+                            "which it entered with, is no longer kept")
+        return None, None
+
+    def _stranded(self, jid: str, reason: str) -> None:
+        """End a run that cannot go on, with the reason in the person's outcomes,
+        and an alert for the operator channel (once per run: its id derives from the run's)."""
+        run = self.state["a"].get(jid)
+        if run is None:
+            return
+        self._end(jid, reason)
+        self.actions.outcomes.append({"id": f"jr:{run['run']}", "channel": JOURNEY_CHANNEL, "journey": jid,
+                                      "at": self.now, "status": "ended", "reason": reason})
+        if self.alert_channel:
+            self.actions.messages.append(Message(
+                id=f"alert:jr:{run['run']}", person=self.person, channel=self.alert_channel, due_ms=self.now,
+                template="journey_stranded", purpose="operations",
+                body={"alert": "journey_stranded", "journey": jid, "run": run["run"], "reason": reason,
+                      "text": f"journey {jid}: the run of {self.person} ended: {reason}"}))
 
     # -- entering --------------------------------------------------------------
 
@@ -170,7 +210,8 @@ class Transition:
             self.actions.entries.append((journey.id, rid, held))
             self.actions.log.append(f"{'held out' if held else 'entered'}: {journey.id}")
             run = active[journey.id] = {"run": rid, "pc": journey.start_pc, "at": self.now,
-                                        "vars": variables, "until": 0}
+                                        "vars": variables, "until": 0, "v": self.facts.catalog.version,
+                                        "jd": journey.digest}
             if held:
                 # The control group walks the journey without being touched: it
                 # holds the exclusive group's place and meets the same waits and
@@ -218,27 +259,39 @@ class Transition:
     def on_timer(self, body: dict) -> None:
         """A wait ended or a wait_for timed out; a stale timer (the run moved on,
         ended, or was replaced) changes nothing."""
-        journey = self.book.by_id.get(body.get("journey"))
-        run = self.state["a"].get(body.get("journey"))
-        if journey is None or run is None or run["run"] != body.get("run") or run["pc"] != body.get("pc"):
+        jid = body.get("journey")
+        run = self.state["a"].get(jid)
+        if run is None or run["run"] != body.get("run") or run["pc"] != body.get("pc"):
             return
         if not run.get("until"):
             return
+        journey, journeys = self._journey(jid)
+        if journey is None:
+            return
         run["until"] = 0
+        if not 0 <= run["pc"] < len(journey.steps):  # a run from before versions were kept
+            self._stranded(jid, f"step {run['pc'] + 1} no longer exists: the journey was shortened")
+            return
         step = journey.steps[run["pc"]]
         self.check_exit_conditions()
-        if journey.id in self.state["a"]:
-            self._advance(journey, run, step.else_pc if step.kind == "wait_for" else step.next_pc)
+        if jid in self.state["a"]:
+            self._advance(journey, run, step.else_pc if step.kind == "wait_for" else step.next_pc, journeys)
 
     def on_idle(self, journey: Journey, last_seen_ms: int) -> None:
         self.enter([(journey, f"idle:{last_seen_ms}", {"last_seen": last_seen_ms})])
 
     # -- running steps ---------------------------------------------------------
 
-    def _advance(self, journey: Journey, run: dict, pc: int) -> None:
+    def _advance(self, journey: Journey, run: dict, pc: int, journeys: Journeys | None = None) -> None:
+        """Run steps from `pc` until a wait or the end; `journeys`: the book of
+        the version the run goes on with (its templates)."""
+        journeys = journeys or self.book
         for _ in range(MAX_STEPS_AT_ONCE):
             if pc < 0:
                 self._end(journey.id, "finished")
+                return
+            if pc >= len(journey.steps):
+                self._stranded(journey.id, f"step {pc + 1} no longer exists: the journey was shortened")
                 return
             if any(test(self.facts) for test in journey.exit_tests):
                 self._end(journey.id, "exit condition")
@@ -263,7 +316,7 @@ class Transition:
             elif step.kind == "set_trait":
                 self.actions.traits.append((f"jt:{run['run']}:{pc}", step.traits))
             else:
-                self._message(journey, run, step, pc)
+                self._message(journey, run, step, pc, journeys)
             pc = step.next_pc
         self._end(journey.id, "too many steps at once")
 
@@ -271,10 +324,10 @@ class Transition:
         if self.state["a"].pop(jid, None) is not None:
             self.actions.log.append(f"ended: {jid}: {reason}")
 
-    def _message(self, journey: Journey, run: dict, step: Step, pc: int) -> None:
-        template = self.book.templates[step.template]
+    def _message(self, journey: Journey, run: dict, step: Step, pc: int, journeys: Journeys) -> None:
+        template = journeys.templates[step.template]
         message_id = f"j:{run['run']}:{pc}"
-        values = template_values(self.person, self.facts, template, self.book.offers.get(step.offer) or {},
+        values = template_values(self.person, self.facts, template, journeys.offers.get(step.offer) or {},
                                  event=run.get("vars") or {}, journey=journey.id)
         body = message_body(template, step.channel, values, {"journey": journey.id}, notify=step.kind == "notify")
         if isinstance(body, str):

@@ -71,6 +71,7 @@ class Caller:
     is_server: bool
     site_secret: str | None = None
     scopes: frozenset = frozenset()
+    name: str = ""  # which token: "server token", "admin token", … (who published a catalog)
     previous_secret: str | None = None
     max_age_s: int = 7 * 86_400
     clock: Callable[[], float] = time.time
@@ -111,8 +112,8 @@ class Caller:
         raise NotAuthorized(f"{field}.user_sig: signature does not match user_id")
 
 
-def _server_scopes(token: str, settings) -> frozenset | None:
-    """The scopes of a bearer token, or None if it is none of ours."""
+def _server_token(token: str, settings) -> tuple[str, frozenset] | None:
+    """The name and scopes of a bearer token, or None if it is none of ours."""
     found = None
     for name, scopes in (("server_token", ALL_SCOPES), ("ingest_token", frozenset({INGEST})),
                          ("read_token", frozenset({READ})), ("admin_token", frozenset({ADMIN}))):
@@ -120,12 +121,17 @@ def _server_scopes(token: str, settings) -> frozenset | None:
         # Every configured token is compared (no early exit): the time taken
         # does not tell which one a guess came close to.
         if secret and hmac.compare_digest(token.encode(), secret.encode()):
-            found = scopes
+            found = (name.replace("_", " "), scopes)
     return found
 
 
-def server_caller(scopes: frozenset) -> Caller:
-    return Caller(is_server=True, scopes=scopes)
+def _server_scopes(token: str, settings) -> frozenset | None:
+    found = _server_token(token, settings)
+    return found[1] if found else None
+
+
+def server_caller(scopes: frozenset, name: str = "") -> Caller:
+    return Caller(is_server=True, scopes=scopes, name=name)
 
 
 def authenticate(headers, query, settings) -> Caller:
@@ -134,10 +140,10 @@ def authenticate(headers, query, settings) -> Caller:
     auth = headers.get("authorization")
     if auth is not None:
         scheme, _, token = auth.partition(" ")
-        scopes = _server_scopes(token.strip(), settings) if scheme.lower() == "bearer" else None
-        if scopes is None:
+        found = _server_token(token.strip(), settings) if scheme.lower() == "bearer" else None
+        if found is None:
             raise NotAuthenticated("the Authorization bearer token is not valid")
-        return server_caller(scopes)
+        return server_caller(found[1], found[0])
     key = headers.get("x-attimo-key") or query.get("key")
     if key is None:
         raise NotAuthenticated("send X-Attimo-Key (site key) or Authorization: Bearer (server token)")
@@ -180,6 +186,13 @@ def require(caller: Caller, scope: str) -> None:
         raise NotAuthorized(f"this endpoint needs a server token with the {scope} scope")
     if not caller.may(scope):
         raise NotAuthorized(f"this token may not {scope}: it needs the {scope} scope")
+
+
+def require_one_of(caller: Caller, *scopes: str) -> None:
+    """403 unless a server token with one of `scopes` (reading what an admin
+    changes: the catalog, its versions)."""
+    if not any(caller.may(scope) for scope in scopes):
+        require(caller, scopes[0])
 
 
 def resolve_events(wire_events: list[WireEvent], caller: Caller, catalog: Catalog, now_ms: int) -> list[Event]:

@@ -31,7 +31,7 @@ class Keys:
         return f"{self.prefix}:{{{person}}}:m"
 
     # STRING: the catalog source in force (YAML or JSON), written by reload/admin.
-    # HASH fields `digest`, `file_digest`. No TTL. Global, read at start-up and
+    # HASH fields `digest`, `file_digest`, `n` (its version number). No TTL. Global, read at start-up and
     # polled. Both share the tag {catalog}: they are written in one transaction,
     # which a Redis Cluster allows only within one slot.
     def catalog_source(self) -> str:
@@ -39,6 +39,21 @@ class Keys:
 
     def catalog_version(self) -> str:
         return f"{self.prefix}:{{catalog}}:version"
+
+    # Every published catalog, numbered from 1 (engine/catalog/publish.py):
+    # STRING counter of the last number given; HASH n -> JSON of who published
+    # it, when, with what message, and its size; HASH n -> its source text (a
+    # journey run keeps the version it entered with until it ends). The newest
+    # CATALOG_VERSIONS_KEPT are kept. Same tag as the source: one script
+    # publishes all of them. No TTL.
+    def catalog_counter(self) -> str:
+        return f"{self.prefix}:{{catalog}}:counter"
+
+    def catalog_versions(self) -> str:
+        return f"{self.prefix}:{{catalog}}:versions"
+
+    def catalog_texts(self) -> str:
+        return f"{self.prefix}:{{catalog}}:texts"
 
     # --- Due queue (engine/followups/due_queue.py): DUE_SHARDS shards, tag {q:N}, a person's
     # messages always in shard crc32(person) % DUE_SHARDS. No TTL on the shard
@@ -256,8 +271,11 @@ class Keys:
     def dead_letters(self) -> str:
         return f"{self.prefix}:deadletter"
 
-    # HyperLogLog of ids (or, for metric "revenue", a HASH of sums): one KPI of a
-    # journey (scope "j"), a broadcast ("b") or a channel ("c"), engine/followups/kpis.py. No TTL.
+    # HyperLogLog of ids (or, for metric "revenue" and "money", a HASH of sums):
+    # one KPI of a journey (scope "j"), a broadcast ("b"), a channel ("c") or an
+    # offer ("o"), engine/followups/kpis.py. No TTL. The same KPI for one UTC day
+    # is metric "<metric>@<YYYY-MM-DD>" (what a date range reads), kept
+    # DAILY_KPI_TTL_S (400 days).
     def kpi(self, scope: str, name: str, metric: str) -> str:
         return f"{self.prefix}:{{kpi}}:{scope}:{name}:{metric}"
 
@@ -309,6 +327,7 @@ DEVICES_MAX = 10
 EXPOSURE_TTL_S = 30 * 86_400
 LEARNED_MAX = 500
 DECISION_LOG_SHARDS = 8
+CATALOG_VERSIONS_KEPT = 500
 SEGMENT_SHARDS = 16
 SEGMENT_CHANGES_MAX = 200_000
 DESTINATION_LEASE_MS = 15_000

@@ -100,7 +100,8 @@ def test_operations_name_the_security_schemes_they_take(document):
 def test_bodies_are_described_for_every_post_that_reads_one(document):
     without_body = {("/v1/suppressions/{channel}/{address}", "put"),  # the path says it all
                     ("/v1/admin/broadcasts/{broadcast_id}/start", "post"),
-                    ("/v1/admin/broadcasts/{broadcast_id}/cancel", "post")}
+                    ("/v1/admin/broadcasts/{broadcast_id}/cancel", "post"),
+                    ("/v1/admin/catalog/versions/{n}/restore", "post")}
     for path, method, operation in operations(document):
         if method in ("post", "put") and (path, method) not in without_body:
             assert operation["requestBody"]["content"], (method, path)

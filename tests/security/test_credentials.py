@@ -69,8 +69,9 @@ def test_both_secrets_of_a_rotation_are_accepted_and_no_other(api):
 
 @pytest.mark.parametrize(("scope", "allowed"), [
     ("ingest", {"events"}),
-    ("read", {"person", "kpis", "deadletters", "lookup", "segments", "members", "export"}),
-    ("admin", {"catalog", "erase", "suppress", "import", "lookup"}),
+    ("read", {"person", "kpis", "deadletters", "lookup", "segments", "members", "export", "catalog_read",
+              "versions"}),
+    ("admin", {"catalog", "erase", "suppress", "import", "lookup", "catalog_read", "versions"}),
 ])
 def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
     calls = {
@@ -85,6 +86,8 @@ def test_a_token_is_refused_outside_its_scope(api, scope, allowed):
                                    headers={"Content-Type": "text/csv"}),
         "lookup": lambda c: c.get("/v1/people", params={"email": "s@example.com"}),
         "segments": lambda c: c.get("/v1/segments"),
+        "catalog_read": lambda c: c.get("/v1/admin/catalog"),
+        "versions": lambda c: c.get("/v1/admin/catalog/versions"),
         "members": lambda c: c.get("/v1/segments/crm_pricing_no_purchase/members"),
         "export": lambda c: c.get("/v1/segments/crm_pricing_no_purchase/export"),
     }
