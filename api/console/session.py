@@ -116,7 +116,7 @@ def session_caller(cookie: str, method: str, csrf_header: str | None, settings: 
             csrf_header and hmac.compare_digest(csrf_header.encode(), session.csrf.encode())):
         raise NotAuthorized("a console request that changes something must carry X-CSRF-Token "
                             "(the session's nonce, in the page's csrf-token meta tag): reload the page")
-    return server_caller(session.scopes)
+    return server_caller(session.scopes, f"{session.name} (console)")  # the name a publish records
 
 
 def cookie_header(value: str, settings: Settings, max_age: int = SESSION_S) -> str:

@@ -301,7 +301,7 @@ def test_an_admin_validates_publishes_compares_and_restores_the_catalog(page, cl
     priority_line = lines.index("    priority: high") + 1
     editor.fill(broken)
     page.get_by_role("button", name="Validate").click()
-    expect(status).to_contain_text("problems, listed below at their lines")
+    expect(status).to_contain_text("Not valid: the catalog has 1 problem, listed below at their lines.")
     problems = page.locator("#problems li")
     expect(problems.filter(has_text=f"Line {priority_line}")).to_have_count(1)
     page.get_by_role("button", name=f"Go to line {priority_line}").click()

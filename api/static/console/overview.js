@@ -47,9 +47,9 @@ function chartsOf(answer) {
     });
   }
   const health = [["fallbacks", answer.fallbacks], ["Redis errors", answer.redis_errors]].filter(([, v]) => v);
-  if (health.length) list.push({ id: "health", title: "Decide fallbacks and Redis errors (per step)", unit: "", series: health });
+  if (health.length) list.push({ id: "health", title: "Decide fallbacks and Redis errors per second", unit: "", series: health });
   if (answer.events_applied) {
-    list.push({ id: "events", title: "Events applied (per step)", unit: "", series: [["events applied", answer.events_applied]] });
+    list.push({ id: "events", title: "Events applied per second", unit: "", series: [["events applied", answer.events_applied]] });
   }
   return list;
 }
@@ -64,7 +64,7 @@ function options(spec) {
     value: (_, v) => (v == null ? "—" : `${+v.toFixed(2)}${spec.unit ? ` ${spec.unit}` : ""}`),
   }))];
   if (spec.threshold != null) {
-    series.push({ label: "p99 threshold", stroke: "#b3261e", width: 1.5, dash: [10, 5], points: { show: false } });
+    series.push({ label: "p99 threshold", stroke: "#1b1f24", width: 1.5, dash: [10, 5], points: { show: false } });
   }
   return {
     width: width(), height: 220,
@@ -116,9 +116,17 @@ function draw(answer) {
       charts.delete(id);
     }
   }
-  const now = Object.entries(answer.now ?? {});
-  nowList.replaceChildren(...now.flatMap(([k, v]) => [el("dt", {}, k.replaceAll("_", " ")), el("dd", {}, show(v))]));
+  const now = nowFigures(answer.now ?? {});
+  nowList.replaceChildren(...now.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, show(v))]));
   nowSection.hidden = now.length === 0;
+}
+
+// {"redis": {"ping_ms": 0.2}, "dead_letters": 3} -> [["redis ping ms", 0.2], ["dead letters", 3]]
+function nowFigures(now, prefix = "") {
+  return Object.entries(now).flatMap(([key, value]) => {
+    const name = `${prefix}${key.replaceAll("_", " ")}`;
+    return value && typeof value === "object" && !Array.isArray(value) ? nowFigures(value, `${name} `) : [[name, value]];
+  });
 }
 
 async function refresh() {
