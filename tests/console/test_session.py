@@ -112,6 +112,7 @@ def test_a_changing_request_needs_the_sessions_csrf_nonce():
                 session_caller(cookie, method, header, SETTINGS, NOW)
         caller = session_caller(cookie, method, nonce, SETTINGS, NOW)
         assert caller.is_server and caller.may(ADMIN) and not caller.may(INGEST)
+        assert caller.name == "admin token (console)"  # what a catalog published from the console records
 
 
 def test_the_cookie_is_http_only_strict_and_secure_behind_https():
