@@ -345,9 +345,11 @@ def test_an_admin_validates_publishes_compares_and_restores_the_catalog(page, cl
 
 
 def test_the_overview_draws_the_ops_charts_or_says_they_are_not_available(page, clean_console):
-    sign_in(page, clean_console.base_url, ADMIN_TOKEN)
     with clean_console.server() as client:
+        decided = client.post("/v1/decide", json={"anonymous_id": "a-ov", "placements": ["home_hero"]})
+        assert decided.status_code == 200  # so decide has a latency to draw
         available = client.get("/v1/ops/overview", params={"minutes": 60}).status_code == 200
+    sign_in(page, clean_console.base_url, ADMIN_TOKEN)
     status = page.locator("#overview-status")
     if available:
         expect(page.locator("#chart-decide-latency canvas").first).to_be_visible()
