@@ -1,8 +1,9 @@
 """The API application: `create_app(settings)` builds the process's runtime
-(engine/runtime.py), mounts every resource's routes (api/routes/) with the error
-answers of api/errors.py, and runs the catalog poller, the budget snapshot's
-refresh, the console figures' flush (engine/store/ops_series.py) and the embedded
-scheduler for as long as it serves. Imported by the CLI only."""
+(engine/runtime.py), mounts every resource's routes (api/routes/) and the console
+(api/console/) with the error answers of api/errors.py, and runs the catalog
+poller, the budget snapshot's refresh, the console figures' flush
+(engine/store/ops_series.py) and the embedded scheduler for as long as it
+serves. Imported by the CLI only."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 
 from api import metrics
+from api.console.pages import console_routes
 from api.errors import ERROR_HANDLERS
 from api.protocol import HeaderDeadlineProtocol
 from api.routes import (
@@ -116,7 +118,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         middleware.append(Middleware(SlowDecide, delay_s=settings.decide_delay_ms / 1000))
 
     app = Starlette(
-        routes=ROUTES + web.web_routes(settings) + (extra_routes or []),
+        routes=ROUTES + web.web_routes(settings) + console_routes(settings) + (extra_routes or []),
         middleware=middleware,
         exception_handlers=ERROR_HANDLERS,
         lifespan=lifespan,

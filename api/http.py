@@ -1,9 +1,12 @@
 """What every route uses to speak HTTP: the process's services, the caller
-behind the request's credentials, bounded body reading, JSON answers."""
+behind the request's credentials, bounded body reading, JSON answers, and
+static files held in memory (`Asset`)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
+import hashlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,12 +14,14 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.console.session import CSRF_HEADER, SESSION_COOKIE, session_caller
 from api.services import Services
-from engine.errors import BodyTimeout, BodyTooLarge, EventRejected, MalformedBody
+from engine.errors import BodyTimeout, BodyTooLarge, EventRejected, MalformedBody, NotAuthenticated
 from engine.ingest.identity import Caller, authenticate
 from engine.settings import MAX_BODY_BYTES
 
 NO_STORE = {"Cache-Control": "no-store"}
+CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
 
 
 def services_of(request: Request) -> Services:
@@ -24,8 +29,24 @@ def services_of(request: Request) -> Services:
 
 
 def caller_of(request: Request) -> Caller:
-    """Who is asking (site key, server token, or neither: 401)."""
-    return authenticate(request.headers, request.query_params, services_of(request).settings)
+    """Who is asking: a server token, a site key, or (when the request names
+    neither) a console session cookie with its token's scopes (api/console/session.py,
+    which checks the CSRF nonce of a request that changes something); else 401.
+    Credentials named in the request always win over the cookie, so the demo
+    storefront's snippet, on the console's origin, stays a site-key caller."""
+    settings = services_of(request).settings
+    try:
+        return authenticate(request.headers, request.query_params, settings)
+    except NotAuthenticated:
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if cookie is None or _names_credentials(request):
+            raise
+    return session_caller(cookie, request.method, request.headers.get(CSRF_HEADER), settings)
+
+
+def _names_credentials(request: Request) -> bool:
+    headers = request.headers
+    return "authorization" in headers or bool(headers.get("x-attimo-key") or request.query_params.get("key"))
 
 
 async def check_rate(request: Request, caller: Caller, anonymous_ids: set[str] | None = None) -> None:
@@ -103,3 +124,24 @@ async def json_object_body(request: Request, limit: int = 16 * 1024) -> dict:
     if not isinstance(body, dict):
         raise EventRejected("the body is a JSON object", "body")
     return body
+
+
+class Asset:
+    """A file held in memory with its ETag and gzip -9 form."""
+
+    def __init__(self, body: bytes, media_type: str):
+        self.body = body
+        self.gzipped = gzip.compress(body, 9, mtime=0)
+        self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+        self.media_type = media_type
+
+    def response(self, request: Request, extra_headers: dict | None = None) -> Response:
+        headers = {"ETag": self.etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
+        headers.update(extra_headers or {})
+        candidates = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
+        if self.etag in candidates or "*" in candidates:
+            return Response(status_code=304, headers=headers)
+        if "gzip" in request.headers.get("accept-encoding", ""):
+            headers["Content-Encoding"] = "gzip"
+            return Response(self.gzipped, 200, headers, media_type=self.media_type)
+        return Response(self.body, 200, headers, media_type=self.media_type)

@@ -365,6 +365,8 @@ def run_demo(args) -> int:
         asyncio.run(seed_demo_people(settings))
         print(try_these(settings), flush=True)
         print(f"Demo storefront: {base}/", flush=True)
+        print(f"Console for marketers and ops: {base}/console (sign in with the server token "
+              f"{settings.server_token})", flush=True)
         print(f"Sent emails and webhooks (local SMTP sink on port {outbox.smtp_port}): {base}/demo/outbox",
               flush=True)
         from api.routes.web import demo_outbox_routes, demo_routes

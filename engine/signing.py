@@ -12,6 +12,7 @@ import hmac
 TIMESTAMPED_USER_SIG = "attimo timestamped user signature"
 EMAIL_LINKS = "attimo email links v2"
 DECISION_IDS = "attimo decision ids"
+CONSOLE_SESSIONS = "attimo console sessions"
 
 
 def derived_key(secret: str | bytes, purpose: str) -> bytes:

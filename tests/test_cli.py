@@ -89,10 +89,14 @@ def test_demo_serves_seeded_people_and_ctrl_c_leaves_no_process():
         answer = httpx.post(f"{base}/v1/decide", headers={"Authorization": "Bearer demo-server-token"},
                             json={"user_id": "u-marco", "placements": ["sidebar"]}).json()
         assert answer["placements"]["sidebar"]["offer"] == "talk_to_sales"
+        # The console opens with the token the demo prints.
+        signed_in = httpx.post(f"{base}/console/sign-in", data={"token": "demo-server-token"})
+        assert signed_in.status_code == 303 and "attimo_console=" in signed_in.headers["set-cookie"]
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=20)
         assert process.returncode == 0, output
         assert "curl -s" in output
+        assert f"{base}/console (sign in with the server token demo-server-token)" in output
         for pid in children:
             assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
     finally:

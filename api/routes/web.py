@@ -7,7 +7,6 @@ server with the site secret and never exposes a profile to the browser."""
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import re
 from functools import lru_cache
@@ -19,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from api.http import services_of
+from api.http import Asset, services_of
 from engine.clock import now_ms
 from engine.decisions.person_view import person_view
 from engine.errors import EventRejected, NotAuthorized, StoreUnavailable
@@ -33,29 +32,7 @@ STOREFRONT = HERE / "storefront"
 # a strict CSP allows it by this hash (see LOADER_CSP_HASH).
 LOADER_STUB = "window.attimo=window.attimo||function(){(attimo.q=attimo.q||[]).push(arguments)}"
 LOADER_CSP_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(LOADER_STUB.encode()).digest()).decode() + "'"
-CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=86400"
 DEMO_USER_ID = re.compile(r"u-[a-z0-9-]{1,60}")
-
-
-class Asset:
-    """A file held in memory with its ETag and gzip -9 form."""
-
-    def __init__(self, body: bytes, media_type: str):
-        self.body = body
-        self.gzipped = gzip.compress(body, 9, mtime=0)
-        self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        self.media_type = media_type
-
-    def response(self, request: Request, extra_headers: dict | None = None) -> Response:
-        headers = {"ETag": self.etag, "Cache-Control": CACHE_CONTROL, "Vary": "Accept-Encoding"}
-        headers.update(extra_headers or {})
-        candidates = [tag.strip().removeprefix("W/") for tag in request.headers.get("if-none-match", "").split(",")]
-        if self.etag in candidates or "*" in candidates:
-            return Response(status_code=304, headers=headers)
-        if "gzip" in request.headers.get("accept-encoding", ""):
-            headers["Content-Encoding"] = "gzip"
-            return Response(self.gzipped, 200, headers, media_type=self.media_type)
-        return Response(self.body, 200, headers, media_type=self.media_type)
 
 
 @lru_cache(maxsize=1)
