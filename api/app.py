@@ -42,7 +42,7 @@ from api.routes import (
     web,
 )
 from api.services import Services
-from engine.clock import every, in_background, now_ms
+from engine.clock import cancel_for_good, every, in_background, now_ms
 from engine.runtime import Runtime, run_embedded
 from engine.settings import Settings
 
@@ -90,19 +90,25 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         def flush_ops():
             return runtime.ops.flush(metrics.OPS)
 
-        try:
-            async with (runtime.models.running(), runtime.decision_log.running(now_ms),
+        background = contextlib.AsyncExitStack()
+        for context in (runtime.models.running(), runtime.decision_log.running(now_ms),
                         in_background(runtime.budgets.run()),
                         in_background(every(OPS_FLUSH_S, flush_ops, "console figures flush", log, first_wait=True),
                                       last=flush_ops)):
-                yield
+            await background.enter_async_context(context)
+        try:
+            yield
         finally:
+            # Each step of the shutdown has a deadline: one that hangs (a Redis
+            # gone, a send that never answers) is logged with what was still
+            # running, and the process stops anyway (Ctrl-C always works).
+            await _within(background.aclose(), "the final flushes")
             poller.cancel()
             if scheduler is not None:
                 scheduler_stop.set()
-                await scheduler
+                await _within(scheduler, "the embedded scheduler")
             loop.remove_signal_handler(signal.SIGHUP)
-            await services.aclose()
+            await _within(services.aclose(), "closing the stores")
 
     middleware = []
     if settings.allowed_origins:
@@ -125,6 +131,27 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
     )
     app.state.services = services
     return app
+
+
+SHUTDOWN_STEP_S = 10.0
+
+
+async def _within(work, what: str) -> None:
+    """Await `work` for at most SHUTDOWN_STEP_S; past it, log every task still
+    running (where each waits) and cancel it."""
+    task = work if isinstance(work, asyncio.Future) else asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=SHUTDOWN_STEP_S)
+    if done:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("shutdown: %s failed: %r", what, task.exception())
+        return
+    log.error("shutdown: %s did not finish within %.0f s; cancelled. Tasks still running:", what, SHUTDOWN_STEP_S)
+    for other in asyncio.all_tasks():
+        frames = other.get_stack(limit=8)
+        where = " <- ".join(f"{f.f_code.co_name} ({f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno})"
+                            for f in reversed(frames))
+        log.error("  %s: %s", other.get_name(), where or "not started")
+    await cancel_for_good(task)
 
 
 class SlowDecide:

@@ -9,6 +9,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 
+CANCEL_AGAIN_S = 1.0
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -38,9 +40,19 @@ async def in_background(work: Coroutine, last: Callable[[], Awaitable[object]] |
     try:
         yield task
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_for_good(task)
         if last is not None:
             with contextlib.suppress(Exception):
                 await last()
+
+
+async def cancel_for_good(task: asyncio.Task) -> None:
+    """Cancel `task` and wait until it has ended, cancelling it again while it
+    has not: a cancellation that lands as a Redis read completes can be lost in
+    a client's timeout wrapper (Python 3.11's asyncio.timeout), and a loop
+    that lost it would run on for ever (a shutdown that never finished)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=CANCEL_AGAIN_S)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        task.result()
