@@ -231,3 +231,26 @@ def test_the_readme_retargeting_walkthrough_reaches_the_webhook_and_the_customer
     rows = found["csv"].strip().splitlines()
     sam = hashlib.sha256(b"sam@example.com").hexdigest()
     assert rows == ["Email,Phone", f"{sam},"]  # the reader has no email: not in the list
+
+
+def test_the_demo_prints_its_console_and_the_console_shows_its_own_traffic():
+    """Issue 17's "done when": the console's address is printed, and its
+    figures show the demo's requests within a minute."""
+    port, demo = _demo()
+    try:
+        wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
+        base, token = f"http://127.0.0.1:{port}", {"Authorization": "Bearer demo-server-token"}
+        for n in range(20):
+            httpx.post(f"{base}/v1/decide", headers=token, json={"user_id": "u-marco", "placements": ["sidebar"]})
+
+        def decides_shown() -> bool:
+            overview = httpx.get(f"{base}/v1/ops/overview", params={"minutes": 5}, headers=token).json()
+            return overview["endpoints"].get("decide", {}).get("total", {}).get("count", 0) >= 20
+
+        wait_until(decides_shown, 60, 0.5, "the console's figures to show the demo's decides")
+        page = httpx.get(f"{base}/console", follow_redirects=True)
+        assert page.status_code == 200 and "sign" in page.text.lower()
+    finally:
+        demo.send_signal(signal.SIGINT)
+        printed, _ = demo.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/console" in printed
