@@ -71,6 +71,8 @@ async def get_kpis(request: Request) -> Response:
             report["by_day"] = await services.kpis.offers_by_day(list(catalog.offers_by_id), days)
     except RedisError as exc:
         raise StoreUnavailable("the KPI store is unavailable") from exc
+    for journey in report["journeys"].values():  # JSON keys are text: step 0 is "0"
+        journey["waiting"] = {str(step): n for step, n in journey["waiting"].items()}
     return json_response(report)
 
 

@@ -118,7 +118,8 @@ def test_kpis_over_http_by_day_and_the_budget_burn(clean_api):
     with clean_api.server() as client:
         events = [{"id": "imp-bd", "type": "impression", "user_id": "u-bd", "properties": {"offer": "crm_trial"}},
                   {"id": "buy-bd", "type": "purchase", "user_id": "u-bd",
-                   "properties": {"revenue": 250, "code": "SYNC10"}}]
+                   "properties": {"revenue": 250, "code": "SYNC10"}},
+                  {"id": "cart-bd", "type": "add_to_cart", "user_id": "u-bd2"}]
         assert client.post("/v1/events", json={"events": events}).status_code == 202
         answer = client.get("/v1/kpis", params={"from": week_ago, "to": today, "by": "day"}).json()
         assert [day["day"] for day in answer["by_day"]] == days_between(week_ago, today)
@@ -126,6 +127,8 @@ def test_kpis_over_http_by_day_and_the_budget_burn(clean_api):
         # 10 % of 250 spent today of the 100 a day; offers without a budget have none.
         assert answer["offers"]["cart_crm_addon"]["budget"] == {"per": "day", "amount": 100.0, "spent": 25.0}
         assert "budget" not in answer["offers"]["crm_trial"]
+        # A run waiting at a step: its step is a text key in JSON (cart_abandonment waits 30 min at step 0).
+        assert answer["journeys"]["cart_abandonment"]["waiting"] == {"0": 1}
         assert client.get("/v1/kpis").json()["offers"]["cart_crm_addon"]["budget"]["spent"] == 25.0
         long_ago = clock.strftime("%Y-%m-%d", clock.gmtime(clock.time() - 92 * 86_400))
         for params in ({"by": "day"}, {"from": today, "to": today, "by": "week"},
