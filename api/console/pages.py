@@ -46,6 +46,9 @@ PAGES = {
     "/console/overview": ("Overview", "overview.html", "overview.js"),
     "/console/catalog": ("Catalog", "catalog.html", "catalog.js"),
     "/console/people": ("People", "people.html", "people.js"),
+    "/console/offers": ("Offers", "offers.html", "offers.js"),
+    "/console/experiments": ("Experiments", "experiments.html", "experiments.js"),
+    "/console/benchmarks": ("Benchmarks", "benchmarks.html", "benchmarks.js"),
 }
 HOME = "/console/overview"
 SIGN_IN = "/console/sign-in"

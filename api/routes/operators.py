@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
 from engine.errors import EventRejected, StoreUnavailable
-from engine.followups.kpis import days_between
+from engine.followups.kpis import MAX_DAILY_DAYS, days_between
 from engine.ingest.identity import ADMIN, READ, require
 from engine.policy import (
     EMAIL_MAX_LENGTH,
@@ -34,21 +34,28 @@ async def get_kpis(request: Request) -> Response:
       held out (control), converters of each, their rates, the difference and its 95 % interval (exact counts).
       Counts are of distinct ids (HyperLogLog, standard error 0.81 %). With `from` and `to` (UTC days,
       YYYY-MM-DD, both included, at most 400 days), what those days counted: distinct ids over the range,
-      sums added; the hold-out uplift stays the whole-life figure.'
+      sums added; the hold-out uplift stays the whole-life figure. An offer with a budget has `budget`:
+      {"per": "day"|"campaign", "amount", "spent"}, the spend now (today''s, UTC, for `per: day`) whatever
+      the range. With `by=day` too (a range of at most 92 days), `by_day`: [{"day", "offers": {id: {...}}}],
+      each day''s offer figures on their own, oldest first.'
     parameters:
       - {name: from, in: query, schema: {type: string, format: date}}
       - {name: to, in: query, schema: {type: string, format: date}}
+      - {name: by, in: query, schema: {type: string, enum: [day]}}
     responses:
       200: {description: '{"journeys": {id: {...}}, "channels": {name: {...}}, "offers": {id: {...}},
-        "broadcasts": {id: {...}}}'}
+        "broadcasts": {id: {...}}, "days": {"from", "to"} with a range, "by_day": [...] with by=day}'}
       401: {description: Missing token}
       403: {description: Not the server token}
-      422: {description: 'A bad date, or a range backwards or over 400 days'}
+      422: {description: 'A bad date, a range backwards or over 400 days, `by` other than day, or by=day
+        without a range or over 92 days'}
+      503: {description: Redis unavailable}
     """
     services = services_of(request)
     require(caller_of(request), READ)
     channels = sorted(PERSONAL_CHANNELS | services.webhook_channels())
     days = _days(request)
+    by_day = _by_day(request, days)
     try:
         catalog = services.holder.current
         report = await services.kpis.report(
@@ -58,12 +65,33 @@ async def get_kpis(request: Request) -> Response:
         held = [offer.id for offer in catalog.offers if offer.holdout_pct]
         for offer, uplift in (await services.runtime.decision_log.exposures.uplifts(held)).items():
             report["offers"][offer]["uplift"] = uplift
+        for offer, budget in (await services.budgets.burn(catalog.offers)).items():
+            report["offers"][offer]["budget"] = budget
+        if by_day:
+            report["by_day"] = await services.kpis.offers_by_day(list(catalog.offers_by_id), days)
     except RedisError as exc:
         raise StoreUnavailable("the KPI store is unavailable") from exc
+    for journey in report["journeys"].values():  # JSON keys are text: step 0 is "0"
+        journey["waiting"] = {str(step): n for step, n in journey["waiting"].items()}
     return json_response(report)
 
 
 MAX_PAGE = 1000
+
+
+def _by_day(request: Request, days: list[str] | None) -> bool:
+    """Whether `by=day` asks for each day of the range on its own (checked: a
+    range is needed, of at most MAX_DAILY_DAYS days)."""
+    by = request.query_params.get("by")
+    if by is None:
+        return False
+    if by != "day":
+        raise EventRejected("by: only day", "by")
+    if days is None:
+        raise EventRejected("by=day needs a range: from and to (YYYY-MM-DD)", "from")
+    if len(days) > MAX_DAILY_DAYS:
+        raise EventRejected(f"by=day reads at most {MAX_DAILY_DAYS} days", "to", MAX_DAILY_DAYS)
+    return True
 
 
 def _days(request: Request) -> list[str] | None:

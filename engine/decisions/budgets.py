@@ -53,21 +53,39 @@ class BudgetBook:
         if not catalog.budgeted and not catalog.code_pools:
             self.current = Budgets(read_at_ms=now)
             return self.current
-        day, keys = utc_day(now), self.keys
         pipe = self.redis.pipeline(transaction=False)
-        for offer in catalog.budgeted:
-            if offer.budget.per == "day":
-                pipe.get(keys.offer_spent_on(offer.id, day))
-            else:
-                pipe.hget(keys.kpi("o", offer.id, "money"), "discount_cost")
+        self._queue_spent(pipe, catalog.budgeted, now)
         pools = list(catalog.code_pools)
         for pool in pools:
-            pipe.scard(keys.pool_available(pool))
+            pipe.scard(self.keys.pool_available(pool))
         answers = await pipe.execute()
         spent = {offer.id: float(raw or 0) for offer, raw in zip(catalog.budgeted, answers, strict=False)}
         left = answers[len(catalog.budgeted):]
         self.current = Budgets(spent, frozenset(pool for pool, n in zip(pools, left, strict=True) if not n), now)
         return self.current
+
+    async def burn(self, offers) -> dict[str, dict]:
+        """Each budgeted offer's budget and what it has spent against it, read
+        now from Redis (not the snapshot): {"per", "amount", "spent"}, the
+        spend today's for `per: day`. For the KPIs."""
+        budgeted = [offer for offer in offers if offer.budget is not None]
+        if not budgeted:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        self._queue_spent(pipe, budgeted, self.clock())
+        answers = await pipe.execute()
+        return {offer.id: {"per": offer.budget.per, "amount": offer.budget.amount, "spent": round(float(raw or 0), 2)}
+                for offer, raw in zip(budgeted, answers, strict=True)}
+
+    def _queue_spent(self, pipe, offers, now: int) -> None:
+        """One read per offer of what counts against its budget: the day's
+        spend (`per: day`, UTC) or every redemption's cost (`per: campaign`)."""
+        day = utc_day(now)
+        for offer in offers:
+            if offer.budget.per == "day":
+                pipe.get(self.keys.offer_spent_on(offer.id, day))
+            else:
+                pipe.hget(self.keys.kpi("o", offer.id, "money"), "discount_cost")
 
     async def run(self, interval_s: float = REFRESH_S) -> None:
         """Refresh for ever (the API's lifespan cancels it). A failed read keeps

@@ -89,6 +89,7 @@ MAX_AMOUNT = 1e9  # one purchase's revenue above this (or negative) counts as 0
 REDEEMED_ONCE_TTL_S = 400 * 86_400
 DAILY_KPI_TTL_S = 400 * 86_400  # a day's counts and sums, for date ranges
 MAX_RANGE_DAYS = 400
+MAX_DAILY_DAYS = 92  # a range read day by day (`by=day`): a quarter, a report a day
 
 
 def revenue_of(properties: dict) -> float:
@@ -369,6 +370,13 @@ class KpiStore:
         # Purchases a browser sent: kept apart, never in revenue, conversions or ROI.
         out["unverified_purchases"] = next(counts)
         return out
+
+    async def offers_by_day(self, offers: list[str], days: list[str]) -> list[dict]:
+        """Each day's offer figures, the day alone ({"day", "offers"}), in order:
+        what a chart of the range draws. At most MAX_DAILY_DAYS days."""
+        if len(days) > MAX_DAILY_DAYS:
+            raise ValueError(f"a range read by day is at most {MAX_DAILY_DAYS} days")
+        return [{"day": day, "offers": (await self.report([], [], offers, days=[day]))["offers"]} for day in days]
 
 
 def _received(raw: dict) -> dict[str, tuple[int, bool]]:

@@ -15,64 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from api.console.pages import CONSOLE_CSP
-from engine.testing.processes import SITE_KEY, TOKEN, start_api, stop_api, wait_until
+from engine.testing.processes import SITE_KEY, TOKEN, wait_until
 from tests.conftest import ROOT
+from tests.console.conftest import ADMIN_TOKEN, READ_TOKEN, new_page
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = Path(os.environ.get("ATTIMO_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
-ADMIN_TOKEN = "console-admin-token-7Hq2"
-READ_TOKEN = "console-read-token-Lp9x"
-PAGES = ("overview", "catalog", "people")
-TIMEOUT_MS = 10_000
-
-
-@pytest.fixture(scope="module")
-def console(redis_server, tmp_path_factory):
-    # Its own tokens (the shared `api` has only the server token) and key prefix.
-    # 127.0.0.1 is a trusted proxy so the throttle test can speak from other addresses.
-    server = start_api(redis_server.url, tmp_path_factory.mktemp("console"), ATTIMO_ADMIN_TOKEN=ADMIN_TOKEN,
-                       ATTIMO_READ_TOKEN=READ_TOKEN, ATTIMO_KEY_PREFIX="console",
-                       ATTIMO_TRUSTED_PROXIES="127.0.0.1", ATTIMO_REDIS_BUDGET_MS="2000")
-    yield server
-    stop_api(server)
-
-
-@pytest.fixture
-def clean_console(console, redis_sync_client):
-    """The console's server with an empty Redis and the demo catalog in force."""
-    console.post_catalog((ROOT / "examples" / "catalog.yaml").read_text())
-    return console
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
-
-
-def new_page(chromium, **context_options):
-    context = chromium.new_context(viewport={"width": 1280, "height": 900}, **context_options)
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.problems = []  # uncaught script errors and anything the CSP refused
-    page.on("pageerror", lambda error: page.problems.append(f"script error: {error}"))
-    page.on("console", lambda message: page.problems.append(message.text)
-            if "Content Security Policy" in message.text else None)
-    return page
-
-
-@pytest.fixture
-def page(chromium):
-    page = new_page(chromium)
-    yield page
-    page.context.close()
+PAGES = ("overview", "catalog", "people", "offers", "experiments", "benchmarks")
 
 
 def sign_in(page, base_url: str, token: str, path: str = "/console") -> None:
@@ -80,7 +32,7 @@ def sign_in(page, base_url: str, token: str, path: str = "/console") -> None:
     expect(page).to_have_url(re.compile(r"/console/sign-in"))
     page.get_by_label("Token").fill(token)
     page.get_by_role("button", name="Sign in").click()
-    page.wait_for_url(re.compile(r"/console/(overview|catalog|people)"))
+    page.wait_for_url(re.compile(r"/console/(overview|catalog|people|offers|experiments|benchmarks)"))
 
 
 def session_cookie(page) -> str | None:
@@ -412,6 +364,8 @@ def open_loaded(page, base: str, name: str) -> None:
         expect(page.locator("#overview-status")).to_have_text(re.compile("not available|Updated"))
     elif name == "catalog":
         expect(page.locator("#catalog-status")).to_have_text(re.compile(r"\S"))
+    elif name in ("offers", "experiments", "benchmarks"):
+        expect(page.locator(f"#{name}-status")).not_to_have_text(re.compile(r"^Loading"))
     else:
         expect(page.locator("#segments")).to_contain_text("registered")
 

@@ -10,6 +10,7 @@ from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.events import Event
 from engine.followups.kpis import KpiStore, days_between
 from engine.store.keys import Keys
+from tests.conftest import ROOT
 
 DAY = 86_400_000
 MONDAY = 1_764_547_200_000  # 2025-12-01 00:00 UTC
@@ -85,3 +86,52 @@ def test_kpis_over_http_take_a_date_range(clean_api):
         assert client.get("/v1/kpis", params={"from": today}).status_code == 422
         assert client.get("/v1/kpis", params={"from": today, "to": yesterday}).status_code == 422
         assert client.get("/v1/kpis", params={"from": "2025-02-30", "to": today}).status_code == 422
+
+
+async def test_a_range_by_day_reads_each_day_on_its_own(redis):
+    clock = Clock()
+    kpis = KpiStore(redis, Keys(), clock=clock)
+    by_person = {"u:ada": [impression("m1", "u:ada", clock.now)], "u:bob": [impression("m2", "u:bob", clock.now)]}
+    await kpis.record_batch(by_person, CATALOG.offers_by_id, lambda person, event: event.id)
+    clock.now += 2 * DAY  # Wednesday
+    await kpis.record_batch({"u:ada": [impression("w1", "u:ada", clock.now)]}, CATALOG.offers_by_id,
+                            lambda person, event: event.id)
+    days = days_between("2025-11-30", "2025-12-03")
+    by_day = await kpis.offers_by_day(["hello"], days)
+    assert [day["day"] for day in by_day] == days
+    assert [day["offers"]["hello"]["impressions"] for day in by_day] == [0, 2, 0, 1]
+    # Each day alone: ada on Monday and on Wednesday is a viewer of each.
+    assert [day["offers"]["hello"]["viewers"] for day in by_day] == [0, 2, 0, 1]
+    with pytest.raises(ValueError):
+        await kpis.offers_by_day(["hello"], days_between("2025-08-31", "2025-12-01"))  # 93 days
+
+
+def test_kpis_over_http_by_day_and_the_budget_burn(clean_api):
+    import time as clock
+
+    today = clock.strftime("%Y-%m-%d", clock.gmtime())
+    week_ago = clock.strftime("%Y-%m-%d", clock.gmtime(clock.time() - 6 * 86_400))
+    budgeted = (ROOT / "examples" / "catalog.yaml").read_text().replace(
+        "    worth: 9 ", "    budget: {amount: 100, per: day}\n    worth: 9 ", 1)
+    assert budgeted.count("budget: {amount: 100") == 1
+    clean_api.post_catalog(budgeted)
+    with clean_api.server() as client:
+        events = [{"id": "imp-bd", "type": "impression", "user_id": "u-bd", "properties": {"offer": "crm_trial"}},
+                  {"id": "buy-bd", "type": "purchase", "user_id": "u-bd",
+                   "properties": {"revenue": 250, "code": "SYNC10"}},
+                  {"id": "cart-bd", "type": "add_to_cart", "user_id": "u-bd2"}]
+        assert client.post("/v1/events", json={"events": events}).status_code == 202
+        answer = client.get("/v1/kpis", params={"from": week_ago, "to": today, "by": "day"}).json()
+        assert [day["day"] for day in answer["by_day"]] == days_between(week_ago, today)
+        assert [day["offers"]["crm_trial"]["impressions"] for day in answer["by_day"]] == [0] * 6 + [1]
+        # 10 % of 250 spent today of the 100 a day; offers without a budget have none.
+        assert answer["offers"]["cart_crm_addon"]["budget"] == {"per": "day", "amount": 100.0, "spent": 25.0}
+        assert "budget" not in answer["offers"]["crm_trial"]
+        # A run waiting at a step: its step is a text key in JSON (cart_abandonment waits 30 min at step 0).
+        assert answer["journeys"]["cart_abandonment"]["waiting"] == {"0": 1}
+        assert client.get("/v1/kpis").json()["offers"]["cart_crm_addon"]["budget"]["spent"] == 25.0
+        long_ago = clock.strftime("%Y-%m-%d", clock.gmtime(clock.time() - 92 * 86_400))
+        for params in ({"by": "day"}, {"from": today, "to": today, "by": "week"},
+                       {"from": long_ago, "to": today, "by": "day"}):
+            assert client.get("/v1/kpis", params=params).status_code == 422, params
+        assert client.get("/v1/kpis", params={"from": long_ago, "to": today}).status_code == 200  # not by day
