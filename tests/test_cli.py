@@ -240,7 +240,7 @@ def test_the_demo_prints_its_console_and_the_console_shows_its_own_traffic():
     try:
         wait_until(lambda: _ready(port), 30, 0.1, "attimo demo to be ready")
         base, token = f"http://127.0.0.1:{port}", {"Authorization": "Bearer demo-server-token"}
-        for n in range(20):
+        for _ in range(20):
             httpx.post(f"{base}/v1/decide", headers=token, json={"user_id": "u-marco", "placements": ["sidebar"]})
 
         def decides_shown() -> bool:
