@@ -107,6 +107,14 @@ async def redis(request, redis_server):
 
 
 @pytest.fixture
+async def store(redis_server):
+    """The suite's Redis as it is (not flushed): what a module's API left in it."""
+    client = Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
 def redis_sync_client(redis_server):
     client = redis_sync.Redis.from_url(redis_server.url)
     client.flushdb()

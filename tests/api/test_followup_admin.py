@@ -43,13 +43,6 @@ def admin_api(redis_server, tmp_path_factory, sinks):
     stop_api(server)
 
 
-@pytest.fixture
-async def store(redis_server):
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
 def send(server, person: str, *events: dict) -> None:
     with server.server() as client:
         answer = client.post("/v1/events", json={"events": [{"user_id": person, **e} for e in events]})

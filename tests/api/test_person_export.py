@@ -60,13 +60,6 @@ def export_api(redis_server, tmp_path_factory, settings_env):
     stop_api(server)
 
 
-@pytest.fixture
-async def store(redis_server):
-    client = Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
 def post_events(client, *events: dict) -> None:
     answer = client.post("/v1/events", json={"events": list(events)})
     assert answer.status_code == 202, answer.text
