@@ -6,15 +6,18 @@ saturation search of each, and the pinned run that ends with the figures line.""
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
+import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import uvloop
 
 from benchmarks.http_client import HttpTarget
 from benchmarks.report import print_figures
-from benchmarks.results import LoadResult
+from benchmarks.results import LoadResult, cpu_steal_seconds
 from benchmarks.saturation import SaturationResult, find_max_rps
 from benchmarks.schedule import LoadOptions, run_open_loop, warm_up
 from engine.testing.processes import pin_current_process, raise_on_sigterm
@@ -60,6 +63,69 @@ async def alternate(targets: Mapping[str, HttpTarget], args: argparse.Namespace,
             series[name].append(result)
             log(describe(name, rate, result))
     return series
+
+
+# A trial that lost more than this share of its wall time to the hypervisor
+# (/proc/stat steal, all cores) is flagged and left out of the medians while
+# enough trials remain: it measured the steal, not Attimo.
+STEAL_FLAG_SHARE = 0.05
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (every thread), from /proc."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Trial:
+    result: LoadResult
+    cpu_us: float  # the server process's CPU time per request served
+    steal_share: float  # of the trial's wall time, stolen from the VM
+
+    @property
+    def flagged(self) -> bool:
+        return self.steal_share > STEAL_FLAG_SHARE
+
+
+async def trial(target: HttpTarget, pid: int, rate: float, duration: float, options: LoadOptions) -> Trial:
+    cpu, steal, started = process_cpu_seconds(pid), cpu_steal_seconds(), time.monotonic()
+    result = await run_open_loop(target, rate, duration, options)
+    wall = time.monotonic() - started
+    cpu_us = (process_cpu_seconds(pid) - cpu) * 1e6 / max(result.completed, 1)
+    return Trial(result, cpu_us, (cpu_steal_seconds() - steal) / max(wall, 1e-9))
+
+
+async def interleaved(subject: tuple[HttpTarget, int], floor: tuple[HttpTarget, int], rate: float, pairs: int,
+                      duration: float, options: LoadOptions) -> dict:
+    """Floor, subject, floor, subject … `pairs` times at one rate: each pair
+    measures both under the same moment's noise. Returns each side's median p99
+    and CPU per request, the median of the pairs' own p99 ratios with their
+    smallest and largest (`ratio_spread`), and how many pairs were left out for
+    steal (all are kept when fewer than 3 would remain)."""
+    runs = []
+    for _ in range(pairs):
+        runs.append((await trial(*floor, rate, duration, options), await trial(*subject, rate, duration, options)))
+        f, s = runs[-1]
+        log(f"pair {len(runs)}: floor p99 {f.result.p99_ms:.2f} ms {f.cpu_us:.0f} µs/req steal {f.steal_share:.1%}; "
+            f"subject p99 {s.result.p99_ms:.2f} ms {s.cpu_us:.0f} µs/req steal {s.steal_share:.1%}")
+    kept = [(f, s) for f, s in runs if not (f.flagged or s.flagged)]
+    if len(kept) < 3:
+        kept = runs
+    ratios = [s.result.p99_ms / f.result.p99_ms for f, s in kept]
+    return {
+        "subject_p99_ms": statistics.median(s.result.p99_ms for _, s in kept),
+        "floor_p99_ms": statistics.median(f.result.p99_ms for f, _ in kept),
+        "ratio": statistics.median(ratios),
+        "ratio_spread": [min(ratios), max(ratios)],
+        "subject_cpu_us": statistics.median(s.cpu_us for _, s in kept),
+        "floor_cpu_us": statistics.median(f.cpu_us for f, _ in kept),
+        "pairs": len(runs), "pairs_flagged_for_steal": sum(f.flagged or s.flagged for f, s in runs),
+        "pairs_left_out": len(runs) - len(kept),
+        "steal_share_max": max(max(f.steal_share, s.steal_share) for f, s in runs),
+        "results": [(f.result, s.result) for f, s in runs],
+    }
 
 
 async def saturate(targets: Mapping[str, HttpTarget], args: argparse.Namespace, start_rate: float,
