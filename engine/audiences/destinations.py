@@ -22,7 +22,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -66,7 +66,6 @@ class DeliveryStats:
     changes: int = 0
     failures: int = 0
     dead_lettered: int = 0
-    by_destination: dict[str, dict] = field(default_factory=dict)
 
 
 class Deliveries:

@@ -202,15 +202,6 @@ class MembershipStore:
                 pipe.xtrim(self.keys.segment_changes(segment, shard), minid=older_than_ms, approximate=True)
         await pipe.execute()
 
-    async def forget(self, segment: str) -> None:
-        """A segment no longer tracked: drop its members and changes."""
-        keys = [k for shard in range(SEGMENT_SHARDS)
-                for k in (self.keys.segment_members(segment, shard), self.keys.segment_changes(segment, shard))]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.delete(key)
-        await pipe.execute()
-
 
 def _cursor(text: str | None) -> tuple[int, int]:
     if not text:
