@@ -5,6 +5,7 @@ also says, for its figures that have one, the target and the floor figure it
 is measured against (benchmarks/README.md defines them).
 
     python -m benchmarks.history --backfill   # add the figures of the result files not in it yet
+    python -m benchmarks.history --table      # the latest figures' table in benchmarks/README.md
 """
 
 from __future__ import annotations
@@ -133,12 +134,65 @@ def backfill(path: Path | None = None) -> int:
     return added
 
 
+README = RESULTS_DIR.parent / "README.md"
+TABLE_START, TABLE_END = "<!-- latest figures: start -->", "<!-- latest figures: end -->"
+
+
+def latest(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each benchmark's latest run (a full run over a later quick one only when
+    no full run is newer: the table says which)."""
+    found: dict[str, dict[str, Any]] = {}
+    for run in sorted(runs, key=lambda r: r["date"]):
+        found[run["benchmark"]] = run
+    return dict(sorted(found.items()))
+
+
+def _met(value: float, target: list) -> str:
+    comparison, bound = target
+    return "met" if (value <= bound if comparison == "<=" else value >= bound) else "**not met**"
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """The latest run of each benchmark: every figure with a target, against
+    it (and its floor figure where there is one)."""
+    lines = ["| benchmark | run | figure | value | floor | target | |", "|---|---|---|---|---|---|---|"]
+    for name, run in latest(runs).items():
+        when = f"{run['date'][:10]} {run['commit']}" + (" (quick)" if run.get("quick") else "")
+        figures = run["figures"]
+        # The targets and floors as defined now (a figure defined after its run still shows).
+        targets = {**run.get("targets", {}), **{k: list(v) for k, v in TARGETS.items() if k in figures}}
+        floors = {**run.get("floors", {}), **{k: v for k, v in FLOORS.items() if k in figures}}
+        for figure, target in sorted(targets.items()):
+            value = figures.get(figure)
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue
+            floor_name = floors.get(figure)
+            floor = f"{figures[floor_name]:g} (`{floor_name}`)" if floor_name in figures else ""
+            lines.append(f"| `{name.removeprefix('benchmarks.')}` | {when} | `{figure}` | {value:g} | {floor} "
+                         f"| {target[0]} {target[1]:g} | {_met(value, target)} |")
+    return "\n".join(lines)
+
+
+def write_table(readme: Path = README) -> bool:
+    """Put the table between the markers of benchmarks/README.md; True if it changed."""
+    text = readme.read_text()
+    head, _, rest = text.partition(TABLE_START)
+    _, _, tail = rest.partition(TABLE_END)
+    new = f"{head}{TABLE_START}\n{table(read())}\n{TABLE_END}{tail}"
+    if new != text:
+        readme.write_text(new)
+    return new != text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backfill", action="store_true", help="add the result files' figures not in it yet")
+    parser.add_argument("--table", action="store_true", help="rewrite the latest figures' table in the README")
     args = parser.parse_args()
     if args.backfill:
         print(f"added {backfill()} entries to {history_path()}")
+    elif args.table:
+        print("benchmarks/README.md " + ("updated" if write_table() else "already up to date"))
     else:
         for record in read():
             print(record["date"], record["benchmark"], record["commit"], len(record["figures"]), "figures")

@@ -35,3 +35,12 @@ def test_the_console_reads_the_history_kept_beside_the_code(clean_api):
         assert only and {run["benchmark"] for run in only} == {"benchmarks.bench_decide"}
     with clean_api.browser() as client:
         assert client.get("/v1/ops/benchmarks").status_code == 403
+
+
+def test_the_readme_table_of_latest_figures_is_as_new_as_the_history():
+    """benchmarks/README.md quotes the latest figures from the history: a run
+    appended without `python -m benchmarks.history --table` fails here."""
+    readme = (ROOT / "benchmarks" / "README.md").read_text()
+    quoted = readme.split(history.TABLE_START, 1)[1].split(history.TABLE_END, 1)[0].strip()
+    assert quoted == history.table(history.read(history.HISTORY)).strip()
+    assert "`p99_over_floor`" in quoted and "**not met**" in quoted  # targets judged, misses said
