@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from api.http import caller_of, json_response, services_of
 from engine.audiences.destinations import encode_rows, export_rows, header
+from engine.audiences.membership import MembershipStore
 from engine.catalog.audiences import FORMATS, SHAPES
 from engine.errors import EventRejected, NotFound, StoreUnavailable
 from engine.ingest.identity import READ, require
@@ -46,7 +47,10 @@ async def list_segments(request: Request) -> Response:
         for sid in catalog.segments]})
 
 
-def _tracked_segment(request: Request) -> str:
+def _tracked_segment(request: Request) -> tuple[str, MembershipStore]:
+    """The path's segment, for a caller with the read scope: 404 when the
+    catalog has none by that id, 422 when it is not tracked; and its store."""
+    require(caller_of(request), READ)
     segment = request.path_params["segment_id"]
     catalog = services_of(request).holder.current
     if segment not in catalog.segments:
@@ -54,7 +58,7 @@ def _tracked_segment(request: Request) -> str:
     if segment not in catalog.audiences.tracked:
         raise EventRejected(f"segment {segment!r} is not tracked: its members are kept once the catalog "
                             "says track: true", "segment_id")
-    return segment
+    return segment, services_of(request).runtime.pipeline.membership
 
 
 async def segment_members(request: Request) -> Response:
@@ -74,10 +78,8 @@ async def segment_members(request: Request) -> Response:
       404: {description: No such segment in the catalog in force}
       422: {description: 'The segment is not tracked, or a bad cursor or limit'}
     """
-    require(caller_of(request), READ)
-    segment = _tracked_segment(request)
+    segment, membership = _tracked_segment(request)
     limit = _limit(request.query_params.get("limit"))
-    membership = services_of(request).runtime.pipeline.membership
     try:
         members, cursor = await membership.page(segment, request.query_params.get("cursor"), limit)
     except ValueError as exc:
@@ -107,15 +109,13 @@ async def segment_export(request: Request) -> Response:
       404: {description: No such segment in the catalog in force}
       422: {description: 'The segment is not tracked, or an unknown format or shape'}
     """
-    require(caller_of(request), READ)
-    segment = _tracked_segment(request)
+    segment, membership = _tracked_segment(request)
     fmt = request.query_params.get("format", "csv")
     shape = request.query_params.get("shape", "plain")
     if fmt not in FORMATS:
         raise EventRejected(f"format is one of {', '.join(FORMATS)}", "format")
     if shape not in SHAPES:
         raise EventRejected(f"shape is one of {', '.join(SHAPES)}", "shape")
-    membership = services_of(request).runtime.pipeline.membership
 
     async def body():
         yield header(fmt, shape)

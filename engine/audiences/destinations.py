@@ -60,14 +60,6 @@ class _Pending:
     next_try_ms: float = 0.0
 
 
-@dataclass
-class DeliveryStats:
-    batches: int = 0
-    changes: int = 0
-    failures: int = 0
-    dead_lettered: int = 0
-
-
 class Deliveries:
     """Runs the webhook destinations and scheduled exports of the catalog in force."""
 
@@ -81,7 +73,6 @@ class Deliveries:
         self.secret = secret
         self.export_dir = export_dir
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.stats = DeliveryStats()
         self._pending: dict[str, _Pending] = {}
         self._trimmed_ms = 0
         self._session: aiohttp.ClientSession | None = None
@@ -137,10 +128,7 @@ class Deliveries:
         if reason is None:
             await self._advance(destination, pending.cursors)
             del self._pending[destination.id]
-            self.stats.batches += 1
-            self.stats.changes += pending.count
             return pending.count
-        self.stats.failures += 1
         permanent = reason.startswith("HTTP 4") and reason not in ("HTTP 408", "HTTP 429")
         if permanent or pending.attempts >= destination.attempts:
             await self._dead_letter(destination, pending, reason, now_ms)
@@ -215,7 +203,6 @@ class Deliveries:
         await self.redis.hset(self.keys.destination_state(destination.id), mapping=cursors)
 
     async def _dead_letter(self, destination: Destination, pending: _Pending, reason: str, now_ms: int) -> None:
-        self.stats.dead_lettered += 1
         log.error("destination %s: batch of %d changes dead-lettered: %s", destination.id, pending.count, reason)
         entry = {"kind": "destination", "destination": destination.id, "segment": destination.segment,
                  "reason": f"{reason} after {pending.attempts} attempt(s)", "at": now_ms,

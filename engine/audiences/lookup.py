@@ -5,7 +5,7 @@ on every lookup, so a changed address no longer finds its old owner."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 
 from engine.audiences.identifiers import EMAIL_TRAIT, PHONE_TRAIT, hashed_email, hashed_phone
 from engine.events import Event
@@ -46,15 +46,19 @@ class PeopleLookup:
         self.region = region
         self.cards = cards or Cards(index.redis, index.keys)
 
-    async def after_apply(self, events: Iterable[Event], known: dict[str, dict] | None = None) -> None:
+    async def after_apply(self, events: Iterable[Event], profiles: Mapping | None = None,
+                          changed_since: Collection[str] = ()) -> None:
         """After a batch: the people whose email or phone an event set or removed
         get the entries their profile now holds and lose the others. Read from
         the profile, not the events, so the last write wins whatever the order
         of batches; a duplicate batch writes what a crash may have left out.
-        `known`: traits of profiles as the batch left them (not read again)."""
+        `profiles`: the profiles as the batch left them (not read again), but
+        for the people in `changed_since` (merged after)."""
         people = sorted({event.person for event in events if touches_index(event)})
         if people:
-            await self.sync(people, known)
+            profiles = profiles or {}
+            await self.sync(people, {person: profiles[person].t for person in people
+                                     if person in profiles and person not in changed_since})
 
     async def sync(self, people: list[str], known: dict[str, dict] | None = None) -> None:
         """Each person's card takes the hashes their profile holds now (the card

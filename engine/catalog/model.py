@@ -248,13 +248,16 @@ class CatalogHolder:
     sees half of two catalogs."""
 
     def __init__(self, catalog: Catalog, source_text: str = "", version: int = 0):
+        catalog.version = version
         self.current = catalog
         self.source_text = source_text
-        self.version = version  # its number among the published catalogs (0: not published)
-        catalog.version = version
+
+    @property
+    def version(self) -> int:
+        """The number of the catalog in force among those published (0: never published)."""
+        return self.current.version
 
     def swap(self, catalog: Catalog, source_text: str, version: int = 0) -> None:
         catalog.version = version
         self.current = catalog
         self.source_text = source_text
-        self.version = version

@@ -214,8 +214,7 @@ class Pipeline:
         # A round trip only when an email or phone trait moved; the profiles this
         # batch left are read from what the apply script returned (not a merged
         # person's: theirs changed after).
-        await self.lookup.after_apply(events, {person: profile.t for person, profile in current.items()
-                                               if person not in merging})
+        await self.lookup.after_apply(events, current, merging)
         if profiles:
             # After consents: a welcome sent for a registration that came with its
             # opt-in finds the consent recorded. Same batch, so exits act at once.
