@@ -122,6 +122,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
         ))
     if settings.decide_delay_ms:
         middleware.append(Middleware(SlowDecide, delay_s=settings.decide_delay_ms / 1000))
+    middleware.append(Middleware(decide.DecideShortcut, handlers=ERROR_HANDLERS))
 
     app = Starlette(
         routes=ROUTES + web.web_routes(settings) + console_routes(settings) + (extra_routes or []),

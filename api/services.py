@@ -16,6 +16,8 @@ from engine.events import Event
 from engine.ingest.pipeline import ApplyResult
 from engine.policy import PERSONAL_CHANNELS
 from engine.runtime import Runtime
+from engine.store.client import connect
+from engine.store.hot_read import HotReader
 from engine.stream.event_log import EventLog
 
 
@@ -25,6 +27,10 @@ class Services:
         self.runtime = runtime
         self.settings = settings
         self.redis = runtime.redis
+        # Decide's reads: one pipelined connection (engine/store/hot_read.py),
+        # or on a cluster a client of their own; either way bounded by the
+        # decide budget alone, the only timer a decide's round trip carries.
+        self.profile_reader = HotReader.of(settings.redis_url) or connect(settings, caller_bounds=True)
         self.keys = runtime.keys
         self.holder = runtime.holder
         self.catalogs = runtime.catalogs
@@ -84,4 +90,5 @@ class Services:
     async def aclose(self) -> None:
         if self.event_log is not None:
             await self.event_log.close()
+        await self.profile_reader.aclose()
         await self.runtime.aclose()

@@ -73,7 +73,7 @@ async def post_decide(request: Request) -> Response:
     fallback = None
     try:
         async with asyncio.timeout(services.decide_budget_s):
-            read = services.redis.get(services.keys.profile(person))
+            read = services.profile_reader.get(services.keys.profile(person))
             if limited:  # the limiter's hit goes out with the read: one round trip's wait
                 rate, raw = await asyncio.gather(check_rate(request, caller), read, return_exceptions=True)
                 for outcome in (rate, raw):
@@ -193,3 +193,32 @@ def decode_decide(body: bytes) -> DecideRequest:
 
 
 ROUTES = [Route("/v1/decide", post_decide, methods=["POST"])]
+PATH = "/v1/decide"
+
+
+class DecideShortcut:
+    """POST /v1/decide answered ahead of Starlette's router: the route every
+    page view calls skips the router's walk over every route, its exception
+    middleware and the request/response wrappers around the endpoint (a tenth
+    of a decide's CPU: benchmarks/README.md, P1c). Mounted as the innermost
+    middleware, so CORS (and the 500 of an unexpected error) still wrap it; the
+    route above stays for every other method (405) and for the API's schema.
+    Errors get the same answers as anywhere else (`handlers`: api/errors.py)."""
+
+    def __init__(self, app, handlers: dict):
+        self.app = app
+        self.handlers = handlers
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await post_decide(request)
+        except Exception as exc:
+            handler = next((self.handlers[kind] for kind in type(exc).__mro__ if kind in self.handlers), None)
+            if handler is None:
+                raise
+            response = await handler(request, exc)
+        await response(scope, receive, send)

@@ -5,16 +5,19 @@ scheme is `redis+cluster://` (any node; the others are discovered)."""
 
 from __future__ import annotations
 
+import asyncio
 import weakref
 from urllib.parse import urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from engine.settings import Settings
 
 CLUSTER_SCHEME = "redis+cluster"
+SOCKET_TIMEOUT_S = 5.0  # a command's send or reply waiting this long: the connection is given up
 # An optimistic transaction (WATCH, or COMPARE_AND_SET below) that loses the
 # race this many times in a row gives up with StoreContention instead of
 # spinning: one key written that often by others is a fault to report.
@@ -73,13 +76,40 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
     raise AssertionError("unreachable")
 
 
+class BoundedSendConnection(Connection):
+    """A connection whose sends are bounded by socket_timeout in the calling
+    task. redis-py bounds them with asyncio.wait_for, which on Python 3.11 wraps
+    every command's send in a Task of its own, two turns of the event loop: a
+    tenth of a decide's CPU (benchmarks/README.md, P1c). Reads keep redis-py's
+    own bound, which already runs in the calling task."""
+
+    async def send_packed_command(self, command, check_health: bool = True) -> None:
+        bound = self.socket_timeout
+        if not bound:
+            return await super().send_packed_command(command, check_health)
+        # Unset while this send runs, so redis-py sends in place; the connection
+        # is this caller's alone until its reply is read, and that read sees it set.
+        self.socket_timeout = None
+        try:
+            async with asyncio.timeout(bound):
+                await super().send_packed_command(command, check_health)
+        except TimeoutError:  # redis-py disconnected on the cancellation
+            raise RedisTimeout("Timeout writing to socket") from None
+        finally:
+            self.socket_timeout = bound
+
+
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme == CLUSTER_SCHEME
 
 
-def connect(settings: Settings, *, pool_size: int | None = None,
-            pool_timeout_s: float | None = None) -> Redis | RedisCluster:
+def connect(settings: Settings, *, pool_size: int | None = None, pool_timeout_s: float | None = None,
+            caller_bounds: bool = False) -> Redis | RedisCluster:
+    """`caller_bounds`: every command's caller awaits it under a deadline of
+    its own (decide's budget), so the commands carry no timer of their own:
+    each timer is a few microseconds of a decide that costs a few hundred."""
     size = pool_size or settings.redis_pool_size
+    socket_timeout = None if caller_bounds else SOCKET_TIMEOUT_S
     timeout_s = settings.redis_pool_timeout_ms / 1000 if pool_timeout_s is None else pool_timeout_s
     if is_cluster_url(settings.redis_url):
         parts = urlsplit(settings.redis_url)
@@ -89,14 +119,15 @@ def connect(settings: Settings, *, pool_size: int | None = None,
             node_url,
             max_connections=size,
             socket_connect_timeout=1.0,
-            socket_timeout=5.0,
+            socket_timeout=socket_timeout,
         )
     return Redis(
         connection_pool=BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=size,
             timeout=timeout_s,
+            connection_class=BoundedSendConnection,
             socket_connect_timeout=1.0,
-            socket_timeout=5.0,
+            socket_timeout=socket_timeout,
         )
     )
