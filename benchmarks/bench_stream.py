@@ -498,8 +498,8 @@ async def measure(args: argparse.Namespace) -> dict:
                 f"({row['people']} people); 202 p50 {row['answer_p50_ms']:.1f} p99 {row['answer_p99_ms']:.1f} ms")
             if row["answer_p99_ms"] > ANSWER_LIMIT_MS:
                 log(f"  the 202 itself took {row['answer_p99_ms']:.0f} ms at p99 ({row['applied_before_202']} of "
-                    f"{row['people']} people applied before it arrived): the API or this process fell behind at "
-                    "this rate, so it, not the worker, set these figures")
+                    f"{row['people']} people applied before it arrived): the API or this process fell behind too "
+                    "at this rate, so these figures are the machine's, not the worker's alone")
         scale_people = 3_000 if args.quick else n_people
         one = await scale_out(broker, redis, work, scale_people, [SERVER_CORE])
         two = await scale_out(broker, redis, work, scale_people, [SERVER_CORE, LOADGEN_CORE])
