@@ -20,7 +20,8 @@ class Keys:
     def profile(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:p"
 
-    # ZSET, member = 8-byte hash of an applied event id, score = arrival second.
+    # ZSET, member = 8-byte hash of an applied event id, score = when it was applied
+    # (epoch ms: the now_ms the batch was applied with).
     # Trimmed to ATTIMO_DEDUPE_TTL_S on every write; the key expires with it.
     def dedupe(self, person: str) -> str:
         return f"{self.prefix}:{{{person}}}:d"
