@@ -4,7 +4,7 @@ and written to docs/sizing.md, so the sizing moves when a benchmark does.
 
     python -m benchmarks.sizing            # rewrite docs/sizing.md
     python -m benchmarks.sizing --check    # exit 1 if docs/sizing.md is not what the history gives now
-    python -m benchmarks.sizing --people 20000000 --decides 5000 --events 40000 --followups-per-day 1000000
+    python -m benchmarks.sizing --people 20000000 --decides 5000 --events 40000 --output -   # another target, printed
 
 Each figure is the latest full run's that has it; a quick run is used only
 when no full run has the figure, and the page says so beside it. The page
@@ -254,7 +254,9 @@ def command(target: Target) -> str:
              (("people", "people"), ("decides", "decides_per_s"), ("events", "events_per_s"),
               ("followups-per-day", "followups_per_day"), ("events-per-batch", "events_per_batch"))
              if getattr(target, field) != getattr(Target(), field)]
-    return " ".join(["python -m benchmarks.sizing", *(f"{flag} {value:g}" for flag, value in flags)])
+    def plain(value: float) -> str:
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return " ".join(["python -m benchmarks.sizing", *(f"{flag} {plain(value)}" for flag, value in flags)])
 
 
 def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
@@ -351,11 +353,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-batch", type=float, default=EVENTS_PER_BATCH,
                         help="events of one person a request (and a Kafka record)")
     parser.add_argument("--history", type=Path, default=history.HISTORY, help=argparse.SUPPRESS)
-    parser.add_argument("--output", type=Path, default=DOC, help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=str(DOC),
+                        help="where to write the page; - prints it (another target without touching docs/sizing.md)")
     parser.add_argument("--check", action="store_true", help="exit 1 if the page differs from what would be written")
     args = parser.parse_args(argv)
     target = Target(args.people, args.decides, args.events, args.followups_per_day, args.events_per_batch)
     text = render(history.read(args.history), target)
+    if args.output == "-":
+        print(text, end="")
+        return 0
+    args.output = Path(args.output)
     old = args.output.read_text() if args.output.exists() else None
     if args.check:
         if old == text:

@@ -83,7 +83,7 @@ def test_decide_cpu_is_derived_from_the_saturation_rate_when_not_measured():
     assert counts(runs)["`attimo worker` processes"] is None  # not measured: said, not guessed
 
 
-def test_check_fails_while_the_page_is_older_than_the_history(tmp_path):
+def test_check_fails_while_the_page_is_older_than_the_history(tmp_path, capsys):
     path, page = tmp_path / "history.jsonl", tmp_path / "sizing.md"
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in measured()))
     args = ["--history", str(path), "--output", str(page)]
@@ -95,6 +95,9 @@ def test_check_fails_while_the_page_is_older_than_the_history(tmp_path):
     history.append(run("bench_decide", {"decide_cpu_us": 250.0}, date="2026-02-01T00:00:00Z"), path)
     assert sizing.main([*args, "--check"]) == 1
     assert sizing.main(["--people", "1000", *args, "--check"]) == 1  # another target, another page
+    capsys.readouterr()
+    assert sizing.main(["--people", "1000", "--history", str(path), "--output", "-"]) == 0
+    assert "by `python -m benchmarks.sizing --people 1000`" in capsys.readouterr().out
 
 
 def test_the_batch_sizes_assumed_are_the_benchmarks_own():
