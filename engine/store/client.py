@@ -6,12 +6,15 @@ scheme is `redis+cluster://` (any node; the others are discovered)."""
 from __future__ import annotations
 
 import asyncio
+import math
 import weakref
 from urllib.parse import urlsplit, urlunsplit
 
+from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from engine.settings import Settings
@@ -64,15 +67,62 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
         for script in {c[0].sha: c[0] for c in calls if c[0].sha not in loaded}.values():
             await redis.script_load(script.script)
             loaded.add(script.sha)
-        pipe = redis.pipeline(transaction=False)
-        for script, keys, args in calls:
-            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         try:
-            return await pipe.execute()
+            if isinstance(redis, RedisCluster):
+                pipe = redis.pipeline(transaction=False)
+                for script, keys, args in calls:
+                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                return await pipe.execute()
+            return await _run_packed(redis, calls)
         except NoScriptError:
             if attempt == 2:
                 raise
             loaded.clear()
+    raise AssertionError("unreachable")
+
+
+def packed_calls(calls: list[tuple]) -> bytes:
+    """The EVALSHA commands of `calls` in RESP, packed by hiredis in C: about a
+    microsecond a call where redis-py's packer, which inspects every argument
+    in Python, took tens (a third of an ingest batch's CPU:
+    benchmarks/README.md, P3)."""
+    return b"".join([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+                     for script, keys, args in calls])
+
+
+async def _run_packed(redis: Redis, calls: list[tuple]) -> list:
+    """`calls` on one connection of the pool, written at once, replies read in
+    order under one deadline; the first error reply is raised once every reply
+    is read (the connection stays in step), as a redis-py pipeline does. A
+    connection that broke is dropped and the calls written once more on a new
+    one (they are safe to repeat)."""
+    payload = packed_calls(calls)
+    pool = redis.connection_pool
+    for attempt in (1, 2):
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(payload, check_health=False)
+            replies, first_error = [], None
+            async with asyncio.timeout(SOCKET_TIMEOUT_S):
+                for _ in calls:
+                    try:
+                        replies.append(await connection.read_response(timeout=math.inf))
+                    except ResponseError as exc:
+                        replies.append(exc)
+                        first_error = first_error or exc
+        except (RedisConnectionError, TimeoutError) as exc:
+            await connection.disconnect()
+            if attempt == 2:
+                raise RedisTimeout("Redis did not answer in time") if isinstance(exc, TimeoutError) else exc
+            continue
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+        if first_error is not None:
+            raise first_error
+        return replies
     raise AssertionError("unreachable")
 
 

@@ -1,0 +1,56 @@
+"""The general Redis client (engine/store/client.py): a send that cannot go out
+(a frozen server, its socket buffers full) fails with a named timeout after
+socket_timeout and the pool goes on with a new connection; scripts packed and
+run in one round trip."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from engine.store.client import BoundedSendConnection, run_scripts
+from engine.testing.processes import RedisServer
+
+
+async def test_a_send_to_a_frozen_server_times_out_and_the_pool_recovers():
+    with RedisServer() as server:
+        pool = BlockingConnectionPool.from_url(server.url, max_connections=2, timeout=1,
+                                               connection_class=BoundedSendConnection, socket_timeout=0.5)
+        client = Redis(connection_pool=pool)
+        try:
+            assert await client.set("k", "v")
+            server.pause()
+            try:
+                with pytest.raises(RedisTimeout, match="writing"):
+                    await client.set("big", b"x" * 64_000_000)  # more than the socket buffers hold
+            finally:
+                server.resume()
+            assert await client.get("k") == b"v"
+        finally:
+            await client.aclose()
+            await pool.aclose()
+
+
+async def test_scripts_run_packed_in_order_an_error_is_raised_after_every_reply_is_read(redis):
+    """run_scripts on a single server writes its own RESP: replies in the order
+    of the calls, numbers, strings and bytes arguments as Redis sees them, and a
+    failing call raises once all replies are read, so the connection stays in
+    step for the next caller."""
+    echo = redis.register_script("return {KEYS[1], ARGV[1], ARGV[2], ARGV[3]}")
+    fail = redis.register_script("return redis.call('INCR', KEYS[1])")
+    await redis.set("text", "not a number")
+    calls = [(echo, [f"k{i}"], [i, f"s{i}", bytes([0, 255, i])]) for i in range(50)]
+    replies = await run_scripts(redis, calls)
+    assert replies == [[f"k{i}".encode(), str(i).encode(), f"s{i}".encode(), bytes([0, 255, i])] for i in range(50)]
+    with pytest.raises(ResponseError, match="not an integer"):
+        await run_scripts(redis, [(echo, ["a"], [1, 2, 3]), (fail, ["text"], []), (echo, ["b"], [4, 5, 6])])
+    assert await run_scripts(redis, [(echo, ["c"], [7, 8, 9])]) == [[b"c", b"7", b"8", b"9"]]
+
+
+async def test_packed_scripts_survive_a_killed_connection(redis):
+    echo = redis.register_script("return ARGV[1]")
+    assert await run_scripts(redis, [(echo, [], ["one"])]) == [b"one"]
+    await redis.client_kill_filter(_type="normal", skipme=False)
+    assert await run_scripts(redis, [(echo, [], ["two"])]) == [b"two"]
