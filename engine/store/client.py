@@ -113,7 +113,9 @@ async def _run_packed(redis: Redis, calls: list[tuple]) -> list:
         except (RedisConnectionError, TimeoutError) as exc:
             await connection.disconnect()
             if attempt == 2:
-                raise RedisTimeout("Redis did not answer in time") if isinstance(exc, TimeoutError) else exc
+                if isinstance(exc, TimeoutError):
+                    raise RedisTimeout("Redis did not answer in time") from exc
+                raise
             continue
         except BaseException:
             await connection.disconnect()
