@@ -110,7 +110,7 @@ async def _run_packed(redis: Redis, calls: list[tuple]) -> list:
                     except ResponseError as exc:
                         replies.append(exc)
                         first_error = first_error or exc
-        except (RedisConnectionError, TimeoutError) as exc:
+        except (RedisConnectionError, RedisTimeout, TimeoutError) as exc:
             await connection.disconnect()
             if attempt == 2:
                 if isinstance(exc, TimeoutError):
