@@ -409,16 +409,18 @@ def stop_api(server: ApiServer) -> None:
 
 class UvicornServer(ServerProcess):
     """`app` ("module:attribute") under uvicorn with the settings every
-    benchmark uses: one worker, uvloop, httptools, no access log."""
+    benchmark uses: one worker (or `workers` processes behind one socket, as
+    `attimo serve --workers N` runs them), uvloop, httptools, no access log."""
 
     name = "uvicorn"
 
     def __init__(self, app: str, core: int | None = None, port: int | None = None,
                  env: Mapping[str, str] | None = None, extra_args: Sequence[str] = (),
-                 startup_timeout_s: float = STARTUP_TIMEOUT_S):
+                 startup_timeout_s: float = STARTUP_TIMEOUT_S, workers: int = 1):
         super().__init__(core, port, env, startup_timeout_s)
         self.app = app
         self.extra_args = list(extra_args)
+        self.workers = workers
 
     def command(self) -> list[str]:
         return [
@@ -428,7 +430,7 @@ class UvicornServer(ServerProcess):
             "--loop", "uvloop",
             "--http", "httptools",
             "--no-access-log",
-            "--workers", "1",
+            "--workers", str(self.workers),
             "--log-level", "warning",
             *self.extra_args,
         ]  # fmt: skip
