@@ -304,7 +304,7 @@ async def measure(args: argparse.Namespace) -> dict:
             f"Redis and server on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}",
             f"saturation: highest rate with no errors, >= 95% of the offered rate served and p99 < "
             f"{args.p99_limit_ms:.0f} ms, {args.step_seconds} s steps",
-            f"P1: {paired['pairs']} interleaved pairs of short runs at {P1_RATE:.0f} req/s (floor, decide, …); "
+            f"P1: {paired['pairs']} interleaved pairs of short runs at {P1_RATE:.0f} req/s (floor then decide, then the other way round, …); "
             f"p99 and CPU per request are medians over the pairs, the ratio the median of the pairs' own ratios; "
             f"a pair with a trial that lost over {STEAL_FLAG_SHARE:.0%} of its time to steal is left out "
             f"while 3 remain",

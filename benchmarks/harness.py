@@ -99,15 +99,22 @@ async def trial(target: HttpTarget, pid: int, rate: float, duration: float, opti
 
 async def interleaved(subject: tuple[HttpTarget, int], floor: tuple[HttpTarget, int], rate: float, pairs: int,
                       duration: float, options: LoadOptions) -> dict:
-    """Floor, subject, floor, subject … `pairs` times at one rate: each pair
-    measures both under the same moment's noise. Returns each side's median p99
+    """Floor and subject in pairs at one rate, `pairs` times, the order turned
+    round every other pair (floor first, then subject first), so that neither
+    always runs on a server just warmed or just left idle: each pair measures
+    both under the same moment's noise. Returns each side's median p99
     and CPU per request, the median of the pairs' own p99 ratios with their
     smallest and largest (`ratio_spread`), and how many pairs were left out for
     steal (all are kept when fewer than 3 would remain)."""
     runs = []
-    for _ in range(pairs):
-        runs.append((await trial(*floor, rate, duration, options), await trial(*subject, rate, duration, options)))
-        f, s = runs[-1]
+    for index in range(pairs):
+        if index % 2 == 0:
+            f = await trial(*floor, rate, duration, options)
+            s = await trial(*subject, rate, duration, options)
+        else:
+            s = await trial(*subject, rate, duration, options)
+            f = await trial(*floor, rate, duration, options)
+        runs.append((f, s))
         log(f"pair {len(runs)}: floor p99 {f.result.p99_ms:.2f} ms {f.cpu_us:.0f} µs/req steal {f.steal_share:.1%}; "
             f"subject p99 {s.result.p99_ms:.2f} ms {s.cpu_us:.0f} µs/req steal {s.steal_share:.1%}")
     kept = [(f, s) for f, s in runs if not (f.flagged or s.flagged)]
