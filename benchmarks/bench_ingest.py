@@ -65,6 +65,8 @@ async def measure(args: argparse.Namespace) -> dict:
     with RedisServer(SERVER_CORE) as redis:
         await seed_people(redis.url, catalog.read_text(), args.people, now_ms())
         await seed_floor(redis.url, args.people)
+        with redis.client() as client:
+            client.config_resetstat()  # what seeding ran is not the API's ingest
         api_env = {"ATTIMO_REDIS_URL": redis.url, "ATTIMO_CATALOG": str(catalog), "ATTIMO_SERVER_TOKEN": TOKEN,
                    "ATTIMO_SCHEDULER": "off"}
         with UvicornServer("api.app:create_app_from_env", SERVER_CORE, env=api_env, extra_args=["--factory"]) as api, \
@@ -78,6 +80,8 @@ async def measure(args: argparse.Namespace) -> dict:
                 f"{name:6} {rate * BATCH:6.0f} ev/s: p50 {r.p50_ms:.2f} p99 {r.p99_ms:.2f} p999 {r.p999_ms:.2f} ms, "
                 f"{r.achieved_rps * BATCH:.0f} ev/s, errors {r.error_count}"), options)
             searches = await saturate(targets, args, P3_BATCHES_PER_S, options)
+        with redis.client() as client:
+            scripts = client.info("commandstats").get("cmdstat_evalsha", {})
     memory = await bytes_per_person()
     log(f"{memory:.0f} bytes per person")
 
@@ -89,6 +93,11 @@ async def measure(args: argparse.Namespace) -> dict:
         "batch_p99_ms": at_p3["events"].p99_ms,
         "floor_batch_p99_ms": at_p3["floor"].p99_ms,
         "bytes_per_person": memory,
+        # Redis's own time per script the API ran (a person's apply, or the
+        # write of their segments), the script's commands included: INFO
+        # commandstats over the whole run (the floor runs no scripts).
+        "redis_us_per_script": scripts.get("usec_per_call"),
+        "redis_scripts": scripts.get("calls"),
         "people": args.people,
         "people_per_batch": args.people_per_batch,
         "quick": args.quick,
@@ -103,6 +112,8 @@ async def measure(args: argparse.Namespace) -> dict:
             f"Redis and servers on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}",
             f"ingest_events_per_s: highest rate with no errors, >= 95% served and batch p99 < "
             f"{args.p99_limit_ms:.0f} ms; batch_p99_ms at {P3_P99_BATCHES_PER_S * BATCH:.0f} events/s",
+            "redis_us_per_script: Redis's time per script the API ran (INFO commandstats, every run of the API "
+            "in this benchmark)",
             f"bytes_per_person: INFO used_memory delta over {P7_PEOPLE} people after 30 days at 20 events/day "
             "(30 traits, 5 windowed features, dedupe ids, every per-person key)",
             "targets: P3 >= 10k events/s per worker with batch p99 <= 5 ms; P7 <= 2048 bytes per person",

@@ -44,7 +44,7 @@ MEMORY_HEADROOM = 1.5  # fragmentation, growth, and a fork's copy-on-write while
 USABLE_GB_PER_PRIMARY = 25.0  # dataset per primary that still restarts and resyncs in minutes
 REDIS_OPS_PER_CORE = 100_000  # simple commands a second (GET, HSET) on one Redis core
 OPS_PER_DECIDE = 2  # the person's read, and a browser caller's rate-limit hit
-REDIS_US_PER_APPLY = 80.0  # Redis time of one person's apply script (benchmarks/README.md, "Where the time goes")
+REDIS_US_PER_APPLY = 80.0  # Redis time of one person's apply script, where no run measured it (an earlier profile)
 RECORDS_PER_PARTITION = 10_000  # records a second one partition takes comfortably (~10 MB/s at ~1 KB)
 PARTITION_GROWTH = 2  # partitions over today's workers: workers can be added without repartitioning
 
@@ -105,9 +105,12 @@ def costs(runs: list[dict[str, Any]]) -> dict[str, Figure | None]:
         "decide_cpu_us": find(runs, "bench_decide", "decide_cpu_us"),
         "decide_rps_max": find(runs, "bench_decide", "decide_rps_max"),
         "ingest_events_per_s": find(runs, "bench_ingest", "ingest_events_per_s"),
-        "produce_events_per_s": find(runs, "bench_stream", "produce_kafka_events_per_s"),
+        # Named produce_kafka_events_per_s before 2026-12-01: the newer name wins when both exist.
+        "produce_events_per_s": (find(runs, "bench_stream", "kafka_produce_events_per_s")
+                                 or find(runs, "bench_stream", "produce_kafka_events_per_s")),
         "worker_events_per_s": find(runs, "bench_stream", "worker_events_per_s"),
         "bytes_per_person": find(runs, "bench_ingest", "bytes_per_person"),
+        "redis_us_per_script": find(runs, "bench_ingest", "redis_us_per_script"),
         "scheduler_messages_per_s": find(runs, "bench_followups", "scheduler_messages_per_s"),
     }
     rps = found["decide_rps_max"]
@@ -115,6 +118,12 @@ def costs(runs: list[dict[str, Any]]) -> dict[str, Figure | None]:
         # Saturation shares its core with Redis, so this overstates the API's own CPU: the safe side.
         found["decide_cpu_us"] = Figure(1e6 / rps.value, rps.run, "derived: 1e6 ÷ `decide_rps_max`")
     return found
+
+
+def apply_us(found: dict[str, Figure | None]) -> float:
+    """Redis time of one person's apply script: measured where a run did."""
+    measured = found.get("redis_us_per_script")
+    return measured.value if measured is not None else REDIS_US_PER_APPLY
 
 
 def ceil(x: float) -> int:
@@ -181,7 +190,7 @@ def plan(found: dict[str, Figure | None], target: Target) -> list[Row]:
                     f"÷ {num(RECORDS_PER_PARTITION)} a partition = {by_rate:.1f})"))
 
     size = found["bytes_per_person"]
-    ops_per_batch = REDIS_US_PER_APPLY * 1e-6 * REDIS_OPS_PER_CORE
+    ops_per_batch = apply_us(found) * 1e-6 * REDIS_OPS_PER_CORE
     ops = target.decides_per_s * OPS_PER_DECIDE + batches_per_s * ops_per_batch
     by_ops = ops / (REDIS_OPS_PER_CORE * u)
     ops_how = (f"by load ({num(target.decides_per_s)} × {OPS_PER_DECIDE} + {num(batches_per_s)} × {ops_per_batch:g}) "
@@ -234,15 +243,16 @@ def _cost_rows(found: dict[str, Figure | None]) -> list[tuple[str, str, str]]:
          *(("not measured", "—") if ingest is None else
            (f"{num(1e6 / ingest.value)} µs (derived: 1e6 ÷ `ingest_events_per_s`, one core at saturation)",
             ingest.source))),
-        ("events/s per API process, Kafka mode (`produce_kafka_events_per_s`)",
+        ("events/s per API process, Kafka mode (`kafka_produce_events_per_s`)",
          *cell("produce_events_per_s", "/s", lambda f:
                f"{PRODUCE_BATCH} events a request: {num(f.value / PRODUCE_BATCH)} requests/s")),
         ("events/s per `attimo worker` (`worker_events_per_s`)",
          *cell("worker_events_per_s", "/s", lambda f:
                f"{WORKER_BATCH} events a record: {num(f.value / WORKER_BATCH)} records/s")),
         ("records/s per Kafka partition", f"{num(RECORDS_PER_PARTITION)}/s", "assumed, not measured"),
-        ("Redis time per person's apply", f"{REDIS_US_PER_APPLY:g} µs",
-         "assumed from benchmarks/README.md, \"Where the time goes\""),
+        ("Redis time per person's apply (`redis_us_per_script`)",
+         *(cell("redis_us_per_script", " µs") if found.get("redis_us_per_script") is not None else
+           (f"{REDIS_US_PER_APPLY:g} µs", "assumed: no run measured it"))),
         ("bytes per person in Redis (`bytes_per_person`)", *cell("bytes_per_person", " B")),
         ("messages/s per `attimo scheduler` (`scheduler_messages_per_s`)", *cell("scheduler_messages_per_s", "/s")),
     ]
@@ -319,8 +329,8 @@ def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
         f"- **Redis load**: {num(REDIS_OPS_PER_CORE)} simple commands/s a primary (one core); a decide is "
         f"{OPS_PER_DECIDE} (the",
         "  person's read and a browser caller's rate-limit hit; the decision log is written in batches);",
-        f"  a batch's apply script takes about {REDIS_US_PER_APPLY:g} µs of Redis time, "
-        f"{REDIS_US_PER_APPLY * 1e-6 * REDIS_OPS_PER_CORE:g} simple commands' worth.",
+        f"  a batch's apply script takes about {apply_us(found):.3g} µs of Redis time, "
+        f"{apply_us(found) * 1e-6 * REDIS_OPS_PER_CORE:.3g} simple commands' worth.",
         "  Primaries are the larger of the count by memory and by load.",
         f"- **Follow-ups**: the busiest hour sends at {FOLLOWUP_PEAK:g}× the day's average rate; a scheduler is",
         f"  planned at {pct(SCHEDULER_UTILISATION)} of its measured capacity, where P9 measures its lateness.",

@@ -103,3 +103,18 @@ def test_check_fails_while_the_page_is_older_than_the_history(tmp_path, capsys):
 def test_the_batch_sizes_assumed_are_the_benchmarks_own():
     from benchmarks import bench_stream
     assert sizing.PRODUCE_BATCH == bench_stream.BATCH
+
+
+def test_measured_figures_replace_the_assumed_and_the_renamed_ones():
+    """A run that measured Redis's time per apply script sets the Redis load
+    (here 30 µs: 3 simple commands' worth a batch instead of the assumed 8),
+    and the produce figure under its newer name wins over the older one."""
+    runs = measured() + [
+        run("bench_ingest", {"redis_us_per_script": 30.0}, date="2026-01-03T00:00:00Z"),
+        run("bench_stream", {"kafka_produce_events_per_s": 50_000.0}, date="2026-01-03T00:00:00Z"),
+    ]
+    got = counts(runs)
+    # (50k x 2 + 100k x 3) = 400k ops/s over 60k = 6.7; memory still wants 12.
+    assert got["Redis Cluster primaries"] == 12
+    # 50k events/s in requests of 20: 2500 requests/s, 100k batches/s over 1500 = 66.7.
+    assert got["API processes for ingest"] == 67
