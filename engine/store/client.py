@@ -14,7 +14,7 @@ from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from engine.settings import Settings
@@ -133,7 +133,23 @@ class BoundedSendConnection(Connection):
     task. redis-py bounds them with asyncio.wait_for, which on Python 3.11 wraps
     every command's send in a Task of its own, two turns of the event loop: a
     tenth of a decide's CPU (benchmarks/README.md, P1c). Reads keep redis-py's
-    own bound, which already runs in the calling task."""
+    own bound, which already runs in the calling task. Commands are packed by
+    hiredis in C (see `pack_command`)."""
+
+    def pack_command(self, *args):
+        """One command in RESP, packed by hiredis: redis-py's own packer runs
+        every argument through its encoder in Python, tens of microseconds for
+        a script call, and every pipeline of the scheduler and the worker pays
+        it per command. A command name with a space ("CONFIG SET") is split,
+        as redis-py does; what Redis cannot take is a DataError, as there."""
+        name = args[0]
+        if isinstance(name, str | bytes) and (" " if isinstance(name, str) else b" ") in name:
+            args = (*name.split(), *args[1:])
+        try:
+            return [pack_command(args)]
+        except TypeError as exc:
+            raise DataError(f"Invalid input in {args[0]!r}: {exc}; convert to bytes, str, int or float first") \
+                from None
 
     async def send_packed_command(self, command, check_health: bool = True) -> None:
         bound = self.socket_timeout

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from engine.store.client import BoundedSendConnection, run_scripts
@@ -54,3 +54,30 @@ async def test_packed_scripts_survive_a_killed_connection(redis):
     assert await run_scripts(redis, [(echo, [], ["one"])]) == [b"one"]
     await redis.client_kill_filter(_type="normal", skipme=False)
     assert await run_scripts(redis, [(echo, [], ["two"])]) == [b"two"]
+
+
+async def test_commands_packed_in_c_reach_redis_as_redis_py_would_send_them(redis_server):
+    """Every argument type redis-py takes, a command name with a space in it,
+    and a value Redis cannot take refused before anything is sent."""
+    pool = BlockingConnectionPool.from_url(redis_server.url, max_connections=2, timeout=1,
+                                           connection_class=BoundedSendConnection, socket_timeout=5)
+    client = Redis(connection_pool=pool)
+    try:
+        await client.delete("packed")
+        await client.hset("packed", mapping={"text": "é", "bytes": b"\x00\xff", "int": -3, "float": 0.1,
+                                             "view": memoryview(b"ab")})
+        assert await client.hgetall("packed") == {b"text": "é".encode(), b"bytes": b"\x00\xff", b"int": b"-3",
+                                                  b"float": b"0.1", b"view": b"ab"}
+        assert await client.execute_command("CONFIG GET", "maxmemory-policy") == [b"maxmemory-policy",
+                                                                                  b"noeviction"]
+        pipe = client.pipeline(transaction=False)
+        for n in range(100):
+            pipe.incrby("packed-counter", n)
+        assert (await pipe.execute())[-1] == sum(range(100))
+        with pytest.raises(DataError):
+            await client.set("packed", None)
+        assert await client.get("packed-counter") == str(sum(range(100))).encode()
+    finally:
+        await client.delete("packed", "packed-counter")
+        await client.aclose()
+        await pool.aclose()
