@@ -68,8 +68,7 @@ async def test_commands_packed_in_c_reach_redis_as_redis_py_would_send_them(redi
                                              "view": memoryview(b"ab")})
         assert await client.hgetall("packed") == {b"text": "é".encode(), b"bytes": b"\x00\xff", b"int": b"-3",
                                                   b"float": b"0.1", b"view": b"ab"}
-        assert await client.execute_command("CONFIG GET", "maxmemory-policy") == [b"maxmemory-policy",
-                                                                                  b"noeviction"]
+        assert await client.execute_command("CONFIG GET", "maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         pipe = client.pipeline(transaction=False)
         for n in range(100):
             pipe.incrby("packed-counter", n)
