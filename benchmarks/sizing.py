@@ -6,7 +6,8 @@ and written to docs/sizing.md, so the sizing moves when a benchmark does.
     python -m benchmarks.sizing --check    # exit 1 if docs/sizing.md is not what the history gives now
     python -m benchmarks.sizing --people 20000000 --decides 5000 --events 40000 --output -   # another target, printed
 
-Each figure is the latest full run's that has it; a quick run is used only
+Each figure is the median over the latest three full runs that have it (one
+run's saturation figure moves by half on a shared VM); quick runs are used only
 when no full run has the figure, and the page says so beside it. The page
 carries no date of its own (only its sources'), so the same history always
 gives the same page and a test can tell when it is stale.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +27,8 @@ from typing import Any
 from benchmarks import history
 
 DOC = history.ROOT / "docs" / "sizing.md"
+
+RECENT = 3  # runs a figure is the median of
 
 # The target, overridden by the flags of the same names.
 PEOPLE = 100_000_000
@@ -88,11 +92,16 @@ class Row:
 
 
 def find(runs: list[dict[str, Any]], benchmark: str, key: str) -> Figure | None:
-    """The latest full run of `benchmark` with a number for `key`, else the latest quick one."""
+    """The median of `key` over the latest RECENT full runs of `benchmark` that
+    have it (a saturation figure moves by half from one run to the next on a
+    shared VM), else over the latest quick ones; its source is the latest."""
     having = [r for r in runs if r["benchmark"] == f"benchmarks.{benchmark}" and _number(r["figures"].get(key))]
     full = [r for r in having if not r.get("quick")]
-    chosen = max(full or having, key=lambda r: r["date"], default=None)
-    return Figure(float(chosen["figures"][key]), chosen) if chosen else None
+    recent = sorted(full or having, key=lambda r: r["date"])[-RECENT:]
+    if not recent:
+        return None
+    value = statistics.median(float(r["figures"][key]) for r in recent)
+    return Figure(value, recent[-1], f"median of {len(recent)} runs" if len(recent) > 1 else "")
 
 
 def _number(value: Any) -> bool:
@@ -282,8 +291,8 @@ def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
         "",
         "## Measured per-unit costs",
         "",
-        "Each figure is from the latest full run that has it (a quick run only where no",
-        "full run has it, marked so). Source: the benchmark command · date · commit.",
+        f"Each figure is the median over the latest {RECENT} full runs that have it (quick runs only",
+        "where no full run has it, marked so). Source: the latest of them: command · date · commit.",
         "",
         "| cost | value | source |",
         "|---|---|---|",
