@@ -171,3 +171,19 @@ def receiver():
     sink = WebhookReceiver().start()
     yield sink
     sink.stop()
+
+
+# Debian's Chromium: a browser download is impossible where the tests run.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A headless Chromium for a module's browser tests (the snippet, the console)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -192,8 +192,8 @@ def decode_decide(body: bytes) -> DecideRequest:
     return request
 
 
-ROUTES = [Route("/v1/decide", post_decide, methods=["POST"])]
 PATH = "/v1/decide"
+ROUTES = [Route(PATH, post_decide, methods=["POST"])]
 
 
 class DecideShortcut:

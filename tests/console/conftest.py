@@ -6,13 +6,10 @@ errors and anything the CSP refused."""
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import sync_playwright
 
 from engine.testing.processes import start_api, stop_api
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 ADMIN_TOKEN = "console-admin-token-7Hq2"
 READ_TOKEN = "console-read-token-Lp9x"
 TIMEOUT_MS = 10_000
@@ -34,14 +31,6 @@ def clean_console(console, redis_sync_client):
     """The console's server with an empty Redis and the demo catalog in force."""
     console.post_catalog((ROOT / "examples" / "catalog.yaml").read_text())
     return console
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 def new_page(chromium, **context_options):

@@ -22,14 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
-from playwright.sync_api import sync_playwright
 
 from api.routes.web import LOADER_CSP_HASH, LOADER_STUB
 from engine.testing.processes import SITE_KEY, start_api, stop_api, wait_until
 from tests.conftest import ROOT, signed
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
 ARTIFACTS = Path(os.environ.get("ATTIMO_TEST_ARTIFACTS", ROOT / "tests" / "artifacts"))
 # Chromium, the test and the server share two cores: a decide's Redis read can
 # pass the production budget (50 ms) and fall back, or the snippet's (300 ms),
@@ -54,14 +51,6 @@ def slow_shop(redis_server, tmp_path_factory):
                        ATTIMO_KEY_PREFIX="snippet-slow", ATTIMO_REDIS_BUDGET_MS="2000")
     yield server
     stop_api(server)
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
