@@ -92,15 +92,16 @@ def redis_cluster():
 
 @pytest.fixture
 async def redis(request, redis_server):
-    """An empty Redis: the single server, or for the suites of ON_BOTH also the
-    cluster (the test's id then ends in [single] or [cluster])."""
+    """An empty Redis through the product's own client (engine/store/client.py):
+    the single server, or for the suites of ON_BOTH also the cluster (the
+    test's id then ends in [single] or [cluster])."""
     if getattr(request, "param", "single") == "cluster":
         cluster = request.getfixturevalue("redis_cluster")
         cluster.flush()
         client = connect(Settings(redis_url=cluster.url))
         assert isinstance(client, AsyncRedisCluster)
     else:
-        client = Redis.from_url(redis_server.url)
+        client = connect(Settings(redis_url=redis_server.url))
         await client.flushdb()
     yield client
     await client.aclose()

@@ -14,6 +14,7 @@ from redis.exceptions import WatchError
 from engine.errors import StoreContention
 from engine.followups.message import Message
 from engine.store.client import MAX_OPTIMISTIC_ATTEMPTS
+from engine.store.coalesce import Coalesced
 from engine.store.keys import CONTACT_STATE_TTL_S, DEVICES_MAX, INBOX_MAX, Keys
 
 DEFAULT_EXPIRES_MS = 30 * 86_400_000
@@ -85,6 +86,10 @@ class DeviceStore:
     def __init__(self, redis: Redis, keys: Keys | None = None):
         self.redis = redis
         self.keys = keys or Keys()
+        # Push sends running at once read their people's devices in one round
+        # trip: one read each cost a pooled connection and a reply of its own,
+        # the largest part of a push's Redis cost (benchmarks/README.md, P9).
+        self._reads = Coalesced(self.tokens_many)
 
     async def register(self, person: str, token: str, platform: str, now_ms: int) -> int:
         """Add or refresh a push token; the oldest go past DEVICES_MAX. Returns the count."""
@@ -100,8 +105,15 @@ class DeviceStore:
         return min(len(devices), DEVICES_MAX)
 
     async def tokens(self, person: str) -> list[dict]:
-        devices = await self.redis.hgetall(self.keys.devices(person))
-        return [{"token": t.decode(), **orjson.loads(v)} for t, v in sorted(devices.items())]
+        return await self._reads(person)
+
+    async def tokens_many(self, people: list[str]) -> list[list[dict]]:
+        """Each person's push tokens, oldest token name first, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for person in people:
+            pipe.hgetall(self.keys.devices(person))
+        return [[{"token": t.decode(), **orjson.loads(v)} for t, v in sorted(devices.items())]
+                for devices in await pipe.execute()]
 
     async def remove(self, person: str, token: str) -> bool:
         return bool(await self.redis.hdel(self.keys.devices(person), token))

@@ -26,6 +26,7 @@ from engine.followups.kpis import KpiStore, message_journey
 from engine.followups.message import Message
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
+from engine.store.coalesce import Coalesced
 from engine.store.keys import DEAD_LETTERS_MAX
 
 if TYPE_CHECKING:
@@ -91,40 +92,6 @@ class _Settle:
         self.dead += other.dead
         self.alerts += other.alerts
         self.suppress += other.suppress
-
-
-class Coalesced:
-    """Calls that arrive while a round trip is under way go together in the next
-    one: `write(items) -> results` runs for a group, each caller gets its own
-    result (or the group's error). Under load a few round trips serve hundreds
-    of sends; with a single send it is one round trip, as before."""
-
-    def __init__(self, write: Callable[[list], Awaitable[list]]):
-        self._write = write
-        self._pending: list = []
-        self._next: asyncio.Future | None = None  # the write that will carry what is pending
-        self._writer: asyncio.Task | None = None
-
-    async def __call__(self, item):
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-        index, group = len(self._pending), self._next
-        self._pending.append(item)
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
-        return (await group)[index]
-
-    async def _drain(self) -> None:
-        try:
-            while self._next is not None:
-                items, done = self._pending, self._next
-                self._pending, self._next = [], None
-                try:
-                    done.set_result(await self._write(items))
-                except Exception as exc:  # noqa: BLE001 - handed to every caller of this group
-                    done.set_exception(exc)
-        finally:
-            self._writer = None
 
 
 class Scheduler:

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
+from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError, NoScriptError, ResponseError
@@ -167,6 +168,43 @@ class BoundedSendConnection(Connection):
             self.socket_timeout = bound
 
 
+class OneDeadlinePipeline(Pipeline):
+    """A pipeline whose replies are read under one deadline (socket_timeout)
+    instead of one timer per reply: redis-py arms an asyncio timeout for every
+    reply it reads, about 5 µs each, and the scheduler's settle step reads a
+    dozen replies a message (benchmarks/README.md, P9). A deadline missed
+    drops the connection (the read was cancelled mid-reply), as a missed
+    timer does."""
+
+    async def _execute_pipeline(self, connection, commands, raise_on_error):
+        return await _one_deadline(connection, super()._execute_pipeline(connection, commands, raise_on_error))
+
+    async def _execute_transaction(self, connection, commands, raise_on_error):
+        return await _one_deadline(connection, super()._execute_transaction(connection, commands, raise_on_error))
+
+
+async def _one_deadline(connection: Connection, work):
+    bound = connection.socket_timeout
+    if not bound:
+        return await work
+    connection.socket_timeout = None  # each read and send waits without a timer of its own
+    try:
+        async with asyncio.timeout(bound):
+            return await work
+    except TimeoutError:
+        await connection.disconnect(nowait=True)
+        raise RedisTimeout("Redis did not answer the pipeline in time") from None
+    finally:
+        connection.socket_timeout = bound
+
+
+class Store(Redis):
+    """The single-server client: redis-py's, with pipelines read under one deadline."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return OneDeadlinePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+
+
 def is_cluster_url(url: str) -> bool:
     return urlsplit(url).scheme == CLUSTER_SCHEME
 
@@ -189,13 +227,12 @@ def connect(settings: Settings, *, pool_size: int | None = None, pool_timeout_s:
             socket_connect_timeout=1.0,
             socket_timeout=socket_timeout,
         )
-    return Redis(
-        connection_pool=BlockingConnectionPool.from_url(
-            settings.redis_url,
-            max_connections=size,
-            timeout=timeout_s,
-            connection_class=BoundedSendConnection,
-            socket_connect_timeout=1.0,
-            socket_timeout=socket_timeout,
-        )
-    )
+    # from_pool: the client owns its pool, and closing it closes the connections.
+    return Store.from_pool(BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=size,
+        timeout=timeout_s,
+        connection_class=BoundedSendConnection,
+        socket_connect_timeout=1.0,
+        socket_timeout=socket_timeout,
+    ))

@@ -5,12 +5,22 @@ run in one round trip."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import DataError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
-from engine.store.client import BoundedSendConnection, run_scripts
+from engine.settings import Settings
+from engine.store.client import (
+    BoundedSendConnection,
+    OneDeadlinePipeline,
+    Store,
+    connect,
+    run_scripts,
+)
 from engine.testing.processes import RedisServer
 
 
@@ -80,3 +90,68 @@ async def test_commands_packed_in_c_reach_redis_as_redis_py_would_send_them(redi
         await client.delete("packed", "packed-counter")
         await client.aclose()
         await pool.aclose()
+
+
+async def test_a_pipeline_answers_as_redis_py_would_under_one_deadline(redis_server):
+    """The product's single-server client reads a pipeline's replies under one
+    deadline: the replies keep redis-py's conversions (a hash as a dict, scores
+    as floats, a transaction's replies), an error reply is raised after every
+    reply is read, and the connection goes on in step."""
+    client = connect(Settings(redis_url=redis_server.url))
+    assert isinstance(client, Store)
+    try:
+        await client.delete("h", "z", "s")
+        pipe = client.pipeline(transaction=False)
+        assert isinstance(pipe, OneDeadlinePipeline)
+        pipe.hset("h", mapping={"a": 1, "b": "two"})
+        pipe.hgetall("h")
+        pipe.zadd("z", {"x": 1.5, "y": 2})
+        pipe.zrange("z", 0, -1, withscores=True)
+        pipe.set("s", "text")
+        assert await pipe.execute() == [2, {b"a": b"1", b"b": b"two"}, 2, [(b"x", 1.5), (b"y", 2.0)], True]
+        pipe = client.pipeline(transaction=True)
+        pipe.incr("n")
+        pipe.incr("n")
+        assert await pipe.execute() == [1, 2]
+        pipe = client.pipeline(transaction=False)
+        pipe.incr("n")
+        pipe.incr("s")  # not a number
+        pipe.incr("n")
+        with pytest.raises(ResponseError, match="not an integer"):
+            await pipe.execute()
+        assert await client.get("n") == b"4"  # the third ran; the next command reads its own reply
+    finally:
+        await client.delete("h", "z", "s", "n")
+        await client.aclose()
+
+
+async def test_a_pipeline_to_a_frozen_server_fails_after_one_deadline_and_the_client_recovers():
+    """A frozen server: the pipeline fails with a named timeout (after its
+    attempts, each bounded by socket_timeout as a whole, not per reply) and the
+    next command, once the server is back, gets a connection in step."""
+    with RedisServer() as server:
+        pool = BlockingConnectionPool.from_url(server.url, max_connections=2, timeout=1,
+                                               connection_class=BoundedSendConnection, socket_timeout=0.3)
+        client = Store(connection_pool=pool)
+        try:
+            await client.set("k", "v")
+            server.pause()
+            started = time.monotonic()
+            try:
+                pipe = client.pipeline(transaction=False)
+                for n in range(50):
+                    pipe.get(f"k{n}")
+                with pytest.raises(RedisTimeout):
+                    await pipe.execute()
+            finally:
+                server.resume()
+            # redis-py's retries (3 by default) each wait one deadline, not 50.
+            assert time.monotonic() - started < 0.3 * 4 + 2
+            pipe = client.pipeline(transaction=False)
+            pipe.get("k")
+            pipe.set("k2", "w")
+            assert await pipe.execute() == [b"v", True]
+            assert await asyncio.wait_for(client.get("k2"), 2) == b"w"
+        finally:
+            await client.aclose()
+            await pool.aclose()
