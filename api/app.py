@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 from contextlib import asynccontextmanager
@@ -43,7 +42,7 @@ from api.routes import (
 )
 from api.services import Services
 from engine.clock import cancel_for_good, every, in_background, now_ms
-from engine.runtime import Runtime, run_embedded
+from engine.runtime import Runtime, freeze_start_up, run_embedded
 from engine.settings import Settings
 
 log = logging.getLogger("attimo.api")
@@ -83,10 +82,7 @@ def create_app(settings: Settings, extra_routes: list | None = None) -> Starlett
 
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
-        # Long-lived objects made at start-up never need scanning again: no GC
-        # pauses that grow with the catalog on the hot path.
-        gc.collect()
-        gc.freeze()
+        freeze_start_up()  # no GC pauses that grow with the catalog on the hot path
         def flush_ops():
             return runtime.ops.flush(metrics.OPS)
 

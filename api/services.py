@@ -17,7 +17,7 @@ from engine.ingest.pipeline import ApplyResult
 from engine.policy import PERSONAL_CHANNELS
 from engine.runtime import Runtime
 from engine.store.client import connect
-from engine.store.hot_read import HotReader
+from engine.store.pipelined import Pipelined
 from engine.stream.event_log import EventLog
 
 
@@ -27,10 +27,10 @@ class Services:
         self.runtime = runtime
         self.settings = settings
         self.redis = runtime.redis
-        # Decide's reads: one pipelined connection (engine/store/hot_read.py),
+        # Decide's reads: one pipelined connection (engine/store/pipelined.py),
         # or on a cluster a client of their own; either way bounded by the
         # decide budget alone, the only timer a decide's round trip carries.
-        self.profile_reader = HotReader.of(settings.redis_url) or connect(settings, caller_bounds=True)
+        self.profile_reader = Pipelined.of(settings.redis_url) or connect(settings, caller_bounds=True)
         self.keys = runtime.keys
         self.holder = runtime.holder
         self.catalogs = runtime.catalogs

@@ -1,7 +1,7 @@
 """P9's floor: a bare loop over the same due queue that claims what is due,
 posts each message to its webhook URL and acknowledges it: no contact policy,
-no send marks, no outcomes, no KPIs, no retries. What the queue and the sink
-allow; `attimo scheduler`'s throughput is reported against it. Runs until the
+no send marks, no outcomes, no KPIs, no retries, over the same Redis client
+(engine/store/client.py). What the queue and the sink allow; `attimo scheduler`'s throughput is reported against it. Runs until the
 queue has been empty for 2 s after its first send (or BARE_SECONDS), then
 prints what it sent.
 
@@ -17,10 +17,11 @@ import time
 import aiohttp
 import orjson
 import uvloop
-from redis.asyncio import Redis
 
 from engine.clock import now_ms
 from engine.followups.due_queue import DueQueue
+from engine.settings import Settings
+from engine.store.client import connect
 
 BATCH = 200
 IN_FLIGHT = 64
@@ -28,7 +29,7 @@ LEASE_MS = 30_000
 
 
 async def main() -> None:
-    redis = Redis.from_url(os.environ["BARE_REDIS"])
+    redis = connect(Settings(redis_url=os.environ["BARE_REDIS"]))  # the scheduler's own client
     url = os.environ["BARE_URL"]
     queue = DueQueue(redis)
     sent, idle_since, deadline = 0, None, time.monotonic() + float(os.environ.get("BARE_SECONDS", "600"))

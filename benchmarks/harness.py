@@ -36,6 +36,8 @@ def arguments(prog: str, description: str, rates: str, rates_help: str = "req/s"
     parser.add_argument("--rates", default=rates, help=rates_help)
     parser.add_argument("--duration", type=float, help="seconds per fixed-rate run")
     parser.add_argument("--p99-limit-ms", type=float, default=25.0, help="saturation: highest p99 that passes")
+    parser.add_argument("--saturation-rounds", type=int,
+                        help="saturation searches per server, interleaved; each keeps its best (default 2, quick 1)")
     return parser
 
 
@@ -47,6 +49,7 @@ def settle(args: argparse.Namespace) -> argparse.Namespace:
     args.warmup = 2.0 if args.quick else 8.0  # a fresh server opens its pool and settles for ~8 s
     args.step_seconds = 1.0 if args.quick else 2.5
     args.refine = 1 if args.quick else 2
+    args.saturation_rounds = args.saturation_rounds or (1 if args.quick else 2)
     return args
 
 
@@ -137,12 +140,22 @@ async def interleaved(subject: tuple[HttpTarget, int], floor: tuple[HttpTarget, 
 
 async def saturate(targets: Mapping[str, HttpTarget], args: argparse.Namespace, start_rate: float,
                    options: LoadOptions) -> dict[str, SaturationResult]:
-    return {
-        name: await find_max_rps(
-            target, start_rate=start_rate, step_seconds=args.step_seconds, p99_limit_ms=args.p99_limit_ms,
-            refine_steps=args.refine, options=replace(options, drain_timeout=2.0), log=log)
-        for name, target in targets.items()
-    }
+    """Each target's saturation search, `args.saturation_rounds` times over,
+    interleaved: the targets in turn, their order reversed every other round
+    (floor, subject, subject, floor), so a slow minute of the VM falls on both.
+    Each target keeps its best round: noise only ever lowers a capacity."""
+    names = list(targets)
+    best: dict[str, SaturationResult] = {}
+    for round_ in range(args.saturation_rounds):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            found = await find_max_rps(
+                targets[name], start_rate=start_rate, step_seconds=args.step_seconds,
+                p99_limit_ms=args.p99_limit_ms, refine_steps=args.refine,
+                options=replace(options, drain_timeout=2.0), log=log)
+            log(f"saturation of {name}, round {round_ + 1}: {found.max_rps:.0f}/s")
+            if name not in best or found.max_rps > best[name].max_rps:
+                best[name] = found
+    return {name: best[name] for name in names}
 
 
 def run(measure: Callable[[argparse.Namespace], Awaitable[dict]], args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -173,6 +174,16 @@ def scheduler_runtime(settings: Settings, holder: CatalogHolder | None = None) -
                          pool_timeout_s=5)
 
 
+def freeze_start_up() -> None:
+    """Long-lived objects made at start-up (modules, the catalog, clients) are
+    never scanned by the garbage collector again: its full collections, which
+    allocations trigger on the hot path, stop growing with them. On the
+    scheduler py-spy charged a tenth of its samples to allocations that set
+    such a collection off (benchmarks/README.md, P9)."""
+    gc.collect()
+    gc.freeze()
+
+
 async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *,
                         handle_signals: bool = True, catalogs: CatalogHolder | None = None) -> SchedulerStats:
     """`attimo scheduler`: run until SIGINT/SIGTERM (or `stop`), print stats at the
@@ -189,6 +200,7 @@ async def run_scheduler(settings: Settings, stop: asyncio.Event | None = None, *
                           concurrency=settings.scheduler_concurrency, alert_channel=settings.alert_channel,
                           catalogs=runtime.holder, kpis=runtime.kpis)
     senders.update(internal_senders(runtime.pipeline.journeys, scheduler.clock))
+    freeze_start_up()
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()

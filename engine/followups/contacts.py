@@ -24,7 +24,7 @@ from engine.policy import (
     set_consent,
     suppression_address,
 )
-from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_scripts
+from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_commands, run_scripts
 from engine.store.keys import CONTACT_OUTCOMES_MAX, CONTACT_STATE_TTL_S, Keys
 
 
@@ -184,11 +184,8 @@ class ContactStore:
         addresses = {m.id: message_addresses(m) for m in messages}
         candidates = list(dict.fromkeys([*(n for p in people for n in person_names(p)),
                                          *(a for found in addresses.values() for a in found)]))
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.smismember(self.keys.suppressed(), candidates)
-        for person in people:
-            pipe.get(self.keys.contact(person))
-        flags, *raws = await pipe.execute()
+        flags, *raws = await run_commands(self.redis, [("SMISMEMBER", self.keys.suppressed(), *candidates),
+                                                       *(("GET", self.keys.contact(person)) for person in people)])
         suppressed = {c for c, flag in zip(candidates, flags, strict=True) if flag}
         read = dict(zip(people, raws, strict=True))
         states = {person: ContactState.decode(raw) for person, raw in read.items()}

@@ -290,6 +290,7 @@ class DueQueue:
         self.keys = keys or Keys()
         self.shards = shards
         self.done_keep_ms = done_keep_ms
+        self._shard_keys: dict[int, dict[str, str]] = {}
         self._schedule = redis.register_script(SCHEDULE)
         self._claim = redis.register_script(CLAIM)
         self._begin_send = redis.register_script(BEGIN_SEND)
@@ -301,13 +302,17 @@ class DueQueue:
         self._erase = redis.register_script(ERASE)
 
     def _keys(self, names: tuple[str, ...], shard: int, person: str = "", channel: str = "") -> list[str]:
-        """A script's KEYS, named in the order its header lists them (the *_KEYS tuples)."""
+        """A script's KEYS, named in the order its header lists them (the *_KEYS
+        tuples). A shard's own keys are named once and kept: every send names
+        them twice (its mark and its ack)."""
         k = self.keys
-        build = {"due": k.due, "inflight": k.due_inflight, "msg": k.due_messages, "attempts": k.due_attempts,
-                 "sent": k.due_sent, "done": k.due_done}
-        per_person = {"person_channel": lambda: k.due_person_channel(shard, person, channel),
-                      "person": lambda: k.due_person(shard, person)}
-        return [per_person[name]() if name in per_person else build[name](shard) for name in names]
+        shard_keys = self._shard_keys.get(shard)
+        if shard_keys is None:
+            shard_keys = self._shard_keys[shard] = {
+                "due": k.due(shard), "inflight": k.due_inflight(shard), "msg": k.due_messages(shard),
+                "attempts": k.due_attempts(shard), "sent": k.due_sent(shard), "done": k.due_done(shard)}
+        return [k.due_person_channel(shard, person, channel) if name == "person_channel"
+                else k.due_person(shard, person) if name == "person" else shard_keys[name] for name in names]
 
     def _person_keys(self, names: tuple[str, ...], person: str, channel: str) -> list[str]:
         return self._keys(names, shard_of(person, self.shards), person, channel)

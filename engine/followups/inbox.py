@@ -13,7 +13,7 @@ from redis.exceptions import WatchError
 
 from engine.errors import StoreContention
 from engine.followups.message import Message
-from engine.store.client import MAX_OPTIMISTIC_ATTEMPTS
+from engine.store.client import MAX_OPTIMISTIC_ATTEMPTS, as_dict, run_commands
 from engine.store.coalesce import Coalesced
 from engine.store.keys import CONTACT_STATE_TTL_S, DEVICES_MAX, INBOX_MAX, Keys
 
@@ -109,11 +109,9 @@ class DeviceStore:
 
     async def tokens_many(self, people: list[str]) -> list[list[dict]]:
         """Each person's push tokens, oldest token name first, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for person in people:
-            pipe.hgetall(self.keys.devices(person))
-        return [[{"token": t.decode(), **orjson.loads(v)} for t, v in sorted(devices.items())]
-                for devices in await pipe.execute()]
+        replies = await run_commands(self.redis, [("HGETALL", self.keys.devices(person)) for person in people])
+        return [[{"token": t.decode(), **orjson.loads(v)} for t, v in sorted(as_dict(devices).items())]
+                for devices in replies]
 
     async def remove(self, person: str, token: str) -> bool:
         return bool(await self.redis.hdel(self.keys.devices(person), token))

@@ -26,6 +26,7 @@ from engine.followups.kpis import KpiStore, message_journey
 from engine.followups.message import Message
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
+from engine.store.client import Commands, run_commands
 from engine.store.coalesce import Coalesced
 from engine.store.keys import DEAD_LETTERS_MAX
 
@@ -303,17 +304,18 @@ class Scheduler:
             settle.extend(part)
         writes = []
         if settle.outcomes or settle.dead or settle.suppress:
-            pipe = self.queue.redis.pipeline(transaction=False)
+            commands = Commands()
             for channel, address in settle.suppress:
-                self.contacts.suppress_commands(pipe, channel, address)
+                self.contacts.suppress_commands(commands, channel, address)
             for person, outcome in settle.outcomes:
-                self.contacts.outcome_commands(pipe, person, outcome)
-                self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
+                self.contacts.outcome_commands(commands, person, outcome)
+                self.kpis.outcome(commands, outcome["channel"], outcome.get("journey"), outcome["status"],
+                                  outcome["id"])
             if settle.dead:
                 key = self.queue.keys.dead_letters()
-                pipe.lpush(key, *settle.dead)
-                pipe.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
-            writes.append(pipe.execute())
+                commands.lpush(key, *settle.dead)
+                commands.ltrim(key, 0, DEAD_LETTERS_MAX - 1)
+            writes.append(run_commands(self.queue.redis, commands.stack))
         if settle.dead and writes:
             await writes.pop()
         writes.append(self.queue.settle(settle.acks, settle.delays, self.clock(), schedule=settle.alerts))

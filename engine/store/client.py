@@ -6,7 +6,6 @@ scheme is `redis+cluster://` (any node; the others are discovered)."""
 from __future__ import annotations
 
 import asyncio
-import math
 import weakref
 from urllib.parse import urlsplit, urlunsplit
 
@@ -14,11 +13,13 @@ from hiredis import pack_command
 from redis.asyncio import BlockingConnectionPool, Connection, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
+from redis.commands import CoreCommands
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import DataError, NoScriptError, ResponseError
+from redis.exceptions import DataError, NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from engine.settings import Settings
+from engine.store.pipelined import Pipelined
 
 CLUSTER_SCHEME = "redis+cluster"
 SOCKET_TIMEOUT_S = 5.0  # a command's send or reply waiting this long: the connection is given up
@@ -69,17 +70,55 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
             await redis.script_load(script.script)
             loaded.add(script.sha)
         try:
-            if isinstance(redis, RedisCluster):
+            pipelined = getattr(redis, "pipelined", None)
+            if pipelined is None:
                 pipe = redis.pipeline(transaction=False)
                 for script, keys, args in calls:
                     pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 return await pipe.execute()
-            return await _run_packed(redis, calls)
+            return await _run_pipelined(pipelined, packed_calls(calls), len(calls))
         except NoScriptError:
             if attempt == 2:
                 raise
             loaded.clear()
     raise AssertionError("unreachable")
+
+
+async def run_commands(redis: Redis | RedisCluster, commands: list[tuple]) -> list:
+    """Commands (tuples of a name and its arguments, as `Commands` collects
+    them) in one round trip: on a single server over its pipelined connection,
+    packed in C, with the replies as Redis sends them (a hash is a flat list);
+    on a cluster through redis-py's pipeline, routed by key. For writes and
+    plain reads whose replies are used as Redis sends them; a connection lost
+    on the way sends them once more, as redis-py's own retry does, so they
+    must be safe to repeat (a counter of distinct ids, a capped history)."""
+    if not commands:
+        return []
+    pipelined = getattr(redis, "pipelined", None)
+    if pipelined is None:
+        pipe = redis.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        return await pipe.execute()
+    return await _run_pipelined(pipelined, b"".join([_pack(command) for command in commands]), len(commands))
+
+
+def as_dict(reply: dict | list) -> dict:
+    """A hash as run_commands answers it, a dict from redis-py (a cluster) or a
+    flat field, value list from the pipelined connection."""
+    return reply if isinstance(reply, dict) else dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+class Commands(CoreCommands):
+    """Collects commands written as on a redis-py pipeline (`commands.lpush(…)`)
+    for `run_commands`: the helpers that queue their writes into a pipeline
+    queue them here as well."""
+
+    def __init__(self) -> None:
+        self.stack: list[tuple] = []
+
+    def execute_command(self, *args, **options) -> None:
+        self.stack.append(args)
 
 
 def packed_calls(calls: list[tuple]) -> bytes:
@@ -91,41 +130,27 @@ def packed_calls(calls: list[tuple]) -> bytes:
                      for script, keys, args in calls])
 
 
-async def _run_packed(redis: Redis, calls: list[tuple]) -> list:
-    """`calls` on one connection of the pool, written at once, replies read in
-    order under one deadline; the first error reply is raised once every reply
-    is read (the connection stays in step), as a redis-py pipeline does. A
-    connection that broke is dropped and the calls written once more on a new
-    one (they are safe to repeat)."""
-    payload = packed_calls(calls)
-    pool = redis.connection_pool
+def _pack(command: tuple) -> bytes:
+    try:
+        return pack_command(command)
+    except TypeError as exc:
+        raise DataError(f"Invalid input in {command[0]!r}: {exc}; convert to bytes, str, int or float first") \
+            from None
+
+
+async def _run_pipelined(pipelined: Pipelined, payload: bytes, count: int) -> list:
+    """`count` commands written at once, their replies read under one deadline;
+    the first error reply is raised. A connection that broke (or stalled) is
+    given up and the commands written once more on a new one."""
     for attempt in (1, 2):
-        connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(payload, check_health=False)
-            replies, first_error = [], None
             async with asyncio.timeout(SOCKET_TIMEOUT_S):
-                for _ in calls:
-                    try:
-                        replies.append(await connection.read_response(timeout=math.inf))
-                    except ResponseError as exc:
-                        replies.append(exc)
-                        first_error = first_error or exc
+                return await pipelined.execute(payload, count)
         except (RedisConnectionError, RedisTimeout, TimeoutError) as exc:
-            await connection.disconnect()
             if attempt == 2:
                 if isinstance(exc, TimeoutError):
                     raise RedisTimeout("Redis did not answer in time") from exc
                 raise
-            continue
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
-        if first_error is not None:
-            raise first_error
-        return replies
     raise AssertionError("unreachable")
 
 
@@ -146,11 +171,7 @@ class BoundedSendConnection(Connection):
         name = args[0]
         if isinstance(name, str | bytes) and (" " if isinstance(name, str) else b" ") in name:
             args = (*name.split(), *args[1:])
-        try:
-            return [pack_command(args)]
-        except TypeError as exc:
-            raise DataError(f"Invalid input in {args[0]!r}: {exc}; convert to bytes, str, int or float first") \
-                from None
+        return [_pack(args)]
 
     async def send_packed_command(self, command, check_health: bool = True) -> None:
         bound = self.socket_timeout
@@ -199,7 +220,16 @@ async def _one_deadline(connection: Connection, work):
 
 
 class Store(Redis):
-    """The single-server client: redis-py's, with pipelines read under one deadline."""
+    """The single-server client: redis-py's, with pipelines read under one
+    deadline, and the pipelined connection (`pipelined`, None for TLS or a
+    Unix socket) that script calls and command batches go over."""
+
+    pipelined: Pipelined | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        if self.pipelined is not None:
+            await self.pipelined.aclose()
+        await super().aclose(close_connection_pool)
 
     def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
         return OneDeadlinePipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
@@ -228,7 +258,7 @@ def connect(settings: Settings, *, pool_size: int | None = None, pool_timeout_s:
             socket_timeout=socket_timeout,
         )
     # from_pool: the client owns its pool, and closing it closes the connections.
-    return Store.from_pool(BlockingConnectionPool.from_url(
+    store = Store.from_pool(BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=size,
         timeout=timeout_s,
@@ -236,3 +266,5 @@ def connect(settings: Settings, *, pool_size: int | None = None, pool_timeout_s:
         socket_connect_timeout=1.0,
         socket_timeout=socket_timeout,
     ))
+    store.pipelined = Pipelined.of(settings.redis_url)
+    return store

@@ -36,7 +36,7 @@ from redis import exceptions as redis_errors
 
 from engine.clock import now_ms
 from engine.events import Event
-from engine.runtime import Runtime
+from engine.runtime import Runtime, freeze_start_up
 from engine.settings import Settings
 from engine.store.ops_series import OpsCounts
 from engine.stream.event_log import decode_record, ensure_topics
@@ -177,6 +177,7 @@ def build_app(settings: Settings) -> faust.App:
         nonlocal applier
         ready = Applier(settings, app)
         await until_done(app, "reading the published catalog", ready.catalogs.refresh)
+        freeze_start_up()
         applier = ready
         app.add_future(ready.catalogs.poll(settings.catalog_poll_s))
 

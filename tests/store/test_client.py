@@ -1,7 +1,8 @@
 """The general Redis client (engine/store/client.py): a send that cannot go out
 (a frozen server, its socket buffers full) fails with a named timeout after
-socket_timeout and the pool goes on with a new connection; scripts packed and
-run in one round trip."""
+socket_timeout and the pool goes on with a new connection; pipelines read under
+one deadline; scripts and collected commands packed and run in one round trip
+over the pipelined connection."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from engine.settings import Settings
 from engine.store.client import (
     BoundedSendConnection,
+    Commands,
     OneDeadlinePipeline,
     Store,
     connect,
+    run_commands,
     run_scripts,
 )
 from engine.testing.processes import RedisServer
@@ -155,3 +158,33 @@ async def test_a_pipeline_to_a_frozen_server_fails_after_one_deadline_and_the_cl
         finally:
             await client.aclose()
             await pool.aclose()
+
+
+async def test_commands_collected_as_on_a_pipeline_run_in_one_round_trip(redis):
+    """`Commands` takes what a helper would queue into a pipeline; run_commands
+    sends it over the pipelined connection and answers as Redis does (a hash
+    as a flat list); an error reply is raised after the others ran."""
+    assert redis.pipelined is not None
+    commands = Commands()
+    commands.lpush("history", b"one", "two")
+    commands.ltrim("history", 0, 0)
+    commands.expire("history", 60)
+    commands.hset("h", mapping={"a": 1})
+    commands.hgetall("h")
+    commands.pfadd("ids", "x", "y", "x")
+    commands.get("missing")
+    assert await run_commands(redis, commands.stack) == [2, b"OK", 1, 1, [b"a", b"1"], 1, None]
+    assert await redis.lrange("history", 0, -1) == [b"two"]
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await run_commands(redis, [("INCR", "n"), ("INCR", "h"), ("INCR", "n")])
+    assert await redis.get("n") == b"2"
+    with pytest.raises(DataError):
+        await run_commands(redis, [("SET", "k", None)])
+    assert await run_commands(redis, []) == []
+
+
+async def test_scripts_run_again_after_redis_forgot_them(redis):
+    echo = redis.register_script("return ARGV[1]")
+    assert await run_scripts(redis, [(echo, [], ["one"])]) == [b"one"]
+    await redis.script_flush()
+    assert await run_scripts(redis, [(echo, [], ["two"]), (echo, [], ["three"])]) == [b"two", b"three"]
