@@ -106,7 +106,8 @@ def test_only_decision_ids_issued_to_the_person_teach_and_each_only_once(learnin
 
     def learnt():
         found = model(learning_api)["offers"]
-        return found if found[offer]["buckets"].get("desktop", {}).get("rewards") else None
+        # Until the first event is learnt the snapshot may not name the offer yet.
+        return found if found.get(offer, {}).get("buckets", {}).get("desktop", {}).get("rewards") else None
 
     buckets = wait_until(learnt, 10, 0.1, "the click in the model's snapshot")
     # One each (faded a little already, a half-life of 6 s): never two.
