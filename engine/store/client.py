@@ -70,13 +70,8 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
             await redis.script_load(script.script)
             loaded.add(script.sha)
         try:
-            pipelined = getattr(redis, "pipelined", None)
-            if pipelined is None:
-                pipe = redis.pipeline(transaction=False)
-                for script, keys, args in calls:
-                    pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return await pipe.execute()
-            return await _run_pipelined(pipelined, packed_calls(calls), len(calls))
+            return await run_commands(redis, [("EVALSHA", script.sha, len(keys), *keys, *args)
+                                              for script, keys, args in calls])
         except NoScriptError:
             if attempt == 2:
                 raise
@@ -119,15 +114,6 @@ class Commands(CoreCommands):
 
     def execute_command(self, *args, **options) -> None:
         self.stack.append(args)
-
-
-def packed_calls(calls: list[tuple]) -> bytes:
-    """The EVALSHA commands of `calls` in RESP, packed by hiredis in C: about a
-    microsecond a call where redis-py's packer, which inspects every argument
-    in Python, took tens (a third of an ingest batch's CPU:
-    benchmarks/README.md, P3)."""
-    return b"".join([pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
-                     for script, keys, args in calls])
 
 
 def _pack(command: tuple) -> bytes:
