@@ -68,9 +68,10 @@ class Stream:
     tmp: Path
     workers: list[subprocess.Popen]
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, **env: str) -> subprocess.Popen:
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the child's
-        process = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"], env={**os.environ, **self.env},
+        process = subprocess.Popen([sys.executable, "-m", "engine.cli", "worker"],
+                                   env={**os.environ, **self.env, **env},
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         self.workers.append(process)
@@ -291,48 +292,76 @@ def test_a_broker_that_is_down_is_a_503(redis_server, tmp_path):
 
 
 def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(stream, redis_sync_client):
-    """Two workers in one group while a known set of events flows for about
-    forty seconds; every two seconds or so the older one is SIGKILLed and a new
-    one started, 20 times. Afterwards every person's dedupe set holds exactly
-    the ids sent to them and no counter went past the number sent, and the
-    workers' logs show that records were delivered again (else this test
-    would prove nothing about redelivery)."""
+    """Two workers in one group while events flow; the older one is SIGKILLed
+    just after its own metrics show it applying (so it dies holding applied,
+    uncommitted records, not while still starting up) and a new one started,
+    eight times. Afterwards every person's dedupe set holds exactly the ids
+    sent to them, no counter went past the number sent, and the workers' logs
+    show that records were delivered again and absorbed (else this test would
+    prove nothing about redelivery)."""
     from engine.events import Event
     from engine.profile import decode_profile
     from engine.store.keys import Keys
     from engine.stream.event_log import records
+    from engine.testing.processes import free_port
 
-    people, per_person, kills = 100, 40, 20
-    sent = [Event(f"k{p}-{n}", "page_view", f"u-{p}", NOW + n, PRICING)
-            for n in range(per_person) for p in range(people)]
-    chunks = [sent[i:i + 10] for i in range(0, len(sent), 10)]
+    people, kills = 100, 8
     # A dead member leaves the group when its session times out; until then
     # the group cannot settle. Short sessions let the survivors take over
     # (and get records delivered again) between kills. Tansu allows 2 s; an
     # Apache Kafka broker's default group.min.session.timeout.ms is 6 s.
     stream.env["ATTIMO_WORKER_SESSION_TIMEOUT_S"] = "2"
-    stream.start_worker()
-    stream.start_worker()
+    metrics: dict[subprocess.Popen, int] = {}
+
+    def start() -> None:
+        port = free_port()
+        metrics[stream.start_worker(ATTIMO_WORKER_METRICS_PORT=str(port))] = port
+
+    async def applied_by(process: subprocess.Popen) -> float:
+        """The worker's own count of events applied (0 until it serves /metrics)."""
+        try:
+            async with httpx.AsyncClient() as client:
+                text = (await client.get(f"http://127.0.0.1:{metrics[process]}/metrics", timeout=1)).text
+        except httpx.HTTPError:
+            return 0.0
+        found = re.search(r"^attimo_worker_events_applied_total (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    start()
+    start()
     rng = random.Random(5)
+    killed = asyncio.Event()
+    rounds = 0  # each round sends every person one event: the flow goes on until the kills are done
 
     async def flow() -> None:
+        nonlocal rounds
         producer = AIOKafkaProducer(bootstrap_servers=list(stream.settings.kafka_brokers), acks="all")
         await producer.start()
         try:
-            for chunk in chunks:
-                for key, value in records(chunk):
-                    await producer.send_and_wait(stream.settings.kafka_topic, value, key=key)
-                await asyncio.sleep(0.1)  # the pace of the flow, not a wait for anything
+            while not killed.is_set() or rounds < 10:
+                sent = [Event(f"k{p}-{rounds}", "page_view", f"u-{p}", NOW + rounds, PRICING) for p in range(people)]
+                for start_at in range(0, people, 10):
+                    for key, value in records(sent[start_at:start_at + 10]):
+                        await producer.send_and_wait(stream.settings.kafka_topic, value, key=key)
+                    await asyncio.sleep(0.1)  # the pace of the flow, not a wait for anything
+                rounds += 1
         finally:
             await producer.stop()
 
     async def killer() -> None:
-        for _ in range(kills):
-            await asyncio.sleep(rng.uniform(1.5, 2.5))  # a random moment mid-stream
-            oldest = next(process for process in stream.workers if process.poll() is None)
-            oldest.send_signal(signal.SIGKILL)
-            oldest.wait()
-            stream.start_worker()
+        try:
+            for _ in range(kills):
+                oldest = next(process for process in stream.workers if process.poll() is None)
+                seen, deadline = await applied_by(oldest), time.monotonic() + 90
+                while (now := await applied_by(oldest)) <= seen or now == 0:  # until it applies a batch
+                    assert time.monotonic() < deadline, f"worker never applied\n{stream.logs()}"
+                    seen = max(seen, now)
+                    await asyncio.sleep(rng.uniform(0.02, 0.08))
+                oldest.send_signal(signal.SIGKILL)
+                oldest.wait()
+                start()
+        finally:
+            killed.set()
 
     async def both() -> None:
         await asyncio.gather(flow(), killer())
@@ -340,6 +369,7 @@ def test_workers_killed_mid_stream_lose_nothing_and_apply_nothing_twice(stream, 
     asyncio.run(both())
     assert sum(process.returncode == -signal.SIGKILL for process in stream.workers) == kills
     keys = Keys(stream.settings.key_prefix)
+    per_person = rounds
 
     def all_applied() -> bool:
         return all(redis_sync_client.zcard(keys.dedupe(f"u-{p}")) == per_person for p in range(people))
