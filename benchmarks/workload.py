@@ -200,7 +200,7 @@ class FreshBatches:
     count as duplicates."""
 
     def __init__(self, host: str, port: int, path: str, headers: dict[str, str], n_people: int,
-                 size: int = 20, people_per_batch: int = 20, seed: int = 7):
+                 size: int = 20, people_per_batch: int = 20, seed: int = 7, id_field: str = "user_id"):
         self.head = "\r\n".join([
             f"POST {path} HTTP/1.1", f"Host: {host}:{port}",
             *(f"{name}: {value}" for name, value in headers.items()),
@@ -209,6 +209,7 @@ class FreshBatches:
         self.n_people = n_people
         self.size = size
         self.people_per_batch = people_per_batch
+        self.id_field = id_field
         self.counter = itertools.count()
         self.rng = random.Random(seed)
 
@@ -224,7 +225,7 @@ class FreshBatches:
             events.append({
                 "id": f"bench-{batch}-{n}",
                 "type": "page_view",
-                "user_id": people[n % self.people_per_batch],
+                self.id_field: people[n % self.people_per_batch],
                 "properties": {"category": category, "page_type": "article", "path": f"/{category}/{n}"},
             })
         body = orjson.dumps({"events": events})
