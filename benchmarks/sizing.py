@@ -120,6 +120,9 @@ def costs(runs: list[dict[str, Any]]) -> dict[str, Figure | None]:
         "worker_events_per_s": find(runs, "bench_stream", "worker_events_per_s"),
         "bytes_per_person": find(runs, "bench_ingest", "bytes_per_person"),
         "redis_us_per_script": find(runs, "bench_ingest", "redis_us_per_script"),
+        # CPU time per event of the API and of Redis at a fixed rate (/proc; since 2026-12-02).
+        "ingest_cpu_us": find(runs, "bench_ingest", "ingest_cpu_us"),
+        "ingest_redis_cpu_us": find(runs, "bench_ingest", "ingest_redis_cpu_us"),
         "scheduler_messages_per_s": find(runs, "bench_followups", "scheduler_messages_per_s"),
     }
     rps = found["decide_rps_max"]
@@ -130,9 +133,15 @@ def costs(runs: list[dict[str, Any]]) -> dict[str, Figure | None]:
 
 
 def apply_us(found: dict[str, Figure | None]) -> float:
-    """Redis time of one person's apply script: measured where a run did."""
-    measured = found.get("redis_us_per_script")
-    return measured.value if measured is not None else REDIS_US_PER_APPLY
+    """Redis time of one person's apply: Redis's CPU per event where a run
+    measured it (bench_ingest's batches carry one event a person, so that is
+    one apply), else the script's time from INFO commandstats, which counts
+    the moments Redis waited for its shared core too, else assumed."""
+    for key in ("ingest_redis_cpu_us", "redis_us_per_script"):
+        measured = found.get(key)
+        if measured is not None:
+            return measured.value
+    return REDIS_US_PER_APPLY
 
 
 def ceil(x: float) -> int:
@@ -248,10 +257,13 @@ def _cost_rows(found: dict[str, Figure | None]) -> list[tuple[str, str, str]]:
         ("CPU per decide (`decide_cpu_us`)", *cell("decide_cpu_us", " µs")),
         ("decides/s per API process (`decide_rps_max`)", *cell("decide_rps_max", "/s")),
         ("events/s per API process, inline (`ingest_events_per_s`)", *cell("ingest_events_per_s", "/s", per_request)),
-        ("CPU per event, inline",
-         *(("not measured", "—") if ingest is None else
+        ("CPU per event, inline: the API (`ingest_cpu_us`)",
+         *(cell("ingest_cpu_us", " µs", lambda f: "measured below saturation; Redis's own CPU is the next row")
+           if found.get("ingest_cpu_us") is not None else
+           ("not measured", "—") if ingest is None else
            (f"{num(1e6 / ingest.value)} µs (derived: 1e6 ÷ `ingest_events_per_s`, one core at saturation)",
             ingest.source))),
+        ("CPU per event, inline: Redis (`ingest_redis_cpu_us`)", *cell("ingest_redis_cpu_us", " µs")),
         ("events/s per API process, Kafka mode (`kafka_produce_events_per_s`)",
          *cell("produce_events_per_s", "/s", lambda f:
                f"{PRODUCE_BATCH} events a request: {num(f.value / PRODUCE_BATCH)} requests/s")),

@@ -118,3 +118,19 @@ def test_measured_figures_replace_the_assumed_and_the_renamed_ones():
     assert got["Redis Cluster primaries"] == 12
     # 50k events/s in requests of 20: 2500 requests/s, 100k batches/s over 1500 = 66.7.
     assert got["API processes for ingest"] == 67
+
+
+def test_redis_cpu_per_event_is_preferred_to_the_scripts_wall_time():
+    """Where a run measured Redis's CPU per event (one apply a person), it sets
+    the Redis load instead of INFO commandstats' time per script, which counts
+    the moments Redis waited for the core it shares with the API."""
+    runs = measured() + [
+        run("bench_ingest", {"redis_us_per_script": 300.0, "ingest_redis_cpu_us": 30.0,
+                             "ingest_cpu_us": 120.0}, date="2026-01-03T00:00:00Z"),
+    ]
+    assert sizing.apply_us(sizing.costs(runs)) == 30.0
+    # As in the test above: 30 µs a batch keeps the Redis load under what memory wants.
+    assert counts(runs)["Redis Cluster primaries"] == 12
+    page = sizing.render(runs)
+    assert "| CPU per event, inline: the API (`ingest_cpu_us`) | 120 µs" in page
+    assert "| CPU per event, inline: Redis (`ingest_redis_cpu_us`) | 30 µs" in page

@@ -12,7 +12,6 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 
 from engine.catalog import windows
@@ -66,6 +65,15 @@ def load_catalog_file(path: str | Path) -> tuple[Catalog, str]:
     except OSError as exc:
         raise CatalogError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from None
     return compile_catalog(parse_catalog_text(text, str(path)), str(path)), text
+
+
+def feature_table(table: dict[str, tuple[int, int]]) -> bytes:
+    """The rings the apply and merge scripts may keep, as ",<fid>:<resolution
+    ms>:<length>,…,": the scripts look up the few rings a profile holds with a
+    plain string search. Unpacking the whole table as msgpack cost a pruning
+    call about 55 µs of Redis time with a catalog of 88 features, more than
+    the rest of the script. Feature ids are base64url, never "," or ":"."""
+    return ("," + "".join(f"{fid}:{resolution}:{length}," for fid, (resolution, length) in table.items())).encode()
 
 
 def compile_catalog(spec: dict, source: str = "catalog") -> Catalog:
@@ -144,7 +152,7 @@ def _compile(spec: dict, source: str) -> Catalog:
     for feature in compiler.features.values():
         features_by_type[feature.event_type].append(feature)
     feature_index = {kind: _index_features(features) for kind, features in features_by_type.items()}
-    table = {fid: [f.resolution_ms, f.length] for fid, f in compiler.features.items()}
+    table = {fid: (f.resolution_ms, f.length) for fid, f in compiler.features.items()}
 
     return Catalog(
         digest=_digest(spec),
@@ -160,7 +168,7 @@ def _compile(spec: dict, source: str) -> Catalog:
         protected_traits=frozenset(protected),
         rules=rules,
         window_uses=compiler.window_uses,
-        feature_table=msgspec.msgpack.encode(table),
+        feature_table=feature_table(table),
         indexed_traits=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "t"),
         indexed_context=frozenset(n for p in placements.values() for k, n, _ in p.by_atom if k == "c"),
         journeys=journeys,

@@ -144,7 +144,7 @@ class Catalog:
     protected_traits: frozenset[str]
     rules: dict[str, Predicate]
     window_uses: dict[str, tuple[Feature, int]] = field(default_factory=dict)
-    # msgpack {fid: [resolution_ms, length]}: the rings the Lua script may keep.
+    # ",<fid>:<resolution_ms>:<length>,…" (compile.feature_table): the rings the Lua scripts may keep.
     feature_table: bytes = b""
     # Trait and context names some offer is indexed under: the only atoms worth
     # building for a request.

@@ -48,10 +48,19 @@ local function load_profile(raw)
   return p
 end
 
+-- A feature's {resolution ms, ring length} from the catalog's table
+-- (",<fid>:<resolution>:<length>,…"), or nil when the catalog has no such feature.
+local function feature(features, fid)
+  local at = string.find(features, ',' .. fid .. ':', 1, true)
+  if at == nil then return nil end
+  local resolution, length = string.match(features, '^(%d+):(%d+),', at + #fid + 2)
+  return {tonumber(resolution), tonumber(length)}
+end
+
 -- Drop rings the catalog no longer asks for, and rings wholly outside their window.
 local function prune_rings(p, features, now)
   for fid, ring in pairs(p.w) do
-    local f = features[fid]
+    local f = feature(features, fid)
     if f == nil or #ring < 2 or math.floor(now / f[1]) - ring[1] >= f[2] then
       p.w[fid] = nil
     else
@@ -92,10 +101,9 @@ end
 #         [[fid, bucket, amount, ring length], …], points, 1 if it is the
 #         person's own activity (0: a journey's set_trait, which must not
 #         move "last seen" and so postpone inactivity)]
-# ARGV[3] msgpack feature table {fid: [resolution_ms, length]} to prune the
-#         profile's rings against, or "" to skip pruning this time (the caller
-#         prunes every few batches: unpacking the whole table on every call
-#         cost more than the rest of the script).
+# ARGV[3] the catalog's feature table (",<fid>:<resolution_ms>:<length>,…",
+#         engine/catalog/compile.py) to prune the profile's rings against, or
+#         "" to skip pruning this time (the caller prunes every few batches).
 # ARGV[4…] 8-byte event id hashes, one per op, in order (Redis's cmsgpack has
 #         no binary type, so they travel as arguments)
 # Returns {accepted, duplicates, packed profile or ""}
@@ -126,7 +134,7 @@ for i, op in ipairs(ops) do
 end
 local packed = ''
 if accepted > 0 then
-  if ARGV[3] ~= '' then prune_rings(p, cmsgpack.unpack(ARGV[3]), now) end
+  if ARGV[3] ~= '' then prune_rings(p, ARGV[3], now) end
   p.v = (p.v or 0) + 1
   packed = save(KEYS[1], p, profile_ttl)
   redis.call('PEXPIRE', KEYS[2], dedupe_ttl)
@@ -163,12 +171,12 @@ local token = 'merge:' .. ARGV[6]
 if redis.call('ZSCORE', KEYS[2], token) then return 0 end
 redis.call('ZADD', KEYS[2], now, token)
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]))
-local features = cmsgpack.unpack(ARGV[5])
+local features = ARGV[5]
 local p = load_profile(redis.call('GET', KEYS[1]))
 local a = load_profile(ARGV[7])
 for k, v in pairs(a.t) do if p.t[k] == nil then p.t[k] = v end end
 for fid, ring in pairs(a.w) do
-  local f = features[fid]
+  local f = feature(features, fid)
   if f then
     for i = 2, #ring do
       if ring[i] ~= 0 then p.w[fid] = ring_add(p.w[fid], ring[1] - (i - 2), f[2], ring[i]) end

@@ -137,6 +137,27 @@ async def test_rings_the_catalog_no_longer_needs_are_dropped_on_a_pruning_write(
     assert (await profile_of(redis)).w == {}
 
 
+async def test_a_pruning_write_keeps_the_rings_the_catalog_still_has(redis):
+    """The scripts find each ring in the catalog's feature table by its id; ids
+    are base64url, so "-" and "_" (magic in Lua patterns) must match as text."""
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("e1")], NOW)
+    before = (await profile_of(redis)).w
+    assert len(before) == 2
+    table = pipeline.catalogs.current.feature_table.decode()
+    assert all(f",{fid}:" in table for fid in before)
+    pruning = next(i for i in (f"p{n}" for n in range(1000)) if event_id_hash(i)[0] % PRUNE_EVERY == 0)
+    await pipeline.apply([page_view(pruning)], NOW)
+    after = (await profile_of(redis)).w
+    assert after.keys() == before.keys()
+    assert sum(sum(ring[1:]) for ring in after.values()) == sum(sum(ring[1:]) for ring in before.values()) + 2
+
+
+def test_the_feature_table_names_ids_with_lua_pattern_characters_as_text():
+    from engine.catalog.compile import feature_table
+    assert feature_table({"a-b_c%d": (60_000, 30), "x": (86_400_000, 7)}) == b",a-b_c%d:60000:30,x:86400000:7,"
+
+
 async def test_traits_set_and_null_removes(redis):
     pipeline = make_pipeline(redis, CATALOG)
     await pipeline.apply([Event("t1", "identify", "p1", NOW, {}, {"a": 1, "b": "x", "c": [1, 2]})], NOW)
