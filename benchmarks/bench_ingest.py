@@ -136,7 +136,7 @@ async def measure(args: argparse.Namespace) -> dict:
         "ingest_redis_cpu_us": cpu["events"]["redis"],
         "floor_cpu_us": cpu["floor"]["server"],
         "floor_redis_cpu_us": cpu["floor"]["redis"],
-        "cpu_over_floor": (cpu["events"]["server"] + cpu["events"]["redis"])
+        "ingest_cpu_over_floor": (cpu["events"]["server"] + cpu["events"]["redis"])
         / (cpu["floor"]["server"] + cpu["floor"]["redis"]),
         "redis_us_per_script": scripts.get("usec_per_call"),
         "redis_scripts": scripts.get("calls"),
@@ -156,7 +156,7 @@ async def measure(args: argparse.Namespace) -> dict:
             f"{args.p99_limit_ms:.0f} ms; batch_p99_ms at {P3_P99_BATCHES_PER_S * BATCH:.0f} events/s",
             f"CPU per event (ingest_cpu_us, ingest_redis_cpu_us, and the floor's): the server process's and "
             f"Redis's CPU time (/proc) over the events served at {CPU_BATCHES_PER_S * BATCH:.0f} events/s, "
-            "medians of interleaved trials; cpu_over_floor compares the sums",
+            "medians of interleaved trials; ingest_cpu_over_floor compares the sums (server and Redis)",
             "redis_us_per_script: Redis's time per script the API ran (INFO commandstats, every run of the API "
             "in this benchmark)",
             f"bytes_per_person: INFO used_memory delta over {P7_PEOPLE} people after 30 days at 20 events/day "

@@ -326,7 +326,10 @@ async def freshness(broker, redis, work: Path, rates: list[float], seconds: floa
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
                                      headers={"Authorization": f"Bearer {TOKEN}"},
-                                     limits=httpx.Limits(max_connections=200)) as http:
+                                     # Idle connections are dropped before uvicorn's 5 s keep-alive
+                                     # closes them: a request on one it had just closed failed the
+                                     # whole run with a ReadError.
+                                     limits=httpx.Limits(max_connections=200, keepalive_expiry=2.0)) as http:
             deadline = time.monotonic() + 30
             while True:
                 try:
@@ -360,7 +363,10 @@ async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys
     sample_every = max(1, round(requests_per_s / SAMPLED_PER_S))
 
     async def shows_offer(person: str) -> bool:
-        answer = await http.post("/v1/decide", json={"user_id": person, "placements": [FRESH_PLACEMENT]})
+        try:
+            answer = await http.post("/v1/decide", json={"user_id": person, "placements": [FRESH_PLACEMENT]})
+        except httpx.TransportError:  # a poll: the next one asks again
+            return False
         chosen = answer.json()["placements"][FRESH_PLACEMENT]
         return chosen is not None and chosen["offer"] == FRESH_OFFER
 

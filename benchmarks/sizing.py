@@ -351,7 +351,8 @@ def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
         f"{OPS_PER_DECIDE} (the",
         "  person's read and a browser caller's rate-limit hit; the decision log is written in batches);",
         f"  a batch's apply script takes about {apply_us(found):.3g} µs of Redis time, "
-        f"{apply_us(found) * 1e-6 * REDIS_OPS_PER_CORE:.3g} simple commands' worth.",
+        f"{apply_us(found) * 1e-6 * REDIS_OPS_PER_CORE:.3g} simple commands' worth (measured with Redis",
+        "  sharing one core with the API, which makes it dearer: the safe side).",
         "  Primaries are the larger of the count by memory and by load.",
         f"- **Follow-ups**: the busiest hour sends at {FOLLOWUP_PEAK:g}× the day's average rate; a scheduler is",
         f"  planned at {pct(SCHEDULER_UTILISATION)} of its measured capacity, where P9 measures its lateness.",
