@@ -129,15 +129,15 @@ async def measure(args: argparse.Namespace) -> dict:
         "batch_p99_ms": at_p3["events"].p99_ms,
         "floor_batch_p99_ms": at_p3["floor"].p99_ms,
         "bytes_per_person": memory,
-        # Redis's own time per script the API ran (a person's apply, or the
-        # write of their segments), the script's commands included: INFO
-        # commandstats over the whole run (the floor runs no scripts).
         "ingest_cpu_us": cpu["events"]["server"],
         "ingest_redis_cpu_us": cpu["events"]["redis"],
         "floor_cpu_us": cpu["floor"]["server"],
         "floor_redis_cpu_us": cpu["floor"]["redis"],
         "ingest_cpu_over_floor": (cpu["events"]["server"] + cpu["events"]["redis"])
         / (cpu["floor"]["server"] + cpu["floor"]["redis"]),
+        # Redis's own time per script the API ran (a person's apply, or the
+        # write of their segments), the script's commands included: INFO
+        # commandstats over the whole run (the floor runs no scripts).
         "redis_us_per_script": scripts.get("usec_per_call"),
         "redis_scripts": scripts.get("calls"),
         "people": args.people,
