@@ -36,3 +36,103 @@ _decode_profile = msgspec.msgpack.Decoder(Profile).decode
 
 def decode_profile(raw: bytes | None) -> Profile:
     return _decode_profile(raw) if raw else Profile()
+
+
+# Applying events to a stored profile: the API and the worker do it here, in
+# Python, and Redis only checks that nobody wrote the profile since it was
+# read (engine/store/profiles.py, WRITE_LUA). The same rules in Lua (APPLY_LUA
+# there) serve a write that lost that race; tests/store/test_apply_parity.py
+# holds the two to the same results.
+
+_decode_state = msgspec.msgpack.Decoder().decode
+encode_state = msgspec.msgpack.Encoder().encode
+
+
+def load_state(raw: bytes | None) -> dict:
+    """A stored profile as a plain dict (every field kept, known or not)."""
+    p = _decode_state(raw) if raw else {}
+    if not isinstance(p.get("t"), dict):  # Lua's cmsgpack writes an empty table as an array
+        p["t"] = {}
+    if not isinstance(p.get("w"), dict):
+        p["w"] = {}
+    return p
+
+
+def ring_add(ring: list | None, bucket: int, length: int, amount) -> list:
+    """Add `amount` to `bucket` of a ring [newest bucket, v0, v1, …] keeping
+    `length` buckets; a bucket older than the window changes nothing."""
+    if not ring:
+        return [bucket, amount]
+    newest = ring[0]
+    if bucket > newest:
+        shift = bucket - newest
+        if shift >= length:
+            return [bucket, amount]
+        out = [bucket, amount, *([0] * (shift - 1)), *ring[1:]]
+        del out[length + 1:]
+        return out
+    age = newest - bucket
+    if age >= length:
+        return ring
+    if len(ring) < age + 2:
+        ring.extend([0] * (age + 2 - len(ring)))
+    ring[age + 1] += amount
+    return ring
+
+
+def decay(score: list | None, now_ms: int, half_life_ms: int) -> float:
+    """A score [points, at_ms] as of `now_ms`."""
+    if not score or len(score) < 2:
+        return 0
+    value = score[0]
+    if half_life_ms > 0 and now_ms > score[1]:
+        value = value * 0.5 ** ((now_ms - score[1]) / half_life_ms)
+    return value
+
+
+def _seen(p: dict, ts: int, session_gap_ms: int) -> None:
+    last = p.get("ls")
+    if not last:
+        p["fs"] = p["ls"] = ts
+        p["gap"] = 0
+        return
+    if ts - last > session_gap_ms:
+        p["gap"] = ts - last
+    if ts > last:
+        p["ls"] = ts
+    first = p.get("fs")
+    if first is None or ts < first:
+        p["fs"] = ts
+
+
+def apply_ops(p: dict, ops: list, now_ms: int, half_life_ms: int, session_gap_ms: int) -> None:
+    """Apply events, each as engine.ingest.pipeline.event_ops describes it:
+    [ts, traits to set | False, traits to unset | False, [[feature id, bucket,
+    amount, ring length], …], score points, 1 if it is the person's activity]."""
+    traits, rings = p["t"], p["w"]
+    for ts, to_set, to_unset, increments, points, active in ops:
+        if active:
+            _seen(p, ts, session_gap_ms)
+        if to_set:
+            traits.update(to_set)
+        if to_unset:
+            for name in to_unset:
+                traits.pop(name, None)
+        for fid, bucket, amount, length in increments:
+            rings[fid] = ring_add(rings.get(fid), bucket, length, amount)
+        if points:
+            p["s"] = [decay(p.get("s"), now_ms, half_life_ms) + points, now_ms]
+
+
+def prune_rings(p: dict, features: dict, now_ms: int) -> None:
+    """Drop rings the catalog no longer asks for (`features`: id → an object
+    with resolution_ms and length) and rings wholly outside their window; trim
+    trailing empty buckets."""
+    rings = p["w"]
+    for fid in list(rings):
+        ring, feature = rings[fid], features.get(fid)
+        if feature is None or len(ring) < 2 or now_ms // feature.resolution_ms - ring[0] >= feature.length:
+            del rings[fid]
+            continue
+        while len(ring) > 2 and ring[-1] == 0:
+            ring.pop()

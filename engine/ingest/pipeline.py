@@ -1,7 +1,9 @@
 """The transport-free batch pipeline: validated events in, profiles updated in
 Redis. The API's inline path calls it before answering 202; a stream worker can
-call it with the events of a consumed batch. One Lua call per person per batch
-does dedupe and every update atomically, all persons in one round trip."""
+call it with the events of a consumed batch. Every person's profile and applied
+ids are read in one round trip, the events applied here (engine/profile.py),
+and the profiles written back in a second by compare-and-set, so dedupe and
+every update stay atomic per person while Redis only compares and copies."""
 
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ from engine.outcomes.exposures import EXPERIMENT, Credit, ExposureStore
 from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
-from engine.profile import decode_profile
+from engine.profile import apply_ops, decode_profile, encode_state, load_state, prune_rings
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -125,24 +127,10 @@ class Pipeline:
             if event.merge_from and event.merge_from.startswith(ANONYMOUS) and event.person.startswith(KNOWN):
                 merges[(event.person, event.merge_from)] = None
 
-        params = _encode([
-            now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
-            SESSION_GAP_MS, 1 if catalog.segments or catalog.journeys else 0,
-        ])
-        calls = []
         people = list(by_person)
-        for person in people:
-            batch = by_person[person]
-            ops = _encode([event_ops(catalog, e) for e in batch])
-            hashes = [event_id_hash(e.id) for e in batch]
-            prune = catalog.feature_table if hashes[0][0] % PRUNE_EVERY == 0 else b""
-            calls.append(store.apply_call(person, params, ops, prune, hashes))
         pairs = list(merges)
         merging = {person for person, _ in pairs}
-        for _, anonymous in pairs:
-            calls.append(store.stage_call(anonymous, os.urandom(8).hex()))
-
-        replies = await store.run(calls)
+        replies, staged = await self._write_profiles(catalog, by_person, pairs, now_ms)
         result = ApplyResult()
         segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
@@ -162,7 +150,6 @@ class Pipeline:
                 if segments != profile.g:
                     result.segment_changes[person] = (list(profile.g), segments)
                     segment_calls[person] = store.set_segments_call(person, profile.v, segments)
-        staged = replies[len(people):]
         merge_calls, unstage_calls, absorbed, indexed = [], [], [], []
         for (person, anonymous), value in zip(pairs, staged, strict=True):
             if not value:
@@ -228,6 +215,57 @@ class Pipeline:
                 by_person, catalog.offers_by_id, lambda person, event: _earned(event, tickets.get(event.id)))
             await self._outcomes(catalog, by_person, tickets, now_ms)
         return result
+
+    async def _write_profiles(self, catalog: Catalog, by_person: dict[str, list[Event]],
+                              pairs: list[tuple[str, str]], now_ms: int) -> tuple[list, list]:
+        """Apply each person's events to their profile: read the profiles and
+        which event ids were applied before (one round trip), apply in Python,
+        write back what nobody changed meanwhile (one round trip); the rest,
+        and the staging of the anonymous profiles to merge (`pairs`), in a
+        third. Returns [accepted, duplicates, the profile as written or read,
+        or b"" when the catalog has no use for it] per person, in by_person's
+        order, and the staged anonymous profiles in pairs' order."""
+        store = self.store
+        people = list(by_person)
+        hashes = {person: [event_id_hash(e.id) for e in by_person[person]] for person in people}
+        read = await store.run([], [c for person in people for c in store.read_commands(person, hashes[person])])
+        want_profile = bool(catalog.segments or catalog.journeys)
+        replies, writes, written = [], [], []
+        cutoff = now_ms - store.dedupe_ttl_ms  # ids applied before this have left the dedupe set
+        for at, person in enumerate(people):
+            raw, scores = read[2 * at], read[2 * at + 1]
+            taken, ops = [], []
+            for event, id_hash, score in zip(by_person[person], hashes[person], scores, strict=True):
+                if (score is not None and float(score) > cutoff) or id_hash in taken:
+                    continue
+                taken.append(id_hash)
+                ops.append(event_ops(catalog, event))
+            packed = raw or b""
+            if ops:
+                p = load_state(raw)
+                apply_ops(p, ops, now_ms, catalog.scoring.half_life_ms, SESSION_GAP_MS)
+                if hashes[person][0][0] % PRUNE_EVERY == 0:
+                    prune_rings(p, catalog.features, now_ms)
+                p["v"] = p.get("v", 0) + 1
+                packed = encode_state(p)
+                writes.append(store.write_call(person, raw or b"", packed, now_ms, taken))
+                written.append(at)
+            replies.append([len(ops), len(hashes[person]) - len(ops), packed if want_profile else b""])
+        # A profile written by someone else since it was read (another API
+        # process, a worker, a merge) gets the batch applied by Lua, in Redis;
+        # then the anonymous profiles to merge are staged, after every write
+        # to them.
+        lost = [at for at, done in zip(written, await store.run(writes), strict=True) if not done]
+        params = _encode([now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
+                          SESSION_GAP_MS, 1])
+        retries = [store.apply_call(people[at], params, _encode([event_ops(catalog, e) for e in by_person[people[at]]]),
+                                    catalog.feature_table, hashes[people[at]]) for at in lost]
+        staging = [store.stage_call(anonymous, os.urandom(8).hex()) for _, anonymous in pairs]
+        again = await store.run(retries + staging)
+        for at, (accepted, duplicates, packed) in zip(lost, again, strict=False):
+            replies[at] = [accepted, duplicates, packed if want_profile else b""]
+        staged = again[len(lost):]
+        return replies, staged
 
     async def _track(self, catalog: Catalog, result: ApplyResult, by_person: dict[str, list[Event]],
                      evaluated: dict, now_ms: int) -> dict[str, list[Event]]:

@@ -1,6 +1,7 @@
-"""A person's profile in Redis: the one-read fetch for decide, and the Lua
-scripts that apply a batch of events, stage and merge an anonymous profile
-into a known one, and record segment membership. Each script touches the keys
+"""A person's profile in Redis: the one-read fetch for decide, the read and
+the compare-and-set write of a batch applied in Python (and the Lua script
+that applies it in Redis when that write lost a race), the scripts that stage
+and merge an anonymous profile into a known one, and record segment membership. Each script touches the keys
 of one person only (one hash tag), so all of this runs on Redis Cluster too."""
 
 from __future__ import annotations
@@ -93,7 +94,35 @@ local function save(key, p, ttl_ms)
 end
 """
 
+# Write a profile the caller read and applied a batch to (engine/profile.py,
+# apply_ops), unless someone wrote it since: Redis does a compare and a copy
+# instead of unpacking and packing the whole profile (most of a batch's Redis
+# time when Lua applied it). Dedupe stays exact: every accepted event rewrites
+# the profile (its version moves), so ids read as absent are still absent when
+# the profile is unchanged.
+# KEYS[1] profile  KEYS[2] dedupe zset
+# ARGV[1] the profile as read ('' when absent)  ARGV[2] the new profile
+# ARGV[3] now ms  ARGV[4] dedupe ttl ms  ARGV[5] profile ttl ms
+# ARGV[6…] the accepted events' 8-byte id hashes
+# Returns 1 when written, 0 when the profile changed since it was read.
+WRITE_LUA = r"""
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local now, dedupe_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedupe_ttl)
+local members = {}
+for i = 6, #ARGV do
+  members[#members + 1] = now
+  members[#members + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[2], unpack(members))
+redis.call('PEXPIRE', KEYS[2], dedupe_ttl)
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
+return 1
+"""
+
 # Apply one person's batch: dedupe by event id and every update, atomically.
+# The path of a write that lost WRITE_LUA's race (and of nothing else): the
+# same rules as engine/profile.py's apply_ops.
 # KEYS[1] profile  KEYS[2] dedupe zset
 # ARGV[1] msgpack [now_ms, dedupe ttl ms, profile ttl ms, score half-life ms,
 #         session gap ms, 1 to return the stored profile else 0]
@@ -217,6 +246,7 @@ return 1
 """
 
 SCRIPTS = {
+    "write": WRITE_LUA,
     "apply": APPLY_LUA,
     "stage": STAGE_LUA,
     "merge": MERGE_LUA,
@@ -251,11 +281,21 @@ class ProfileStore:
         """The read decide makes: one GET."""
         return decode_profile(await self.redis.get(self.keys.profile(person)))
 
-    async def run(self, calls: Sequence[tuple[str, list, list]]) -> list:
-        """Run (script name, keys, args) calls in one pipelined round trip
-        (engine.store.client.run_scripts: every script here is idempotent, so
-        running them again after a NOSCRIPT is safe)."""
-        return await run_scripts(self.redis, [(self.scripts[name], keys, args) for name, keys, args in calls])
+    async def run(self, calls: Sequence[tuple[str, list, list]], commands: Sequence[tuple] = ()) -> list:
+        """Run (script name, keys, args) calls, then plain `commands`, in one
+        pipelined round trip (engine.store.client.run_scripts: every script
+        here is idempotent, so running them again after a NOSCRIPT is safe)."""
+        return await run_scripts(self.redis, [(self.scripts[name], keys, args) for name, keys, args in calls],
+                                 commands)
+
+    def read_commands(self, person: str, id_hashes: list[bytes]) -> list[tuple]:
+        """What applying a batch reads first: the profile, and which of its
+        events' ids the dedupe set holds (with the time they were applied)."""
+        return [("GET", self.keys.profile(person)), ("ZMSCORE", self.keys.dedupe(person), *id_hashes)]
+
+    def write_call(self, person: str, read: bytes, profile: bytes, now_ms: int, id_hashes: list[bytes]) -> tuple:
+        keys = [self.keys.profile(person), self.keys.dedupe(person)]
+        return ("write", keys, [read, profile, now_ms, self.dedupe_ttl_ms, self.profile_ttl_ms, *id_hashes])
 
     def apply_call(self, person: str, params: bytes, ops: bytes, prune_table: bytes,
                    id_hashes: list[bytes]) -> tuple:

@@ -1,6 +1,8 @@
 """The batch pipeline against a real Redis: dedupe, windows at their edges,
 traits, score, segments, merges, TTLs and bounded state."""
 
+import asyncio
+
 import msgspec
 import pytest
 from redis.crc import key_slot
@@ -245,6 +247,39 @@ async def test_anonymous_history_merges_into_the_known_person_once(redis):
     again = await pipeline.apply([login, Event("next", "page_view", "u:u-1", NOW, {}, merge_from="a:anon-1")], NOW)
     assert again.merged == 0
     assert (await profile_of(redis, "u:u-1")).w[crm.fid][1:] == [3]
+
+
+async def test_the_visitors_events_in_the_batch_that_merges_them_reach_the_known_person(redis):
+    """The anonymous profile is staged for the merge after this batch's writes
+    to it: the page views sent in the same batch as the login are merged too,
+    and no stray anonymous profile is left."""
+    pipeline = make_pipeline(redis, CATALOG)
+    await pipeline.apply([page_view("v0", person="a:anon-9")], NOW)
+    login = Event("login", "identify", "u:u-9", NOW, {}, {"lang": "it"}, merge_from="a:anon-9")
+    result = await pipeline.apply([page_view("v1", person="a:anon-9"), page_view("v2", person="a:anon-9"), login],
+                                  NOW)
+    assert (result.accepted, result.merged) == (3, 1)
+    crm = feature(pipeline, "page_view", 7)
+    assert (await profile_of(redis, "u:u-9")).w[crm.fid][1:] == [3]
+    assert await redis.exists(KEYS.profile("a:anon-9"), KEYS.merge_staging("a:anon-9")) == 0
+
+
+async def test_concurrent_batches_for_one_person_lose_no_update(redis):
+    """Two processes apply to the same person at once: both read the same
+    profile, one write lands and the other is refused and applied again in
+    Redis. Every page view is counted, and every id is recorded once."""
+    first, second = make_pipeline(redis, CATALOG), make_pipeline(redis, CATALOG)
+    await first.apply([page_view("seed")], NOW)
+    for round_ in range(5):
+        results = await asyncio.gather(
+            first.apply([page_view(f"a{round_}"), page_view(f"b{round_}")], NOW),
+            second.apply([page_view(f"c{round_}"), page_view("seed")], NOW))
+        assert [(r.accepted, r.duplicates) for r in results] == [(2, 0), (1, 1)]
+    crm = feature(pipeline=first, event_type="page_view", within_days=7)
+    profile = await profile_of(redis)
+    assert profile.w[crm.fid][1:] == [1 + 5 * 3]
+    assert profile.v == 1 + 5 * 2
+    assert await redis.zcard(KEYS.dedupe("p1")) == 1 + 5 * 3
 
 
 async def test_segments_are_recorded_from_the_merged_history(redis):
