@@ -44,18 +44,7 @@ def decode_profile(raw: bytes | None) -> Profile:
 # there) serve a write that lost that race; tests/store/test_apply_parity.py
 # holds the two to the same results.
 
-_decode_state = msgspec.msgpack.Decoder().decode
-encode_state = msgspec.msgpack.Encoder().encode
-
-
-def load_state(raw: bytes | None) -> dict:
-    """A stored profile as a plain dict (every field kept, known or not)."""
-    p = _decode_state(raw) if raw else {}
-    if not isinstance(p.get("t"), dict):  # Lua's cmsgpack writes an empty table as an array
-        p["t"] = {}
-    if not isinstance(p.get("w"), dict):
-        p["w"] = {}
-    return p
+encode_profile = msgspec.msgpack.Encoder().encode
 
 
 def ring_add(ring: list | None, bucket: int, length: int, amount) -> list:
@@ -80,9 +69,9 @@ def ring_add(ring: list | None, bucket: int, length: int, amount) -> list:
     return ring
 
 
-def decay(score: list | None, now_ms: int, half_life_ms: int) -> float:
+def decay(score: list, now_ms: int, half_life_ms: int) -> float:
     """A score [points, at_ms] as of `now_ms`."""
-    if not score or len(score) < 2:
+    if len(score) < 2:
         return 0
     value = score[0]
     if half_life_ms > 0 and now_ms > score[1]:
@@ -90,26 +79,24 @@ def decay(score: list | None, now_ms: int, half_life_ms: int) -> float:
     return value
 
 
-def _seen(p: dict, ts: int, session_gap_ms: int) -> None:
-    last = p.get("ls")
-    if not last:
-        p["fs"] = p["ls"] = ts
-        p["gap"] = 0
+def _seen(p: Profile, ts: int, session_gap_ms: int) -> None:
+    if not p.ls:
+        p.fs = p.ls = ts
+        p.gap = 0
         return
-    if ts - last > session_gap_ms:
-        p["gap"] = ts - last
-    if ts > last:
-        p["ls"] = ts
-    first = p.get("fs")
-    if first is None or ts < first:
-        p["fs"] = ts
+    if ts - p.ls > session_gap_ms:
+        p.gap = ts - p.ls
+    if ts > p.ls:
+        p.ls = ts
+    if not p.fs or ts < p.fs:
+        p.fs = ts
 
 
-def apply_ops(p: dict, ops: list, now_ms: int, half_life_ms: int, session_gap_ms: int) -> None:
+def apply_ops(p: Profile, ops: list, now_ms: int, half_life_ms: int, session_gap_ms: int) -> None:
     """Apply events, each as engine.ingest.pipeline.event_ops describes it:
     [ts, traits to set | False, traits to unset | False, [[feature id, bucket,
     amount, ring length], …], score points, 1 if it is the person's activity]."""
-    traits, rings = p["t"], p["w"]
+    traits, rings = p.t, p.w
     for ts, to_set, to_unset, increments, points, active in ops:
         if active:
             _seen(p, ts, session_gap_ms)
@@ -121,14 +108,14 @@ def apply_ops(p: dict, ops: list, now_ms: int, half_life_ms: int, session_gap_ms
         for fid, bucket, amount, length in increments:
             rings[fid] = ring_add(rings.get(fid), bucket, length, amount)
         if points:
-            p["s"] = [decay(p.get("s"), now_ms, half_life_ms) + points, now_ms]
+            p.s = [decay(p.s, now_ms, half_life_ms) + points, now_ms]
 
 
-def prune_rings(p: dict, features: dict, now_ms: int) -> None:
+def prune_rings(p: Profile, features: dict, now_ms: int) -> None:
     """Drop rings the catalog no longer asks for (`features`: id → an object
     with resolution_ms and length) and rings wholly outside their window; trim
     trailing empty buckets."""
-    rings = p["w"]
+    rings = p.w
     for fid in list(rings):
         ring, feature = rings[fid], features.get(fid)
         if feature is None or len(ring) < 2 or now_ms // feature.resolution_ms - ring[0] >= feature.length:

@@ -42,7 +42,7 @@ from engine.outcomes.exposures import EXPERIMENT, Credit, ExposureStore
 from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
-from engine.profile import apply_ops, decode_profile, encode_state, load_state, prune_rings
+from engine.profile import apply_ops, decode_profile, encode_profile, prune_rings
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -137,13 +137,13 @@ class Pipeline:
         evaluated = {}  # person -> profile, where segments are tracked
         current = {}  # person -> profile as this batch left it, where the apply script returned it
         tracked = catalog.audiences.tracked
-        for person, (accepted, duplicates, packed) in zip(people, replies, strict=False):
+        for person, (accepted, duplicates, profile) in zip(people, replies, strict=False):
             result.accepted += accepted
             result.duplicates += duplicates
-            if packed and catalog.journeys:
-                profiles[person] = decode_profile(packed)
-            if packed:  # duplicates too: a retry after a crash before the segment write records it
-                profile = current[person] = profiles.get(person) or decode_profile(packed)
+            if profile is not None and catalog.journeys:
+                profiles[person] = profile
+            if profile is not None:  # duplicates too: a retry after a crash before the segment write records it
+                current[person] = profile
                 if tracked:
                     evaluated[person] = profile
                 segments = catalog.segments_of(profile, now_ms)
@@ -222,8 +222,8 @@ class Pipeline:
         which event ids were applied before (one round trip), apply in Python,
         write back what nobody changed meanwhile (one round trip); the rest,
         and the staging of the anonymous profiles to merge (`pairs`), in a
-        third. Returns [accepted, duplicates, the profile as written or read,
-        or b"" when the catalog has no use for it] per person, in by_person's
+        third. Returns [accepted, duplicates, the profile as written or read
+        (None when there is none, or the catalog has no use for it)] per person, in by_person's
         order, and the staged anonymous profiles in pairs' order."""
         store = self.store
         people = list(by_person)
@@ -240,17 +240,18 @@ class Pipeline:
                     continue
                 taken.append(id_hash)
                 ops.append(event_ops(catalog, event))
-            packed = raw or b""
+            profile = None
             if ops:
-                p = load_state(raw)
-                apply_ops(p, ops, now_ms, catalog.scoring.half_life_ms, SESSION_GAP_MS)
+                profile = decode_profile(raw)
+                apply_ops(profile, ops, now_ms, catalog.scoring.half_life_ms, SESSION_GAP_MS)
                 if hashes[person][0][0] % PRUNE_EVERY == 0:
-                    prune_rings(p, catalog.features, now_ms)
-                p["v"] = p.get("v", 0) + 1
-                packed = encode_state(p)
-                writes.append(store.write_call(person, raw or b"", packed, now_ms, taken))
+                    prune_rings(profile, catalog.features, now_ms)
+                profile.v += 1
+                writes.append(store.write_call(person, raw or b"", encode_profile(profile), now_ms, taken))
                 written.append(at)
-            replies.append([len(ops), len(hashes[person]) - len(ops), packed if want_profile else b""])
+            elif raw and want_profile:
+                profile = decode_profile(raw)
+            replies.append([len(ops), len(hashes[person]) - len(ops), profile if want_profile else None])
         # A profile written by someone else since it was read (another API
         # process, a worker, a merge) gets the batch applied by Lua, in Redis;
         # then the anonymous profiles to merge are staged, after every write
@@ -263,7 +264,7 @@ class Pipeline:
         staging = [store.stage_call(anonymous, os.urandom(8).hex()) for _, anonymous in pairs]
         again = await store.run(retries + staging)
         for at, (accepted, duplicates, packed) in zip(lost, again, strict=False):
-            replies[at] = [accepted, duplicates, packed if want_profile else b""]
+            replies[at] = [accepted, duplicates, decode_profile(packed) if packed and want_profile else None]
         staged = again[len(lost):]
         return replies, staged
 

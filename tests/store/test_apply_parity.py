@@ -11,7 +11,7 @@ import pytest
 
 from engine.catalog.compile import feature_table
 from engine.ingest.pipeline import event_id_hash
-from engine.profile import apply_ops, encode_state, load_state, prune_rings
+from engine.profile import Profile, apply_ops, decode_profile, encode_profile, prune_rings
 from engine.store.keys import Keys
 from engine.store.profiles import ProfileStore
 
@@ -42,11 +42,9 @@ def random_ops(rng: random.Random, now: int) -> list:
 
 
 def normalised(raw: bytes) -> dict:
-    p = msgspec.msgpack.decode(raw)
-    for name in ("t", "w"):
-        if p.get(name) == []:
-            p[name] = {}
-    return p
+    """A stored profile as the product reads it: Lua writes an empty table as
+    an array and every field; Python leaves out the defaults."""
+    return msgspec.structs.asdict(decode_profile(raw))
 
 
 def edge_batches(fid: str) -> list[list]:
@@ -71,12 +69,12 @@ async def apply_both(store: ProfileStore, redis, person: str, batch: int, ops: l
 
     raw, scores = await store.run([], store.read_commands(py_person, ids))
     assert scores == [None] * len(ids)
-    p = load_state(raw)
+    p = decode_profile(raw)
     apply_ops(p, ops, now, HALF_LIFE, SESSION_GAP)
     if prune:
         prune_rings(p, KEPT, now)
-    p["v"] = p.get("v", 0) + 1
-    assert await store.run([store.write_call(py_person, raw or b"", encode_state(p), now, ids)]) == [1]
+    p.v += 1
+    assert await store.run([store.write_call(py_person, raw or b"", encode_profile(p), now, ids)]) == [1]
 
     lua = normalised(await redis.get(Keys().profile(lua_person)))
     py = normalised(await redis.get(Keys().profile(py_person)))
@@ -114,7 +112,7 @@ async def test_a_write_after_someone_else_wrote_is_refused(redis):
     store = ProfileStore(redis, Keys(), dedupe_ttl_s=86_400, profile_ttl_s=86_400)
     ids = [event_id_hash("e1")]
     raw, _ = await store.run([], store.read_commands("u:1", ids))
-    await redis.set(Keys().profile("u:1"), encode_state({"v": 7}))  # another writer
-    assert await store.run([store.write_call("u:1", raw or b"", encode_state({"v": 1}), NOW, ids)]) == [0]
-    assert load_state(await redis.get(Keys().profile("u:1")))["v"] == 7
+    await redis.set(Keys().profile("u:1"), encode_profile(Profile(v=7)))  # another writer
+    assert await store.run([store.write_call("u:1", raw or b"", encode_profile(Profile(v=1)), NOW, ids)]) == [0]
+    assert decode_profile(await redis.get(Keys().profile("u:1"))).v == 7
     assert await redis.zcard(Keys().dedupe("u:1")) == 0  # the refused write recorded no id either
