@@ -38,6 +38,8 @@ FALLBACKS = Counter("attimo_decide_fallbacks_total", "Decides answered without t
 REDIS_ERRORS = Counter("attimo_redis_errors_total", "Redis failures and budget overruns", ["op", "kind"])
 RATE_LIMITED = Counter("attimo_rate_limited_total", "Public requests answered 429", ["limit"])
 MERGES = Counter("attimo_profile_merges_total", "Anonymous profiles merged into known people")
+WRITE_CONFLICTS = Counter("attimo_profile_write_conflicts_total",
+                          "Profiles another writer changed between an apply's read and its write (applied again in Redis)")
 
 
 def render() -> tuple[bytes, str]:

@@ -73,6 +73,8 @@ class Services:
         metrics.EVENTS_DUPLICATE.inc(result.duplicates)
         if result.merged:
             metrics.MERGES.inc(result.merged)
+        if result.conflicts:
+            metrics.WRITE_CONFLICTS.inc(result.conflicts)
         return result
 
     def webhook_channels(self) -> set[str]:

@@ -64,6 +64,7 @@ class ApplyResult:
     accepted: int = 0
     duplicates: int = 0
     merged: int = 0
+    conflicts: int = 0  # people whose profile another writer changed between the read and the write
     cancelled: int = 0  # queued messages cancelled by consent withdrawals
     segment_changes: dict[str, tuple[list, list]] = field(default_factory=dict)
     journey_actions: list = field(default_factory=list)  # engine.followups.transitions.Actions, one per person evaluated
@@ -130,8 +131,8 @@ class Pipeline:
         people = list(by_person)
         pairs = list(merges)
         merging = {person for person, _ in pairs}
-        replies, staged = await self._write_profiles(catalog, by_person, pairs, now_ms)
-        result = ApplyResult()
+        replies, staged, conflicts = await self._write_profiles(catalog, by_person, pairs, now_ms)
+        result = ApplyResult(conflicts=conflicts)
         segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
         evaluated = {}  # person -> profile, where segments are tracked
@@ -217,14 +218,15 @@ class Pipeline:
         return result
 
     async def _write_profiles(self, catalog: Catalog, by_person: dict[str, list[Event]],
-                              pairs: list[tuple[str, str]], now_ms: int) -> tuple[list, list]:
+                              pairs: list[tuple[str, str]], now_ms: int) -> tuple[list, list, int]:
         """Apply each person's events to their profile: read the profiles and
         which event ids were applied before (one round trip), apply in Python,
         write back what nobody changed meanwhile (one round trip); the rest,
         and the staging of the anonymous profiles to merge (`pairs`), in a
         third. Returns [accepted, duplicates, the profile as written or read
         (None when there is none, or the catalog has no use for it)] per person, in by_person's
-        order, and the staged anonymous profiles in pairs' order."""
+        order, the staged anonymous profiles in pairs' order, and how many
+        writes lost their race."""
         store = self.store
         people = list(by_person)
         hashes = {person: [event_id_hash(e.id) for e in by_person[person]] for person in people}
@@ -247,7 +249,7 @@ class Pipeline:
                 if hashes[person][0][0] % PRUNE_EVERY == 0:
                     prune_rings(profile, catalog.features, now_ms)
                 profile.v += 1
-                writes.append(store.write_call(person, raw or b"", encode_profile(profile), now_ms, taken))
+                writes.append(store.write_call(person, raw, encode_profile(profile), now_ms, taken))
                 written.append(at)
             elif raw and want_profile:
                 profile = decode_profile(raw)
@@ -266,7 +268,7 @@ class Pipeline:
         for at, (accepted, duplicates, packed) in zip(lost, again, strict=False):
             replies[at] = [accepted, duplicates, decode_profile(packed) if packed and want_profile else None]
         staged = again[len(lost):]
-        return replies, staged
+        return replies, staged, len(lost)
 
     async def _track(self, catalog: Catalog, result: ApplyResult, by_person: dict[str, list[Event]],
                      evaluated: dict, now_ms: int) -> dict[str, list[Event]]:

@@ -6,6 +6,7 @@ of one person only (one hash tag), so all of this runs on Redis Cluster too."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import msgspec
@@ -101,12 +102,15 @@ end
 # the profile (its version moves), so ids read as absent are still absent when
 # the profile is unchanged.
 # KEYS[1] profile  KEYS[2] dedupe zset
-# ARGV[1] the profile as read ('' when absent)  ARGV[2] the new profile
+# ARGV[1] the SHA-1 (hex) of the profile as read, '' when absent (the digest
+#         rather than the bytes: the profile crosses the network twice, not three times)
+# ARGV[2] the new profile
 # ARGV[3] now ms  ARGV[4] dedupe ttl ms  ARGV[5] profile ttl ms
 # ARGV[6…] the accepted events' 8-byte id hashes
 # Returns 1 when written, 0 when the profile changed since it was read.
 WRITE_LUA = r"""
-if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return 0 end
+local current = redis.call('GET', KEYS[1])
+if (current and redis.sha1hex(current) or '') ~= ARGV[1] then return 0 end
 local now, dedupe_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedupe_ttl)
 local members = {}
@@ -293,9 +297,12 @@ class ProfileStore:
         events' ids the dedupe set holds (with the time they were applied)."""
         return [("GET", self.keys.profile(person)), ("ZMSCORE", self.keys.dedupe(person), *id_hashes)]
 
-    def write_call(self, person: str, read: bytes, profile: bytes, now_ms: int, id_hashes: list[bytes]) -> tuple:
+    def write_call(self, person: str, read: bytes | None, profile: bytes, now_ms: int,
+                   id_hashes: list[bytes]) -> tuple:
+        """Write `profile` unless the stored one is no longer `read` (None: absent)."""
         keys = [self.keys.profile(person), self.keys.dedupe(person)]
-        return ("write", keys, [read, profile, now_ms, self.dedupe_ttl_ms, self.profile_ttl_ms, *id_hashes])
+        digest = hashlib.sha1(read).hexdigest() if read else ""  # a change check, not a secret
+        return ("write", keys, [digest, profile, now_ms, self.dedupe_ttl_ms, self.profile_ttl_ms, *id_hashes])
 
     def apply_call(self, person: str, params: bytes, ops: bytes, prune_table: bytes,
                    id_hashes: list[bytes]) -> tuple:

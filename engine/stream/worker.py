@@ -51,6 +51,8 @@ APPLIED = Counter("attimo_worker_events_applied_total", "Events applied to profi
 DUPLICATES = Counter("attimo_worker_events_duplicate_total", "Redelivered events the dedupe absorbed")
 DEAD_LETTERED = Counter("attimo_worker_dead_lettered_total", "Records sent to the dead-letter topic")
 REDIS_RETRIES = Counter("attimo_worker_redis_retries_total", "Applies retried after a Redis error")
+WRITE_CONFLICTS = Counter("attimo_worker_profile_write_conflicts_total",
+                          "Profiles another writer changed between an apply's read and its write (applied again in Redis)")
 BATCH_RECORDS = Histogram("attimo_worker_batch_records", "Records per applied batch",
                           buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500))
 APPLY_SECONDS = Histogram("attimo_worker_apply_seconds", "Time to apply one batch in Redis",
@@ -143,6 +145,7 @@ class Applier:
         APPLIED.inc(result.accepted)
         OPS.count("events_applied", result.accepted)
         DUPLICATES.inc(result.duplicates)
+        WRITE_CONFLICTS.inc(result.conflicts)
         if result.duplicates:
             log.warning("%d redelivered events absorbed by the dedupe", result.duplicates)
 

@@ -74,7 +74,7 @@ async def apply_both(store: ProfileStore, redis, person: str, batch: int, ops: l
     if prune:
         prune_rings(p, KEPT, now)
     p.v += 1
-    assert await store.run([store.write_call(py_person, raw or b"", encode_profile(p), now, ids)]) == [1]
+    assert await store.run([store.write_call(py_person, raw, encode_profile(p), now, ids)]) == [1]
 
     lua = normalised(await redis.get(Keys().profile(lua_person)))
     py = normalised(await redis.get(Keys().profile(py_person)))
@@ -113,6 +113,14 @@ async def test_a_write_after_someone_else_wrote_is_refused(redis):
     ids = [event_id_hash("e1")]
     raw, _ = await store.run([], store.read_commands("u:1", ids))
     await redis.set(Keys().profile("u:1"), encode_profile(Profile(v=7)))  # another writer
-    assert await store.run([store.write_call("u:1", raw or b"", encode_profile(Profile(v=1)), NOW, ids)]) == [0]
+    assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=1)), NOW, ids)]) == [0]
     assert decode_profile(await redis.get(Keys().profile("u:1"))).v == 7
     assert await redis.zcard(Keys().dedupe("u:1")) == 0  # the refused write recorded no id either
+    # A profile that was there when read, rewritten since: refused; as read: written.
+    raw, _ = await store.run([], store.read_commands("u:1", ids))
+    await redis.set(Keys().profile("u:1"), encode_profile(Profile(v=8)))
+    assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=9)), NOW, ids)]) == [0]
+    raw, _ = await store.run([], store.read_commands("u:1", ids))
+    assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=9)), NOW, ids)]) == [1]
+    assert decode_profile(await redis.get(Keys().profile("u:1"))).v == 9
+    assert await redis.zcard(Keys().dedupe("u:1")) == 1
