@@ -48,12 +48,12 @@ MEMORY_HEADROOM = 1.5  # fragmentation, growth, and a fork's copy-on-write while
 USABLE_GB_PER_PRIMARY = 25.0  # dataset per primary that still restarts and resyncs in minutes
 REDIS_OPS_PER_CORE = 100_000  # simple commands a second (GET, HSET) on one Redis core
 OPS_PER_DECIDE = 2  # the person's read, and a browser caller's rate-limit hit
-REDIS_US_PER_APPLY = 80.0  # Redis time of one person's apply script, where no run measured it (an earlier profile)
+REDIS_US_PER_APPLY = 80.0  # Redis time of one person's apply, where no run measured it (an earlier profile)
 RECORDS_PER_PARTITION = 10_000  # records a second one partition takes comfortably (~10 MB/s at ~1 KB)
 PARTITION_GROWTH = 2  # partitions over today's workers: workers can be added without repartitioning
 
 # Events per batch the throughput figures were measured with: one person's
-# batch is one request, one Kafka record and one apply script, and costs
+# batch is one request, one Kafka record and one read and write in Redis, and costs
 # about the same whatever its size (benchmarks/README.md, P3: 20 people of
 # one event a batch ingest at a third of one person's 20 events).
 PRODUCE_BATCH = 20  # benchmarks/bench_stream.py BATCH: 20 events of one person a request
@@ -337,7 +337,7 @@ def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
         "  one can fail or be redeployed, and a Redis Cluster needs three primaries.",
         f"- **Batches**: {target.events_per_batch:g} events of one person a batch (a browser sends a page view and",
         "  an impression or so together). One person's batch is one request, one Kafka record and one",
-        "  apply script, and costs about the same whatever its size (P3: 20 people of one event a batch",
+        "  read and write in Redis, and costs about the same whatever its size (P3: 20 people of one event a batch",
         "  ingest at about a third of one person's 20 events), so the measured events/s are turned into",
         f"  batches/s at the size they were measured with ({PRODUCE_BATCH} events a request for produce, "
         f"{WORKER_BATCH} a record",
@@ -358,7 +358,7 @@ def render(runs: list[dict[str, Any]], target: Target = Target()) -> str:
         f"- **Redis load**: {num(REDIS_OPS_PER_CORE)} simple commands/s a primary (one core); a decide is "
         f"{OPS_PER_DECIDE} (the",
         "  person's read and a browser caller's rate-limit hit; the decision log is written in batches);",
-        f"  a batch's apply script takes about {apply_us(found):.3g} µs of Redis time, "
+        f"  a batch's apply (a read, then a compare-and-set write) takes about {apply_us(found):.3g} µs of Redis time, "
         f"{apply_us(found) * 1e-6 * REDIS_OPS_PER_CORE:.3g} simple commands' worth (measured with Redis",
         "  sharing one core with the API, which makes it dearer: the safe side).",
         "  Primaries are the larger of the count by memory and by load.",

@@ -136,7 +136,7 @@ class Pipeline:
         segment_calls = {}  # person -> the write of their segments
         profiles = {}  # for journeys: duplicates too, so a redelivered batch finishes what a crash cut short
         evaluated = {}  # person -> profile, where segments are tracked
-        current = {}  # person -> profile as this batch left it, where the apply script returned it
+        current = {}  # person -> profile as this batch left it (where the catalog has a use for it)
         tracked = catalog.audiences.tracked
         for person, (accepted, duplicates, profile) in zip(people, replies, strict=False):
             result.accepted += accepted

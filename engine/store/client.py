@@ -57,8 +57,9 @@ async def preload(redis: Redis | RedisCluster, scripts) -> None:
 
 async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple], commands=()) -> list:
     """(script, keys, args) calls, each a script from `redis.register_script`,
-    then plain `commands` (as run_commands takes them), in one pipelined round trip. Raw EVALSHA: a cluster pipeline refuses the script
-    helper but routes the raw command by its keys. Scripts are loaded before
+    then plain `commands` (as run_commands takes them), in one pipelined round
+    trip. Raw EVALSHA: a cluster pipeline refuses the script helper but routes
+    the raw command by its keys. Scripts are loaded before
     their first use; a Redis restarted since answers NOSCRIPT, and then the
     scripts are loaded again and the same calls run again (callers only pass
     calls that are safe to repeat)."""

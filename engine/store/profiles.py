@@ -1,8 +1,9 @@
 """A person's profile in Redis: the one-read fetch for decide, the read and
 the compare-and-set write of a batch applied in Python (and the Lua script
 that applies it in Redis when that write lost a race), the scripts that stage
-and merge an anonymous profile into a known one, and record segment membership. Each script touches the keys
-of one person only (one hash tag), so all of this runs on Redis Cluster too."""
+and merge an anonymous profile into a known one, and record segment
+membership. Each script touches the keys of one person only (one hash tag),
+so all of this runs on Redis Cluster too."""
 
 from __future__ import annotations
 
