@@ -223,10 +223,10 @@ class Pipeline:
         which event ids were applied before (one round trip), apply in Python,
         write back what nobody changed meanwhile (one round trip); the rest,
         and the staging of the anonymous profiles to merge (`pairs`), in a
-        third. Returns [accepted, duplicates, the profile as written or read
-        (None when there is none, or the catalog has no use for it)] per person, in by_person's
-        order, the staged anonymous profiles in pairs' order, and how many
-        writes lost their race."""
+        third. Returns, per person in by_person's order, [accepted,
+        duplicates, the profile as written or read (None when there is none,
+        or the catalog has no use for it)]; the staged anonymous profiles in
+        pairs' order; and how many writes lost their race."""
         store = self.store
         people = list(by_person)
         hashes = {person: [event_id_hash(e.id) for e in by_person[person]] for person in people}
