@@ -230,17 +230,16 @@ class Pipeline:
         store = self.store
         people = list(by_person)
         hashes = {person: [event_id_hash(e.id) for e in by_person[person]] for person in people}
-        read = await store.run([], [c for person in people for c in store.read_commands(person, hashes[person])])
+        read = await store.read([(person, hashes[person]) for person in people])
         want_profile = bool(catalog.segments or catalog.journeys)
         replies, writes, written = [], [], []
         cutoff = now_ms - store.dedupe_ttl_ms  # ids applied before this have left the dedupe set
-        for at, person in enumerate(people):
-            raw, scores = read[2 * at], read[2 * at + 1]
-            taken, ops = [], []
+        for at, (person, (raw, scores)) in enumerate(zip(people, read, strict=True)):
+            taken, ops = {}, []  # the ids accepted (a dict: in order, found at once)
             for event, id_hash, score in zip(by_person[person], hashes[person], scores, strict=True):
                 if (score is not None and float(score) > cutoff) or id_hash in taken:
                     continue
-                taken.append(id_hash)
+                taken[id_hash] = None
                 ops.append(event_ops(catalog, event))
             profile = None
             if ops:
@@ -249,7 +248,7 @@ class Pipeline:
                 if hashes[person][0][0] % PRUNE_EVERY == 0:
                     prune_rings(profile, catalog.features, now_ms)
                 profile.v += 1
-                writes.append(store.write_call(person, raw, encode_profile(profile), now_ms, taken))
+                writes.append(store.write_call(person, raw, encode_profile(profile), now_ms, list(taken)))
                 written.append(at)
             elif raw and want_profile:
                 profile = decode_profile(raw)
@@ -259,10 +258,12 @@ class Pipeline:
         # then the anonymous profiles to merge are staged, after every write
         # to them.
         lost = [at for at, done in zip(written, await store.run(writes), strict=True) if not done]
-        params = _encode([now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
-                          SESSION_GAP_MS, 1])
-        retries = [store.apply_call(people[at], params, _encode([event_ops(catalog, e) for e in by_person[people[at]]]),
-                                    catalog.feature_table, hashes[people[at]]) for at in lost]
+        retries = []
+        if lost:
+            params = _encode([now_ms, store.dedupe_ttl_ms, store.profile_ttl_ms, catalog.scoring.half_life_ms,
+                              SESSION_GAP_MS, 1])
+            retries = [store.apply_call(people[at], params, _encode([event_ops(catalog, e) for e in by_person[people[at]]]),
+                                        catalog.feature_table, hashes[people[at]]) for at in lost]
         staging = [store.stage_call(anonymous, os.urandom(8).hex()) for _, anonymous in pairs]
         again = await store.run(retries + staging)
         for at, (accepted, duplicates, packed) in zip(lost, again, strict=False):

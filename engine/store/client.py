@@ -55,15 +55,14 @@ async def preload(redis: Redis | RedisCluster, scripts) -> None:
         loaded.add(script.sha)
 
 
-async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple], commands=()) -> list:
-    """(script, keys, args) calls, each a script from `redis.register_script`,
-    then plain `commands` (as run_commands takes them), in one pipelined round
-    trip. Raw EVALSHA: a cluster pipeline refuses the script helper but routes
-    the raw command by its keys. Scripts are loaded before
+async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple]) -> list:
+    """(script, keys, args) calls, each a script from `redis.register_script`, in
+    one pipelined round trip. Raw EVALSHA: a cluster pipeline refuses the script
+    helper but routes the raw command by its keys. Scripts are loaded before
     their first use; a Redis restarted since answers NOSCRIPT, and then the
     scripts are loaded again and the same calls run again (callers only pass
     calls that are safe to repeat)."""
-    if not calls and not commands:
+    if not calls:
         return []
     loaded = _LOADED.setdefault(redis, set())
     for attempt in (1, 2):
@@ -71,8 +70,8 @@ async def run_scripts(redis: Redis | RedisCluster, calls: list[tuple], commands=
             await redis.script_load(script.script)
             loaded.add(script.sha)
         try:
-            return await run_commands(redis, [*(("EVALSHA", script.sha, len(keys), *keys, *args)
-                                                for script, keys, args in calls), *commands])
+            return await run_commands(redis, [("EVALSHA", script.sha, len(keys), *keys, *args)
+                                              for script, keys, args in calls])
         except NoScriptError:
             if attempt == 2:
                 raise

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import msgspec
 
 from engine.profile import Profile, decode_profile
-from engine.store.client import preload, run_scripts
+from engine.store.client import preload, run_commands, run_scripts
 from engine.store.keys import MERGE_STAGING_TTL_S, Keys
 
 _encode = msgspec.msgpack.encode
@@ -114,12 +114,14 @@ local current = redis.call('GET', KEYS[1])
 if (current and redis.sha1hex(current) or '') ~= ARGV[1] then return 0 end
 local now, dedupe_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - dedupe_ttl)
-local members = {}
-for i = 6, #ARGV do
-  members[#members + 1] = now
-  members[#members + 1] = ARGV[i]
+for first = 6, #ARGV, 1000 do  -- unpack's stack is bounded: a worker's batch may hold thousands
+  local members = {}
+  for i = first, math.min(first + 999, #ARGV) do
+    members[#members + 1] = now
+    members[#members + 1] = ARGV[i]
+  end
+  redis.call('ZADD', KEYS[2], unpack(members))
 end
-redis.call('ZADD', KEYS[2], unpack(members))
 redis.call('PEXPIRE', KEYS[2], dedupe_ttl)
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[5])
 return 1
@@ -286,17 +288,20 @@ class ProfileStore:
         """The read decide makes: one GET."""
         return decode_profile(await self.redis.get(self.keys.profile(person)))
 
-    async def run(self, calls: Sequence[tuple[str, list, list]], commands: Sequence[tuple] = ()) -> list:
-        """Run (script name, keys, args) calls, then plain `commands`, in one
-        pipelined round trip (engine.store.client.run_scripts: every script
-        here is idempotent, so running them again after a NOSCRIPT is safe)."""
-        return await run_scripts(self.redis, [(self.scripts[name], keys, args) for name, keys, args in calls],
-                                 commands)
+    async def run(self, calls: Sequence[tuple[str, list, list]]) -> list:
+        """Run (script name, keys, args) calls in one pipelined round trip
+        (engine.store.client.run_scripts: every script here is idempotent, so
+        running them again after a NOSCRIPT is safe)."""
+        return await run_scripts(self.redis, [(self.scripts[name], keys, args) for name, keys, args in calls])
 
-    def read_commands(self, person: str, id_hashes: list[bytes]) -> list[tuple]:
-        """What applying a batch reads first: the profile, and which of its
-        events' ids the dedupe set holds (with the time they were applied)."""
-        return [("GET", self.keys.profile(person)), ("ZMSCORE", self.keys.dedupe(person), *id_hashes)]
+    async def read(self, batches: Sequence[tuple[str, list[bytes]]]) -> list[tuple[bytes | None, list]]:
+        """What applying a batch reads first, for every (person, event id
+        hashes) in one round trip: the profile, and the score (the time it
+        was applied) the dedupe set holds for each id, None where it holds none."""
+        replies = await run_commands(self.redis, [
+            command for person, id_hashes in batches
+            for command in (("GET", self.keys.profile(person)), ("ZMSCORE", self.keys.dedupe(person), *id_hashes))])
+        return list(zip(replies[::2], replies[1::2], strict=True))
 
     def write_call(self, person: str, read: bytes | None, profile: bytes, now_ms: int,
                    id_hashes: list[bytes]) -> tuple:

@@ -264,6 +264,17 @@ async def test_the_visitors_events_in_the_batch_that_merges_them_reach_the_known
     assert await redis.exists(KEYS.profile("a:anon-9"), KEYS.merge_staging("a:anon-9")) == 0
 
 
+async def test_thousands_of_events_of_one_person_in_one_batch_are_all_recorded(redis):
+    """A worker's batch may hold many records of one person: their ids go into
+    the dedupe set in chunks (Lua's unpack has a bounded stack), all of them."""
+    pipeline = make_pipeline(redis, CATALOG)
+    result = await pipeline.apply([page_view(f"many{i}") for i in range(5000)], NOW)
+    assert (result.accepted, result.duplicates) == (5000, 0)
+    assert await redis.zcard(KEYS.dedupe("p1")) == 5000
+    crm = feature(pipeline, "page_view", 7)
+    assert (await profile_of(redis)).w[crm.fid][1:] == [5000]
+
+
 async def test_concurrent_batches_for_one_person_lose_no_update(redis):
     """Two processes apply to the same person at once: both read the same
     profile, one write lands and the other is refused and applied again in

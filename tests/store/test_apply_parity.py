@@ -67,7 +67,7 @@ async def apply_both(store: ProfileStore, redis, person: str, batch: int, ops: l
                                                 table if prune else b"", ids)])
     assert reply[:2] == [len(ops), 0]
 
-    raw, scores = await store.run([], store.read_commands(py_person, ids))
+    [(raw, scores)] = await store.read([(py_person, ids)])
     assert scores == [None] * len(ids)
     p = decode_profile(raw)
     apply_ops(p, ops, now, HALF_LIFE, SESSION_GAP)
@@ -111,16 +111,16 @@ async def test_python_and_lua_leave_the_same_profile_batch_after_batch(redis):
 async def test_a_write_after_someone_else_wrote_is_refused(redis):
     store = ProfileStore(redis, Keys(), dedupe_ttl_s=86_400, profile_ttl_s=86_400)
     ids = [event_id_hash("e1")]
-    raw, _ = await store.run([], store.read_commands("u:1", ids))
+    [(raw, _)] = await store.read([("u:1", ids)])
     await redis.set(Keys().profile("u:1"), encode_profile(Profile(v=7)))  # another writer
     assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=1)), NOW, ids)]) == [0]
     assert decode_profile(await redis.get(Keys().profile("u:1"))).v == 7
     assert await redis.zcard(Keys().dedupe("u:1")) == 0  # the refused write recorded no id either
     # A profile that was there when read, rewritten since: refused; as read: written.
-    raw, _ = await store.run([], store.read_commands("u:1", ids))
+    [(raw, _)] = await store.read([("u:1", ids)])
     await redis.set(Keys().profile("u:1"), encode_profile(Profile(v=8)))
     assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=9)), NOW, ids)]) == [0]
-    raw, _ = await store.run([], store.read_commands("u:1", ids))
+    [(raw, _)] = await store.read([("u:1", ids)])
     assert await store.run([store.write_call("u:1", raw, encode_profile(Profile(v=9)), NOW, ids)]) == [1]
     assert decode_profile(await redis.get(Keys().profile("u:1"))).v == 9
     assert await redis.zcard(Keys().dedupe("u:1")) == 1
