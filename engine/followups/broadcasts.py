@@ -17,7 +17,7 @@ from engine.catalog.broadcasts import MESSAGE_PREFIX, Broadcast
 from engine.catalog.rules import Facts
 from engine.clock import now_ms
 from engine.followups.due_queue import DueQueue
-from engine.followups.kpis import KpiStore
+from engine.followups.kpis import KpiStore, KpiTally
 from engine.followups.message import Message
 from engine.followups.pacing import Pacer
 from engine.followups.transitions import held_out, message_body, template_values
@@ -196,15 +196,16 @@ class Broadcasts:
                                     broadcast.template, broadcast.purpose, body))
             entries.append((person, False, due))
         new = await self.queue.schedule_many(messages)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe, tally = self.redis.pipeline(transaction=False), KpiTally()
         for person, held, due in entries:
-            self.kpis.broadcast_entry(pipe, broadcast.id, person, held, due, now)
+            self.kpis.broadcast_entry(pipe, tally, broadcast.id, person, held, due, now)
         for person, reason in dropped:
             message_id = broadcast.message_id(person)
             self.contacts.outcome_commands(pipe, person, {
                 "id": message_id, "channel": broadcast.channel, "template": broadcast.template,
                 "broadcast": broadcast.id, "status": "dropped", "reason": reason, "at": now})
-            self.kpis.outcome(pipe, broadcast.channel, None, "dropped", message_id)
+            self.kpis.outcome(tally, broadcast.channel, None, "dropped", message_id)
+        tally.into(pipe)
         if any(new):
             pipe.hincrby(self.keys.broadcast_state(broadcast.id), "queued", sum(new))
         await pipe.execute()

@@ -20,11 +20,17 @@ from engine.events import SEGMENT_RECHECK, Event
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import DueQueue
 from engine.followups.inbox import InboxStore
-from engine.followups.kpis import KpiStore
+from engine.followups.kpis import KpiStore, KpiTally
 from engine.followups.message import Message
 from engine.followups.transitions import Actions, Transition, decode_state, encode_state
 from engine.policy import CONTACT_TRAITS, ContactState
-from engine.store.client import COMPARE_AND_SET, MAX_OPTIMISTIC_ATTEMPTS, run_scripts
+from engine.store.client import (
+    COMPARE_AND_SET,
+    MAX_OPTIMISTIC_ATTEMPTS,
+    Commands,
+    run_commands,
+    run_scripts,
+)
 from engine.store.keys import JOURNEY_STATE_TTL_S
 
 BOOKS_KEPT = 16  # earlier catalog versions' journeys kept in a process
@@ -248,17 +254,18 @@ class JourneyRunner:
         waits = [wait for _, actions in done for wait in actions.waits]
         ended = [end for _, actions in done for end in actions.ended]
         if outcomes or entries or waits or ended:
-            pipe = self.redis.pipeline(transaction=False)
+            commands, tally = Commands(), KpiTally()
             for person, outcome in outcomes:
-                self.contacts.outcome_commands(pipe, person, outcome)
-                self.kpis.outcome(pipe, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
+                self.contacts.outcome_commands(commands, person, outcome)
+                self.kpis.outcome(tally, outcome["channel"], outcome.get("journey"), outcome["status"], outcome["id"])
             for journey, run, held in entries:
-                self.kpis.entry(pipe, journey, run, held)
+                self.kpis.entry(tally, journey, run, held)
             for journey, step, change in waits:
-                self.kpis.waiting(pipe, journey, step, change)
+                self.kpis.waiting(tally, journey, step, change)
             for journey, run, kind in ended:
-                self.kpis.count(pipe, "j", journey, kind, run)
-            await pipe.execute()
+                self.kpis.count(tally, "j", journey, kind, run)
+            tally.into(commands)
+            await run_commands(self.redis, commands.stack)
         events = []
         for person, actions in done:
             for line in actions.log:

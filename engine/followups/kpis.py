@@ -111,6 +111,38 @@ def _rate(part: int, whole: int) -> float | None:
     return round(part / whole, 4) if whole else None
 
 
+class KpiTally:
+    """A batch's KPI writes merged before they are queued: the methods below
+    take it in place of a pipeline, and `into` queues one PFADD a count with
+    every id, one EXPIRE a day key and one HINCRBY a waiting step, where a
+    journey's batch of a hundred people would otherwise queue about twenty
+    commands a person (the same keys each time). The result in Redis is the
+    same: a HyperLogLog does not care how its ids arrive, and increments add."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, list[str]] = {}
+        self._expiries: dict[str, int] = {}
+        self._increments: dict[tuple[str, str], int] = {}
+
+    def pfadd(self, key: str, *ids: str) -> None:
+        self._ids.setdefault(key, []).extend(ids)
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._expiries[key] = seconds
+
+    def hincrby(self, key: str, field: str, amount: int) -> None:
+        self._increments[key, field] = self._increments.get((key, field), 0) + amount
+
+    def into(self, pipe) -> None:
+        for key, ids in self._ids.items():
+            pipe.pfadd(key, *ids)
+        for key, seconds in self._expiries.items():
+            pipe.expire(key, seconds)
+        for (key, field), amount in self._increments.items():
+            if amount:  # a run that started and stopped at a step within the batch
+                pipe.hincrby(key, field, amount)
+
+
 @dataclass
 class KpiStore:
     redis: object
@@ -124,6 +156,7 @@ class KpiStore:
         self._spend_once = self.redis.register_script(SPEND_ONCE)
 
     # -- writing: each method queues commands into a pipeline the caller runs ----
+    # (or into a KpiTally, which merges a batch's before they reach one)
 
     def count(self, pipe, scope: str, name: str, metric: str, *ids: str) -> None:
         """The ids into the total and into the day's count (a date range reads those)."""
@@ -164,12 +197,13 @@ class KpiStore:
         if broadcast is not None:
             self.count(pipe, "b", broadcast, kind, message_id)
 
-    def broadcast_entry(self, pipe, broadcast: str, person: str, held_out: bool, due_ms: int, now_ms: int) -> None:
+    def broadcast_entry(self, pipe, tally: KpiTally, broadcast: str, person: str, held_out: bool, due_ms: int,
+                        now_ms: int) -> None:
         """A member the broadcast is queued for (or held out of): counted by
-        person, and remembered with their due time (the first one: a walk done
-        again changes nothing) so a purchase or an unsubscribe in the
-        ATTRIBUTION_MS after counts for the broadcast, in the right group."""
-        self.count(pipe, "b", broadcast, "held_out" if held_out else "entered", person)
+        person (into `tally`), and remembered with their due time (the first
+        one: a walk done again changes nothing) so a purchase or an unsubscribe
+        in the ATTRIBUTION_MS after counts for the broadcast, in the right group."""
+        self.count(tally, "b", broadcast, "held_out" if held_out else "entered", person)
         key = self.keys.broadcasts_received(person)
         pipe.hsetnx(key, broadcast, f"{'c' if held_out else 't'}|{due_ms}")
         pipe.pexpire(key, max(due_ms - now_ms, 0) + ATTRIBUTION_MS)
@@ -220,7 +254,7 @@ class KpiStore:
         None, nothing. A purchase adds
         revenue and conversions only when a server sent it (`event.trusted`).
         A browser's purchase is counted apart, as unverified."""
-        pipe = self.redis.pipeline(transaction=False)
+        pipe, tally = self.redis.pipeline(transaction=False), KpiTally()
         buyers: dict[str, list] = {}
         for person, events in by_person.items():
             seen: dict[str, int] = {}
@@ -229,22 +263,24 @@ class KpiStore:
                     if event.trusted:
                         buyers.setdefault(person, []).append(event)
                     else:
-                        self.count(pipe, "g", "purchases", "unverified", event.id)
+                        self.count(tally, "g", "purchases", "unverified", event.id)
                 elif (event.type in (IMPRESSION, CLICK) and isinstance(offer := event.properties.get("offer"), str)
                       and offer in offers and (counted := earned(person, event)) is not None):
                     who = ("impressions", "viewers") if event.type == IMPRESSION else ("clicks", "clickers")
-                    self.count(pipe, "o", offer, who[0], counted)
-                    self.count(pipe, "o", offer, who[1], person)
+                    self.count(tally, "o", offer, who[0], counted)
+                    self.count(tally, "o", offer, who[1], person)
                     seen[offer] = max(seen.get(offer, 0), event.ts)
             if seen:
                 pipe.hset(self.keys.offers_seen(person), mapping=seen)
                 pipe.pexpire(self.keys.offers_seen(person), ATTRIBUTION_MS)
         if buyers:
-            await self._record_purchases(buyers, offers, pipe)
-        elif len(pipe):
+            await self._record_purchases(buyers, offers, pipe, tally)
+            return
+        tally.into(pipe)
+        if len(pipe):
             await pipe.execute()
 
-    async def _record_purchases(self, buyers: dict[str, list], offers: dict, pipe) -> None:
+    async def _record_purchases(self, buyers: dict[str, list], offers: dict, pipe, tally: KpiTally) -> None:
         read = self.redis.pipeline(transaction=False)
         for person in buyers:
             read.get(self.keys.journeys(person))
@@ -261,11 +297,12 @@ class KpiStore:
                 for event in bought:
                     if 0 <= event.ts - entered_at <= ATTRIBUTION_MS:
                         revenue_calls.append(self.purchase_calls(name, held, person, event.id,
-                                                                 revenue_of(event.properties), pipe, scope))
+                                                                 revenue_of(event.properties), tally, scope))
             seen_at = {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in seen.items()}
             for event in bought:
                 for offer, saw in _credited_offers(offers, seen_at, event):
-                    revenue_calls.append(self.offer_purchase_call(offers[offer], saw, person, event, pipe))
+                    revenue_calls.append(self.offer_purchase_call(offers[offer], saw, person, event, tally))
+        tally.into(pipe)
         await pipe.execute()
         if revenue_calls:
             await run_scripts(self.redis, revenue_calls)

@@ -22,7 +22,7 @@ from engine.errors import AddressRefused, PermanentSendError, SendError
 from engine.followups.contacts import ContactStore
 from engine.followups.due_queue import LEASE_LOST, NOT_IN_FLIGHT, Claimed, Delay, DueQueue
 from engine.followups.journey_runner import Reschedule
-from engine.followups.kpis import KpiStore, message_journey
+from engine.followups.kpis import KpiStore, KpiTally, message_journey
 from engine.followups.message import Message
 from engine.policy import Caps, ContactPolicy
 from engine.settings import Settings
@@ -304,13 +304,14 @@ class Scheduler:
             settle.extend(part)
         writes = []
         if settle.outcomes or settle.dead or settle.suppress:
-            commands = Commands()
+            commands, tally = Commands(), KpiTally()
             for channel, address in settle.suppress:
                 self.contacts.suppress_commands(commands, channel, address)
             for person, outcome in settle.outcomes:
                 self.contacts.outcome_commands(commands, person, outcome)
-                self.kpis.outcome(commands, outcome["channel"], outcome.get("journey"), outcome["status"],
+                self.kpis.outcome(tally, outcome["channel"], outcome.get("journey"), outcome["status"],
                                   outcome["id"])
+            tally.into(commands)
             if settle.dead:
                 key = self.queue.keys.dead_letters()
                 commands.lpush(key, *settle.dead)

@@ -8,7 +8,7 @@ import pytest
 
 from engine.catalog.compile import compile_catalog, parse_catalog_text
 from engine.events import Event
-from engine.followups.kpis import KpiStore, days_between
+from engine.followups.kpis import KpiStore, KpiTally, days_between
 from engine.store.keys import Keys
 from tests.conftest import ROOT
 
@@ -135,3 +135,45 @@ def test_kpis_over_http_by_day_and_the_budget_burn(clean_api):
                        {"from": long_ago, "to": today, "by": "day"}):
             assert client.get("/v1/kpis", params=params).status_code == 422, params
         assert client.get("/v1/kpis", params={"from": long_ago, "to": today}).status_code == 200  # not by day
+
+
+async def test_a_tally_leaves_redis_as_one_command_an_id_would(redis):
+    """The journey runner and the scheduler merge a batch's KPI writes
+    (KpiTally): the counts, the day keys' expiry and the runs waiting must be
+    what the same writes queued one by one leave."""
+    clock = Clock()
+    one_by_one, tallied = KpiStore(redis, Keys("a"), clock=clock), KpiStore(redis, Keys("b"), clock=clock)
+    outcomes = [("email", "welcome", "sent", f"m{n}") for n in range(40)] + [("push", None, "dropped", "m99")]
+
+    def write(kpis, target):
+        for channel, journey, status, message_id in outcomes:
+            kpis.outcome(target, channel, journey, status, message_id)
+        for n in range(40):
+            kpis.entry(target, "welcome", f"r{n}", held_out=n % 10 == 0)
+            kpis.waiting(target, "welcome", 0, 1)
+        for n in range(30):
+            kpis.waiting(target, "welcome", 0, -1)
+            kpis.waiting(target, "welcome", 1, 1)
+        for n in range(5):  # started and stopped at step 2 within the batch: nothing waits there
+            kpis.waiting(target, "welcome", 2, 1)
+            kpis.waiting(target, "welcome", 2, -1)
+
+    pipe = redis.pipeline(transaction=False)
+    write(one_by_one, pipe)
+    queued_one_by_one = len(pipe)
+    await pipe.execute()
+    pipe, tally = redis.pipeline(transaction=False), KpiTally()
+    write(tallied, tally)
+    tally.into(pipe)
+    assert len(pipe) < queued_one_by_one / 10
+    await pipe.execute()
+
+    reports = [await kpis.report(["welcome"], ["email", "push"]) for kpis in (one_by_one, tallied)]
+    assert reports[0] == reports[1]
+    welcome = reports[1]["journeys"]["welcome"]
+    assert (welcome["entered"], welcome["held_out"], welcome["sent"], welcome["waiting"]) == (36, 4, 40, {0: 10, 1: 30})
+    assert reports[1]["channels"]["push"]["dropped"] == 1
+    day = "@2025-12-01"
+    for metric in ("sent", "entered"):
+        ttls = [await redis.ttl(kpis.keys.kpi("j", "welcome", metric + day)) for kpis in (one_by_one, tallied)]
+        assert ttls[0] > 0 and abs(ttls[0] - ttls[1]) <= 1
