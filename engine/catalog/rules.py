@@ -178,6 +178,10 @@ class Compiler:
             if isinstance(arg, dict | list):
                 self.problem(path, "equals takes a single value")
                 return None
+            if isinstance(arg, str):  # the common case, without tagging every value read
+                return lambda value: value == arg and isinstance(value, str)
+            if isinstance(arg, bool):
+                return lambda value: value is arg
             key = normalized(arg)
             return lambda value: value is not None and normalized(value) == key
         if op in ("in", "not_in"):
@@ -186,6 +190,9 @@ class Compiler:
                 return None
             keys = frozenset(normalized(v) for v in arg)
             if op == "in":
+                if all(isinstance(v, str) for v in arg):
+                    names = frozenset(arg)
+                    return lambda value: isinstance(value, str) and value in names
                 return lambda value: value is not None and normalized(value) in keys
             return lambda value: value is None or normalized(value) not in keys
         if op == "between":
@@ -247,7 +254,14 @@ class Compiler:
         if len(tests) == 1:
             (name, test), = tests
             return lambda props: test(props.get(name))
-        return lambda props: all(test(props.get(name)) for name, test in tests)
+
+        def every_test(props: dict) -> bool:  # a loop: all() over a generator costs a frame a test
+            for name, test in tests:  # noqa: SIM110
+                if not test(props.get(name)):
+                    return False
+            return True
+
+        return every_test
 
     # -- conditions ----------------------------------------------------------
 

@@ -5,6 +5,7 @@ so a budget is held to within a second's redemptions."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,13 @@ REFRESH_S = 1.0
 
 def utc_day(ms: int) -> str:
     """The UTC day a spend counts for: YYYY-MM-DD."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
+    return _day_name(ms // 86_400_000)
+
+
+@functools.lru_cache(maxsize=64)
+def _day_name(day: int) -> str:
+    """Formatted once a day, not once a KPI count (a journey's batch counts thousands)."""
+    return time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
 
 
 @dataclass(frozen=True, slots=True)

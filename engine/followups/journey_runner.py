@@ -111,10 +111,8 @@ class JourneyRunner:
 
     async def _load_contacts(self, people: list[tuple[str, Facts]]) -> None:
         """The contact states `consent` conditions read, in one round trip."""
-        pipe = self.redis.pipeline(transaction=False)
-        for person, _ in people:
-            pipe.get(self.keys.contact(person))
-        for (_, facts), raw in zip(people, await pipe.execute(), strict=True):
+        raws = await run_commands(self.redis, [("GET", self.keys.contact(person)) for person, _ in people])
+        for (_, facts), raw in zip(people, raws, strict=True):
             facts.contact = ContactState.decode(raw)
 
     def _transition(self, book: Journeys, person: str, facts: Facts, state: dict, now_ms: int) -> Transition:
@@ -181,10 +179,7 @@ class JourneyRunner:
         through _transact again on their own."""
         if not work:
             return []
-        pipe = self.redis.pipeline(transaction=False)
-        for person, _ in work:
-            pipe.get(self.keys.journeys(person))
-        raws = await pipe.execute()
+        raws = await run_commands(self.redis, [("GET", self.keys.journeys(person)) for person, _ in work])
         states = [decode_state(raw) for raw in raws]
         await self._load_versions(self.pipeline.catalogs.current.journeys, states)
         results: list[Actions] = []

@@ -198,8 +198,10 @@ class Transition:
         for journey, key, variables in sorted(candidates, key=lambda c: (-c[0].priority, c[0].order)):
             if journey.id in taken:
                 continue
+            if not self._may_enter(journey):
+                continue
             rid = run_id(journey.id, key)
-            if rid in state["r"] or not self._may_enter(journey):
+            if rid in state["r"]:
                 continue
             if journey.when is not None and not journey.when(self.facts):
                 continue

@@ -29,6 +29,14 @@ def ring_profile(condition: dict, ring_values: list, newest_bucket: int, **field
     ({"equals": "IT"}, "FR", False),
     ({"equals": 30}, 30.0, True),
     ({"equals": True}, 1, False),  # a boolean is not a number
+    ({"equals": True}, True, True),
+    ({"equals": False}, 0, False),
+    ({"equals": 1}, True, False),
+    ({"equals": "30"}, 30, False),  # nor is a string
+    ({"equals": "IT"}, ["IT"], False),  # a list is not its element
+    ({"in": ["gold", "platinum"]}, ["gold"], False),
+    ({"in": ["1", "2"]}, 1, False),
+    ({"in": [1, "gold"]}, 1.0, True),
     ({"in": ["gold", "platinum"]}, "gold", True),
     ({"in": ["gold", "platinum"]}, "silver", False),
     ({"not_in": ["gold"]}, "silver", True),

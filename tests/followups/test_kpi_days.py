@@ -151,10 +151,10 @@ async def test_a_tally_leaves_redis_as_one_command_an_id_would(redis):
         for n in range(40):
             kpis.entry(target, "welcome", f"r{n}", held_out=n % 10 == 0)
             kpis.waiting(target, "welcome", 0, 1)
-        for n in range(30):
+        for _ in range(30):
             kpis.waiting(target, "welcome", 0, -1)
             kpis.waiting(target, "welcome", 1, 1)
-        for n in range(5):  # started and stopped at step 2 within the batch: nothing waits there
+        for _ in range(5):  # started and stopped at step 2 within the batch: nothing waits there
             kpis.waiting(target, "welcome", 2, 1)
             kpis.waiting(target, "welcome", 2, -1)
 
