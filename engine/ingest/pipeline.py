@@ -43,6 +43,7 @@ from engine.outcomes.learning import LearningStore, Lesson
 from engine.outcomes.log import DecisionLog
 from engine.policy import CONTACT_TRAITS, SUPPRESSIBLE_CHANNELS, consent_given, suppression_address
 from engine.profile import apply_ops, decode_profile, encode_profile, prune_rings
+from engine.store.client import Commands, run_commands
 from engine.store.people_index import PeopleIndex
 from engine.store.profiles import ProfileStore
 
@@ -302,11 +303,11 @@ class Pipeline:
                 at = min(at or math.inf, now_ms + self.store.profile_ttl_ms)
             if at is not None or any(event.type == SEGMENT_RECHECK for event in by_person.get(person, ())):
                 when[person] = at
-        pipe = self.store.redis.pipeline(transaction=False)
-        self.membership.schedule(pipe, when)
+        commands = Commands()
+        self.membership.schedule(commands, when)
         # Both before the profile's own record of its segments (the caller's next
         # write), one round trip each, at once.
-        await asyncio.gather(self.membership.record(changes), pipe.execute())
+        await asyncio.gather(self.membership.record(changes), run_commands(self.store.redis, commands.stack))
         return moved
 
     async def _advertising(self, catalog: Catalog, consents: list[Event], result: ApplyResult,
