@@ -9,6 +9,7 @@ engine/followups/transitions.py."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -86,8 +87,11 @@ class JourneyRunner:
         timers: list[Message] = []
         work: list[tuple[str, Callable[[dict], Actions]]] = []
         facts_of = {person: Facts(catalog, profile, {}, now_ms) for person, profile in profiles.items()}
+        states = None  # person -> journey state as read, when read with the contacts
         if book.consent_gates:  # a trigger's `when` or an exit reads it: before choosing whom to look at
-            await self._load_contacts(list(facts_of.items()))
+            # With everyone's journey state, which _transact_many would read next:
+            # one round trip for both.
+            states = await self._load_contacts(list(facts_of.items()), with_states=True)
         for person, profile in profiles.items():
             events = by_person.get(person, [])
             if (book.idle and profile.ls and not CONTACT_TRAITS.isdisjoint(profile.t)
@@ -107,13 +111,21 @@ class JourneyRunner:
             await self.queue.arm_many(timers)
         if book.reads_consent and not book.consent_gates and work:  # a step's `if` reads it
             await self._load_contacts([(person, facts_of[person]) for person, _ in work])
-        return await self._transact_many(work, now_ms, depth)
+        return await self._transact_many(work, now_ms, depth, states)
 
-    async def _load_contacts(self, people: list[tuple[str, Facts]]) -> None:
-        """The contact states `consent` conditions read, in one round trip."""
-        raws = await run_commands(self.redis, [("GET", self.keys.contact(person)) for person, _ in people])
-        for (_, facts), raw in zip(people, raws, strict=True):
+    async def _load_contacts(self, people: list[tuple[str, Facts]],
+                             with_states: bool = False) -> dict[str, bytes | None] | None:
+        """The contact states `consent` conditions read, in one round trip;
+        `with_states`: each person's journey state too, returned as read."""
+        commands = [("GET", self.keys.contact(person)) for person, _ in people]
+        if with_states:
+            commands += [("GET", self.keys.journeys(person)) for person, _ in people]
+        raws = await run_commands(self.redis, commands)
+        for (_, facts), raw in zip(people, raws, strict=False):
             facts.contact = ContactState.decode(raw)
+        if with_states:
+            return {person: raw for (person, _), raw in zip(people, raws[len(people):], strict=True)}
+        return None
 
     def _transition(self, book: Journeys, person: str, facts: Facts, state: dict, now_ms: int) -> Transition:
         return Transition(book, person, facts, state, now_ms, books=self._books, alert_channel=self.alert_channel)
@@ -172,14 +184,18 @@ class JourneyRunner:
     # -- one person's state, changed atomically ----------------------------------
 
     async def _transact_many(self, work: list[tuple[str, Callable[[dict], Actions]]], now_ms: int,
-                             depth: int) -> list[Actions]:
+                             depth: int, read: dict[str, bytes | None] | None = None) -> list[Actions]:
         """_transact for many people at once in three round trips (read every
         state; schedule every message; compare-and-set every changed state)
-        instead of three per person. A person whose state changed meanwhile goes
-        through _transact again on their own."""
+        instead of three per person (two when the states were `read` already,
+        with the contacts). A person whose state changed meanwhile goes through
+        _transact again on their own."""
         if not work:
             return []
-        raws = await run_commands(self.redis, [("GET", self.keys.journeys(person)) for person, _ in work])
+        if read is not None:
+            raws = [read[person] for person, _ in work]
+        else:
+            raws = await run_commands(self.redis, [("GET", self.keys.journeys(person)) for person, _ in work])
         states = [decode_state(raw) for raw in raws]
         await self._load_versions(self.pipeline.catalogs.current.journeys, states)
         results: list[Actions] = []
@@ -242,8 +258,28 @@ class JourneyRunner:
         return actions
 
     async def _finish(self, done: list[tuple[str, Actions]], now_ms: int, depth: int) -> None:
-        """After the states are written: outcomes in one round trip, logs, and the
-        traits the journeys set, applied as one batch through the pipeline."""
+        """After the states are written: outcomes and KPIs in one round trip,
+        the exposures, logs, and the traits the journeys set, applied as one
+        batch through the pipeline; the three at once (none reads what another
+        writes, and a batch retried after a failure of any repeats none of them:
+        the states written say what happened)."""
+        writes = [self._write_outcomes(done)]
+        events = []
+        for person, actions in done:
+            for line in actions.log:
+                log.info("%s: %s", person, line)
+            if actions.traits and depth >= MAX_DEPTH:
+                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
+            elif actions.traits:
+                events += [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
+        exposed = {person: (now_ms, "*", actions.exposures) for person, actions in done if actions.exposures}
+        if exposed:
+            writes.append(self.pipeline.decision_log.exposures.expose(exposed))
+        if events:
+            writes.append(self.pipeline.apply(events, now_ms, depth=depth + 1))
+        await asyncio.gather(*writes)
+
+    async def _write_outcomes(self, done: list[tuple[str, Actions]]) -> None:
         outcomes = [(person, outcome) for person, actions in done for outcome in actions.outcomes]
         entries = [entry for _, actions in done for entry in actions.entries]
         waits = [wait for _, actions in done for wait in actions.waits]
@@ -261,19 +297,6 @@ class JourneyRunner:
                 self.kpis.count(tally, "j", journey, kind, run)
             tally.into(commands)
             await run_commands(self.redis, commands.stack)
-        events = []
-        for person, actions in done:
-            for line in actions.log:
-                log.info("%s: %s", person, line)
-            if actions.traits and depth >= MAX_DEPTH:
-                log.warning("%s: set_trait not applied, journeys nested %d deep", person, depth)
-            elif actions.traits:
-                events += [Event(eid, TRAIT_EVENT, person, now_ms, {}, traits) for eid, traits in actions.traits]
-        exposed = {person: (now_ms, "*", actions.exposures) for person, actions in done if actions.exposures}
-        if exposed:
-            await self.pipeline.decision_log.exposures.expose(exposed)
-        if events:
-            await self.pipeline.apply(events, now_ms, depth=depth + 1)
 
     async def state(self, person: str) -> dict:
         return decode_state(await self.redis.get(self.keys.journeys(person)))
