@@ -62,6 +62,7 @@ from benchmarks.harness import (
     alternate,
     arguments,
     log,
+    process_cpu_seconds,
     saturate,
     settle,
 )
@@ -346,14 +347,19 @@ async def freshness(broker, redis, work: Path, rates: list[float], seconds: floa
             wait_for(lambda: client.zcard(keys.dedupe("u:warm")) == 1, 60, "the worker to start")  # a user id: u:
             # A fresh API and worker settle (pools, caches) at the first rate, unmeasured.
             await one_rate(http, client, keys, f"{name}-warm", rates[0], warm_s)
-            return [await one_rate(http, client, keys, f"{name}-{rate:.0f}", rate, seconds) for rate in rates]
+            core = {"worker": worker.pid, "api": api.pid, "broker": broker.process.pid, "redis": redis.process.pid}
+            return [await one_rate(http, client, keys, f"{name}-{rate:.0f}", rate, seconds, core) for rate in rates]
     finally:
         stop_process(api)
         stop_process(worker)
 
 
 async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys, run: str, events_per_s: float,
-                   seconds: float) -> dict:
+                   seconds: float, core: dict[str, int] | None = None) -> dict:
+    """One rate's figures; with `core` (name -> pid of each process on the
+    server's core), each one's CPU time per event over the rate's span, from
+    the first request sent to the last event applied, and the share of the
+    core the four kept busy."""
     sent: dict[int, float] = {}  # request -> when it left (epoch ms)
     acked: dict[int, float] = {}  # request -> when its 202 arrived (epoch ms)
     visible: list[float] = []
@@ -394,6 +400,7 @@ async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys
         visible.append(VISIBLE_LIMIT_S * 1000)  # counted at the limit, not left out of the tail
 
     interval = 1 / requests_per_s
+    cpu_before = {name: process_cpu_seconds(pid) for name, pid in (core or {}).items()}
     begin = time.perf_counter()
     tasks = []
     for index in range(max(1, int(seconds * requests_per_s))):
@@ -407,6 +414,8 @@ async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys
                 for index in done for k in range(PEOPLE_PER_REQUEST)}
     [times] = wait_until(lambda: all_applied(client, keys, sent_ids), 120, 0.5, "every batch applied",
                        error=TimeoutError)
+    span_s = time.perf_counter() - begin  # to within the 0.5 s the wait polls at
+    cpu = {name: process_cpu_seconds(pid) - cpu_before[name] for name, pid in (core or {}).items()}
     last = times.max(axis=1)  # a person's record is applied at once: the same score for their events
     acks = np.repeat([acked[index] for index in done], PEOPLE_PER_REQUEST)
     # Signed, never clipped at 0: a record applied before the 202 reached this
@@ -422,6 +431,8 @@ async def one_rate(http: httpx.AsyncClient, client: redis_sync.Redis, keys: Keys
             "applied_p50_ms": float(np.percentile(lags, 50)), "applied_p99_ms": float(np.percentile(lags, 99)),
             "applied_before_202": int((lags < 0).sum()),
             "answer_p50_ms": float(np.percentile(answer_ms, 50)), "answer_p99_ms": float(np.percentile(answer_ms, 99)),
+            "cpu_us": {name: seconds_used * 1e6 / max(times.size, 1) for name, seconds_used in cpu.items()},
+            "core_busy": sum(cpu.values()) / span_s,
             "visible_ms": seen, "applied_ms": lags}
 
 
@@ -502,6 +513,8 @@ async def measure(args: argparse.Namespace) -> dict:
                 f"p99 {row['p99_ms']:.1f} ms ({row['sampled']} sampled, {row['unseen']} not within "
                 f"{VISIBLE_LIMIT_S:.0f} s), applied p50 {row['applied_p50_ms']:.1f} p99 {row['applied_p99_ms']:.1f} ms "
                 f"({row['people']} people); 202 p50 {row['answer_p50_ms']:.1f} p99 {row['answer_p99_ms']:.1f} ms")
+            log(f"  core {SERVER_CORE} busy {row['core_busy']:.0%} of the span; CPU per event: "
+                + ", ".join(f"{name} {us:.0f} us" for name, us in row["cpu_us"].items()))
             if row["answer_p99_ms"] > ANSWER_LIMIT_MS:
                 log(f"  the 202 itself took {row['answer_p99_ms']:.0f} ms at p99 ({row['applied_before_202']} of "
                     f"{row['people']} people applied before it arrived): the API or this process fell behind too "
@@ -523,6 +536,8 @@ async def measure(args: argparse.Namespace) -> dict:
         "applied_p50_ms_at_half": half["applied_p50_ms"], "applied_p99_ms_at_half": half["applied_p99_ms"],
         "applied_p50_ms_at_80": eighty["applied_p50_ms"], "applied_p99_ms_at_80": eighty["applied_p99_ms"],
         "answer_p99_ms_at_half": half["answer_p99_ms"], "answer_p99_ms_at_80": eighty["answer_p99_ms"],
+        "core_busy_at_half": half["core_busy"], "core_busy_at_80": eighty["core_busy"],
+        **{f"{name}_cpu_us_at_half": us for name, us in half["cpu_us"].items()},
         "applied_before_202": half["applied_before_202"] + eighty["applied_before_202"],
         "freshness_sampled": half["sampled"] + eighty["sampled"],
         "not_visible": half["unseen"] + eighty["unseen"],
@@ -563,6 +578,10 @@ async def measure(args: argparse.Namespace) -> dict:
         "the time the worker began applying the batch of records that held it), signed; applied_before_202: "
         "people applied before their 202 arrived (a few are expected: a request's 10 records are acknowledged "
         "together); answer_*: the 202's own latency, which grows when the API or the load generator falls behind\n"
+        f"- core_busy_at_*: the CPU time the worker, the API, the broker and Redis (all on core {SERVER_CORE}) "
+        "used over the rate's span (first request to last event applied) as a share of that span; "
+        "*_cpu_us_at_half: each one's CPU time per event at 50 % (from /proc). Near 1.0 the core, not the "
+        "worker alone, sets the freshness\n"
         f"- workers_*: one and two `attimo worker` in one group on a topic of {PARTITIONS} partitions, "
         f"{scale_people} people x {RECORD_EVENTS} page views written once every worker has partitions; the "
         f"first worker on core {SERVER_CORE} with Redis and the broker, the second on core {LOADGEN_CORE}\n"
