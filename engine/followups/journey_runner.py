@@ -121,7 +121,7 @@ class JourneyRunner:
         if with_states:
             commands += [("GET", self.keys.journeys(person)) for person, _ in people]
         raws = await run_commands(self.redis, commands)
-        for (_, facts), raw in zip(people, raws, strict=False):
+        for (_, facts), raw in zip(people, raws[:len(people)], strict=True):
             facts.contact = ContactState.decode(raw)
         if with_states:
             return {person: raw for (person, _), raw in zip(people, raws[len(people):], strict=True)}
