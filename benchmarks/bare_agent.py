@@ -1,4 +1,4 @@
-"""P4's floor: a faust agent on the same broker that consumes one-event records
+"""P4's floor: a faust agent (on uvloop, as the worker) on the same broker that consumes one-event records
 and only counts them. When it has seen BARE_EXPECT records it writes the time
 of the first and the last (epoch ms) and the count to BARE_OUT, and exits.
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import faust
+import mode.loop
 
 from engine.clock import now_ms
 
@@ -38,4 +39,5 @@ async def count(stream):
 
 
 if __name__ == "__main__":
+    mode.loop.use("uvloop")  # the loop `attimo worker` runs on: a floor with the same loop
     faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()

@@ -102,7 +102,9 @@ def run_scheduler_command(args) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(settings.scheduler_metrics_port, addr="127.0.0.1")
-    stats = asyncio.run(run_scheduler(settings))
+    import uvloop  # as the API and the worker run on
+
+    stats = uvloop.run(run_scheduler(settings))
     print(f"attimo scheduler: stopped {stats.as_dict()}", flush=True)
     return 0
 

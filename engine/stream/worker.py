@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import faust
+import mode.loop
 import msgspec
 import orjson
 from aiokafka.errors import KafkaError
@@ -268,6 +269,9 @@ def run_worker(settings: Settings) -> int:
     asyncio.run(ensure_topics(settings))
     if settings.worker_metrics_port:
         start_http_server(settings.worker_metrics_port, addr="127.0.0.1")
+    # uvloop, as the API runs on: the loop's own work (sockets to the broker
+    # and Redis, callbacks, timers) is most of a worker's time outside the pipeline.
+    mode.loop.use("uvloop")
     worker = faust.Worker(build_app(settings), loglevel="warning", quiet=True)
     # faust's start-up spinner sets the root logger to DEBUG and never sets it
     # back: every debug record of aiokafka and every journey's info line would
