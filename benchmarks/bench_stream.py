@@ -14,8 +14,9 @@ just before (the demo catalog's rate: a fixed rate passes on a fast day and
 fails on a slow one). Open loop, requests of 10 new people's 10 pricing views
 each, so the API writes the same records as P4's and its own CPU stays small
 beside the worker's. For one person in about ten a second, from the API's 202
-to the change visible through /v1/decide (polled until the offer their views
-unlock is chosen); for every person, from the 202 to their apply time in
+to the change visible through /v1/decide (their dedupe set polled until
+their record is applied, then decide until the offer their views unlock is
+chosen); for every person, from the 202 to their apply time in
 Redis (the dedupe set's score), kept signed: a record may be applied before
 its 202 reaches this process. When the 202 itself is slow (p99 over 100 ms)
 the API or this process fell behind, and the run says so. Inline mode is 0 by
